@@ -1,0 +1,3 @@
+from lit_gen.cli import cli_main
+
+cli_main()

@@ -1,0 +1,97 @@
+"""Sample grids (images) or scatter plots (2-D data) and denoising trajectories in TensorBoard while fitting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from lit_gen.utils import sample_generators
+from lit_gen.visual import figure_to_array, image_grid, save_png, scatter_figure
+
+
+class SampleGrid(L.Callback):
+    """Every ``every_n_steps`` optimizer steps (and when fitting ends) draw a fixed-seed set of samples with
+    ``pl_module.sample`` and log it as ``samples/grid`` (images) or ``samples/scatter`` (2-D points).
+
+    Every rank samples (a sharded model needs all ranks in the forward pass); only rank 0 writes.
+
+    Args:
+        every_n_steps: interval in optimizer steps; 0 disables the callback.
+        num_samples: images in the grid (points in the scatter plot for 2-D data).
+        seed: seed of the per-sample generators, fixed so grids compare across steps.
+        trajectory_samples: how many samples to show along the denoising trajectory (0: none).
+        trajectory_points: snapshots per trajectory.
+        save_png: also write ``<log_dir>/samples/step_XXXXXXX.png``.
+        sample_options: extra options for ``pl_module.sample`` (e.g. ``{"sampler": "ddim", "steps": 50}``).
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 1000,
+        num_samples: int = 16,
+        seed: int = 0,
+        trajectory_samples: int = 4,
+        trajectory_points: int = 10,
+        save_png: bool = True,
+        sample_options: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.every_n_steps = every_n_steps
+        self.num_samples = num_samples
+        self.seed = seed
+        self.trajectory_samples = trajectory_samples
+        self.trajectory_points = trajectory_points
+        self.save_png = save_png
+        self.sample_options = sample_options or {}
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_step and step > 0:
+            self.log_samples(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.every_n_steps > 0 and trainer.global_step != self._last_step:
+            self.log_samples(trainer, pl_module)
+
+    def log_samples(self, trainer: L.Trainer, pl_module) -> None:
+        self._last_step = trainer.global_step
+        gens = sample_generators(self.seed, 0, self.num_samples)
+        out = pl_module.sample(
+            self.num_samples, gens, trajectory_points=self.trajectory_points if self.trajectory_samples else 0,
+            **self.sample_options,
+        )
+        self._write(trainer, out)
+
+    @rank_zero_only
+    def _write(self, trainer: L.Trainer, out) -> None:
+        step = trainer.global_step
+        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+        if out.x.ndim == 2:  # 2-D points: scatter over the validation data
+            reference = _reference_points(trainer)
+            image = figure_to_array(scatter_figure(out.x, reference, title=f"step {step}"))
+            if experiment is not None and hasattr(experiment, "add_image"):
+                experiment.add_image("samples/scatter", image, step, dataformats="HWC")
+        else:
+            grid = image_grid(out.x)
+            if experiment is not None and hasattr(experiment, "add_image"):
+                experiment.add_image("samples/grid", grid, step)
+                if out.trajectory:
+                    k = min(self.trajectory_samples, out.x.shape[0])
+                    frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
+                    experiment.add_image(
+                        "samples/trajectory", image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step
+                    )
+            image = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
+        if self.save_png and trainer.log_dir:
+            save_png(image, Path(trainer.log_dir) / "samples" / f"step_{step:07d}.png")
+
+
+def _reference_points(trainer: L.Trainer, limit: int = 2000) -> torch.Tensor | None:
+    data = trainer.datamodule
+    if data is not None and hasattr(data, "sample"):
+        return data.sample(limit, torch.Generator().manual_seed(0))
+    return None

@@ -1,0 +1,119 @@
+"""The ``lit-gen`` command: LightningCLI (fit / validate / test / predict) plus ``lit-gen sample``."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
+import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
+from lit_gen.callbacks import SampleGrid
+from lit_gen.checkpoints import CheckpointError, check_method, read_checkpoint
+from lit_gen.data.base import GenerativeDataModule
+from lit_gen.methods.base import GenerativeModule
+
+
+class LitGenCLI(LightningCLI):
+    """LightningCLI whose runs live in a fixed directory ``<runs_dir>/<name>/`` (TensorBoard logs, config.yaml,
+    checkpoints/, samples/), so ``--ckpt_path last`` finds the newest checkpoint of the same run."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            GenerativeModule,
+            GenerativeDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--name", type=str, default="default", help="Run name: the run lives in <runs_dir>/<name>/.")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Folder that holds the runs.")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.save_last": True,
+                "checkpoint.every_n_train_steps": 1000,
+                "checkpoint.save_top_k": -1,
+                "checkpoint.filename": "step{step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+            }
+        )
+        parser.add_lightning_class_args(SampleGrid, "samples")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
+        parser.set_defaults({"lr_monitor.logging_interval": "step"})
+        parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
+        parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+
+    def _config(self) -> Namespace:
+        return self.config[self.subcommand] if self.subcommand else self.config
+
+    def run_dir(self) -> Path:
+        cfg = self._config()
+        return Path(cfg.runs_dir) / cfg.name
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self._config()
+        if cfg.trainer.logger in (None, True):
+            cfg.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir=cfg.runs_dir, name=cfg.name, version="", default_hp_metric=False),
+            )
+        if cfg.trainer.default_root_dir is None:
+            cfg.trainer.default_root_dir = str(self.run_dir())
+        if cfg.checkpoint.dirpath is None:
+            cfg.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
+        self._check_ckpt_path(cfg)
+
+    def _check_ckpt_path(self, cfg: Namespace) -> None:
+        """Fail in one line, before anything is written, on a missing, corrupt or foreign checkpoint."""
+        ckpt_path = cfg.get("ckpt_path")
+        if ckpt_path in (None, "best", "hpc", "registry"):
+            return
+        if ckpt_path == "last":
+            last = Path(cfg.checkpoint.dirpath) / "last.ckpt"
+            if not last.exists():
+                print(f"lit-gen: no {last} yet, starting from scratch", file=sys.stderr)
+                cfg.ckpt_path = None
+                return
+            ckpt_path = cfg.ckpt_path = str(last)
+        check_method(read_checkpoint(ckpt_path), _import(cfg.model.class_path), ckpt_path)
+
+
+def _import(class_path: str) -> type:
+    import importlib
+
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def cli_main(args: list[str] | None = None) -> None:
+    """Entry point of ``lit-gen`` and ``python -m lit_gen``; user errors end in one line on stderr, exit 2."""
+    argv = list(sys.argv[1:] if args is None else args)
+    try:
+        if argv and argv[0] == "sample":
+            from lit_gen.sample import sample_main
+
+            sample_main(argv[1:])
+        else:
+            LitGenCLI(args=args)
+    except (ArgumentError, CheckpointError, FileNotFoundError, ValueError) as err:
+        if os.environ.get("LIT_GEN_DEBUG"):
+            raise
+        message = " ".join(str(err).split())
+        print(f"lit-gen: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    cli_main()

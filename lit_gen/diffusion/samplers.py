@@ -1,0 +1,199 @@
+"""Samplers for the Gaussian diffusion: one loop, many update rules.
+
+A sampler picks K of the T training steps (``set_timesteps``) and updates x_t -> x_{t'} (``step``) from a
+model output, as diffusers' schedulers do; the loop in :func:`sample_loop` is shared, and guidance
+changes the model output, never the sampler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output
+from lit_gen.utils import Generator, append_dims, randn
+
+Spacing = Literal["linear", "quadratic"]
+
+
+@dataclass
+class StepOutput:
+    prev_sample: torch.Tensor  # x_{t'} (B, ...)
+    pred_x0: torch.Tensor  # x0 predicted at this step (B, ...)
+
+
+def timestep_subsequence(num_timesteps: int, num_steps: int, spacing: str = "linear") -> torch.Tensor:
+    """K of the T steps in descending order, always ending on t = 0 (so the last update lands on x0).
+
+    linear: evenly spaced over [0, T-1]; quadratic: t_i ~ (c i)^2 as used for CIFAR-10 in Song et al. 2021, Sec. D.2.
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"steps={num_steps} must be between 1 and the model's {num_timesteps} diffusion steps")
+    if spacing == "linear":
+        ts = torch.linspace(0, num_timesteps - 1, num_steps, dtype=torch.float64).round().long()
+    elif spacing == "quadratic":
+        ts = (torch.linspace(0, (0.8 * num_timesteps) ** 0.5, num_steps, dtype=torch.float64) ** 2).round().long()
+        # the first gaps are below one step: push repeats up so the steps stay distinct
+        idx = torch.arange(num_steps)
+        ts = torch.cummax(ts - idx, 0).values + idx
+        ts = torch.minimum(ts, num_timesteps - num_steps + idx)
+    else:
+        raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'quadratic']")
+    return ts.flip(0)
+
+
+class DiffusionSampler(nn.Module):
+    """Common state: the kept steps and alpha_bar at each of them and at the step that follows.
+
+    Args:
+        diffusion: the Gaussian process the model was trained on.
+        prediction_type: what the network predicts: ``eps``, ``x0`` or ``v``.
+        clip_denoised: clamp the predicted x0 to [-1, 1] (images).
+    """
+
+    def __init__(self, diffusion: GaussianDiffusion, prediction_type: str = "eps", clip_denoised: bool = True) -> None:
+        super().__init__()
+        self.num_timesteps = diffusion.num_timesteps
+        self.prediction_type = prediction_type
+        self.clip_denoised = clip_denoised
+        self.register_buffer("train_alpha_bar", diffusion.alpha_bar.clone(), persistent=False)
+        self.set_timesteps(diffusion.num_timesteps)
+
+    def set_timesteps(
+        self, num_steps: int | None = None, spacing: str = "linear", timesteps: Sequence[int] | None = None
+    ) -> None:
+        """Keep ``num_steps`` of the T steps (all when None), or exactly ``timesteps`` (strictly descending);
+        alpha_bar after the last kept step is 1, so the last update lands on x0."""
+        device = self.train_alpha_bar.device
+        if timesteps is None:
+            timesteps = timestep_subsequence(self.num_timesteps, num_steps or self.num_timesteps, spacing)
+        timesteps = torch.as_tensor(timesteps, dtype=torch.long, device=device)
+        if (timesteps.diff() >= 0).any() or timesteps.min() < 0 or timesteps.max() >= self.num_timesteps:
+            raise ValueError(f"timesteps must be strictly descending within [0, {self.num_timesteps - 1}]")
+        alpha_bar_t = self.train_alpha_bar[timesteps]  # (K,) float64
+        self.register_buffer("timesteps", timesteps, persistent=False)  # (K,) descending
+        self.register_buffer("alpha_bar_t", alpha_bar_t, persistent=False)
+        self.register_buffer("alpha_bar_prev", torch.cat([alpha_bar_t[1:], alpha_bar_t.new_ones(1)]), persistent=False)
+
+    def predict(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) at step ``index``; with clipping, eps is recomputed from the clipped x0."""
+        abar = self.alpha_bar_t[index].expand(x_t.shape[0])
+        eps, x0 = eps_x0_from_output(model_output, x_t, abar, self.prediction_type)
+        if self.clip_denoised:
+            x0 = x0.clamp(-1, 1)
+            a = append_dims(abar.to(x_t.dtype), x_t.ndim)
+            eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+        return eps, x0
+
+    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
+        raise NotImplementedError
+
+
+class DDPMSampler(DiffusionSampler):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2) over any subsequence of steps.
+
+    On a subsequence the betas are recomputed from alpha_bar, beta = 1 - abar_t / abar_prev
+    (Nichol & Dhariwal 2021, Sec. 4), so K = T is exactly DDPM.
+
+    Args:
+        variance: ``small`` is the posterior variance beta_tilde, ``large`` is beta (Ho et al. 2020, Sec. 3.2).
+    """
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        prediction_type: str = "eps",
+        clip_denoised: bool = True,
+        variance: Literal["small", "large"] = "small",
+    ) -> None:
+        if variance not in ("small", "large"):
+            raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'small']")
+        self.variance = variance
+        super().__init__(diffusion, prediction_type, clip_denoised)
+
+    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
+        # 1. predictions
+        eps, x0 = self.predict(model_output, index, x_t)
+        # 2. respaced beta and the posterior q(x_prev | x_t, x0) (Ho et al. 2020, Eqs. 6-7)
+        abar_t, abar_prev = self.alpha_bar_t[index], self.alpha_bar_prev[index]
+        beta = 1 - abar_t / abar_prev
+        coef_x0 = beta * abar_prev.sqrt() / (1 - abar_t)
+        coef_xt = (1 - abar_prev) * (1 - beta).sqrt() / (1 - abar_t)
+        mean = coef_x0.to(x_t.dtype) * x0 + coef_xt.to(x_t.dtype) * x_t
+        # 3. no noise on the last step (it lands on x0)
+        if index == len(self.timesteps) - 1:
+            return StepOutput(mean, x0)
+        var = beta * (1 - abar_prev) / (1 - abar_t) if self.variance == "small" else beta
+        noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return StepOutput(mean + var.sqrt().to(x_t.dtype) * noise, x0)
+
+
+class DDIMSampler(DiffusionSampler):
+    """DDIM (Song et al. 2021, Eq. 12) with sigma from Eq. 16 scaled by ``eta``: eta = 0 is deterministic,
+    eta = 1 over all T steps has the DDPM posterior variance.
+
+    Args:
+        eta: scale of the noise, sigma_t = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev).
+    """
+
+    def __init__(
+        self, diffusion: GaussianDiffusion, prediction_type: str = "eps", clip_denoised: bool = True, eta: float = 0.0
+    ) -> None:
+        if eta < 0:
+            raise ValueError(f"eta={eta} must be >= 0")
+        self.eta = eta
+        super().__init__(diffusion, prediction_type, clip_denoised)
+
+    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
+        eps, x0 = self.predict(model_output, index, x_t)
+        abar_t, abar_prev = self.alpha_bar_t[index], self.alpha_bar_prev[index]
+        sigma = self.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t"
+        prev = abar_prev.sqrt().to(x_t.dtype) * x0 + direction.to(x_t.dtype) * eps
+        if self.eta > 0 and index < len(self.timesteps) - 1:
+            prev = prev + sigma.to(x_t.dtype) * randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return StepOutput(prev, x0)
+
+
+SAMPLERS: dict[str, type[DiffusionSampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
+
+
+def make_sampler(name: str, diffusion: GaussianDiffusion, **options) -> DiffusionSampler:
+    """Build a sampler by name ('ddpm' or 'ddim') on the diffusion's device."""
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler {name!r} is not supported; choose one of {sorted(SAMPLERS)}")
+    return SAMPLERS[name](diffusion, **options).to(diffusion.alpha_bar.device)
+
+
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def sample_loop(
+    denoise_fn: DenoiseFn,
+    sampler: DiffusionSampler,
+    x_T: torch.Tensor,
+    generator: Generator = None,
+    progress: bool = False,
+    trajectory_points: int = 0,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Run ``sampler`` from x_T; ``denoise_fn(x_t, t)`` returns the network output at integer steps t (B,).
+
+    Returns the final sample and, if ``trajectory_points`` > 0, that many predicted-x0 snapshots
+    taken at evenly spaced steps (the denoising trajectory).
+    """
+    x = x_T
+    num = len(sampler.timesteps)
+    keep = set(torch.linspace(0, num - 1, trajectory_points).round().long().tolist()) if trajectory_points else set()
+    trajectory = []
+    for i, t in enumerate(tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False)):
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        out = sampler.step(denoise_fn(x, t_batch), i, x, generator)
+        x = out.prev_sample
+        if i in keep:
+            trajectory.append(out.pred_x0)
+    return x, trajectory

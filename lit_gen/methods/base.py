@@ -1,0 +1,120 @@
+"""What every lit_gen method shares: optimizer and LR schedule from config, EMA weights, exact-resume
+seeding, a method tag in checkpoints, and one ``sample`` entry point for callbacks and ``lit-gen sample``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import lightning.pytorch as L
+import numpy as np
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lit_gen import __version__
+from lit_gen.checkpoints import TAG, check_method, class_path
+from lit_gen.nets.ema import EMA
+from lit_gen.optim import WarmupCosineLR
+
+
+@dataclass
+class SampleOutput:
+    x: torch.Tensor  # (B, *data_shape) in data space ([-1, 1] for images)
+    labels: torch.Tensor | None = None  # (B,) class labels for conditional models
+    trajectory: list[torch.Tensor] = field(default_factory=list)  # snapshots (B, *data_shape) along sampling
+
+
+def _adam(params):
+    return torch.optim.Adam(params, lr=2e-4)
+
+
+class GenerativeModule(L.LightningModule):
+    """Base class of the methods. Subclasses build ``self.net``, call :meth:`init_ema`, and implement
+    ``training_step``, ``validation_step`` and :meth:`sample`.
+
+    Args:
+        optimizer: optimizer factory, ``class_path`` + ``init_args`` without ``params`` in YAML.
+        lr_scheduler: optional LR schedule factory, stepped every optimizer step
+            (e.g. ``lit_gen.optim.WarmupCosineLR``).
+        ema_decay: decay of the EMA of the weights used for validation and sampling; 0 disables it.
+        seed: base of the per-step seeds that make a resumed run identical to an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float = 0.9999,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.ema_decay = ema_decay
+        self.seed = seed
+        self.ema: EMA | None = None
+
+    # --- weights -------------------------------------------------------------------------------------
+    def init_ema(self) -> None:
+        self.ema = EMA(self.net, self.ema_decay) if self.ema_decay > 0 else None
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        """The EMA network when there is one, else the trained network."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.net)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(self.net.parameters())
+        if self.lr_scheduler_factory is None:
+            return optimizer
+        scheduler = self.lr_scheduler_factory(optimizer)
+        if isinstance(scheduler, WarmupCosineLR) and scheduler.total_steps is None:
+            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --- randomness ----------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # Seed the global RNG (noise, timesteps, dropout) from (seed, epoch, batch, rank): a run resumed
+        # from a checkpoint then draws exactly what an uninterrupted run draws.
+        state = np.random.SeedSequence([self.seed, self.current_epoch, batch_idx, self.global_rank])
+        torch.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
+
+    def eval_generator(self, batch_idx: int) -> torch.Generator:
+        """A fixed generator per validation/test batch, so val/test losses compare across epochs."""
+        return torch.Generator(device=self.device).manual_seed(self.seed + 7919 * batch_idx + self.global_rank)
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[TAG] = {"class_path": class_path(self), "version": __version__}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if TAG in checkpoint:
+            check_method(checkpoint, type(self))
+
+    # --- sampling ------------------------------------------------------------------------------------
+    def sample(
+        self,
+        num_samples: int,
+        generators: list[torch.Generator] | None = None,
+        labels: torch.Tensor | None = None,
+        progress: bool = False,
+        trajectory_points: int = 0,
+        **options,
+    ) -> SampleOutput:
+        """Draw ``num_samples`` samples with the EMA weights; sample i uses ``generators[i]``.
+
+        ``options`` are method-specific (a diffusion model takes ``sampler``, ``steps``, ...); an option the
+        method does not know raises a ValueError naming it.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def check_options(options: dict, allowed: set[str], method: str) -> None:
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(f"{method} does not take sampling option(s) {unknown}; it takes {sorted(allowed)}")

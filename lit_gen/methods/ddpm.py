@@ -1,0 +1,137 @@
+"""DDPM (Ho et al. 2020): a network trained to predict the noise added by q(x_t | x0), sampled by
+ancestral steps (or any sampler of lit_gen.diffusion on the same checkpoint)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from lit_gen.diffusion import GaussianDiffusion, make_sampler, sample_loop, training_target
+from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam
+from lit_gen.nets import UNet
+from lit_gen.utils import randn
+
+# A network class whose first two parameters are (data_shape, num_classes); YAML gives the rest.
+NetFactory = Callable[[tuple[int, ...], int], nn.Module]
+
+
+@contextmanager
+def eval_mode(net: nn.Module):
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
+
+
+class DDPM(GenerativeModule):
+    """Denoising diffusion probabilistic model trained with L_simple (Ho et al. 2020, Eq. 14).
+
+    Args:
+        data_shape: shape of one sample, (C, H, W) or (D,); linked from the DataModule by the CLI.
+        num_classes: number of labels in the data; linked from the DataModule by the CLI.
+        net: the denoiser, built as ``net(data_shape, num_classes)`` (``lit_gen.nets.UNet`` or ``MLPDenoiser``).
+        num_timesteps: diffusion steps T (1000 in the paper).
+        beta_schedule: ``linear`` (Ho et al. 2020) or ``cosine`` (Nichol & Dhariwal 2021).
+        prediction_type: what the network predicts: ``eps`` (the paper), ``x0`` or ``v``.
+        class_conditional: feed labels ``y`` to the network (needs a labelled dataset).
+        clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
+        sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
+        sampling_steps: default number of sampling steps (None: all T).
+        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+    """
+
+    sample_options = {"sampler", "steps", "eta", "spacing"}
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 16, 16),
+        num_classes: int = 0,
+        net: NetFactory = UNet,
+        num_timesteps: int = 1000,
+        beta_schedule: Literal["linear", "cosine"] = "linear",
+        prediction_type: Literal["eps", "x0", "v"] = "eps",
+        class_conditional: bool = False,
+        clip_denoised: bool = True,
+        sampler: Literal["ddpm", "ddim"] = "ddpm",
+        sampling_steps: int | None = None,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float = 0.9999,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, ema_decay, seed)
+        self.save_hyperparameters()
+        if class_conditional and num_classes < 1:
+            raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
+        self.data_shape = tuple(data_shape)
+        self.num_classes = num_classes if class_conditional else 0
+        self.prediction_type = prediction_type
+        self.net = net(self.data_shape, self.num_classes)
+        self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
+        self.init_ema()
+
+    def loss(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """L_simple = E ||target - net(x_t, t)||^2 with t ~ U{0..T-1}, eps ~ N(0, I) (Ho et al. 2020, Algorithm 1)."""
+        x0 = batch["x"]  # (B, *data_shape)
+        y = batch.get("y") if self.num_classes else None
+        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator)  # (B,)
+        eps = randn(x0.shape, generator, x0.device, x0.dtype)
+        x_t = self.diffusion.q_sample(x0, t, eps)
+        target = training_target(x0, eps, self.diffusion.alpha_bar[t], self.prediction_type)
+        return F.mse_loss(net(x_t, t, y), target)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self.net, batch)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        with eval_mode(self.sampling_net) as net:
+            loss = self.loss(net, batch, self.eval_generator(batch_idx))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        with eval_mode(self.sampling_net) as net:
+            loss = self.loss(net, batch, self.eval_generator(batch_idx))
+        self.log("test/loss", loss, sync_dist=True)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        generators: list[torch.Generator] | None = None,
+        labels: torch.Tensor | None = None,
+        progress: bool = False,
+        trajectory_points: int = 0,
+        **options,
+    ) -> SampleOutput:
+        """Sample with ``sampler`` (``ddpm``/``ddim``), ``steps``, ``eta`` (DDIM) and ``spacing`` (linear/quadratic)."""
+        self.check_options(options, self.sample_options, type(self).__name__)
+        name = options.get("sampler") or self.hparams.sampler
+        sampler_args = {"eta": options["eta"]} if options.get("eta") is not None else {}
+        if sampler_args and name != "ddim":
+            raise ValueError(f"eta={options['eta']} is a DDIM option; the {name!r} sampler does not take it")
+        sampler = make_sampler(
+            name, self.diffusion, prediction_type=self.prediction_type, clip_denoised=self.hparams.clip_denoised,
+            **sampler_args,
+        )
+        sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps, options.get("spacing") or "linear")
+        if self.num_classes and labels is None:
+            labels = torch.arange(num_samples, device=self.device) % self.num_classes
+        labels = labels.to(self.device) if labels is not None and self.num_classes else None
+        x_T = randn((num_samples, *self.data_shape), generators, self.device)
+        with eval_mode(self.sampling_net) as net:
+            x, trajectory = sample_loop(
+                lambda x_t, t: net(x_t, t, labels), sampler, x_T, generators, progress, trajectory_points
+            )
+        return SampleOutput(x, labels, trajectory)

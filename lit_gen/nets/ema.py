@@ -1,0 +1,53 @@
+"""Exponential moving average of a network's weights (used for validation and sampling)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+class EMA(nn.Module):
+    """Keeps ``module``, a frozen copy of a network, as theta_ema <- d * theta_ema + (1 - d) * theta.
+
+    With ``warmup``, d = min(decay, (1 + n) / (10 + n)) after n updates, so early averages are not
+    dominated by the random initialisation. Its state (weights and ``num_updates``) is part of the
+    owner's state_dict, so checkpoints resume it exactly.
+
+    Args:
+        net: the network to average.
+        decay: the target decay rate, e.g. 0.9999 (Ho et al. 2020).
+        warmup: ramp the decay up as above.
+    """
+
+    def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema_decay={decay} must be in [0, 1)")
+        self.module = copy.deepcopy(net).requires_grad_(False).eval()
+        self.decay = decay
+        self.warmup = warmup
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def current_decay(self) -> float:
+        n = int(self.num_updates)
+        return min(self.decay, (1 + n) / (10 + n)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        decay = self.current_decay()
+        ema_params = list(self.module.parameters())
+        params = [p.detach().to(e.dtype) for p, e in zip(net.parameters(), ema_params, strict=True)]
+        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        for b_ema, b in zip(self.module.buffers(), net.buffers(), strict=True):
+            b_ema.copy_(b)
+        self.num_updates += 1
+
+    def train(self, mode: bool = True) -> EMA:
+        super().train(mode)
+        self.module.eval()  # the average is never in training mode (no dropout)
+        return self
+
+    def forward(self, *args, **kwargs):
+        return self.module(*args, **kwargs)

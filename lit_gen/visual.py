@@ -1,0 +1,72 @@
+"""Turning samples into pictures and files: image grids, 2-D scatter plots, ADM-format npz."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] -> [0, 1] (clamped)."""
+    return ((x.float() + 1) / 2).clamp(0, 1)
+
+
+def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C), as OpenAI's ADM evaluator reads."""
+    return (to_unit(x) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """(B, C, H, W) in [-1, 1] -> one (C, H', W') grid in [0, 1]."""
+    return make_grid(to_unit(x).cpu(), nrow=nrow or math.ceil(math.sqrt(x.shape[0])), padding=1, pad_value=0.5)
+
+
+def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, title: str = "", limit: float = 5.0):
+    """A matplotlib figure of 2-D samples, over reference data if given."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ref = reference.detach().float().cpu()
+        ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgray", label="data")
+    pts = points.detach().float().cpu()
+    ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", label="samples")
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title)
+    ax.legend(loc="upper right", fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_array(fig) -> np.ndarray:
+    """Render a matplotlib figure to a uint8 (H, W, 3) array and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return rgb
+
+
+def save_png(array_hwc: np.ndarray, path: str | Path) -> None:
+    from PIL import Image
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array_hwc).save(path)
+
+
+def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = None) -> None:
+    """ADM evaluator format: ``arr_0`` the samples, ``arr_1`` the labels if any. Written atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    arrays = [samples] if labels is None else [samples, labels]
+    np.savez(tmp, *arrays)
+    os.replace(tmp, path)
