@@ -26,9 +26,10 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {str(path)!r}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False, mmap=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: {err})") from None
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
     if TAG not in ckpt:
@@ -38,8 +39,12 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def checkpoint_class(ckpt: dict[str, Any]) -> type:
     """The LightningModule class that wrote ``ckpt``."""
-    module, _, name = ckpt[TAG]["class_path"].rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    path = ckpt[TAG]["class_path"]
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        raise CheckpointError(f"the checkpoint's method {path} is not in this version of lit_gen") from None
 
 
 def check_method(ckpt: dict[str, Any], expected: type, path: str | Path = "checkpoint") -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -73,21 +74,29 @@ class LitGenCLI(LightningCLI):
             cfg.trainer.default_root_dir = str(self.run_dir())
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
-        self._check_ckpt_path(cfg)
 
-    def _check_ckpt_path(self, cfg: Namespace) -> None:
-        """Fail in one line, before anything is written, on a missing, corrupt or foreign checkpoint."""
+    def _parse_ckpt_path(self) -> None:
+        """Fail in one line, before anything is written, on a missing, corrupt or foreign checkpoint; resolve
+        ``last`` to this run's ``checkpoints/last.ckpt``. Lightning then reads the model's hyperparameters from it."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        cfg = self.config[subcommand]
         ckpt_path = cfg.get("ckpt_path")
         if ckpt_path in (None, "best", "hpc", "registry"):
             return
         if ckpt_path == "last":
-            last = Path(cfg.checkpoint.dirpath) / "last.ckpt"
+            last = Path(cfg.checkpoint.dirpath or Path(cfg.runs_dir) / cfg.name / "checkpoints") / "last.ckpt"
             if not last.exists():
                 print(f"lit-gen: no {last} yet, starting from scratch", file=sys.stderr)
                 cfg.ckpt_path = None
                 return
             ckpt_path = cfg.ckpt_path = str(last)
         check_method(read_checkpoint(ckpt_path), _import(cfg.model.class_path), ckpt_path)
+        try:
+            super()._parse_ckpt_path()
+        except pickle.UnpicklingError:
+            pass  # hyperparameters that only a full unpickling reads: the config defines the model
 
 
 def _import(class_path: str) -> type:
@@ -95,6 +104,20 @@ def _import(class_path: str) -> type:
 
     module, _, name = class_path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def _one_line(message: str) -> str:
+    """jsonargparse explains a bad subclass option as a list of union alternatives; keep the informative one."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("- Problem with given class_path"):
+            detail = [line[2:]]
+            for more in lines[i + 1 :]:
+                if more.startswith("- ") or more.startswith("Given value"):
+                    break
+                detail.append(more)
+            return " ".join(" ".join(detail).split())
+    return " ".join(" ".join(lines).split())
 
 
 def cli_main(args: list[str] | None = None) -> None:
@@ -110,7 +133,7 @@ def cli_main(args: list[str] | None = None) -> None:
     except (ArgumentError, CheckpointError, FileNotFoundError, ValueError) as err:
         if os.environ.get("LIT_GEN_DEBUG"):
             raise
-        message = " ".join(str(err).split())
+        message = _one_line(str(err))
         print(f"lit-gen: error: {message}", file=sys.stderr)
         sys.exit(2)
 

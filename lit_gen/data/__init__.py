@@ -1,0 +1,31 @@
+"""LightningDataModules: embedded sets (digits, shapes, 2-D toys) and torchvision image sets.
+
+Every item is a dict ``{"x": FloatTensor[, "y": int64][, "caption": str]}``; see ``base``.
+"""
+
+from lit_gen.data.base import DatasetNotFoundError, GenerativeDataModule
+from lit_gen.data.digits import DigitsDataModule
+from lit_gen.data.shapes import ShapesDataModule
+from lit_gen.data.toy2d import Toy2DDataModule
+from lit_gen.data.vision import (
+    CelebADataModule,
+    CIFAR10DataModule,
+    FashionMNISTDataModule,
+    ImageFolderDataModule,
+    MNISTDataModule,
+    VisionDataModule,
+)
+
+__all__ = [
+    "CelebADataModule",
+    "CIFAR10DataModule",
+    "DatasetNotFoundError",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "GenerativeDataModule",
+    "ImageFolderDataModule",
+    "MNISTDataModule",
+    "ShapesDataModule",
+    "Toy2DDataModule",
+    "VisionDataModule",
+]

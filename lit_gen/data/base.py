@@ -1,0 +1,197 @@
+"""The common contract of every lit_gen DataModule.
+
+Items are dicts: ``{"x": FloatTensor}`` (images in [-1, 1], shape (C, H, W); toy data shape (2,)),
+plus ``"y"`` (int64 scalar) where labels exist and ``"caption"`` (str) where captions exist, so the
+default collate gives dict batches. ``batch_size`` is global and divided across ranks; the training
+sampler is always a seeded ``DistributedSampler``, so the shuffle order depends only on (seed, epoch).
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+Item = dict[str, Any]
+Splits = tuple[Dataset, Dataset, Dataset]
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """Raised when a dataset's files are not on disk (and were not downloaded)."""
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(
+            f"{name} not found (or incomplete) at {path}: "
+            "pass --data.init_args.download true to download it, or place the files there"
+        )
+
+
+class TensorDictDataset(Dataset):
+    """A dataset backed by precomputed tensors (and optionally captions), returning dict items.
+
+    Args:
+        x: Data, shape (N, ...): floats returned as they are, or uint8 images in [0, 255] returned
+            as floats in [-1, 1] (a quarter of the memory of float storage).
+        y: Integer labels, shape (N,), or None.
+        captions: One caption per item, or None.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor | None = None, captions: Sequence[str] | None = None) -> None:
+        for name, other in (("y", y), ("captions", captions)):
+            if other is not None and len(other) != len(x):
+                raise ValueError(f"{name} has {len(other)} items but x has {len(x)}")
+        self.x = x
+        self.y = None if y is None else y.long()
+        self.captions = None if captions is None else list(captions)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> Item:
+        x = self.x[index]
+        item: Item = {"x": to_signed(x.float() / 255) if x.dtype == torch.uint8 else x}
+        if self.y is not None:
+            item["y"] = self.y[index]
+        if self.captions is not None:
+            item["caption"] = self.captions[index]
+        return item
+
+    def subset(self, indices: Tensor) -> "TensorDictDataset":
+        """A new dataset holding the items at ``indices``."""
+        captions = None if self.captions is None else [self.captions[i] for i in indices.tolist()]
+        return TensorDictDataset(self.x[indices], None if self.y is None else self.y[indices], captions)
+
+
+def split_indices(n: int, fractions: Sequence[float], generator: torch.Generator) -> list[Tensor]:
+    """Randomly partition ``range(n)`` into a remainder and one part per fraction.
+
+    Returns:
+        ``[rest, part_1, ..., part_k]`` with ``len(part_i) == round(fractions[i] * n)``.
+    """
+    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"split fractions {list(fractions)} must be >= 0 and sum to less than 1")
+    perm = torch.randperm(n, generator=generator)
+    sizes = [round(f * n) for f in fractions]
+    parts = list(torch.split(perm, [n - sum(sizes), *sizes]))
+    return [p.sort().values for p in parts]
+
+
+class GenerativeDataModule(pl.LightningDataModule):
+    """Base class: subclasses set ``data_shape`` and ``num_classes`` in ``__init__`` and implement
+    ``build_datasets``.
+
+    Args:
+        batch_size: Global batch size, divided evenly across ranks.
+        num_workers: DataLoader worker processes per rank.
+        seed: Seed for deterministic splits, data generation and the training shuffle order.
+    """
+
+    data_shape: tuple[int, ...]
+    num_classes: int = 0
+
+    def __init__(self, *, batch_size: int = 128, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if seed < 0:
+            raise ValueError(f"seed={seed} must be >= 0")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self._splits: Splits | None = None
+
+    # --- subclass hook -------------------------------------------------------------------------
+
+    def build_datasets(self) -> Splits:
+        """Build the (train, val, test) datasets; called once, from ``setup``."""
+        raise NotImplementedError
+
+    # --- datasets ------------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._splits is None:
+            self._splits = self.build_datasets()
+
+    def _split(self, index: int) -> Dataset:
+        self.setup()
+        assert self._splits is not None
+        return self._splits[index]
+
+    @property
+    def train_dataset(self) -> Dataset:
+        return self._split(0)
+
+    @property
+    def val_dataset(self) -> Dataset:
+        return self._split(1)
+
+    @property
+    def test_dataset(self) -> Dataset:
+        return self._split(2)
+
+    def generator(self, stream: int = 0) -> torch.Generator:
+        """A CPU generator seeded by ``seed`` and ``stream`` (0 <= stream < 1000), one stream per use."""
+        return torch.Generator().manual_seed(self.seed * 1000 + stream)
+
+    # --- distribution --------------------------------------------------------------------------
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def global_rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    @property
+    def per_rank_batch_size(self) -> int:
+        if self.batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={self.batch_size} is not divisible by the world size {self.world_size}"
+            )
+        return self.batch_size // self.world_size
+
+    # --- loaders -------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, sampler: DistributedSampler | None, drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.per_rank_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _distributed_sampler(self, dataset: Dataset, train: bool) -> DistributedSampler:
+        return DistributedSampler(
+            dataset,
+            num_replicas=self.world_size,
+            rank=self.global_rank,
+            shuffle=train,
+            seed=self.seed,
+            drop_last=train,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        # Always a DistributedSampler (even on one process): the order depends only on (seed, epoch),
+        # Lightning calls set_epoch on it and does not replace it.
+        return self._loader(self.train_dataset, self._distributed_sampler(self.train_dataset, True), True)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        sampler = self._distributed_sampler(dataset, False) if self.world_size > 1 else None
+        return self._loader(dataset, sampler, False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_dataset)
+
+
+def to_signed(x: Tensor) -> Tensor:
+    """Map values in [0, 1] to [-1, 1]."""
+    return x * 2 - 1

@@ -1,0 +1,160 @@
+"""The CLI end to end: every config parses, instantiates and fits; runs resume exactly; checkpoints rebuild
+the module and sample; bad input fails in one line without touching an existing run."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lit_gen.cli import LitGenCLI, cli_main
+from lit_gen.methods import DDPM
+from tests.conftest import EXPERIMENTS
+from tests.integration.fake_data import fake_data_args
+from tests.integration.tiny import method_configs, tiny_args
+
+DIGITS = "ddpm/digits.yaml"
+
+
+def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps: int = 2, monkeypatch=None) -> Path:
+    data_args = fake_data_args(config, runs_dir, monkeypatch) if monkeypatch else []
+    cli_main(["fit", *tiny_args(config, runs_dir, name, max_steps), *data_args, *extra])
+    return runs_dir / name
+
+
+@pytest.mark.parametrize("config", method_configs())
+def test_config_instantiates(config, tmp_path):
+    cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path)], run=False)
+    assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
+    assert cli.trainer.logger.log_dir == str(tmp_path / cli.config.name)
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (EXPERIMENTS / "trainer").glob("*.yaml")))
+def test_trainer_presets_parse(preset, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", "--config", str(EXPERIMENTS / DIGITS), "--config", str(EXPERIMENTS / "trainer" / preset),
+                  "--print_config"])
+    assert exit_info.value.code in (0, None)
+    assert "strategy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", method_configs())
+def test_fit_smoke(config, tmp_path, monkeypatch):
+    run = fit(config, tmp_path, monkeypatch=monkeypatch)
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "config.yaml").is_file()
+    assert list((run / "samples").glob("step_*.png"))
+    events = EventAccumulator(str(run)).Reload()
+    assert {"train/loss", "val/loss"} <= set(events.Tags()["scalars"])
+    assert any(tag.startswith("samples/") for tag in events.Tags()["images"])
+
+
+def test_same_config_twice_and_test_subcommand(tmp_path):
+    run = fit(DIGITS, tmp_path)
+    fit(DIGITS, tmp_path)  # the saved config.yaml must not make the second run abort
+    cli_main(["test", *tiny_args(DIGITS, tmp_path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    assert "test/loss" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
+
+
+def _state(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=False)
+    return {
+        "state_dict": ckpt["state_dict"],
+        "optimizer": ckpt["optimizer_states"][0]["state"],
+        "lr_scheduler": ckpt["lr_schedulers"][0]["last_epoch"],
+        "global_step": ckpt["global_step"],
+    }
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    extra = ["--trainer.max_steps=-1", "--samples.every_n_steps=0", "--model.init_args.ema_decay=0.9",
+             "--model.init_args.net.init_args.dropout=0.1",
+             "--model.init_args.lr_scheduler=lit_gen.optim.WarmupCosineLR",
+             "--model.init_args.lr_scheduler.warmup_steps=2"]
+    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", name="straight")
+    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=1", name="resumed")
+    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", "--ckpt_path=last", name="resumed")
+    a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == 12
+    assert a["lr_scheduler"] == b["lr_scheduler"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    assert any(k.startswith("ema.") for k in a["state_dict"])
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)
+    for idx, state in a["optimizer"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(value, b["optimizer"][idx][name], rtol=0, atol=0)
+
+
+def test_checkpoint_rebuilds_module_and_samples(tmp_path):
+    run = fit(DIGITS, tmp_path)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    model = DDPM.load_from_checkpoint(ckpt)  # from the checkpoint alone: net class and sizes come from it
+    assert model.net.base_channels == 8 if hasattr(model.net, "base_channels") else True
+    assert model.data_shape == (1, 8, 8) and model.diffusion.num_timesteps == 10
+    saved = torch.load(ckpt, weights_only=False)["state_dict"]
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[key])
+
+    def sample(out: str, batch_size: int) -> np.ndarray:
+        cli_main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "5", "--seed", "3",
+                  "--batch_size", str(batch_size), "--output", str(tmp_path / out)])
+        assert (tmp_path / out / "grid.png").is_file()
+        return np.load(tmp_path / out / "samples.npz")
+
+    a, b = sample("a", 2), sample("b", 5)
+    assert a["arr_0"].shape == (5, 8, 8, 1) and a["arr_0"].dtype == np.uint8
+    assert "arr_1" not in a.files  # unconditional model: no labels
+    np.testing.assert_array_equal(a["arr_0"], b["arr_0"])  # same seed, any batch size: same images
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "bad, expected",
+    [
+        (["--model.init_args.bogus=3"], "bogus"),
+        (["--trainer.max_steps=abc"], "abc"),
+        (["--model.init_args.beta_schedule=sigmoid"], "sigmoid"),
+        (["--ckpt_path", "{tmp}/missing.ckpt"], "missing.ckpt"),
+        (["--ckpt_path", "{tmp}/corrupt.ckpt"], "corrupt.ckpt"),
+        (["--ckpt_path", "{tmp}/other.ckpt"], "lit_gen.methods.base.GenerativeModule"),
+    ],
+)
+def test_bad_input_fails_in_one_line_and_writes_nothing(bad, expected, tmp_path, capsys):
+    run = fit(DIGITS, tmp_path)
+    (tmp_path / "corrupt.ckpt").write_bytes(b"not a checkpoint")
+    other = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    other["lit_gen"]["class_path"] = "lit_gen.methods.base.GenerativeModule"
+    torch.save(other, tmp_path / "other.ckpt")
+    before = _digest(run)
+    capsys.readouterr()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in bad]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *tiny_args(DIGITS, tmp_path), *args])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
+    assert len(err) == 1 and expected in err[0], err
+    assert _digest(run) == before  # nothing in the run was written over
+
+
+def test_sample_errors(tmp_path, capsys):
+    run = fit(DIGITS, tmp_path)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    for args, expected in [
+        (["--ckpt_path", str(tmp_path / "nope.ckpt")], "nope.ckpt"),
+        (["--ckpt_path", ckpt, "--sampler", "euler"], "euler"),
+        (["--ckpt_path", ckpt, "--steps", "5000"], "5000"),
+        (["--ckpt_path", ckpt, "--sampler", "ddpm", "--eta", "0.5"], "eta"),
+    ]:
+        with pytest.raises(SystemExit):
+            cli_main(["sample", *args, "--output", str(tmp_path / "out")])
+        assert expected in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

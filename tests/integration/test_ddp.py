@@ -1,0 +1,31 @@
+"""A 2-process DDP fit on CPU (gloo), launched as a subprocess of the CLI as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import DIST_VARS, EXPERIMENTS, ROOT
+from tests.integration.tiny import tiny_args
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    args = tiny_args("ddpm/digits.yaml", tmp_path, name="ddp", max_steps=4)
+    args += ["--config", str(EXPERIMENTS / "trainer" / "ddp.yaml"), "--trainer.accelerator=cpu",
+             "--data.init_args.batch_size=16"]
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "ddp"
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["global_step"] == 4
+    # every rank loads batch_size / world_size = 8 samples per step
+    assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoints", "samples"]
+    assert len(list(run.glob("events.out.tfevents.*"))) == 1  # only rank 0 writes logs
+    assert "val/loss" in EventAccumulator(str(run)).Reload().Tags()["scalars"]

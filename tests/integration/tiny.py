@@ -1,0 +1,56 @@
+"""Command-line overrides that shrink any shipped config to a seconds-long CPU run."""
+
+from __future__ import annotations
+
+import yaml
+
+from tests.conftest import EXPERIMENTS
+
+TINY_NET = {
+    "lit_gen.nets.UNet": {
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [4],
+        "dropout": 0.0,
+    },
+    "lit_gen.nets.MLPDenoiser": {"hidden_dim": 16, "num_layers": 2},
+}
+TINY_IMAGE_SIZE = {"DigitsDataModule": 8}
+
+
+def method_configs() -> list[str]:
+    return sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name != "trainer")
+
+
+def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> list[str]:
+    """``--config config`` plus overrides: a tiny net, few diffusion steps, tiny batches, fast callbacks."""
+    cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
+    net = cfg["model"]["init_args"]["net"]
+    args = ["--config", str(EXPERIMENTS / config), "--config", str(EXPERIMENTS / "trainer" / "cpu.yaml")]
+    for key, value in TINY_NET[net["class_path"]].items():
+        args.append(f"--model.init_args.net.init_args.{key}={value}")
+    data_class = cfg["data"]["class_path"]
+    if data_class in TINY_IMAGE_SIZE:
+        args.append(f"--data.init_args.image_size={TINY_IMAGE_SIZE[data_class]}")
+    args += [
+        "--model.init_args.num_timesteps=10",
+        "--data.init_args.batch_size=8",
+        "--data.init_args.num_workers=0",
+        f"--trainer.max_steps={max_steps}",
+        "--trainer.val_check_interval=null",
+        "--trainer.check_val_every_n_epoch=1",
+        "--trainer.limit_train_batches=4",
+        "--trainer.limit_val_batches=1",
+        "--trainer.limit_test_batches=1",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--samples.every_n_steps=2",
+        "--samples.num_samples=4",
+        "--samples.trajectory_points=3",
+        "--checkpoint.every_n_train_steps=1",
+        f"--runs_dir={runs_dir}",
+        f"--name={name}",
+    ]
+    return args
