@@ -14,8 +14,8 @@ class WarmupCosineLR(LRScheduler):
     Args:
         optimizer: wrapped optimizer.
         warmup_steps: steps of linear warm-up from 0 (500 in the notes' anime-faces script).
-        total_steps: length of the schedule in optimizer steps; None takes the trainer's estimate
-            (``trainer.estimated_stepping_batches``), set by the LightningModule.
+        total_steps: length of the schedule in optimizer steps; None follows the trainer's estimate
+            (``trainer.estimated_stepping_batches``), also when a resumed run changes max_steps.
         min_lr_ratio: final learning rate as a fraction of the peak; 1.0 gives warm-up then constant.
     """
 
@@ -26,8 +26,15 @@ class WarmupCosineLR(LRScheduler):
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0 and total_steps={total_steps} >= 1")
         self.warmup_steps = warmup_steps
         self.total_steps = total_steps
+        self.follows_trainer = total_steps is None
         self.min_lr_ratio = min_lr_ratio
         super().__init__(optimizer)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        total_steps = self.total_steps
+        super().load_state_dict(state_dict)
+        if self.follows_trainer:  # the current trainer's length wins over the checkpoint's
+            self.total_steps = total_steps
 
     def get_lr(self) -> list[float]:
         factor = self._factor(self.last_epoch)

@@ -64,10 +64,11 @@ class SampleGrid(L.Callback):
             self.num_samples, gens, trajectory_points=self.trajectory_points if self.trajectory_samples else 0,
             **self.sample_options,
         )
-        self._write(trainer, out)
+        log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
+        self._write(trainer, out, log_dir)
 
     @rank_zero_only
-    def _write(self, trainer: L.Trainer, out) -> None:
+    def _write(self, trainer: L.Trainer, out, log_dir: str | None) -> None:
         step = trainer.global_step
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
         if out.x.ndim == 2:  # 2-D points: scatter over the validation data
@@ -86,8 +87,8 @@ class SampleGrid(L.Callback):
                         "samples/trajectory", image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step
                     )
             image = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
-        if self.save_png and trainer.log_dir:
-            save_png(image, Path(trainer.log_dir) / "samples" / f"step_{step:07d}.png")
+        if self.save_png and log_dir:
+            save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}.png")
 
 
 def _reference_points(trainer: L.Trainer, limit: int = 2000) -> torch.Tensor | None:

@@ -31,7 +31,7 @@ def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps:
 def test_config_instantiates(config, tmp_path):
     cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path)], run=False)
     assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
-    assert cli.trainer.logger.log_dir == str(tmp_path / cli.config.name)
+    assert Path(cli.trainer.logger.log_dir) == tmp_path / cli.config.name
 
 
 @pytest.mark.parametrize("preset", sorted(p.name for p in (EXPERIMENTS / "trainer").glob("*.yaml")))
@@ -72,12 +72,16 @@ def _state(path: Path) -> dict:
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
-    extra = ["--trainer.max_steps=-1", "--samples.every_n_steps=0", "--model.init_args.ema_decay=0.9",
+    extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=4", "--samples.every_n_steps=0",
+             "--model.init_args.ema_decay=0.9",
              "--model.init_args.net.init_args.dropout=0.1",
              "--model.init_args.lr_scheduler=lit_gen.optim.WarmupCosineLR",
              "--model.init_args.lr_scheduler.warmup_steps=2"]
     fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", name="straight")
-    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=1", name="resumed")
+    # the same run, stopped after its first epoch (as by a crash or Ctrl-C), then resumed from last.ckpt
+    stop = ["--trainer.callbacks+=tests.integration.tiny.StopAfterEpochs", "--trainer.callbacks.epochs=1"]
+    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", *stop, name="resumed")
+    assert _state(tmp_path / "resumed/checkpoints/last.ckpt")["global_step"] == 4
     fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", "--ckpt_path=last", name="resumed")
     a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
     assert a["global_step"] == b["global_step"] == 12

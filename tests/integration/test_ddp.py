@@ -20,7 +20,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "ddp"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as L
 import yaml
 
 from tests.conftest import EXPERIMENTS
@@ -40,7 +41,7 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
         f"--trainer.max_steps={max_steps}",
         "--trainer.val_check_interval=null",
         "--trainer.check_val_every_n_epoch=1",
-        "--trainer.limit_train_batches=4",
+        "--trainer.limit_train_batches=2",
         "--trainer.limit_val_batches=1",
         "--trainer.limit_test_batches=1",
         "--trainer.log_every_n_steps=1",
@@ -54,3 +55,14 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
         f"--name={name}",
     ]
     return args
+
+
+class StopAfterEpochs(L.Callback):
+    """Stops fitting after ``epochs`` epochs, as an interrupted run would, without changing its config."""
+
+    def __init__(self, epochs: int = 1) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
