@@ -7,6 +7,7 @@ import hashlib
 import shutil
 from pathlib import Path
 
+import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
@@ -162,3 +163,34 @@ def test_sample_errors(tmp_path, capsys):
             cli_main(["sample", *args, "--output", str(tmp_path / "out")])
         assert expected in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_bf16_mixed_precision_and_no_ema(tmp_path):
+    run = fit(DIGITS, tmp_path, "--trainer.precision=bf16-mixed", "--model.init_args.ema_decay=0")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert not any(k.startswith("ema.") for k in torch.load(ckpt, weights_only=False)["state_dict"])
+    cli_main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "2", "--steps", "3", "--output", str(tmp_path / "s")])
+    assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)
+
+
+def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
+    """Lightning writes checkpoints inside an fsspec transaction: a write that dies leaves last.ckpt intact."""
+    from fsspec.implementations.local import LocalFileOpener
+
+    run = fit(DIGITS, tmp_path)
+    last = run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+
+    def dying_write(self, data):
+        LocalFileOpener.__dict__["_write_half"](self, data[: len(data) // 2])
+        raise OSError("disk died")
+
+    monkeypatch.setattr(LocalFileOpener, "_write_half", LocalFileOpener.write, raising=False)
+    monkeypatch.setattr(LocalFileOpener, "write", dying_write)
+    model = DDPM.load_from_checkpoint(last)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, max_steps=0)
+    trainer.strategy.connect(model)
+    with pytest.raises(OSError, match="disk died"):
+        trainer.save_checkpoint(last)
+    assert last.read_bytes() == before
+    assert all(p.suffix == ".ckpt" for p in last.parent.iterdir())  # no temporary file left behind

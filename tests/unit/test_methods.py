@@ -1,0 +1,89 @@
+"""Method-level pieces without a Trainer: EMA, the LR schedule, the DDPM loss and sample()."""
+
+from functools import partial
+
+import pytest
+import torch
+from torch import nn
+
+from lit_gen.methods import DDPM
+from lit_gen.nets import MLPDenoiser, UNet
+from lit_gen.nets.ema import EMA
+from lit_gen.optim import WarmupCosineLR
+from lit_gen.utils import sample_generators
+
+
+def test_ema_update_is_an_exponential_average():
+    net = nn.Linear(3, 2)
+    ema = EMA(net, decay=0.9, warmup=False)
+    start = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net)
+    for e, s, p in zip(ema.module.parameters(), start, net.parameters()):
+        torch.testing.assert_close(e, 0.9 * s + 0.1 * p)
+    assert int(ema.num_updates) == 1 and not any(p.requires_grad for p in ema.module.parameters())
+
+
+def test_ema_warmup_and_bad_decay():
+    ema = EMA(nn.Linear(1, 1), decay=0.9999)
+    assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    ema.num_updates.fill_(10_000_000)
+    assert ema.current_decay() == pytest.approx(0.9999)
+    with pytest.raises(ValueError, match="ema_decay=1.5"):
+        EMA(nn.Linear(1, 1), decay=1.5)
+
+
+def test_warmup_cosine_schedule():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosineLR(opt, warmup_steps=4, total_steps=12, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(14):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert lrs[8] == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert lrs[12] == pytest.approx(0.1) and lrs[13] == pytest.approx(0.1)
+
+
+def tiny_ddpm(**kwargs) -> DDPM:
+    net = kwargs.pop("net", partial(UNet, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                                    attention_resolutions=()))
+    return DDPM(data_shape=kwargs.pop("data_shape", (1, 8, 8)), num_classes=kwargs.pop("num_classes", 0), net=net,
+                num_timesteps=20, **kwargs)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_ddpm_loss_is_l_simple(prediction_type):
+    torch.manual_seed(0)
+    model = tiny_ddpm(prediction_type=prediction_type)
+    x0 = torch.rand(4, 1, 8, 8) * 2 - 1
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    loss = model.loss(model.net, {"x": x0}, g1)
+    t = torch.randint(0, 20, (4,), generator=g2)
+    eps = torch.randn(x0.shape, generator=g2)
+    abar = model.diffusion.alpha_bar[t].float()[:, None, None, None]
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
+    target = {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction_type]
+    torch.testing.assert_close(loss, ((model.net(x_t, t) - target) ** 2).mean())
+
+
+def test_ddpm_sample_shapes_labels_and_options():
+    model = tiny_ddpm(num_classes=3, class_conditional=True)
+    out = model.sample(5, sample_generators(0, 0, 5), trajectory_points=4, sampler="ddim", steps=5)
+    assert out.x.shape == (5, 1, 8, 8) and out.labels.tolist() == [0, 1, 2, 0, 1]
+    assert len(out.trajectory) == 4 and out.trajectory[0].shape == (5, 1, 8, 8)
+    with pytest.raises(ValueError, match="temperature"):
+        model.sample(2, temperature=0.7)
+    with pytest.raises(ValueError, match="eta"):
+        model.sample(2, sampler="ddpm", eta=0.5)
+    with pytest.raises(ValueError, match="num_classes=0"):
+        tiny_ddpm(class_conditional=True)
+
+
+def test_ddpm_on_vectors_with_mlp():
+    model = tiny_ddpm(data_shape=(2,), net=partial(MLPDenoiser, hidden_dim=16, num_layers=2), clip_denoised=False)
+    assert model.loss(model.net, {"x": torch.randn(8, 2)}).ndim == 0
+    assert model.sample(3, steps=4).x.shape == (3, 2)
