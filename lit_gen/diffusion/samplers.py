@@ -55,12 +55,19 @@ class DiffusionSampler(nn.Module):
         clip_denoised: clamp the predicted x0 to [-1, 1] (images).
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, prediction_type: str = "eps", clip_denoised: bool = True) -> None:
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        prediction_type: str = "eps",
+        clip_denoised: bool = True,
+        learned_variance: bool = False,
+    ) -> None:
         super().__init__()
+        self.diffusion = diffusion
         self.num_timesteps = diffusion.num_timesteps
         self.prediction_type = prediction_type
         self.clip_denoised = clip_denoised
-        self.register_buffer("train_alpha_bar", diffusion.alpha_bar.clone(), persistent=False)
+        self.learned_variance = learned_variance
         self.set_timesteps(diffusion.num_timesteps)
 
     def set_timesteps(
@@ -68,19 +75,23 @@ class DiffusionSampler(nn.Module):
     ) -> None:
         """Keep ``num_steps`` of the T steps (all when None), or exactly ``timesteps`` (strictly descending);
         alpha_bar after the last kept step is 1, so the last update lands on x0."""
-        device = self.train_alpha_bar.device
+        device = self.diffusion.alpha_bar.device
         if timesteps is None:
             timesteps = timestep_subsequence(self.num_timesteps, num_steps or self.num_timesteps, spacing)
         timesteps = torch.as_tensor(timesteps, dtype=torch.long, device=device)
         if (timesteps.diff() >= 0).any() or timesteps.min() < 0 or timesteps.max() >= self.num_timesteps:
             raise ValueError(f"timesteps must be strictly descending within [0, {self.num_timesteps - 1}]")
-        alpha_bar_t = self.train_alpha_bar[timesteps]  # (K,) float64
+        alpha_bar_t = self.diffusion.alpha_bar[timesteps]  # (K,) float64
         self.register_buffer("timesteps", timesteps, persistent=False)  # (K,) descending
         self.register_buffer("alpha_bar_t", alpha_bar_t, persistent=False)
         self.register_buffer("alpha_bar_prev", torch.cat([alpha_bar_t[1:], alpha_bar_t.new_ones(1)]), persistent=False)
+        # the process on the kept steps, ascending (respaced index k = K - 1 - i for loop index i)
+        self.process = self.diffusion.respaced(timesteps.flip(0))
 
     def predict(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0) at step ``index``; with clipping, eps is recomputed from the clipped x0."""
+        if self.learned_variance:
+            model_output = model_output.chunk(2, dim=1)[0]
         abar = self.alpha_bar_t[index].expand(x_t.shape[0])
         eps, x0 = eps_x0_from_output(model_output, x_t, abar, self.prediction_type)
         if self.clip_denoised:
@@ -96,11 +107,12 @@ class DiffusionSampler(nn.Module):
 class DDPMSampler(DiffusionSampler):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2) over any subsequence of steps.
 
-    On a subsequence the betas are recomputed from alpha_bar, beta = 1 - abar_t / abar_prev
-    (Nichol & Dhariwal 2021, Sec. 4), so K = T is exactly DDPM.
+    On a subsequence the betas are recomputed from alpha_bar (Nichol & Dhariwal 2021, Sec. 4), so K = T
+    is exactly DDPM; a learned variance is interpolated between the respaced beta and beta_tilde.
 
     Args:
-        variance: ``small`` is the posterior variance beta_tilde, ``large`` is beta (Ho et al. 2020, Sec. 3.2).
+        variance: ``small`` is the posterior variance beta_tilde, ``large`` is beta (Ho et al. 2020,
+            Sec. 3.2), ``learned`` reads v from the second half of the model's channels.
     """
 
     def __init__(
@@ -108,28 +120,24 @@ class DDPMSampler(DiffusionSampler):
         diffusion: GaussianDiffusion,
         prediction_type: str = "eps",
         clip_denoised: bool = True,
-        variance: Literal["small", "large"] = "small",
+        variance: Literal["small", "large", "learned"] = "small",
     ) -> None:
-        if variance not in ("small", "large"):
-            raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'small']")
+        if variance not in ("small", "large", "learned"):
+            raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', 'small']")
         self.variance = variance
-        super().__init__(diffusion, prediction_type, clip_denoised)
+        super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 
     def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
-        # 1. predictions
-        eps, x0 = self.predict(model_output, index, x_t)
-        # 2. respaced beta and the posterior q(x_prev | x_t, x0) (Ho et al. 2020, Eqs. 6-7)
-        abar_t, abar_prev = self.alpha_bar_t[index], self.alpha_bar_prev[index]
-        beta = 1 - abar_t / abar_prev
-        coef_x0 = beta * abar_prev.sqrt() / (1 - abar_t)
-        coef_xt = (1 - abar_prev) * (1 - beta).sqrt() / (1 - abar_t)
-        mean = coef_x0.to(x_t.dtype) * x0 + coef_xt.to(x_t.dtype) * x_t
-        # 3. no noise on the last step (it lands on x0)
+        # 1. the respaced step k and the model's reverse Gaussian p(x_prev | x_t) (Ho et al. 2020, Eqs. 6-7)
+        k = torch.full((x_t.shape[0],), len(self.timesteps) - 1 - index, device=x_t.device, dtype=torch.long)
+        mean, log_var, x0 = self.process.p_mean_logvar(
+            model_output, x_t, k, self.prediction_type, self.variance, self.clip_denoised
+        )
+        # 2. no noise on the last step (it lands on x0)
         if index == len(self.timesteps) - 1:
             return StepOutput(mean, x0)
-        var = beta * (1 - abar_prev) / (1 - abar_t) if self.variance == "small" else beta
         noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
-        return StepOutput(mean + var.sqrt().to(x_t.dtype) * noise, x0)
+        return StepOutput(mean + (0.5 * log_var).exp() * noise, x0)
 
 
 class DDIMSampler(DiffusionSampler):
@@ -141,12 +149,17 @@ class DDIMSampler(DiffusionSampler):
     """
 
     def __init__(
-        self, diffusion: GaussianDiffusion, prediction_type: str = "eps", clip_denoised: bool = True, eta: float = 0.0
+        self,
+        diffusion: GaussianDiffusion,
+        prediction_type: str = "eps",
+        clip_denoised: bool = True,
+        eta: float = 0.0,
+        variance: str = "small",
     ) -> None:
         if eta < 0:
             raise ValueError(f"eta={eta} must be >= 0")
         self.eta = eta
-        super().__init__(diffusion, prediction_type, clip_denoised)
+        super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 
     def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
         eps, x0 = self.predict(model_output, index, x_t)
@@ -166,7 +179,7 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, **options) -> Diffusio
     """Build a sampler by name ('ddpm' or 'ddim') on the diffusion's device."""
     if name not in SAMPLERS:
         raise ValueError(f"sampler {name!r} is not supported; choose one of {sorted(SAMPLERS)}")
-    return SAMPLERS[name](diffusion, **options).to(diffusion.alpha_bar.device)
+    return SAMPLERS[name](diffusion, **options)
 
 
 DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -12,12 +12,14 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_gen.diffusion import GaussianDiffusion, make_sampler, sample_loop, training_target
+from lit_gen.diffusion.likelihood import mean_over_dims
+from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam
 from lit_gen.nets import UNet
 from lit_gen.utils import randn
 
-# A network class whose first two parameters are (data_shape, num_classes); YAML gives the rest.
-NetFactory = Callable[[tuple[int, ...], int], nn.Module]
+# A network class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the rest.
+NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
 
 
 @contextmanager
@@ -36,10 +38,18 @@ class DDPM(GenerativeModule):
     Args:
         data_shape: shape of one sample, (C, H, W) or (D,); linked from the DataModule by the CLI.
         num_classes: number of labels in the data; linked from the DataModule by the CLI.
-        net: the denoiser, built as ``net(data_shape, num_classes)`` (``lit_gen.nets.UNet`` or ``MLPDenoiser``).
+        net: the denoiser, built as ``net(data_shape, num_classes, out_channels)`` (``lit_gen.nets.UNet`` or
+            ``MLPDenoiser``); out_channels is 2C with a learned variance.
         num_timesteps: diffusion steps T (1000 in the paper).
         beta_schedule: ``linear`` (Ho et al. 2020) or ``cosine`` (Nichol & Dhariwal 2021).
         prediction_type: what the network predicts: ``eps`` (the paper), ``x0`` or ``v``.
+        variance: reverse-process variance: ``small`` (beta_tilde) or ``large`` (beta), fixed as in Ho et al.
+            2020, or ``learned`` as in Nichol & Dhariwal 2021 (needs ``loss_type`` hybrid or vlb).
+        loss_type: ``simple`` (L_simple), ``hybrid`` (L_simple + vlb_weight * L_vlb with the mean frozen in
+            L_vlb, Nichol & Dhariwal 2021, Eq. 16) or ``vlb`` (L_vlb alone).
+        vlb_weight: lambda of the hybrid loss (0.001 in the paper).
+        timestep_sampler: ``uniform``, or ``loss-aware`` importance sampling of t (Nichol & Dhariwal 2021,
+            Sec. 3.3; its history is gathered across DDP ranks and saved in checkpoints).
         class_conditional: feed labels ``y`` to the network (needs a labelled dataset).
         clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
         sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
@@ -60,6 +70,10 @@ class DDPM(GenerativeModule):
         num_timesteps: int = 1000,
         beta_schedule: Literal["linear", "cosine"] = "linear",
         prediction_type: Literal["eps", "x0", "v"] = "eps",
+        variance: Literal["small", "large", "learned"] = "small",
+        loss_type: Literal["simple", "hybrid", "vlb"] = "simple",
+        vlb_weight: float = 0.001,
+        timestep_sampler: Literal["uniform", "loss-aware"] = "uniform",
         class_conditional: bool = False,
         clip_denoised: bool = True,
         sampler: Literal["ddpm", "ddim"] = "ddpm",
@@ -73,26 +87,64 @@ class DDPM(GenerativeModule):
         self.save_hyperparameters()
         if class_conditional and num_classes < 1:
             raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
+        if variance == "learned" and loss_type == "simple":
+            raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', not 'simple'")
+        if timestep_sampler not in ("uniform", "loss-aware"):
+            raise ValueError(f"timestep_sampler={timestep_sampler!r} is not supported; choose 'loss-aware' or 'uniform'")
         self.data_shape = tuple(data_shape)
         self.num_classes = num_classes if class_conditional else 0
         self.prediction_type = prediction_type
-        self.net = net(self.data_shape, self.num_classes)
+        self.variance = variance
+        self.loss_type = loss_type
+        out_channels = self.data_shape[0] * (2 if variance == "learned" else 1)
+        self.net = net(self.data_shape, self.num_classes, out_channels)
         self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
+        self.timesteps = (LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps)(num_timesteps)
         self.init_ema()
 
-    def loss(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """L_simple = E ||target - net(x_t, t)||^2 with t ~ U{0..T-1}, eps ~ N(0, I) (Ho et al. 2020, Algorithm 1)."""
+    def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
+        """Per-sample terms (B,) at t drawn by the timestep sampler (uniformly with a ``generator``):
+        ``mse`` = ||target - net(x_t, t)||^2 (Ho et al. 2020, Eq. 14), ``vlb`` = T * L_{t-1} in bits/dim,
+        ``loss`` the weighted objective, and the drawn ``t``."""
         x0 = batch["x"]  # (B, *data_shape)
         y = batch.get("y") if self.num_classes else None
-        t = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator)  # (B,)
+        if generator is None:
+            t, weights = self.timesteps.sample(x0.shape[0], x0.device)
+        else:
+            t, weights = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator), None
         eps = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = self.diffusion.q_sample(x0, t, eps)
+        out = net(x_t, t, y)  # (B, C or 2C, ...)
+        pred = out.chunk(2, dim=1)[0] if self.variance == "learned" else out
         target = training_target(x0, eps, self.diffusion.alpha_bar[t], self.prediction_type)
-        return F.mse_loss(net(x_t, t, y), target)
+        terms = {"t": t, "mse": mean_over_dims((pred - target) ** 2)}
+        loss = terms["mse"]
+        if self.loss_type != "simple":
+            # hybrid: the mean is frozen inside L_vlb, which then trains only the variance (Eq. 16)
+            frozen = out.detach() if self.loss_type == "hybrid" else out
+            if self.loss_type == "hybrid" and self.variance == "learned":
+                frozen = torch.cat([pred.detach(), out.chunk(2, dim=1)[1]], 1)
+            mean, log_var, _ = self.diffusion.p_mean_logvar(frozen, x_t, t, self.prediction_type, self.variance)
+            # L_vlb = sum of the T terms, estimated by T * L_{t-1}
+            terms["vlb"] = self.diffusion.num_timesteps * self.diffusion.vlb_term(mean, log_var, x0, x_t, t)
+            loss = terms["vlb"] if self.loss_type == "vlb" else loss + self.hparams.vlb_weight * terms["vlb"]
+        terms["loss"] = loss if weights is None else loss * weights
+        return terms
+
+    def loss(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.loss_terms(net, batch, generator)["loss"].mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self.net, batch)
+        terms = self.loss_terms(self.net, batch)
+        loss = terms["loss"].mean()
+        if isinstance(self.timesteps, LossAwareTimesteps):
+            # every rank records every rank's (t, L_t), so the histories stay identical
+            signal = terms.get("vlb", terms["mse"]).detach()
+            self.timesteps.update(self.all_gather(terms["t"]).flatten(), self.all_gather(signal).flatten())
         self.log("train/loss", loss, prog_bar=True)
+        if "vlb" in terms:
+            self.log("train/mse", terms["mse"].mean())
+            self.log("train/vlb", terms["vlb"].mean())
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -101,9 +153,16 @@ class DDPM(GenerativeModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
+        """test/loss and the negative log-likelihood bound in bits/dim with its parts (T forward passes)."""
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch, self.eval_generator(batch_idx))
-        self.log("test/loss", loss, sync_dist=True)
+            generator = self.eval_generator(batch_idx)
+            self.log("test/loss", self.loss(net, batch, generator), sync_dist=True)
+            y = batch.get("y") if self.num_classes else None
+            nll = self.diffusion.nll_bpd(
+                lambda x_t, t: net(x_t, t, y), batch["x"], self.prediction_type, self.variance, generator
+            )
+        for name, value in nll.items():
+            self.log("test/bpd" if name == "bpd" else f"test/bpd_{name}", value.mean().float(), sync_dist=True)
 
     @torch.no_grad()
     def sample(
@@ -123,7 +182,7 @@ class DDPM(GenerativeModule):
             raise ValueError(f"eta={options['eta']} is a DDIM option; the {name!r} sampler does not take it")
         sampler = make_sampler(
             name, self.diffusion, prediction_type=self.prediction_type, clip_denoised=self.hparams.clip_denoised,
-            **sampler_args,
+            variance=self.variance, **sampler_args,
         )
         sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps, options.get("spacing") or "linear")
         if self.num_classes and labels is None:

@@ -28,20 +28,20 @@ class _ResidualMLPBlock(nn.Module):
 class MLPDenoiser(nn.Module):
     """Residual MLP denoiser: ``forward(x, t, y=None)`` with x (B, *data_shape), t (B,), y (B,) or None.
 
-    The input is flattened; the output has shape (B, *data_shape) by default, or (B, out_dim,
-    *data_shape[1:]) when ``out_dim`` is given (``out_dim`` plays the role of output channels, so for
-    vector data (D,) it is (B, out_dim); pass 2*D for a learned variance).
+    The input is flattened; the output has shape (B, *data_shape) by default, or (B, out_channels,
+    *data_shape[1:]) when ``out_channels`` is given (``out_channels`` plays the role of output channels, so for
+    vector data (D,) it is (B, out_channels); pass 2*D for a learned variance).
     """
 
     def __init__(
         self,
         data_shape: tuple[int, ...],
         num_classes: int,
+        out_channels: int | None = None,
         hidden_dim: int = 256,
         num_layers: int = 4,
         time_embed_dim: int = 64,
         time_scale: float = 1.0,
-        out_dim: int | None = None,
     ):
         """Build the MLP.
 
@@ -49,11 +49,11 @@ class MLPDenoiser(nn.Module):
             data_shape: Shape of one sample, e.g. (2,) for 2-D toy data. Injected by the method.
             num_classes: Number of class labels; 0 for an unconditional net. Label index ``num_classes`` is
                 the NULL label (used when ``y`` is None and for classifier-free guidance).
+            out_channels: Output size along dim 1; None means ``data_shape[0]`` (output shaped like the input).
             hidden_dim: Width of the hidden layers.
             num_layers: Number of residual blocks (two linear layers each).
             time_embed_dim: Width of the sinusoidal time embedding.
             time_scale: Multiplier applied to t before the sinusoidal embedding (e.g. 1000 for t in [0, 1]).
-            out_dim: Output size along dim 1; None means ``data_shape[0]`` (output shaped like the input).
         """
         super().__init__()
         data_shape = tuple(data_shape)
@@ -65,7 +65,7 @@ class MLPDenoiser(nn.Module):
         self.num_classes = num_classes
         self.time_scale = time_scale
         self.time_embed_dim = time_embed_dim
-        self.out_shape = (out_dim if out_dim is not None else data_shape[0], *data_shape[1:])
+        self.out_shape = (out_channels if out_channels is not None else data_shape[0], *data_shape[1:])
         in_features = math.prod(data_shape)
 
         self.time_embed = nn.Sequential(

@@ -123,6 +123,7 @@ class UNet(nn.Module):
         self,
         data_shape: tuple[int, ...],
         num_classes: int,
+        out_channels: int | None = None,
         base_channels: int = 64,
         channel_mults: tuple[int, ...] = (1, 2, 2, 2),
         num_res_blocks: int = 2,
@@ -130,7 +131,6 @@ class UNet(nn.Module):
         dropout: float = 0.0,
         num_heads: int = 1,
         num_groups: int = 32,
-        out_channels: int | None = None,
         time_scale: float = 1.0,
         gradient_checkpointing: bool = False,
     ):
@@ -140,6 +140,7 @@ class UNet(nn.Module):
             data_shape: Shape of one sample, (C, H, W). Injected by the method from the data.
             num_classes: Number of class labels; 0 for an unconditional net. Label index ``num_classes`` is
                 the NULL label (used when ``y`` is None and for classifier-free guidance).
+            out_channels: Output channels; None means the data channels C (use 2*C for a learned variance).
             base_channels: Width of the first level; level i has ``base_channels * channel_mults[i]``.
             channel_mults: Width multiplier per resolution level; one downsampling between levels, so H
                 and W must be divisible by ``2 ** (len(channel_mults) - 1)``.
@@ -150,7 +151,6 @@ class UNet(nn.Module):
             num_heads: Attention heads; must divide the width at every attention resolution.
             num_groups: GroupNorm groups; narrow layers use the largest divisor of their width that is
                 <= num_groups and leaves >= 2 channels per group.
-            out_channels: Output channels; None means the data channels C (use 2*C for a learned variance).
             time_scale: Multiplier applied to t before the sinusoidal embedding (e.g. 1000 for t in [0, 1]).
             gradient_checkpointing: Recompute residual/attention activations in backward during training to
                 save memory at the cost of extra compute.

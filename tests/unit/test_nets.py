@@ -159,9 +159,9 @@ def test_mlp_output_shapes(data_shape, num_classes):
     assert net(x, t.float()).shape == (5, *data_shape)
 
 
-def test_mlp_out_dim_and_conditioning():
+def test_mlp_out_channels_and_conditioning():
     torch.manual_seed(0)
-    net = MLPDenoiser((2,), 3, hidden_dim=32, num_layers=2, out_dim=4, time_scale=1000.0)
+    net = MLPDenoiser((2,), 3, hidden_dim=32, num_layers=2, out_channels=4, time_scale=1000.0)
     x = torch.randn(6, 2)
     out = net(x, torch.full((6,), 0.1))
     assert out.shape == (6, 4)
