@@ -2,5 +2,6 @@
 
 from lit_gen.methods.base import GenerativeModule, SampleOutput
 from lit_gen.methods.ddpm import DDPM
+from lit_gen.methods.iddpm import ImprovedDDPM
 
-__all__ = ["DDPM", "GenerativeModule", "SampleOutput"]
+__all__ = ["DDPM", "GenerativeModule", "ImprovedDDPM", "SampleOutput"]

@@ -14,7 +14,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gen.cli import LitGenCLI, cli_main
-from lit_gen.methods import DDPM
+from lit_gen.methods import DDPM, ImprovedDDPM
 from tests.conftest import EXPERIMENTS
 from tests.integration.fake_data import fake_data_args
 from tests.integration.tiny import method_configs, tiny_args
@@ -59,7 +59,8 @@ def test_same_config_twice_and_test_subcommand(tmp_path):
     run = fit(DIGITS, tmp_path)
     fit(DIGITS, tmp_path)  # the saved config.yaml must not make the second run abort
     cli_main(["test", *tiny_args(DIGITS, tmp_path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
-    assert "test/loss" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
+    tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
+    assert {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_kl", "test/bpd_decoder"} <= tags
 
 
 def _state(path: Path) -> dict:
@@ -96,11 +97,17 @@ def test_resume_matches_uninterrupted_run(tmp_path):
             torch.testing.assert_close(value, b["optimizer"][idx][name], rtol=0, atol=0)
 
 
+def test_improved_ddpm_checkpoint_rebuilds_with_its_defaults(tmp_path):
+    run = fit("iddpm/digits.yaml", tmp_path)
+    model = ImprovedDDPM.load_from_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert model.variance == "learned" and model.diffusion.schedule == "cosine"
+    assert model.net.out_channels == 2  # eps and v
+
+
 def test_checkpoint_rebuilds_module_and_samples(tmp_path):
     run = fit(DIGITS, tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"
     model = DDPM.load_from_checkpoint(ckpt)  # from the checkpoint alone: net class and sizes come from it
-    assert model.net.base_channels == 8 if hasattr(model.net, "base_channels") else True
     assert model.data_shape == (1, 8, 8) and model.diffusion.num_timesteps == 10
     saved = torch.load(ckpt, weights_only=False)["state_dict"]
     for key, value in model.state_dict().items():

@@ -16,7 +16,7 @@ from tests.integration.tiny import tiny_args
 def test_ddp_two_processes_on_cpu(tmp_path):
     args = tiny_args("ddpm/digits.yaml", tmp_path, name="ddp", max_steps=4)
     args += ["--config", str(EXPERIMENTS / "trainer" / "ddp.yaml"), "--trainer.accelerator=cpu",
-             "--data.init_args.batch_size=16"]
+             "--data.init_args.batch_size=16", "--model.init_args.timestep_sampler=loss-aware"]
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, capture_output=True,
@@ -25,6 +25,8 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     run = tmp_path / "ddp"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
+    # loss-aware timesteps: every rank recorded all 4 steps x 16 global samples, gathered across ranks
+    assert ckpt["state_dict"]["timesteps.loss_counts"].sum().item() == 4 * 16
     # every rank loads batch_size / world_size = 8 samples per step
     assert sorted(p.name for p in run.iterdir() if p.is_dir()) == ["checkpoints", "samples"]
     assert len(list(run.glob("events.out.tfevents.*"))) == 1  # only rank 0 writes logs

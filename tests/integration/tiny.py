@@ -31,6 +31,8 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
     args = ["--config", str(EXPERIMENTS / config), "--config", str(EXPERIMENTS / "trainer" / "cpu.yaml")]
     for key, value in TINY_NET[net["class_path"]].items():
         args.append(f"--model.init_args.net.init_args.{key}={value}")
+    if "sampling_steps" in cfg["model"]["init_args"]:
+        args.append("--model.init_args.sampling_steps=5")
     data_class = cfg["data"]["class_path"]
     if data_class in TINY_IMAGE_SIZE:
         args.append(f"--data.init_args.image_size={TINY_IMAGE_SIZE[data_class]}")
