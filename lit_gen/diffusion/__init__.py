@@ -6,8 +6,11 @@ from lit_gen.diffusion.samplers import (
     DDIMSampler,
     DDPMSampler,
     DiffusionSampler,
+    invert_loop,
     make_sampler,
     sample_loop,
+    slerp,
+    slerp_grid,
     timestep_subsequence,
 )
 from lit_gen.diffusion.schedules import cosine_betas, linear_betas, make_betas
@@ -20,10 +23,13 @@ __all__ = [
     "GaussianDiffusion",
     "cosine_betas",
     "eps_x0_from_output",
+    "invert_loop",
     "linear_betas",
     "make_betas",
     "make_sampler",
     "sample_loop",
+    "slerp",
+    "slerp_grid",
     "timestep_subsequence",
     "training_target",
 ]

@@ -88,12 +88,18 @@ class DiffusionSampler(nn.Module):
         # the process on the kept steps, ascending (respaced index k = K - 1 - i for loop index i)
         self.process = self.diffusion.respaced(timesteps.flip(0))
 
+    def _prediction(self, model_output: torch.Tensor) -> torch.Tensor:
+        """The eps / x0 / v channels (a learned variance's v channels follow them)."""
+        return model_output.chunk(2, dim=1)[0] if self.learned_variance else model_output
+
+    def predict_from_level(self, model_output: torch.Tensor, alpha_bar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """eps from a model output for a point x at noise level alpha_bar (no clipping)."""
+        return eps_x0_from_output(self._prediction(model_output), x, alpha_bar.expand(x.shape[0]), self.prediction_type)[0]
+
     def predict(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0) at step ``index``; with clipping, eps is recomputed from the clipped x0."""
-        if self.learned_variance:
-            model_output = model_output.chunk(2, dim=1)[0]
         abar = self.alpha_bar_t[index].expand(x_t.shape[0])
-        eps, x0 = eps_x0_from_output(model_output, x_t, abar, self.prediction_type)
+        eps, x0 = eps_x0_from_output(self._prediction(model_output), x_t, abar, self.prediction_type)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)
             a = append_dims(abar.to(x_t.dtype), x_t.ndim)
@@ -210,3 +216,44 @@ def sample_loop(
         if i in keep:
             trajectory.append(out.pred_x0)
     return x, trajectory
+
+
+@torch.no_grad()
+def invert_loop(
+    denoise_fn: DenoiseFn, sampler: DDIMSampler, x0: torch.Tensor, progress: bool = False
+) -> torch.Tensor:
+    """Deterministic DDIM inversion x0 -> x_T (Song et al. 2021, Sec. 4.3): run the eta = 0 update
+    backwards, from alpha_bar = 1 up through the kept steps, with eps evaluated at the current point."""
+    if sampler.eta != 0:
+        raise ValueError(f"DDIM inversion is deterministic only with eta=0, got eta={sampler.eta}")
+    x = x0
+    for i in tqdm(reversed(range(len(sampler.timesteps))), desc="inverting", disable=not progress, leave=False):
+        t_batch = torch.full((x.shape[0],), int(sampler.timesteps[i]), device=x.device, dtype=torch.long)
+        abar_from, abar_to = sampler.alpha_bar_prev[i], sampler.alpha_bar_t[i]
+        eps = sampler.predict_from_level(denoise_fn(x, t_batch), abar_from, x)
+        x0_pred = (x - (1 - abar_from).sqrt().to(x.dtype) * eps) / abar_from.sqrt().to(x.dtype)
+        x = abar_to.sqrt().to(x.dtype) * x0_pred + (1 - abar_to).sqrt().to(x.dtype) * eps
+    return x
+
+
+def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between latents, with the angle computed per sample (B, ...)."""
+    flat0, flat1 = z0.flatten(1), z1.flatten(1)
+    cos = (flat0 * flat1).sum(1) / (flat0.norm(dim=1) * flat1.norm(dim=1))
+    theta = append_dims(torch.arccos(cos.clamp(-1, 1)), z0.ndim)  # (B, 1, ...)
+    alpha = torch.as_tensor(alpha, dtype=z0.dtype, device=z0.device)
+    alpha = append_dims(alpha.expand(z0.shape[0]) if alpha.ndim == 0 else alpha, z0.ndim)
+    sin = torch.sin(theta)
+    linear = (1 - alpha) * z0 + alpha * z1  # parallel latents: the sphere degenerates to the line
+    return torch.where(sin.abs() < 1e-6, linear, (torch.sin((1 - alpha) * theta) * z0 + torch.sin(alpha * theta) * z1) / sin)
+
+
+def slerp_grid(corners: torch.Tensor, n: int) -> torch.Tensor:
+    """An n x n grid (n*n, ...) of latents: slerp down the left (corners 0 -> 2) and right (1 -> 3) edges,
+    then across each row."""
+    a = torch.linspace(0, 1, n, dtype=corners.dtype, device=corners.device)
+    left = slerp(corners[0:1].expand(n, *corners.shape[1:]), corners[2:3].expand(n, *corners.shape[1:]), a)
+    right = slerp(corners[1:2].expand(n, *corners.shape[1:]), corners[3:4].expand(n, *corners.shape[1:]), a)
+    rows = [slerp(left[i : i + 1].expand(n, *corners.shape[1:]), right[i : i + 1].expand(n, *corners.shape[1:]), a)
+            for i in range(n)]
+    return torch.cat(rows)

@@ -104,9 +104,11 @@ class GenerativeModule(L.LightningModule):
         labels: torch.Tensor | None = None,
         progress: bool = False,
         trajectory_points: int = 0,
+        latents: torch.Tensor | None = None,
         **options,
     ) -> SampleOutput:
-        """Draw ``num_samples`` samples with the EMA weights; sample i uses ``generators[i]``.
+        """Draw ``num_samples`` samples with the EMA weights; sample i uses ``generators[i]``. ``latents``
+        replaces the drawn starting noise (x_T for diffusion, z for flows).
 
         ``options`` are method-specific (a diffusion model takes ``sampler``, ``steps``, ...); an option the
         method does not know raises a ValueError naming it.

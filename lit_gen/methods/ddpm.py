@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.diffusion import GaussianDiffusion, make_sampler, sample_loop, training_target
+from lit_gen.diffusion import GaussianDiffusion, invert_loop, make_sampler, sample_loop, training_target
 from lit_gen.diffusion.likelihood import mean_over_dims
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam
@@ -172,9 +172,22 @@ class DDPM(GenerativeModule):
         labels: torch.Tensor | None = None,
         progress: bool = False,
         trajectory_points: int = 0,
+        latents: torch.Tensor | None = None,
         **options,
     ) -> SampleOutput:
-        """Sample with ``sampler`` (``ddpm``/``ddim``), ``steps``, ``eta`` (DDIM) and ``spacing`` (linear/quadratic)."""
+        """Sample with ``sampler`` (``ddpm``/``ddim``), ``steps``, ``eta`` (DDIM) and ``spacing`` (linear/quadratic),
+        from ``latents`` x_T when given (e.g. from :meth:`invert` or an interpolation)."""
+        sampler = self.make_sampler(options)
+        labels = self._labels(num_samples, labels)
+        x_T = randn((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
+        with eval_mode(self.sampling_net) as net:
+            x, trajectory = sample_loop(
+                lambda x_t, t: net(x_t, t, labels), sampler, x_T, generators, progress, trajectory_points
+            )
+        return SampleOutput(x, labels, trajectory)
+
+    def make_sampler(self, options: dict):
+        """The sampler named in ``options`` (default: the config's), with its steps set."""
         self.check_options(options, self.sample_options, type(self).__name__)
         name = options.get("sampler") or self.hparams.sampler
         sampler_args = {"eta": options["eta"]} if options.get("eta") is not None else {}
@@ -185,12 +198,21 @@ class DDPM(GenerativeModule):
             variance=self.variance, **sampler_args,
         )
         sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps, options.get("spacing") or "linear")
-        if self.num_classes and labels is None:
-            labels = torch.arange(num_samples, device=self.device) % self.num_classes
-        labels = labels.to(self.device) if labels is not None and self.num_classes else None
-        x_T = randn((num_samples, *self.data_shape), generators, self.device)
+        return sampler
+
+    def _labels(self, num_samples: int, labels: torch.Tensor | None) -> torch.Tensor | None:
+        if not self.num_classes:
+            return None
+        if labels is None:
+            labels = torch.arange(num_samples) % self.num_classes
+        return labels.to(self.device)
+
+    @torch.no_grad()
+    def invert(
+        self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False, **options
+    ) -> torch.Tensor:
+        """Deterministic DDIM inversion x0 -> x_T with ``steps`` and ``spacing`` from ``options``."""
+        sampler = self.make_sampler({**options, "sampler": "ddim", "eta": 0.0})
+        labels = self._labels(x0.shape[0], labels)
         with eval_mode(self.sampling_net) as net:
-            x, trajectory = sample_loop(
-                lambda x_t, t: net(x_t, t, labels), sampler, x_T, generators, progress, trajectory_points
-            )
-        return SampleOutput(x, labels, trajectory)
+            return invert_loop(lambda x_t, t: net(x_t, t, labels), sampler, x0.to(self.device), progress)
