@@ -201,3 +201,19 @@ def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
         trainer.save_checkpoint(last)
     assert last.read_bytes() == before
     assert all(p.suffix == ".ckpt" for p in last.parent.iterdir())  # no temporary file left behind
+
+
+def test_sample_interpolation_and_inversion(tmp_path, capsys):
+    ckpt = str(fit(DIGITS, tmp_path) / "checkpoints" / "last.ckpt")
+    cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--steps", "5", "--output", str(tmp_path / "i")])
+    grid = np.load(tmp_path / "i" / "samples.npz")["arr_0"]
+    assert grid.shape == (9, 8, 8, 1)
+    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"), "--num_samples", "4",
+              "--steps", "10", "--output", str(tmp_path / "r")])
+    assert np.load(tmp_path / "r" / "latents.npz")["arr_0"].shape == (4, 1, 8, 8)
+    assert np.load(tmp_path / "r" / "samples.npz")["arr_0"].shape == (4, 8, 8, 1)
+    assert "reconstruction MSE" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--sampler", "ddpm", "--output",
+                  str(tmp_path / "bad")])
+    assert "--sampler ddim" in capsys.readouterr().err
