@@ -217,3 +217,11 @@ def test_sample_interpolation_and_inversion(tmp_path, capsys):
         cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--sampler", "ddpm", "--output",
                   str(tmp_path / "bad")])
     assert "--sampler ddim" in capsys.readouterr().err
+
+
+def test_fid_during_fit_is_logged_with_features_and_sample_count(tmp_path):
+    run = fit(DIGITS, tmp_path, "--trainer.callbacks+=FIDMonitor", "--trainer.callbacks.num_samples=12",
+              "--trainer.callbacks.batch_size=6", '--trainer.callbacks.sample_options={"steps": 3}')
+    events = EventAccumulator(str(run)).Reload()
+    assert "val/fid_digits16_n12" in events.Tags()["scalars"]
+    assert events.Scalars("val/fid_digits16_n12")[-1].value > 0

@@ -1,0 +1,3 @@
+from lit_gen.metrics.fid import main
+
+main()
