@@ -37,12 +37,17 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
+def import_class(path: str) -> type:
+    """The class at a dotted ``module.Class`` path."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def checkpoint_class(ckpt: dict[str, Any]) -> type:
     """The LightningModule class that wrote ``ckpt``."""
     path = ckpt[TAG]["class_path"]
-    module, _, name = path.rpartition(".")
     try:
-        return getattr(importlib.import_module(module), name)
+        return import_class(path)
     except (ImportError, AttributeError):
         raise CheckpointError(f"the checkpoint's method {path} is not in this version of lit_gen") from None
 

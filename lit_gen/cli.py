@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LightningCLI
 import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
 import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
 from lit_gen.callbacks import SampleGrid
-from lit_gen.checkpoints import CheckpointError, check_method, read_checkpoint
+from lit_gen.checkpoints import CheckpointError, check_method, import_class, read_checkpoint
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
 
@@ -92,18 +92,11 @@ class LitGenCLI(LightningCLI):
                 cfg.ckpt_path = None
                 return
             ckpt_path = cfg.ckpt_path = str(last)
-        check_method(read_checkpoint(ckpt_path), _import(cfg.model.class_path), ckpt_path)
+        check_method(read_checkpoint(ckpt_path), import_class(cfg.model.class_path), ckpt_path)
         try:
             super()._parse_ckpt_path()
         except pickle.UnpicklingError:
             pass  # hyperparameters that only a full unpickling reads: the config defines the model
-
-
-def _import(class_path: str) -> type:
-    import importlib
-
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 def _one_line(message: str) -> str:

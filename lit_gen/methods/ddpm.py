@@ -120,11 +120,11 @@ class DDPM(GenerativeModule):
         terms = {"t": t, "mse": mean_over_dims((pred - target) ** 2)}
         loss = terms["mse"]
         if self.loss_type != "simple":
-            # hybrid: the mean is frozen inside L_vlb, which then trains only the variance (Eq. 16)
-            frozen = out.detach() if self.loss_type == "hybrid" else out
-            if self.loss_type == "hybrid" and self.variance == "learned":
-                frozen = torch.cat([pred.detach(), out.chunk(2, dim=1)[1]], 1)
-            mean, log_var, _ = self.diffusion.p_mean_logvar(frozen, x_t, t, self.prediction_type, self.variance)
+            out_vlb = out
+            if self.loss_type == "hybrid":  # the mean is frozen inside L_vlb: it trains only the variance (Eq. 16)
+                learned = self.variance == "learned"
+                out_vlb = torch.cat([pred.detach(), out.chunk(2, dim=1)[1]], 1) if learned else out.detach()
+            mean, log_var, _ = self.diffusion.p_mean_logvar(out_vlb, x_t, t, self.prediction_type, self.variance)
             # L_vlb = sum of the T terms, estimated by T * L_{t-1}
             terms["vlb"] = self.diffusion.num_timesteps * self.diffusion.vlb_term(mean, log_var, x0, x_t, t)
             loss = terms["vlb"] if self.loss_type == "vlb" else loss + self.hparams.vlb_weight * terms["vlb"]

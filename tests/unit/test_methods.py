@@ -87,3 +87,29 @@ def test_ddpm_on_vectors_with_mlp():
     model = tiny_ddpm(data_shape=(2,), net=partial(MLPDenoiser, hidden_dim=16, num_layers=2), clip_denoised=False)
     assert model.loss(model.net, {"x": torch.randn(8, 2)}).ndim == 0
     assert model.sample(3, steps=4).x.shape == (3, 2)
+
+
+class _FixedOutput(nn.Module):
+    """A 'network' whose output is a leaf tensor, to read gradients per output channel."""
+
+    def __init__(self, data_shape, num_classes, out_channels):
+        super().__init__()
+        self.out = nn.Parameter(torch.randn(4, out_channels, *data_shape[1:]) * 0.1)
+
+    def forward(self, x, t, y=None):
+        return self.out
+
+
+@pytest.mark.parametrize("loss_type", ["hybrid", "vlb"])
+def test_hybrid_loss_freezes_the_mean_inside_l_vlb(loss_type):
+    model = tiny_ddpm(net=_FixedOutput, variance="learned", loss_type=loss_type)
+    terms = model.loss_terms(model.net, {"x": torch.rand(4, 1, 8, 8) * 2 - 1}, torch.Generator().manual_seed(0))
+    terms["vlb"].sum().backward()
+    grad_mean, grad_v = model.net.out.grad.chunk(2, dim=1)
+    assert grad_v.abs().sum() > 0
+    assert (grad_mean.abs().sum() == 0) == (loss_type == "hybrid")  # Nichol & Dhariwal 2021, Eq. 16
+
+
+def test_learned_variance_needs_the_bound():
+    with pytest.raises(ValueError, match="hybrid"):
+        tiny_ddpm(variance="learned", loss_type="simple")
