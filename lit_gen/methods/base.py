@@ -3,6 +3,7 @@ seeding, a method tag in checkpoints, and one ``sample`` entry point for callbac
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import lightning.pytorch as L
@@ -22,6 +23,16 @@ class SampleOutput:
     x: torch.Tensor  # (B, *data_shape) in data space ([-1, 1] for images)
     labels: torch.Tensor | None = None  # (B,) class labels for conditional models
     trajectory: list[torch.Tensor] = field(default_factory=list)  # snapshots (B, *data_shape) along sampling
+
+
+@contextmanager
+def eval_mode(net: nn.Module):
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
 
 
 def _adam(params):

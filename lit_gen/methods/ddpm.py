@@ -3,7 +3,6 @@ ancestral steps (or any sampler of lit_gen.diffusion on the same checkpoint)."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Callable, Literal
 
 import torch
@@ -14,7 +13,7 @@ from torch import nn
 from lit_gen.diffusion import GaussianDiffusion, invert_loop, make_sampler, sample_loop, training_target
 from lit_gen.diffusion.likelihood import mean_over_dims
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam
+from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
 from lit_gen.nets import UNet
 from lit_gen.utils import randn
 
@@ -22,18 +21,9 @@ from lit_gen.utils import randn
 NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
 
 
-@contextmanager
-def eval_mode(net: nn.Module):
-    was_training = net.training
-    net.eval()
-    try:
-        yield net
-    finally:
-        net.train(was_training)
-
-
 class DDPM(GenerativeModule):
-    """Denoising diffusion probabilistic model trained with L_simple (Ho et al. 2020, Eq. 14).
+    """Denoising diffusion probabilistic model trained with L_simple (Ho et al. 2020, Eq. 14), or with the
+    hybrid or bound objectives and learned variance of Nichol & Dhariwal 2021 (see :class:`ImprovedDDPM`).
 
     Args:
         data_shape: shape of one sample, (C, H, W) or (D,); linked from the DataModule by the CLI.
