@@ -27,6 +27,7 @@ class SampleOutput:
 
 @contextmanager
 def eval_mode(net: nn.Module):
+    """Put ``net`` in eval mode (no dropout) for the block, then restore its mode."""
     was_training = net.training
     net.eval()
     try:

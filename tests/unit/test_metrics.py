@@ -49,3 +49,10 @@ def test_frechet_distance_matches_closed_form(digits):
 def test_missing_feature_net_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m lit_gen.metrics train"):
         load_feature_net(tmp_path / "nope.pt")
+
+
+def test_inception_fid_needs_its_weights_on_disk(tmp_path):
+    from lit_gen.metrics import inception_frechet_distance
+
+    with pytest.raises(FileNotFoundError, match="Inception weights not found"):
+        inception_frechet_distance(tmp_path / "pt_inception.pth")
