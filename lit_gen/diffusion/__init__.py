@@ -1,6 +1,7 @@
 """Pure-torch diffusion math: schedules, the Gaussian noise process, samplers (no Lightning imports)."""
 
 from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output, training_target
+from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.samplers import (
     SAMPLERS,
     DDIMSampler,
@@ -22,6 +23,7 @@ __all__ = [
     "DiffusionSampler",
     "GaussianDiffusion",
     "cosine_betas",
+    "diffusion_loss_terms",
     "eps_x0_from_output",
     "invert_loop",
     "linear_betas",

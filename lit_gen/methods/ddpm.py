@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.diffusion import GaussianDiffusion, invert_loop, make_sampler, sample_loop, training_target
-from lit_gen.diffusion.likelihood import mean_over_dims
+from lit_gen.diffusion import GaussianDiffusion, invert_loop, make_sampler, sample_loop
+from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
 from lit_gen.nets import UNet
@@ -93,9 +93,8 @@ class DDPM(GenerativeModule):
         self.init_ema()
 
     def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
-        """Per-sample terms (B,) at t drawn by the timestep sampler (uniformly with a ``generator``):
-        ``mse`` = ||target - net(x_t, t)||^2 (Ho et al. 2020, Eq. 14), ``vlb`` = T * L_{t-1} in bits/dim,
-        ``loss`` the weighted objective, and the drawn ``t``."""
+        """The terms of :func:`~lit_gen.diffusion.losses.diffusion_loss_terms` at t drawn by the timestep
+        sampler (uniformly when a ``generator`` is given, as in validation), ``loss`` weighted by 1 / (T p_t)."""
         x0 = batch["x"]  # (B, *data_shape)
         y = batch.get("y") if self.num_classes else None
         if generator is None:
@@ -103,22 +102,13 @@ class DDPM(GenerativeModule):
         else:
             t, weights = self.diffusion.sample_timesteps(x0.shape[0], x0.device, generator), None
         eps = randn(x0.shape, generator, x0.device, x0.dtype)
-        x_t = self.diffusion.q_sample(x0, t, eps)
-        out = net(x_t, t, y)  # (B, C or 2C, ...)
-        pred = out.chunk(2, dim=1)[0] if self.variance == "learned" else out
-        target = training_target(x0, eps, self.diffusion.alpha_bar[t], self.prediction_type)
-        terms = {"t": t, "mse": mean_over_dims((pred - target) ** 2)}
-        loss = terms["mse"]
-        if self.loss_type != "simple":
-            out_vlb = out
-            if self.loss_type == "hybrid":  # the mean is frozen inside L_vlb: it trains only the variance (Eq. 16)
-                learned = self.variance == "learned"
-                out_vlb = torch.cat([pred.detach(), out.chunk(2, dim=1)[1]], 1) if learned else out.detach()
-            mean, log_var, _ = self.diffusion.p_mean_logvar(out_vlb, x_t, t, self.prediction_type, self.variance)
-            # L_vlb = sum of the T terms, estimated by T * L_{t-1}
-            terms["vlb"] = self.diffusion.num_timesteps * self.diffusion.vlb_term(mean, log_var, x0, x_t, t)
-            loss = terms["vlb"] if self.loss_type == "vlb" else loss + self.hparams.vlb_weight * terms["vlb"]
-        terms["loss"] = loss if weights is None else loss * weights
+        terms = diffusion_loss_terms(
+            self.diffusion, lambda x_t, t_: net(x_t, t_, y), x0, t, eps, self.prediction_type, self.variance,
+            self.loss_type, self.hparams.vlb_weight,
+        )
+        terms["t"] = t
+        if weights is not None:
+            terms["loss"] = terms["loss"] * weights
         return terms
 
     def loss(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
