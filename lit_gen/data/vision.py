@@ -143,10 +143,40 @@ class VisionDataModule(GenerativeDataModule):
 
 
 class _TrainTestDataModule(VisionDataModule):
-    """A torchvision set with ``train=True/False`` splits and no validation split."""
+    """A torchvision set with ``train=True/False`` splits and no validation split.
+
+    Args:
+        root: Directory holding the set's folder (``MNIST/raw``, ``cifar-10-batches-py``, ...).
+        download: Download the files in ``prepare_data`` if they are missing.
+        image_size: Side of the (square) images.
+        val_fraction: Fraction of the training images held out for validation.
+        random_flip: Random horizontal flips of training images; None: the set's default (on for CIFAR-10).
+        **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
+    """
 
     torchvision_class: str  # name in torchvision.datasets
     folder: str  # under root
+    default_random_flip: bool
+
+    def __init__(
+        self,
+        *,
+        root: str = "data",
+        download: bool = False,
+        image_size: int = 32,
+        val_fraction: float = 0.05,
+        random_flip: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            root=root,
+            download=download,
+            image_size=image_size,
+            random_flip=self.default_random_flip if random_flip is None else random_flip,
+            val_fraction=val_fraction,
+            test_fraction=0.0,
+            **kwargs,
+        )
 
     @property
     def expected_path(self) -> str:
@@ -169,7 +199,7 @@ class MNISTDataModule(_TrainTestDataModule):
         download: Download the files in ``prepare_data`` if they are missing.
         image_size: Side of the (square) images.
         val_fraction: Fraction of the 60,000 training images held out for validation.
-        random_flip: Random horizontal flips of training images.
+        random_flip: Random horizontal flips of training images (None: off).
         **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
     """
 
@@ -178,26 +208,7 @@ class MNISTDataModule(_TrainTestDataModule):
     folder = "MNIST/raw"
     num_channels = 1
     num_classes = 10
-
-    def __init__(
-        self,
-        *,
-        root: str = "data",
-        download: bool = False,
-        image_size: int = 32,
-        val_fraction: float = 0.05,
-        random_flip: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            root=root,
-            download=download,
-            image_size=image_size,
-            random_flip=random_flip,
-            val_fraction=val_fraction,
-            test_fraction=0.0,
-            **kwargs,
-        )
+    default_random_flip = False
 
 
 class FashionMNISTDataModule(MNISTDataModule):
@@ -217,7 +228,7 @@ class CIFAR10DataModule(_TrainTestDataModule):
         download: Download the files in ``prepare_data`` if they are missing.
         image_size: Side of the (square) images.
         val_fraction: Fraction of the 50,000 training images held out for validation.
-        random_flip: Random horizontal flips of training images.
+        random_flip: Random horizontal flips of training images (None: on).
         **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
     """
 
@@ -226,26 +237,7 @@ class CIFAR10DataModule(_TrainTestDataModule):
     folder = "cifar-10-batches-py"
     num_channels = 3
     num_classes = 10
-
-    def __init__(
-        self,
-        *,
-        root: str = "data",
-        download: bool = False,
-        image_size: int = 32,
-        val_fraction: float = 0.05,
-        random_flip: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            root=root,
-            download=download,
-            image_size=image_size,
-            random_flip=random_flip,
-            val_fraction=val_fraction,
-            test_fraction=0.0,
-            **kwargs,
-        )
+    default_random_flip = True
 
 
 class CelebADataModule(VisionDataModule):
