@@ -253,6 +253,26 @@ class Squeeze(FlowLayer):
         return x.reshape(B, C4 // 4, 2 * h, 2 * w), z.new_zeros(B)
 
 
+class Flatten(FlowLayer):
+    """(B, *shape) -> (B, D) and back, so vector flows (NICE, MLPFlow) model images as flat vectors. A
+    reshape, so log|det| = 0."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        """Build the layer.
+
+        Args:
+            shape: Shape of one sample, e.g. (C, H, W).
+        """
+        super().__init__()
+        self.shape = tuple(shape)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.flatten(1), x.new_zeros(x.shape[0])
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return z.view(z.shape[0], *self.shape), z.new_zeros(z.shape[0])
+
+
 class DiagonalScaling(FlowLayer):
     """NICE's final scaling layer (Dinh et al. 2014, Sec. 3.3): z = exp(s) * x elementwise, log|det| = sum(s).
 

@@ -1,8 +1,11 @@
 """Flows on vectors (B, D), e.g. 2-D toy data: NICE, a RealNVP/Glow-style coupling stack with an MLP
-conditioner, and stacks of planar or radial flows."""
+conditioner, and stacks of planar or radial flows. NICE and MLPFlow also take images (C, H, W), which they
+model as flat vectors of D = C*H*W features (NICE's own setting on MNIST)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -13,14 +16,18 @@ from lit_gen.flows.core import FlowLayer, FlowSequence
 from lit_gen.flows.coupling import AdditiveCoupling, AffineCoupling, ScaleFn, alternating_mask, channel_mask
 from lit_gen.flows.distributions import StandardLogistic, StandardNormal
 from lit_gen.flows.flow import Flow
-from lit_gen.flows.layers import ActNorm, BatchNormFlow, DiagonalScaling, InvertibleConv1x1
+from lit_gen.flows.layers import ActNorm, BatchNormFlow, DiagonalScaling, Flatten, InvertibleConv1x1
 from lit_gen.flows.planar import PlanarTransform, RadialTransform
 from lit_gen.utils import Generator, check_choice
 
 
-def _check_dim(dim: int) -> None:
+def _flat_dim(data_shape: Sequence[int]) -> tuple[int, list[FlowLayer]]:
+    """D = prod(data_shape), and the layers that flatten a sample of that shape to (D,)."""
+    data_shape = tuple(data_shape)
+    dim = math.prod(data_shape)
     if dim < 2:
-        raise ValueError(f"coupling flows need dim >= 2, got dim={dim}")
+        raise ValueError(f"coupling flows need at least 2 dimensions, got data_shape={data_shape}")
+    return dim, ([Flatten(data_shape)] if len(data_shape) > 1 else [])
 
 
 class NICE(Flow):
@@ -30,7 +37,7 @@ class NICE(Flow):
 
     def __init__(
         self,
-        dim: int,
+        data_shape: Sequence[int],
         num_coupling_layers: int = 4,
         hidden_features: int = 1000,
         num_hidden_layers: int = 5,
@@ -39,15 +46,15 @@ class NICE(Flow):
         """Build NICE.
 
         Args:
-            dim: Dimension D of the vectors (flatten images first).
+            data_shape: Shape of one sample, (D,) or (C, H, W) (flattened to D = C*H*W).
             num_coupling_layers: Number of additive coupling layers; consecutive ones change the other half.
             hidden_features: Width of the conditioner MLPs.
             num_hidden_layers: Hidden layers per conditioner MLP.
             prior: ``gaussian`` (N(0, I)) or ``logistic`` (standard logistic, NICE's choice for images).
         """
-        _check_dim(dim)
+        dim, layers = _flat_dim(data_shape)
         check_choice("prior", prior, {"gaussian", "logistic"})
-        layers: list[FlowLayer] = [
+        layers += [
             AdditiveCoupling(
                 alternating_mask(dim, i % 2), MLPConditioner(dim, dim, hidden_features, num_hidden_layers)
             )
@@ -55,7 +62,7 @@ class NICE(Flow):
         ]
         layers.append(DiagonalScaling((dim,)))
         base = StandardNormal((dim,)) if prior == "gaussian" else StandardLogistic((dim,))
-        super().__init__((dim,), [FlowSequence(layers)], [], base)
+        super().__init__(data_shape, [FlowSequence(layers)], [], base)
 
 
 class MLPFlow(Flow):
@@ -69,7 +76,7 @@ class MLPFlow(Flow):
 
     def __init__(
         self,
-        dim: int,
+        data_shape: Sequence[int],
         num_layers: int = 8,
         hidden_features: int = 128,
         num_hidden_layers: int = 2,
@@ -80,7 +87,7 @@ class MLPFlow(Flow):
         """Build the stack.
 
         Args:
-            dim: Dimension D of the vectors.
+            data_shape: Shape of one sample, (D,) or (C, H, W) (flattened to D = C*H*W).
             num_layers: Number of affine coupling layers.
             hidden_features: Width of the conditioner MLPs.
             num_hidden_layers: Hidden layers per conditioner MLP.
@@ -90,10 +97,9 @@ class MLPFlow(Flow):
                 ``none``.
             permutation: ``alternate`` masks, or a learned ``linear`` map before each coupling.
         """
-        _check_dim(dim)
+        dim, layers = _flat_dim(data_shape)
         check_choice("norm", norm, {"actnorm", "batchnorm", "none"})
         check_choice("permutation", permutation, {"alternate", "linear"})
-        layers: list[FlowLayer] = []
         for i in range(num_layers):
             if norm == "actnorm":
                 layers.append(ActNorm(dim))
@@ -106,7 +112,7 @@ class MLPFlow(Flow):
                 mask = alternating_mask(dim, i % 2)
             conditioner = MLPConditioner(dim, 2 * dim, hidden_features, num_hidden_layers)
             layers.append(AffineCoupling(mask, conditioner, scale_fn))
-        super().__init__((dim,), [FlowSequence(layers)], [], StandardNormal((dim,)))
+        super().__init__(data_shape, [FlowSequence(layers)], [], StandardNormal((dim,)))
 
 
 class _GenerativeOnlyFlow(nn.Module):

@@ -321,11 +321,12 @@ def test_identity_flow_gives_closed_form_gaussian_nll():
 
 def _arch_cases():
     return {
-        "nice": (lambda: NICE(4, num_coupling_layers=4, hidden_features=8, num_hidden_layers=2), (4,)),
-        "nice_logistic": (lambda: NICE(4, 3, 8, 1, prior="logistic"), (4,)),
-        "mlpflow_alternate_actnorm": (lambda: MLPFlow(3, num_layers=3, hidden_features=8), (3,)),
+        "nice": (lambda: NICE((4,), num_coupling_layers=4, hidden_features=8, num_hidden_layers=2), (4,)),
+        "nice_logistic": (lambda: NICE((4,), 3, 8, 1, prior="logistic"), (4,)),
+        "nice_image": (lambda: NICE((1, 2, 2), 2, 8, 1), (1, 2, 2)),
+        "mlpflow_alternate_actnorm": (lambda: MLPFlow((3,), num_layers=3, hidden_features=8), (3,)),
         "mlpflow_linear_batchnorm": (
-            lambda: MLPFlow(3, 3, 8, 1, scale_fn="sigmoid", norm="batchnorm", permutation="linear"),
+            lambda: MLPFlow((3,), 3, 8, 1, scale_fn="sigmoid", norm="batchnorm", permutation="linear"),
             (3,),
         ),
         "realnvp_batchnorm": (
@@ -486,7 +487,7 @@ def test_bad_arguments_name_the_value():
     with pytest.raises(ValueError, match="permutation='swap'"):
         Glow((1, 4, 4), 1, 1, 4, permutation="swap")
     with pytest.raises(ValueError, match="norm='layernorm'"):
-        MLPFlow(2, norm="layernorm")
+        MLPFlow((2,), norm="layernorm")
 
 
 def test_glow_checkpoint_restores_actnorm_without_reinit():
