@@ -18,7 +18,7 @@ from lit_gen.diffusion import slerp_grid
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import figure_to_array, image_grid, save_npz, save_png, scatter_figure, to_uint8_nhwc
 
-SAMPLER_OPTIONS = ("sampler", "steps", "eta", "spacing")
+SAMPLER_OPTIONS = ("sampler", "steps", "eta", "spacing", "temperature")
 
 
 def build_parser() -> ArgumentParser:
@@ -36,16 +36,20 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--steps", type=int | None, default=None, help="Sampling steps (default: the model's).")
     parser.add_argument("--eta", type=float | None, default=None, help="DDIM noise scale (0: deterministic).")
     parser.add_argument("--spacing", type=str | None, default=None, help="Step spacing: linear or quadratic.")
+    parser.add_argument(
+        "--temperature", type=float | None, default=None,
+        help="Flows: scale of the prior's spread (default: the model's; 1 samples its density).",
+    )
     parser.add_argument("--labels", type=list[int] | None, default=None, help="Class labels, cycled over samples.")
     parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has them.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--interpolate", type=int | None, default=None,
-        help="Decode an N x N grid of latents slerped between 4 drawn from --seed (deterministic DDIM).",
+        help="Decode an N x N grid of latents slerped between 4 drawn from --seed (diffusion: deterministic DDIM).",
     )
     parser.add_argument(
         "--invert", type=str | None, default=None,
-        help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents with DDIM and reconstruct.",
+        help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents (DDIM or the flow) and reconstruct.",
     )
     return parser
 
@@ -101,12 +105,6 @@ def draw(model, cfg, options: dict) -> tuple[torch.Tensor, np.ndarray | None]:
     return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None)
 
 
-def _deterministic(options: dict) -> dict:
-    if options.get("sampler", "ddim") != "ddim" or options.get("eta", 0.0) != 0.0:
-        raise ValueError(f"latent interpolation and inversion need --sampler ddim --eta 0, got {options}")
-    return {**options, "sampler": "ddim", "eta": 0.0}
-
-
 def _decode(model, latents: torch.Tensor, cfg, options: dict) -> torch.Tensor:
     xs = []
     for start in tqdm(range(0, len(latents), cfg.batch_size), desc="decoding", unit="batch"):
@@ -122,14 +120,14 @@ def interpolate(model, cfg, options: dict) -> torch.Tensor:
     if n < 2:
         raise ValueError(f"--interpolate {n}: the grid needs at least 2 x 2 latents")
     corners = randn((4, *model.data_shape), sample_generators(cfg.seed, 0, 4), "cpu")
-    return _decode(model, slerp_grid(corners, n), cfg, _deterministic(options))
+    return _decode(model, slerp_grid(corners, n), cfg, model.deterministic_options(options))
 
 
 def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Tensor:
     """Invert the images of ``--invert`` to latents (written to latents.npz) and decode them again;
     returns originals and reconstructions interleaved row by row."""
     if not hasattr(model, "invert"):
-        raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion model")
+        raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion model or a flow")
     path = Path(cfg.invert)
     if not path.is_file():
         raise FileNotFoundError(f"--invert file not found: {str(path)!r}")
@@ -138,7 +136,7 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     if images.dtype != np.uint8 or images.shape[1:] != expected:
         raise ValueError(f"--invert expects uint8 images of shape N x {expected}, got {images.dtype} {images.shape}")
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
-    options = _deterministic(options)
+    options = model.deterministic_options(options)
     latents = torch.cat([
         model.invert(x0[s : s + cfg.batch_size], labels=_labels(cfg, 0, len(x0[s : s + cfg.batch_size])),
                      progress=True, **{k: v for k, v in options.items() if k in ("steps", "spacing")}).cpu()

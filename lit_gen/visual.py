@@ -45,6 +45,25 @@ def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, 
     return fig
 
 
+def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: str = ""):
+    """Side-by-side heatmaps of 2-D densities, each an (N, N) array of p on the grid
+    [-limit, limit]^2 (rows: y, columns: x), e.g. data histogram, model density, true density."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100, squeeze=False)
+    for ax, (name, density) in zip(axes[0], panels):
+        ax.imshow(density, origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis")
+        ax.set(title=name, aspect="equal")
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 def figure_to_array(fig) -> np.ndarray:
     """Render a matplotlib figure to a uint8 (H, W, 3) array and close it."""
     import matplotlib.pyplot as plt

@@ -26,6 +26,8 @@ class SampleGrid(L.Callback):
         trajectory_points: snapshots per trajectory.
         save_png: also write ``<log_dir>/samples/step_XXXXXXX.png``.
         sample_options: extra options for ``pl_module.sample`` (e.g. ``{"sampler": "ddim", "steps": 50}``).
+        temperatures: flows: also draw one grid per temperature, logged as ``samples/grid_T<t>`` (or
+            ``samples/scatter_T<t>``), e.g. ``[0.5, 0.7, 1.0]``.
     """
 
     def __init__(
@@ -37,6 +39,7 @@ class SampleGrid(L.Callback):
         trajectory_points: int = 10,
         save_png: bool = True,
         sample_options: dict | None = None,
+        temperatures: list[float] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_steps = every_n_steps
@@ -46,6 +49,7 @@ class SampleGrid(L.Callback):
         self.trajectory_points = trajectory_points
         self.save_png = save_png
         self.sample_options = sample_options or {}
+        self.temperatures = list(temperatures or [])
         self._last_step = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -59,27 +63,29 @@ class SampleGrid(L.Callback):
 
     def log_samples(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step
-        gens = sample_generators(self.seed, 0, self.num_samples)
-        out = pl_module.sample(
-            self.num_samples, gens, trajectory_points=self.trajectory_points if self.trajectory_samples else 0,
-            **self.sample_options,
-        )
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        self._write(trainer, out, log_dir)
+        variants = [("", {})] + [(f"_T{t:g}", {"temperature": t}) for t in self.temperatures]
+        for suffix, extra in variants:
+            gens = sample_generators(self.seed, 0, self.num_samples)
+            points = self.trajectory_points if self.trajectory_samples and not suffix else 0
+            out = pl_module.sample(self.num_samples, gens, trajectory_points=points, **self.sample_options, **extra)
+            self._write(trainer, out, log_dir, suffix)
 
     @rank_zero_only
-    def _write(self, trainer: L.Trainer, out, log_dir: str | None) -> None:
+    def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "") -> None:
         step = trainer.global_step
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
+        log_image = experiment is not None and hasattr(experiment, "add_image")
         if out.x.ndim == 2:  # 2-D points: scatter over the validation data
             reference = _reference_points(trainer)
-            image = figure_to_array(scatter_figure(out.x, reference, title=f"step {step}"))
-            if experiment is not None and hasattr(experiment, "add_image"):
-                experiment.add_image("samples/scatter", image, step, dataformats="HWC")
+            title = f"step {step}" + (f", T = {suffix[2:]}" if suffix else "")
+            image = figure_to_array(scatter_figure(out.x, reference, title=title))
+            if log_image:
+                experiment.add_image(f"samples/scatter{suffix}", image, step, dataformats="HWC")
         else:
             grid = image_grid(out.x)
-            if experiment is not None and hasattr(experiment, "add_image"):
-                experiment.add_image("samples/grid", grid, step)
+            if log_image:
+                experiment.add_image(f"samples/grid{suffix}", grid, step)
                 if out.trajectory:
                     k = min(self.trajectory_samples, out.x.shape[0])
                     frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
@@ -88,7 +94,7 @@ class SampleGrid(L.Callback):
                     )
             image = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
         if self.save_png and log_dir:
-            save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}.png")
+            save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}{suffix}.png")
 
 
 def _reference_points(trainer: L.Trainer, limit: int = 2000) -> torch.Tensor | None:

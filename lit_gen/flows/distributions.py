@@ -5,6 +5,10 @@ Every distribution returns ``log_prob`` per sample, shape (B,), in nats, and sam
 ``temperature`` T that multiplies the standard deviation (Kingma & Dhariwal 2018, Sec. 5: sampling from
 a reduced-temperature prior trades diversity for quality). ``generator`` may be a ``torch.Generator``
 or a list with one generator per sample (see ``lit_gen.utils.randn``).
+
+Every sample is a fixed map of standard normal noise, ``from_noise(eps, temperature)``, inverted by
+``to_noise(z)``; so a flow's "latents" are always N(0, I) noise, whatever its priors (interpolation and
+inversion work on that noise).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lit_gen.flows.conditioners import ZeroConv2d
-from lit_gen.flows.core import rand, sum_except_batch
+from lit_gen.flows.core import sum_except_batch
 from lit_gen.utils import Generator, randn
 
 LOG_2PI = math.log(2 * math.pi)
@@ -43,9 +47,15 @@ class StandardNormal(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return sum_except_batch(-0.5 * (LOG_2PI + z**2))  # (B,)
 
+    def from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return temperature * eps
+
+    def to_noise(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
     def sample(self, n: int, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
         eps = randn((n, *self.shape), generator, self._anchor.device, self._anchor.dtype)
-        return temperature * eps  # (n, *shape)
+        return self.from_noise(eps, temperature)  # (n, *shape)
 
 
 class StandardLogistic(nn.Module):
@@ -65,10 +75,17 @@ class StandardLogistic(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return -sum_except_batch(F.softplus(z) + F.softplus(-z))  # (B,)
 
+    def from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        # z = T * logit(Phi(eps)), the logistic inverse CDF of a normal CDF, in log space so the tails stay finite
+        return temperature * (torch.special.log_ndtr(eps) - torch.special.log_ndtr(-eps))
+
+    def to_noise(self, z: torch.Tensor) -> torch.Tensor:
+        # eps = Phi^-1(sigmoid(z)), through the smaller tail: Phi^-1(p) = -Phi^-1(1 - p)
+        return -torch.sign(z) * torch.special.ndtri(torch.sigmoid(-z.abs()))
+
     def sample(self, n: int, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
-        u = rand((n, *self.shape), generator, self._anchor.device, self._anchor.dtype)
-        u = u.clamp(torch.finfo(u.dtype).tiny, 1 - torch.finfo(u.dtype).eps)
-        return temperature * (torch.log(u) - torch.log1p(-u))  # inverse CDF, (n, *shape)
+        eps = randn((n, *self.shape), generator, self._anchor.device, self._anchor.dtype)
+        return self.from_noise(eps, temperature)  # (n, *shape)
 
 
 class DiagonalGaussian(nn.Module):
@@ -89,9 +106,15 @@ class DiagonalGaussian(nn.Module):
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return gaussian_log_prob(z, self.mean, self.log_std)  # (B,)
 
+    def from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return self.mean + temperature * self.log_std.exp() * eps
+
+    def to_noise(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) * torch.exp(-self.log_std)
+
     def sample(self, n: int, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
         eps = randn((n, *self.shape), generator, self.mean.device, self.mean.dtype)
-        return self.mean + temperature * self.log_std.exp() * eps  # (n, *shape)
+        return self.from_noise(eps, temperature)  # (n, *shape)
 
 
 class ConditionalGaussian(nn.Module):
@@ -117,9 +140,3 @@ class ConditionalGaussian(nn.Module):
         mean, log_std = self.mean_and_log_std(context)
         return gaussian_log_prob(z, mean, log_std)  # (B,)
 
-    def sample(
-        self, context: torch.Tensor, generator: Generator = None, temperature: float = 1.0
-    ) -> torch.Tensor:
-        mean, log_std = self.mean_and_log_std(context)
-        eps = randn(tuple(mean.shape), generator, mean.device, mean.dtype)
-        return mean + temperature * log_std.exp() * eps  # (B, C_out, H, W)

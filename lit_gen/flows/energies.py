@@ -1,5 +1,6 @@
 """The 2-D target potentials U(z) of Rezende & Mohamed (2015, Table 1, Fig. 3), p(z) proportional to
-exp(-U(z)), for fitting generative-only flows (planar, radial) by the reverse KL E_q[log q(z) + U(z)]."""
+exp(-U(z)), for fitting a flow as a variational density by the reverse KL E_q[log q(z) + U(z)] (see
+``Flow.sample_with_log_prob``)."""
 
 from __future__ import annotations
 

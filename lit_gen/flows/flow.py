@@ -59,11 +59,15 @@ class Split(nn.Module):
     def inverse(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([h, z], dim=1)  # (B, C, H, W)
 
-    def sample(self, h: torch.Tensor, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
-        """Draw z ~ p(z | h) with its std multiplied by ``temperature`` and return cat(h, z)."""
+    def from_noise(self, h: torch.Tensor, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """cat(h, z) with z = mean(h) + temperature * std(h) * eps, eps (B, C // 2, H, W) standard normal noise."""
         mean, log_std = self.prior_params(h)
-        eps = randn(tuple(mean.shape), generator, h.device, h.dtype)
         return self.inverse(h, mean + temperature * log_std.exp() * eps)
+
+    def to_noise(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The noise eps that ``from_noise`` maps to z given h (temperature 1)."""
+        mean, log_std = self.prior_params(h)
+        return (z - mean) * torch.exp(-log_std)
 
 
 class Flow(nn.Module):
@@ -135,12 +139,76 @@ class Flow(nn.Module):
             h, _ = self.levels[i].inverse(h)
         return h
 
-    def sample(self, n: int, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
+    def to_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """The standard normal noise (B, D) that ``sample(noise=...)`` at temperature 1 maps to x: every latent
+        z_i standardised by its own prior (learned conditional priors included), flattened and concatenated
+        in the order z_1, ..., z_L. A bijection of x whose distribution under the model is N(0, I)."""
+        noise = []
+        h = x
+        for i, level in enumerate(self.levels):
+            h, _ = level(h)
+            if i < len(self.splits):
+                h, z, _ = self.splits[i](h)
+                noise.append(self.splits[i].to_noise(h, z).flatten(1))
+        noise.append(self.prior.to_noise(h).flatten(1))
+        return torch.cat(noise, dim=1)
+
+    def sample(
+        self,
+        n: int,
+        generator: Generator = None,
+        temperature: float = 1.0,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Draw n samples (n, *data_shape); ``temperature`` multiplies the std of the prior and of every
-        factored-out latent (Kingma & Dhariwal 2018, Sec. 5)."""
-        h = self.prior.sample(n, generator, temperature)
+        factored-out latent (Kingma & Dhariwal 2018, Sec. 5).
+
+        Args:
+            n: Number of samples.
+            generator: Generator of the noise (one, or a list with one per sample).
+            temperature: Scale of the prior's spread (1: the model's density).
+            noise: Standard normal noise (n, D) or (n, *data_shape) to decode instead of drawing it, e.g. from
+                ``to_noise`` or an interpolation.
+        """
+        anchor = next(t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point())
+        if noise is None:
+            noise = randn((n, self.num_dims), generator, anchor.device, anchor.dtype)
+        noise = noise.reshape(n, -1)
+        if noise.shape[1] != self.num_dims:
+            raise ValueError(f"noise has {noise.shape[1]} dimensions per sample, the flow has {self.num_dims}")
+        end = noise.shape[1]  # the noise is consumed from the end: the top latent z_L comes last
+
+        def take(shape: tuple[int, ...]) -> torch.Tensor:
+            nonlocal end
+            size = int(torch.Size(shape).numel())
+            end -= size
+            return noise[:, end : end + size].reshape(n, *shape)
+
+        h = self.prior.from_noise(take(self.prior.shape), temperature)
         for i in reversed(range(len(self.levels))):
             if i < len(self.splits):
-                h = self.splits[i].sample(h, generator, temperature)
+                split = self.splits[i]
+                h = split.from_noise(h, take((split.num_factored, *h.shape[2:])), temperature)
             h, _ = self.levels[i].inverse(h)
         return h
+
+    def sample_with_log_prob(
+        self, n: int, generator: Generator = None, temperature: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw n samples x (n, *data_shape) together with log p(x) (n,) in nats, both from one pass in the
+        latent -> data direction: log p(x) = log p(z) - log|det dx/dz| (Rezende & Mohamed 2015, Sec. 3.1).
+
+        Differentiable in the parameters, so a flow can serve as a variational posterior or be fitted by the
+        reverse KL E_q[log q(x) + U(x)] to an unnormalised target exp(-U) without ever running data ->
+        latent. ``temperature`` scales the prior's std as in ``sample``; log p is the model's density at the
+        returned samples (the sampler's own density only at temperature 1). Single-level flows (no splits)
+        only.
+        """
+        if self.splits:
+            raise ValueError(
+                f"{type(self).__name__} has {len(self.levels)} levels with factored-out latents; "
+                "sample_with_log_prob needs a single-level flow"
+            )
+        z = self.prior.sample(n, generator, temperature)
+        x, log_det = self.levels[0].inverse(z)  # log|det dx/dz|
+        return x, self.prior.log_prob(z) - log_det

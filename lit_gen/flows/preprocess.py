@@ -49,19 +49,22 @@ def _check_alpha(alpha: float) -> None:
         raise ValueError(f"logit alpha={alpha} must lie in (0, 0.5)")
 
 
-def dequantize(x: torch.Tensor, generator: Generator = None) -> tuple[torch.Tensor, torch.Tensor]:
+def dequantize(
+    x: torch.Tensor, generator: Generator = None, offset: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform dequantisation of 8-bit data on lit_gen's scale x = 2k/255 - 1.
 
     Args:
         x: Data (B, ...) in [-1, 1] on (or near) the 8-bit grid.
         generator: Generator of the noise u (one, or a list with one per sample).
+        offset: A fixed u in [0, 1) instead of noise (0.5: the centre of each bin, for inversion).
 
     Returns:
         y = 2 (k + u) / 256 - 1 in [-1, 1), u ~ U[0, 1), and log|det dy/dv| = D log(2/256) per sample (B,),
         v = k + u being the 256-bin scale.
     """
     k = torch.round((x + 1) * (NUM_BINS - 1) / 2).clamp(0, NUM_BINS - 1)  # (B, ...) integers 0..255
-    u = rand(tuple(x.shape), generator, x.device, x.dtype)
+    u = rand(tuple(x.shape), generator, x.device, x.dtype) if offset is None else offset
     y = 2 * (k + u) / NUM_BINS - 1
     num_dims = x[0].numel()
     log_det = x.new_full((x.shape[0],), num_dims * math.log(2 / NUM_BINS))
@@ -93,7 +96,7 @@ def logit_inverse(s: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor, t
 
 
 def preprocess(
-    x: torch.Tensor, logit_alpha: float | None = None, generator: Generator = None
+    x: torch.Tensor, logit_alpha: float | None = None, generator: Generator = None, offset: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dequantise (and optionally logit-transform) 8-bit data for a flow.
 
@@ -101,13 +104,14 @@ def preprocess(
         x: Data (B, ...) on lit_gen's scale x = 2k/255 - 1.
         logit_alpha: Apply ``logit_transform`` with this alpha; None keeps the [-1, 1) scale.
         generator: Generator of the dequantisation noise.
+        offset: A fixed position in each bin instead of noise (see ``dequantize``).
 
     Returns:
         The flow input s and the summed log-det (B,) from the 256-bin scale to s, so that
         ``-(flow.log_prob(s) + log_det)`` is -log p_V on the 256-bin scale: pass it to ``bits_per_dim``
         with the default ``bin_width=1``.
     """
-    s, log_det = dequantize(x, generator)
+    s, log_det = dequantize(x, generator, offset)
     if logit_alpha is not None:
         s, ld = logit_transform(s, logit_alpha)
         log_det = log_det + ld

@@ -1,15 +1,13 @@
 """Flows on vectors (B, D), e.g. 2-D toy data: NICE, a RealNVP/Glow-style coupling stack with an MLP
-conditioner, and stacks of planar or radial flows. NICE and MLPFlow also take images (C, H, W), which they
-model as flat vectors of D = C*H*W features (NICE's own setting on MNIST)."""
+conditioner, and stacks of planar or radial flows (density models in both directions). NICE and MLPFlow
+also take images (C, H, W), which they model as flat vectors of D = C*H*W features (NICE's own setting on
+MNIST)."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
 from typing import Literal
-
-import torch
-from torch import nn
 
 from lit_gen.flows.conditioners import MLPConditioner
 from lit_gen.flows.core import FlowLayer, FlowSequence
@@ -18,7 +16,7 @@ from lit_gen.flows.distributions import StandardLogistic, StandardNormal
 from lit_gen.flows.flow import Flow
 from lit_gen.flows.layers import ActNorm, BatchNormFlow, DiagonalScaling, Flatten, InvertibleConv1x1
 from lit_gen.flows.planar import PlanarTransform, RadialTransform
-from lit_gen.utils import Generator, check_choice
+from lit_gen.utils import check_choice
 
 
 def _flat_dim(data_shape: Sequence[int]) -> tuple[int, list[FlowLayer]]:
@@ -115,63 +113,46 @@ class MLPFlow(Flow):
         super().__init__(data_shape, [FlowSequence(layers)], [], StandardNormal((dim,)))
 
 
-class _GenerativeOnlyFlow(nn.Module):
-    """x = f_K(... f_1(z_0)), z_0 ~ N(0, I), for transforms that only run latent -> data (Rezende & Mohamed
-    2015, Sec. 3.1): samples come with their exact log-density, but the density of a given x is unavailable."""
-
-    def __init__(self, dim: int, layers: list[FlowLayer]):
-        super().__init__()
-        self.data_shape = (dim,)
-        self.flow = FlowSequence(layers)  # applied with .inverse (latent -> data)
-        self.prior = StandardNormal((dim,))
-
-    @property
-    def num_dims(self) -> int:
-        return self.data_shape[0]
-
-    def sample_with_log_prob(self, n: int, generator: Generator = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw x (n, D) and log q(x) (n,) = log q_0(z_0) - sum_k log|det df_k/dz_{k-1}| in nats."""
-        z_0 = self.prior.sample(n, generator)
-        x, log_det = self.flow.inverse(z_0)  # log_det = log|det dx/dz_0|
-        return x, self.prior.log_prob(z_0) - log_det
-
-    def sample(self, n: int, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
-        """Draw n samples (n, D); ``temperature`` multiplies the std of the base N(0, I)."""
-        return self.flow.inverse(self.prior.sample(n, generator, temperature))[0]
-
-    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot evaluate log p(x) of given data (no inverse); "
-            "use sample_with_log_prob"
-        )
+def _vector_dim(name: str, data_shape: Sequence[int]) -> int:
+    """D of a vector data_shape (D,); planar and radial maps act on flat vectors only."""
+    shape = tuple(data_shape)
+    if len(shape) != 1 or shape[0] < 1:
+        raise ValueError(f"{name} models vectors: data_shape must be (D,), got data_shape={shape}")
+    return int(shape[0])
 
 
-class PlanarFlow(_GenerativeOnlyFlow):
-    """A stack of planar flows (Rezende & Mohamed 2015, Sec. 4.1) from a standard normal.
+class PlanarFlow(Flow):
+    """A stack of planar flows (Rezende & Mohamed 2015, Sec. 4.1) on a standard normal prior.
 
-    Fit it by minimising the reverse KL E_q[log q(x) + U(x)] to a target density proportional to
-    exp(-U(x)), e.g. ``lit_gen.flows.energies.POTENTIALS`` (the paper's Fig. 3); see ``sample_with_log_prob``.
+    A full density model: ``log_prob`` (maximum likelihood on data, each layer's data -> latent map being
+    solved numerically), ``sample``, ``encode`` / ``decode``, and ``sample_with_log_prob`` for the
+    variational use of the paper, e.g. minimising the reverse KL E_q[log q(x) + U(x)] to a target density
+    proportional to exp(-U(x)) such as ``lit_gen.flows.energies.POTENTIALS`` (the paper's Fig. 3).
     """
 
-    def __init__(self, dim: int = 2, num_layers: int = 16):
+    def __init__(self, data_shape: Sequence[int] = (2,), num_layers: int = 16):
         """Build the stack.
 
         Args:
-            dim: Dimension D of the vectors.
+            data_shape: Shape of one sample, (D,).
             num_layers: Number of planar transforms K.
         """
-        super().__init__(dim, [PlanarTransform(dim) for _ in range(num_layers)])
+        dim = _vector_dim(type(self).__name__, data_shape)
+        layers = FlowSequence([PlanarTransform(dim) for _ in range(num_layers)])
+        super().__init__((dim,), [layers], [], StandardNormal((dim,)))
 
 
-class RadialFlow(_GenerativeOnlyFlow):
-    """A stack of radial flows (Rezende & Mohamed 2015, Sec. 4.1) from a standard normal; trained like
-    ``PlanarFlow``."""
+class RadialFlow(Flow):
+    """A stack of radial flows (Rezende & Mohamed 2015, Sec. 4.1) on a standard normal prior; each layer
+    inverts in closed form. Used like ``PlanarFlow``."""
 
-    def __init__(self, dim: int = 2, num_layers: int = 16):
+    def __init__(self, data_shape: Sequence[int] = (2,), num_layers: int = 16):
         """Build the stack.
 
         Args:
-            dim: Dimension D of the vectors.
+            data_shape: Shape of one sample, (D,).
             num_layers: Number of radial transforms K.
         """
-        super().__init__(dim, [RadialTransform(dim) for _ in range(num_layers)])
+        dim = _vector_dim(type(self).__name__, data_shape)
+        layers = FlowSequence([RadialTransform(dim) for _ in range(num_layers)])
+        super().__init__((dim,), [layers], [], StandardNormal((dim,)))

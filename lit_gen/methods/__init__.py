@@ -2,6 +2,7 @@
 
 from lit_gen.methods.base import GenerativeModule, SampleOutput
 from lit_gen.methods.ddpm import DDPM
+from lit_gen.methods.flow import NormalizingFlow
 from lit_gen.methods.iddpm import ImprovedDDPM
 
-__all__ = ["DDPM", "GenerativeModule", "ImprovedDDPM", "SampleOutput"]
+__all__ = ["DDPM", "GenerativeModule", "ImprovedDDPM", "NormalizingFlow", "SampleOutput"]

@@ -95,6 +95,18 @@ class GenerativeModule(L.LightningModule):
         # from a checkpoint then draws exactly what an uninterrupted run draws.
         state = np.random.SeedSequence([self.seed, self.current_epoch, batch_idx, self.global_rank])
         torch.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
+        self._batch_idx = batch_idx
+
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        # Stop at the first non-finite loss on any rank (all ranks stop together, none waits in a collective),
+        # naming the step, instead of training on NaN weights for hours.
+        bad = self.trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss)), all=False)
+        if bad:
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()} on rank {self.global_rank}) at global step "
+                f"{self.global_step} (epoch {self.current_epoch}, batch {getattr(self, '_batch_idx', '?')}); "
+                "lower the learning rate, clip gradients (trainer.gradient_clip_val) or check the data"
+            )
 
     def eval_generator(self, batch_idx: int) -> torch.Generator:
         """A fixed generator per validation/test batch, so val/test losses compare across epochs."""
@@ -126,6 +138,10 @@ class GenerativeModule(L.LightningModule):
         method does not know raises a ValueError naming it.
         """
         raise NotImplementedError
+
+    def deterministic_options(self, options: dict) -> dict:
+        """``options`` made deterministic for latent interpolation and inversion (a flow already is)."""
+        return options
 
     @staticmethod
     def check_options(options: dict, allowed: set[str], method: str) -> None:

@@ -180,6 +180,12 @@ class DDPM(GenerativeModule):
         sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps, options.get("spacing") or "linear")
         return sampler
 
+    def deterministic_options(self, options: dict) -> dict:
+        """Latent interpolation and inversion use deterministic DDIM (eta = 0)."""
+        if options.get("sampler", "ddim") != "ddim" or options.get("eta", 0.0) != 0.0:
+            raise ValueError(f"latent interpolation and inversion need --sampler ddim --eta 0, got {options}")
+        return {**options, "sampler": "ddim", "eta": 0.0}
+
     def _labels(self, num_samples: int, labels: torch.Tensor | None) -> torch.Tensor | None:
         if not self.num_classes:
             return None
