@@ -16,6 +16,11 @@ TINY_NET = {
         "dropout": 0.0,
     },
     "lit_gen.nets.MLPDenoiser": {"hidden_dim": 16, "num_layers": 2},
+    "lit_gen.flows.MLPFlow": {"num_layers": 2, "hidden_features": 8},
+    "lit_gen.flows.PlanarFlow": {"num_layers": 2},
+    "lit_gen.flows.NICE": {"num_coupling_layers": 2, "hidden_features": 8, "num_hidden_layers": 1},
+    "lit_gen.flows.RealNVP": {"num_steps_per_scale": 1, "hidden_channels": 4, "num_blocks": 1},
+    "lit_gen.flows.Glow": {"num_levels": 2, "num_steps": 1, "hidden_channels": 4},
 }
 TINY_IMAGE_SIZE = {"DigitsDataModule": 8}
 
@@ -25,19 +30,20 @@ def method_configs() -> list[str]:
 
 
 def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> list[str]:
-    """``--config config`` plus overrides: a tiny net, few diffusion steps, tiny batches, fast callbacks."""
+    """``--config config`` plus overrides: a tiny net or flow, few diffusion steps, tiny batches, fast callbacks."""
     cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
-    net = cfg["model"]["init_args"]["net"]
+    model = cfg["model"]["init_args"]
+    key = "flow" if "flow" in model else "net"  # flows build model.flow, diffusion models model.net
     args = ["--config", str(EXPERIMENTS / config), "--config", str(EXPERIMENTS / "trainer" / "cpu.yaml")]
-    for key, value in TINY_NET[net["class_path"]].items():
-        args.append(f"--model.init_args.net.init_args.{key}={value}")
-    if "sampling_steps" in cfg["model"]["init_args"]:
+    for arg, value in TINY_NET[model[key]["class_path"]].items():
+        args.append(f"--model.init_args.{key}.init_args.{arg}={value}")
+    if "sampling_steps" in model:
         args.append("--model.init_args.sampling_steps=5")
+    args.append("--model.init_args.init_batch_size=8" if key == "flow" else "--model.init_args.num_timesteps=10")
     data_class = cfg["data"]["class_path"]
     if data_class in TINY_IMAGE_SIZE:
         args.append(f"--data.init_args.image_size={TINY_IMAGE_SIZE[data_class]}")
     args += [
-        "--model.init_args.num_timesteps=10",
         "--data.init_args.batch_size=8",
         "--data.init_args.num_workers=0",
         f"--trainer.max_steps={max_steps}",
