@@ -80,8 +80,10 @@ class StandardLogistic(nn.Module):
         return temperature * (torch.special.log_ndtr(eps) - torch.special.log_ndtr(-eps))
 
     def to_noise(self, z: torch.Tensor) -> torch.Tensor:
-        # eps = Phi^-1(sigmoid(z)), through the smaller tail: Phi^-1(p) = -Phi^-1(1 - p)
-        return -torch.sign(z) * torch.special.ndtri(torch.sigmoid(-z.abs()))
+        # eps = Phi^-1(sigmoid(z)), through the smaller tail (Phi^-1(p) = -Phi^-1(1 - p)) and in float64,
+        # where sigmoid(-|z|) stays positive up to |z| ~ 700 (eps ~ 37)
+        tail = torch.special.ndtri(torch.sigmoid(-z.abs().double()))
+        return (-torch.sign(z) * tail).to(z.dtype)
 
     def sample(self, n: int, generator: Generator = None, temperature: float = 1.0) -> torch.Tensor:
         eps = randn((n, *self.shape), generator, self._anchor.device, self._anchor.dtype)

@@ -78,18 +78,25 @@ def _state(path: Path) -> dict:
     }
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize(
+    "config, specific",
+    [
+        (DIGITS, ["--model.init_args.net.init_args.dropout=0.1"]),
+        # ActNorm's data-dependent init must not run again on resume
+        ("flows/glow_digits.yaml", []),
+    ],
+)
+def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
     extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=4", "--samples.every_n_steps=0",
-             "--model.init_args.ema_decay=0.9",
-             "--model.init_args.net.init_args.dropout=0.1",
+             "--model.init_args.ema_decay=0.9", *specific,
              "--model.init_args.lr_scheduler=lit_gen.optim.WarmupCosineLR",
              "--model.init_args.lr_scheduler.warmup_steps=2"]
-    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", name="straight")
+    fit(config, tmp_path, *extra, "--trainer.max_epochs=3", name="straight")
     # the same run, stopped after its first epoch (as by a crash or Ctrl-C), then resumed from last.ckpt
     stop = ["--trainer.callbacks+=tests.integration.tiny.StopAfterEpochs", "--trainer.callbacks.epochs=1"]
-    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", *stop, name="resumed")
+    fit(config, tmp_path, *extra, "--trainer.max_epochs=3", *stop, name="resumed")
     assert _state(tmp_path / "resumed/checkpoints/last.ckpt")["global_step"] == 4
-    fit(DIGITS, tmp_path, *extra, "--trainer.max_epochs=3", "--ckpt_path=last", name="resumed")
+    fit(config, tmp_path, *extra, "--trainer.max_epochs=3", "--ckpt_path=last", name="resumed")
     a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
     assert a["global_step"] == b["global_step"] == 12
     assert a["lr_scheduler"] == b["lr_scheduler"]
