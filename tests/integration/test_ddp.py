@@ -13,15 +13,27 @@ from tests.conftest import DIST_VARS, EXPERIMENTS, ROOT
 from tests.integration.tiny import tiny_args
 
 
-def test_ddp_two_processes_on_cpu(tmp_path):
-    args = tiny_args("ddpm/digits.yaml", tmp_path, name="ddp", max_steps=4)
+def _fit_ddp(config: str, tmp_path, *extra: str) -> None:
+    args = tiny_args(config, tmp_path, name="ddp", max_steps=4)
     args += ["--config", str(EXPERIMENTS / "trainer" / "ddp.yaml"), "--trainer.accelerator=cpu",
-             "--data.init_args.batch_size=16", "--model.init_args.timestep_sampler=loss-aware"]
+             "--data.init_args.batch_size=16", *extra]
     env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_ddp_glow_actnorm_init_is_pooled_over_ranks(tmp_path):
+    # each rank initialises ActNorm on its own shard of the init batch; without pooling the statistics the
+    # ranks would train different models (DDP averages gradients, not weights)
+    _fit_ddp("flows/glow_digits.yaml", tmp_path, "--model.init_args.init_batch_size=32",
+             "--trainer.callbacks+=tests.integration.tiny.AssertSameWeightsAcrossRanks")
+    assert "val/bpd" in EventAccumulator(str(tmp_path / "ddp")).Reload().Tags()["scalars"]
+
+
+def test_ddp_two_processes_on_cpu(tmp_path):
+    _fit_ddp("ddpm/digits.yaml", tmp_path, "--model.init_args.timestep_sampler=loss-aware")
     run = tmp_path / "ddp"
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4

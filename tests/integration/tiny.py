@@ -74,3 +74,17 @@ class StopAfterEpochs(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch + 1 >= self.epochs:
             trainer.should_stop = True
+
+
+class AssertSameWeightsAcrossRanks(L.Callback):
+    """Under DDP, fails the run unless every rank ends with the same parameters and buffers (DDP only
+    averages gradients: state set outside backward, like ActNorm's data-dependent init, must be synced)."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        import torch
+
+        flat = torch.cat([t.detach().double().flatten() for t in pl_module.state_dict().values()
+                          if t.is_floating_point()])
+        gathered = pl_module.all_gather(flat)  # (world_size, N)
+        if not torch.equal(gathered.min(0).values, gathered.max(0).values):
+            raise RuntimeError("the ranks' weights differ after training")
