@@ -18,6 +18,7 @@ TINY_NET = {
     "lit_gen.nets.MLPDenoiser": {"hidden_dim": 16, "num_layers": 2},
     "lit_gen.flows.MLPFlow": {"num_layers": 2, "hidden_features": 8},
     "lit_gen.flows.PlanarFlow": {"num_layers": 2},
+    "lit_gen.flows.RadialFlow": {"num_layers": 2},
     "lit_gen.flows.NICE": {"num_coupling_layers": 2, "hidden_features": 8, "num_hidden_layers": 1},
     "lit_gen.flows.RealNVP": {"num_steps_per_scale": 1, "hidden_channels": 4, "num_blocks": 1},
     "lit_gen.flows.Glow": {"num_levels": 2, "num_steps": 1, "hidden_channels": 4},
