@@ -5,7 +5,10 @@ experiments/flows/realnvp_toy2d.yaml) against the true density's cross-entropy (
 Both models are trained by the same plain PyTorch loop: same steps, batch 512 of fresh samples per step from
 the same seeded stream, Adam lr 1e-3 with the config's warm-up + cosine decay, grad-norm clip 10.
 
-    python -m benchmarks.flows_toy2d [--steps 5000] [--datasets 8gaussians checkerboard] [--seed 0] [--threads 1]
+    python -m benchmarks.flows_toy2d [--steps 5000] [--datasets 8gaussians checkerboard] [--seeds 0 1 2]
+        [--threads 1]
+
+Seeds differ by 0.01-0.02 nats, so the table gives the mean and spread over ``--seeds``.
 
 Needs the ``bench`` extra (``pip install -e .[bench]``) for normflows.
 """
@@ -13,10 +16,12 @@ Needs the ``bench`` extra (``pip install -e .[bench]``) for normflows.
 from __future__ import annotations
 
 import argparse
-import math
+import statistics
 import time
+from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from benchmarks.common import median_time, print_table
@@ -24,9 +29,8 @@ from lit_gen.data.toy2d import TOY2D_LOG_PROBS, TOY2D_SAMPLERS
 from lit_gen.flows import MLPFlow
 from lit_gen.optim import WarmupCosineLR
 
-# experiments/flows/realnvp_toy2d.yaml
-FLOW = dict(num_layers=8, hidden_features=128, num_hidden_layers=2, scale_fn="tanh", norm="actnorm",
-            permutation="alternate")
+CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "flows" / "realnvp_toy2d.yaml"
+FLOW = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["flow"]["init_args"]  # the shipped config
 BATCH_SIZE, LR, WARMUP_STEPS, MIN_LR_RATIO, CLIP = 512, 1e-3, 100, 0.01, 10.0
 NUM_TEST, TEST_SEED_OFFSET, NUM_SAMPLES = 50_000, 10_000, 100_000
 
@@ -79,7 +83,9 @@ def train(model: nn.Module, dataset: str, steps: int, seed: int) -> tuple[float,
     sampler = TOY2D_SAMPLERS[dataset]
     data_gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
-    scheduler = WarmupCosineLR(optimizer, warmup_steps=WARMUP_STEPS, total_steps=steps, min_lr_ratio=MIN_LR_RATIO)
+    scheduler = WarmupCosineLR(
+        optimizer, warmup_steps=WARMUP_STEPS, total_steps=steps, min_lr_ratio=MIN_LR_RATIO
+    )
     model.train()
     skipped = 0
     start = time.perf_counter()
@@ -111,34 +117,49 @@ def sampling_rate(model: nn.Module, n: int = NUM_SAMPLES) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--datasets", nargs="+", default=["8gaussians", "checkerboard"], choices=sorted(TOY2D_LOG_PROBS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--datasets", nargs="+", default=["8gaussians", "checkerboard"], choices=sorted(TOY2D_LOG_PROBS)
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    def spread(values: list[float]) -> str:
+        return f"{statistics.mean(values):.4f} ± {statistics.pstdev(values):.4f}"
+
     rows, notes = [], []
     for dataset in args.datasets:
-        x_test = TOY2D_SAMPLERS[dataset](NUM_TEST, torch.Generator().manual_seed(args.seed + TEST_SEED_OFFSET))
+        x_test = TOY2D_SAMPLERS[dataset](NUM_TEST, torch.Generator().manual_seed(TEST_SEED_OFFSET))
         true_nll = -TOY2D_LOG_PROBS[dataset](x_test).double().mean().item()
         rows.append([dataset, "true density", "-", f"{true_nll:.4f}", "0", "-", "-"])
         for cls in (LitGenModel, NormflowsModel):
-            torch.manual_seed(args.seed)
-            model = cls()
-            seconds, skipped = train(model, dataset, args.steps, args.seed)
-            nll = test_nll(model, x_test)
-            rows.append([dataset, cls.name, f"{num_params(model):,}", f"{nll:.4f}", f"{nll - true_nll:+.4f}",
-                         f"{seconds:.1f}", f"{sampling_rate(model):,.0f}"])
-            if skipped:
-                notes.append(f"{dataset} / {cls.name}: {skipped} non-finite steps skipped")
-            print(f"done {dataset} / {cls.name}: NLL {nll:.4f}", flush=True)
+            nlls, times, rates = [], [], []
+            for seed in args.seeds:
+                torch.manual_seed(seed)
+                model = cls()
+                seconds, skipped = train(model, dataset, args.steps, seed)
+                nlls.append(test_nll(model, x_test))
+                times.append(seconds)
+                rates.append(sampling_rate(model))
+                if skipped:
+                    notes.append(f"{dataset} / {cls.name} / seed {seed}: {skipped} non-finite steps skipped")
+                print(f"done {dataset} / {cls.name} / seed {seed}: NLL {nlls[-1]:.4f}", flush=True)
+            gaps = [nll - true_nll for nll in nlls]
+            rows.append([
+                dataset, cls.name, f"{num_params(model):,}", spread(nlls), spread(gaps),
+                f"{statistics.mean(times):.1f}", f"{statistics.mean(rates):,.0f}",
+            ])
 
-    print(f"\nToy 2-D RealNVP, {args.steps} steps x batch {BATCH_SIZE}, Adam {LR} + cosine, clip {CLIP}, "
-          f"seed {args.seed}, {NUM_TEST:,} test points, {torch.get_num_threads()} threads; "
-          f"samples/s: {NUM_SAMPLES:,} samples, no grad")
-    print_table(["dataset", "model", "params", "test NLL (nats)", "gap to true", "train s", "samples/s"], rows)
+    print(f"\nToy 2-D RealNVP ({CONFIG.name}: {FLOW}), {args.steps} steps x batch {BATCH_SIZE}, Adam {LR} + cosine, "
+          f"clip {CLIP}; mean ± std over seeds {args.seeds}; {NUM_TEST:,} test points; {torch.get_num_threads()} "
+          f"threads; samples/s: {NUM_SAMPLES:,} samples, no grad")
+    header = ["dataset", "model", "params", "test NLL (nats)", "gap to true", "train s", "samples/s"]
+    print_table(header, rows)
     for note in notes:
         print(note)
 

@@ -1,5 +1,6 @@
 """Pure-torch normalizing flows (no Lightning imports): invertible layers, base distributions, planar and
-radial flows, NICE, RealNVP and Glow, dequantisation and bits/dim.
+radial flows, affine/additive/rational-quadratic spline couplings, NICE, RealNVP and Glow, dequantisation and
+bits/dim.
 
 Layers follow one contract (``FlowLayer``): ``forward(x) -> (z, log|det dz/dx|)`` and
 ``inverse(z) -> (x, log|det dx/dz|)``, log-dets of shape (B,). Models (``Flow`` subclasses) expose
@@ -43,6 +44,7 @@ from lit_gen.flows.preprocess import (
     postprocess,
     preprocess,
 )
+from lit_gen.flows.spline import SplineCoupling, rational_quadratic_spline
 from lit_gen.flows.vector import NICE, MLPFlow, PlanarFlow, RadialFlow
 
 __all__ = [
@@ -71,6 +73,7 @@ __all__ = [
     "RadialTransform",
     "RealNVP",
     "ResNetConditioner",
+    "SplineCoupling",
     "Split",
     "Squeeze",
     "StandardLogistic",
@@ -86,5 +89,6 @@ __all__ = [
     "logit_transform",
     "postprocess",
     "preprocess",
+    "rational_quadratic_spline",
     "sum_except_batch",
 ]

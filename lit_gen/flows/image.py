@@ -14,6 +14,7 @@ from lit_gen.flows.coupling import AdditiveCoupling, AffineCoupling, ScaleFn, ch
 from lit_gen.flows.distributions import DiagonalGaussian, StandardNormal
 from lit_gen.flows.flow import Flow, Split
 from lit_gen.flows.layers import ActNorm, BatchNormFlow, InvertibleConv1x1, Permutation, Squeeze
+from lit_gen.flows.spline import SplineCoupling
 from lit_gen.utils import check_choice
 
 
@@ -101,7 +102,9 @@ class Glow(Flow):
     L levels, each a squeeze, K steps of flow (ActNorm -> invertible 1x1 convolution -> coupling), and,
     between levels, a split that factors out half the channels. With ``learn_prior`` the factored halves
     have a learned conditional Gaussian prior given the kept half, and the top prior has a learned mean and
-    std ("learntop" in the released code); otherwise every prior is N(0, I).
+    std ("learntop" in the released code); otherwise every prior is N(0, I). The coupling is affine (Glow),
+    additive (NICE) or a rational-quadratic spline (Durkan et al. 2019 use RQ spline couplings inside
+    Glow's multi-scale architecture for images).
     """
 
     def __init__(
@@ -111,10 +114,12 @@ class Glow(Flow):
         num_steps: int = 32,
         hidden_channels: int = 512,
         learn_prior: bool = True,
-        coupling: Literal["affine", "additive"] = "affine",
+        coupling: Literal["affine", "additive", "spline"] = "affine",
         scale_fn: ScaleFn = "sigmoid",
         permutation: Literal["conv1x1", "shuffle", "reverse"] = "conv1x1",
         lu_decomposed: bool = True,
+        num_bins: int = 8,
+        tail_bound: float = 3.0,
     ):
         """Build Glow.
 
@@ -124,13 +129,17 @@ class Glow(Flow):
             num_steps: K, steps of flow per level (32 in the paper).
             hidden_channels: Width of the coupling networks (512 in the paper).
             learn_prior: Learned conditional priors for the split latents and a learned top prior.
-            coupling: ``affine`` or ``additive`` (volume preserving, as in NICE; Glow Sec. 5.1 compares both).
+            coupling: ``affine``, ``additive`` (volume preserving, as in NICE; Glow Sec. 5.1 compares both) or
+                ``spline`` (rational-quadratic neural spline on [-tail_bound, tail_bound], identity outside;
+                starts as the identity map).
             scale_fn: Affine coupling scale: ``sigmoid`` (Glow's sigmoid(h + 2)) or ``tanh`` (RealNVP).
             permutation: Channel mixing before each coupling: the learned ``conv1x1``, a fixed random
                 ``shuffle`` or ``reverse`` (Glow Sec. 5.1 compares the three).
             lu_decomposed: Parameterise the 1x1 convolution by its LU decomposition (Glow Sec. 3.2).
+            num_bins: Spline bins K (``spline`` only).
+            tail_bound: Spline interval [-B, B] (``spline`` only).
         """
-        check_choice("coupling", coupling, {"affine", "additive"})
+        check_choice("coupling", coupling, {"affine", "additive", "spline"})
         check_choice("permutation", permutation, {"conv1x1", "shuffle", "reverse"})
         if num_levels < 1:
             raise ValueError(f"num_levels={num_levels} must be >= 1")
@@ -149,8 +158,12 @@ class Glow(Flow):
                 mask = channel_mask(C, 0)  # keep the first half, transform the second
                 if coupling == "affine":
                     layers.append(AffineCoupling(mask, GlowConditioner(C, 2 * C, hidden_channels), scale_fn))
-                else:
+                elif coupling == "additive":
                     layers.append(AdditiveCoupling(mask, GlowConditioner(C, C, hidden_channels)))
+                else:
+                    out_channels = SplineCoupling.params_per_element(num_bins) * C
+                    net = GlowConditioner(C, out_channels, hidden_channels)
+                    layers.append(SplineCoupling(mask, net, num_bins, tail_bound))
             levels.append(FlowSequence(layers))
             if level < num_levels - 1:
                 splits.append(Split(C, learn_prior))

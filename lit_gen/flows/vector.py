@@ -16,6 +16,7 @@ from lit_gen.flows.distributions import StandardLogistic, StandardNormal
 from lit_gen.flows.flow import Flow
 from lit_gen.flows.layers import ActNorm, BatchNormFlow, DiagonalScaling, Flatten, InvertibleConv1x1
 from lit_gen.flows.planar import PlanarTransform, RadialTransform
+from lit_gen.flows.spline import SplineCoupling
 from lit_gen.utils import check_choice
 
 
@@ -64,8 +65,11 @@ class NICE(Flow):
 
 
 class MLPFlow(Flow):
-    """A RealNVP-style stack of affine couplings on vectors (Dinh et al. 2017), each step being
-    [normalisation] -> [invertible linear map] -> affine coupling as in a Glow step (Kingma & Dhariwal 2018).
+    """A RealNVP-style stack of couplings on vectors (Dinh et al. 2017), each step being
+    [normalisation] -> [invertible linear map] -> coupling as in a Glow step (Kingma & Dhariwal 2018).
+
+    The coupling is affine (RealNVP) or a rational-quadratic spline on [-tail_bound, tail_bound] with identity
+    tails (Durkan et al. 2019, "RQ-NSF (C)"); both start as the identity map with the default ``tanh`` scale.
 
     With ``permutation="alternate"`` consecutive couplings transform the even / odd features in turn (no
     linear map); with ``permutation="linear"`` an LU-parameterised invertible linear map (Glow's 1x1
@@ -81,23 +85,31 @@ class MLPFlow(Flow):
         scale_fn: ScaleFn = "tanh",
         norm: Literal["actnorm", "batchnorm", "none"] = "actnorm",
         permutation: Literal["alternate", "linear"] = "alternate",
+        coupling: Literal["affine", "spline"] = "affine",
+        num_bins: int = 8,
+        tail_bound: float = 3.0,
     ):
         """Build the stack.
 
         Args:
             data_shape: Shape of one sample, (D,) or (C, H, W) (flattened to D = C*H*W).
-            num_layers: Number of affine coupling layers.
+            num_layers: Number of coupling layers.
             hidden_features: Width of the conditioner MLPs.
             num_hidden_layers: Hidden layers per conditioner MLP.
-            scale_fn: Coupling scale, ``tanh`` (RealNVP, identity at init) or ``sigmoid`` (Glow's
-                sigmoid(h + 2)).
+            scale_fn: Affine coupling scale, ``tanh`` (RealNVP, identity at init) or ``sigmoid`` (Glow's
+                sigmoid(h + 2)); unused by spline couplings.
             norm: Layer before each coupling: ``actnorm`` (data-dependent init), ``batchnorm`` (RealNVP) or
                 ``none``.
             permutation: ``alternate`` masks, or a learned ``linear`` map before each coupling.
+            coupling: ``affine`` (RealNVP) or ``spline`` (rational-quadratic neural spline, Durkan et al.
+                2019).
+            num_bins: Spline bins K (``spline`` only).
+            tail_bound: Spline interval [-B, B], identity outside (``spline`` only).
         """
         dim, layers = _flat_dim(data_shape)
         check_choice("norm", norm, {"actnorm", "batchnorm", "none"})
         check_choice("permutation", permutation, {"alternate", "linear"})
+        check_choice("coupling", coupling, {"affine", "spline"})
         for i in range(num_layers):
             if norm == "actnorm":
                 layers.append(ActNorm(dim))
@@ -108,8 +120,13 @@ class MLPFlow(Flow):
                 mask = channel_mask(dim, 0, ndim=2)
             else:
                 mask = alternating_mask(dim, i % 2)
-            conditioner = MLPConditioner(dim, 2 * dim, hidden_features, num_hidden_layers)
-            layers.append(AffineCoupling(mask, conditioner, scale_fn))
+            if coupling == "affine":
+                conditioner = MLPConditioner(dim, 2 * dim, hidden_features, num_hidden_layers)
+                layers.append(AffineCoupling(mask, conditioner, scale_fn))
+            else:
+                out_features = SplineCoupling.params_per_element(num_bins) * dim
+                conditioner = MLPConditioner(dim, out_features, hidden_features, num_hidden_layers)
+                layers.append(SplineCoupling(mask, conditioner, num_bins, tail_bound))
         super().__init__(data_shape, [FlowSequence(layers)], [], StandardNormal((dim,)))
 
 
