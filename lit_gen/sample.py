@@ -1,6 +1,6 @@
 """``lit-gen sample``: draw samples from any lit_gen checkpoint into ``samples.npz`` + ``grid.png``;
 ``--interpolate N`` decodes an N x N slerp grid of latents, ``--invert FILE`` inverts images to latents
-and reconstructs them (deterministic DDIM)."""
+and reconstructs them (deterministic DDIM for diffusion models, exact for flows)."""
 
 from __future__ import annotations
 

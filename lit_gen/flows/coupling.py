@@ -62,7 +62,8 @@ class AdditiveCoupling(FlowLayer):
         self.conditioner = conditioner
 
     def _shift(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conditioner(x * self.mask) * (1 - self.mask)
+        # the conditioner may run under autocast (bf16); the flow's own arithmetic stays in x's dtype
+        return self.conditioner(x * self.mask).to(x.dtype) * (1 - self.mask)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x + self._shift(x), x.new_zeros(x.shape[0])
@@ -104,7 +105,8 @@ class AffineCoupling(FlowLayer):
             self.scale = nn.Parameter(torch.ones(mask.shape[1]))
 
     def _log_s_and_t(self, x_kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h, t = self.conditioner(x_kept).chunk(2, dim=1)  # each (B, C, ...)
+        # the conditioner may run under autocast (bf16); the scale, shift and log-det stay in x's dtype
+        h, t = self.conditioner(x_kept).to(x_kept.dtype).chunk(2, dim=1)  # each (B, C, ...)
         if self.scale_fn == "sigmoid":
             log_s = F.logsigmoid(h + 2.0)
         else:

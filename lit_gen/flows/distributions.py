@@ -135,7 +135,7 @@ class ConditionalGaussian(nn.Module):
         self.net = ZeroConv2d(context_channels, 2 * out_channels)
 
     def mean_and_log_std(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, log_std = self.net(context).chunk(2, dim=1)  # each (B, C_out, H, W)
+        mean, log_std = self.net(context).to(context.dtype).chunk(2, dim=1)  # each (B, C_out, H, W)
         return mean, log_std
 
     def log_prob(self, z: torch.Tensor, context: torch.Tensor) -> torch.Tensor:

@@ -197,13 +197,16 @@ class InvertibleConv1x1(FlowLayer):
         return F.conv2d(x, weight[:, :, None, None])  # (B, C, H, W)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Glow Table 1: log|det| = h * w * log|det W|.
-        log_det = spatial_size(x) * self.log_abs_det_weight()
-        return self._mix(self.weight_matrix(), x), log_det.expand(x.shape[0])
+        # W, its inverse and the mixing stay in x's dtype under autocast: in bf16 W^-1 W would be off by ~1e-2
+        with torch.autocast(x.device.type, enabled=False):
+            # Glow Table 1: log|det| = h * w * log|det W|.
+            log_det = spatial_size(x) * self.log_abs_det_weight()
+            return self._mix(self.weight_matrix().to(x.dtype), x), log_det.expand(x.shape[0])
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_det = -spatial_size(z) * self.log_abs_det_weight()
-        return self._mix(self.inverse_weight_matrix(), z), log_det.expand(z.shape[0])
+        with torch.autocast(z.device.type, enabled=False):
+            log_det = -spatial_size(z) * self.log_abs_det_weight()
+            return self._mix(self.inverse_weight_matrix().to(z.dtype), z), log_det.expand(z.shape[0])
 
 
 class Permutation(FlowLayer):

@@ -22,6 +22,11 @@ from lit_gen.flows.core import FlowLayer
 _MAX_NEWTON_STEPS = 100
 
 
+def _dot(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """sum(a * w, -1): a dot product that autocast leaves in full precision (a matmul would run in bf16)."""
+    return (a * w).sum(-1)
+
+
 def _solve_planar(c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """The root a of g(a) = a + m tanh(a) - c for every entry of c (B,), m > -1 a scalar; no autograd.
 
@@ -67,14 +72,14 @@ class PlanarTransform(FlowLayer):
         self.b = nn.Parameter(torch.zeros(()))
 
     def u_hat(self) -> torch.Tensor:
-        wu = self.w @ self.u
+        wu = _dot(self.w, self.u)
         m = -1 + F.softplus(wu)
-        return self.u + (m - wu) * self.w / (self.w @ self.w)  # (D,), w^T u_hat = m(w^T u)
+        return self.u + (m - wu) * self.w / _dot(self.w, self.w)  # (D,), w^T u_hat = m(w^T u)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u_hat = self.u_hat()
-        m = self.w @ u_hat  # > -1
-        c = x @ self.w + self.b  # (B,) = w^T x + b
+        m = _dot(self.w, u_hat)  # > -1
+        c = _dot(x, self.w) + self.b  # (B,) = w^T x + b
         # x = z + u_hat tanh(a) with a = w^T z + b gives c = a + m tanh(a): a scalar equation per sample.
         with torch.no_grad():
             a_star = _solve_planar(c.detach(), m.detach())
@@ -90,10 +95,10 @@ class PlanarTransform(FlowLayer):
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         u_hat = self.u_hat()
-        a = z @ self.w + self.b  # (B,)
+        a = _dot(z, self.w) + self.b  # (B,)
         x = z + u_hat * torch.tanh(a)[:, None]  # (B, D)
         # Sec. 4.1: psi = h'(w^T z + b) w, |det| = |1 + u_hat^T psi|.
-        det = 1 + (1 - torch.tanh(a) ** 2) * (self.w @ u_hat)
+        det = 1 + (1 - torch.tanh(a) ** 2) * _dot(self.w, u_hat)
         return x, torch.log(det.abs())
 
 

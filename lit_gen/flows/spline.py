@@ -212,7 +212,7 @@ class SplineCoupling(FlowLayer):
 
     def _transform(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
         kept = self.mask.bool()
-        params = self.conditioner(v * self.mask)  # (B, (3K - 1) C, ...)
+        params = self.conditioner(v * self.mask).to(v.dtype)  # (B, (3K - 1) C, ...); the spline in v's dtype
         B, C = v.shape[:2]
         P = self.params_per_element(self.num_bins)
         if params.shape[1] != P * C:

@@ -59,3 +59,9 @@ def test_interpolation_and_exact_inversion(glow_run, tmp_path, capsys):
     assert np.load(tmp_path / "r" / "latents.npz")["arr_0"].shape == (9, 1, 8, 8)
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "samples.npz")["arr_0"], grid)  # exact round trip
     assert "reconstruction MSE 0.0000" in capsys.readouterr().err
+
+
+def test_bf16_mixed_fit(tmp_path):
+    run = fit(GLOW, tmp_path, "--trainer.precision=bf16-mixed")
+    events = EventAccumulator(str(run)).Reload()
+    assert np.isfinite(events.Scalars("val/bpd")[-1].value)

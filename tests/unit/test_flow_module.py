@@ -135,3 +135,31 @@ def test_nan_loss_stops_training_naming_the_step():
                                                  r"\(epoch 0, batch 1\)"):
         _trainer(max_steps=5, num_sanity_val_steps=0).fit(model, data)
     assert model.global_step == 1  # the NaN step was not applied
+
+
+@pytest.mark.parametrize("name", ["glow_learned_prior", "realnvp_batchnorm", "mlpflow_linear_batchnorm", "nice"])
+def test_flow_arithmetic_stays_float32_under_bf16_autocast(name):
+    make, shape = ARCH_CASES[name]
+    torch.manual_seed(0)
+    x = torch.randn(6, *shape, generator=_gen(9))
+    model = _ready(make(), x.double(), scale=0.02).float()
+    reference = model.log_prob(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latents, log_prob = model(x)
+        back = model.decode(latents)
+    assert log_prob.dtype == torch.float32
+    # the conditioners ran in bf16 (so log p moves a little) but forward and inverse agree to float32
+    torch.testing.assert_close(back, x, atol=1e-4, rtol=0)
+    assert (log_prob - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+def test_planar_flow_round_trip_under_bf16_autocast():
+    from lit_gen.flows import PlanarFlow
+
+    model = PlanarFlow((2,), num_layers=4)
+    x = torch.randn(5, 2, generator=_gen(10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        latents, log_prob = model(x)
+        back = model.decode(latents)
+    torch.testing.assert_close(back, x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(log_prob, model.log_prob(x))
