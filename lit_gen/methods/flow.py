@@ -117,6 +117,8 @@ class NormalizingFlow(GenerativeModule):
         if all(bool(m.initialized) for m in self.net.modules() if isinstance(m, ActNorm)):
             return
         datamodule = self.trainer.datamodule
+        if datamodule is None:  # plain dataloaders: ActNorm initialises itself on the first batch it sees
+            return
         per_rank = max(1, self.hparams.init_batch_size // self.trainer.world_size)
         xs, count = [], 0
         for batch in datamodule.train_dataloader():
