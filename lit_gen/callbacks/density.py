@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.visual import density_figure, figure_to_array, save_png
 
 
-class DensityPlot(L.Callback):
+class DensityPlot(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and when fitting ends) evaluate ``pl_module.log_density`` on a
     ``grid_size`` x ``grid_size`` grid over [-limit, limit]^2 and log ``density/heatmap``: data histogram |
     model density | true density (when the DataModule has ``log_prob``). For models of 2-D data with an exact
@@ -35,15 +36,13 @@ class DensityPlot(L.Callback):
         num_data_points: int = 100_000,
         save_png: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(every_n_steps)
         if grid_size < 2 or limit <= 0:
             raise ValueError(f"DensityPlot needs grid_size >= 2 and limit > 0, got {grid_size} and {limit}")
-        self.every_n_steps = every_n_steps
         self.grid_size = grid_size
         self.limit = limit
         self.num_data_points = num_data_points
         self.save_png = save_png
-        self._last_step = -1
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         if not hasattr(pl_module, "log_density") or tuple(getattr(pl_module, "data_shape", ())) != (2,):
@@ -52,23 +51,13 @@ class DensityPlot(L.Callback):
                 f"{getattr(pl_module, 'data_shape', None)} has no log_density of 2-D points"
             )
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_step and step > 0:
-            self.log_density(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.every_n_steps > 0 and trainer.global_step != self._last_step:
-            self.log_density(trainer, pl_module)
-
     def grid(self) -> torch.Tensor:
         """The (grid_size**2, 2) evaluation points, row-major with y as rows."""
         axis = torch.linspace(-self.limit, self.limit, self.grid_size)
         y, x = torch.meshgrid(axis, axis, indexing="ij")
         return torch.stack([x.flatten(), y.flatten()], dim=1)
 
-    def log_density(self, trainer: L.Trainer, pl_module) -> None:
-        self._last_step = trainer.global_step
+    def run(self, trainer: L.Trainer, pl_module) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         points = self.grid()
         log_p = torch.cat([pl_module.log_density(chunk).float().cpu() for chunk in points.split(10_000)])

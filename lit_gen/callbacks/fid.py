@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.metrics.fid import frechet_distance, load_feature_net
 from lit_gen.utils import sample_generators
 
@@ -22,7 +22,7 @@ def resolve_features(features: str) -> Path:
     return path
 
 
-class FIDMonitor(L.Callback):
+class FIDMonitor(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps and when fitting ends, draw ``num_samples`` fixed-seed samples and
     log their Fréchet distance to the training images in the feature space of ``features``. Under DDP each rank
     draws and embeds its share; torchmetrics sums the statistics across ranks.
@@ -36,6 +36,8 @@ class FIDMonitor(L.Callback):
         sample_options: options of ``pl_module.sample`` (e.g. ``{"sampler": "ddim", "steps": 50}``).
     """
 
+    run_at_end_when_off = True
+
     def __init__(
         self,
         features: str = "digits16",
@@ -45,14 +47,13 @@ class FIDMonitor(L.Callback):
         seed: int = 0,
         sample_options: dict | None = None,
     ) -> None:
+        super().__init__(every_n_steps)
         self.features_path = resolve_features(features)
         self.num_samples = num_samples
-        self.every_n_steps = every_n_steps
         self.batch_size = batch_size
         self.seed = seed
         self.sample_options = sample_options or {}
         self.metric = None
-        self._last_step = -1
 
     @property
     def name(self) -> str:
@@ -62,18 +63,8 @@ class FIDMonitor(L.Callback):
         if self.metric is None:
             self.metric = frechet_distance(load_feature_net(self.features_path))
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step > 0 and step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if trainer.global_step != self._last_step:
-            self.evaluate(trainer, pl_module)
-
     @torch.no_grad()
-    def evaluate(self, trainer, pl_module) -> float:
-        self._last_step = trainer.global_step
+    def run(self, trainer, pl_module) -> float:
         metric = self.metric.to(pl_module.device)
         rank, world = trainer.global_rank, trainer.world_size
         if metric.real_features_num_samples == 0:  # real statistics once, sharded over ranks

@@ -8,11 +8,12 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.utils import sample_generators
 from lit_gen.visual import figure_to_array, image_grid, save_png, scatter_figure
 
 
-class SampleGrid(L.Callback):
+class SampleGrid(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and when fitting ends) draw a fixed-seed set of samples with
     ``pl_module.sample`` and log it as ``samples/grid`` (images) or ``samples/scatter`` (2-D points).
 
@@ -41,8 +42,7 @@ class SampleGrid(L.Callback):
         sample_options: dict | None = None,
         temperatures: list[float] | None = None,
     ) -> None:
-        super().__init__()
-        self.every_n_steps = every_n_steps
+        super().__init__(every_n_steps)
         self.num_samples = num_samples
         self.seed = seed
         self.trajectory_samples = trajectory_samples
@@ -50,19 +50,8 @@ class SampleGrid(L.Callback):
         self.save_png = save_png
         self.sample_options = sample_options or {}
         self.temperatures = list(temperatures or [])
-        self._last_step = -1
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if self.every_n_steps > 0 and step % self.every_n_steps == 0 and step != self._last_step and step > 0:
-            self.log_samples(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.every_n_steps > 0 and trainer.global_step != self._last_step:
-            self.log_samples(trainer, pl_module)
-
-    def log_samples(self, trainer: L.Trainer, pl_module) -> None:
-        self._last_step = trainer.global_step
+    def run(self, trainer: L.Trainer, pl_module) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         variants = [("", {})] + [(f"_T{t:g}", {"temperature": t}) for t in self.temperatures]
         for suffix, extra in variants:
