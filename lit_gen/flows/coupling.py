@@ -17,7 +17,7 @@ from torch import nn
 from lit_gen.flows.core import FlowLayer, per_channel, sum_except_batch
 from lit_gen.utils import check_choice
 
-ScaleFn = Literal["sigmoid", "tanh"]
+ScaleFn = Literal["sigmoid", "tanh", "exp"]
 
 
 def checkerboard_mask(height: int, width: int, parity: int = 0) -> torch.Tensor:
@@ -84,6 +84,8 @@ class AffineCoupling(FlowLayer):
       half, not the exact identity.
     - ``tanh``: log s = scale * tanh(h) with a learned per-channel ``scale`` (RealNVP's released code, Dinh et
       al. 2017); s = 1 at a zero-initialised conditioner, so the layer starts as the exact identity.
+    - ``exp``: log s = h, unbounded (RealNVP, Eq. 7 as written); also the identity at init. Fine on
+      low-dimensional data, where sharp modes need large scales; can diverge on images.
 
     log|det dz/dx| = sum over the transformed entries of log s.
     """
@@ -94,10 +96,11 @@ class AffineCoupling(FlowLayer):
         Args:
             mask: Binary mask broadcastable to the input, 1 where the input passes unchanged.
             conditioner: Network from the masked input (B, C, ...) to (B, 2C, ...).
-            scale_fn: ``sigmoid`` (Glow, s = sigmoid(h + 2)) or ``tanh`` (RealNVP, log s = scale * tanh(h)).
+            scale_fn: ``sigmoid`` (Glow, s = sigmoid(h + 2)), ``tanh`` (RealNVP's code, log s = scale * tanh(h))
+                or ``exp`` (log s = h).
         """
         super().__init__()
-        check_choice("scale_fn", scale_fn, {"sigmoid", "tanh"})
+        check_choice("scale_fn", scale_fn, {"sigmoid", "tanh", "exp"})
         self.register_buffer("mask", mask)
         self.conditioner = conditioner
         self.scale_fn = scale_fn
@@ -109,8 +112,10 @@ class AffineCoupling(FlowLayer):
         h, t = self.conditioner(x_kept).to(x_kept.dtype).chunk(2, dim=1)  # each (B, C, ...)
         if self.scale_fn == "sigmoid":
             log_s = F.logsigmoid(h + 2.0)
-        else:
+        elif self.scale_fn == "tanh":
             log_s = per_channel(self.scale, h.ndim) * torch.tanh(h)
+        else:
+            log_s = h
         transformed = 1 - self.mask
         return log_s * transformed, t * transformed  # s = 1, t = 0 on the kept entries
 

@@ -96,8 +96,8 @@ class MLPFlow(Flow):
             num_layers: Number of coupling layers.
             hidden_features: Width of the conditioner MLPs.
             num_hidden_layers: Hidden layers per conditioner MLP.
-            scale_fn: Affine coupling scale, ``tanh`` (RealNVP, identity at init) or ``sigmoid`` (Glow's
-                sigmoid(h + 2)); unused by spline couplings.
+            scale_fn: Affine coupling scale, ``tanh`` (RealNVP's code, identity at init), ``exp`` (unbounded,
+                identity at init) or ``sigmoid`` (Glow's sigmoid(h + 2)); unused by spline couplings.
             norm: Layer before each coupling: ``actnorm`` (data-dependent init), ``batchnorm`` (RealNVP) or
                 ``none``.
             permutation: ``alternate`` masks, or a learned ``linear`` map before each coupling.

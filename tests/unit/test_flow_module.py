@@ -163,3 +163,28 @@ def test_planar_flow_round_trip_under_bf16_autocast():
         back = model.decode(latents)
     torch.testing.assert_close(back, x, atol=1e-5, rtol=0)
     torch.testing.assert_close(log_prob, model.log_prob(x))
+
+
+class _OverflowOnce(Flow):
+    """The identity flow on N(0, I), except that its first inverse pass overflows sample 1 to inf."""
+
+    def __init__(self, data_shape):
+        super().__init__(data_shape, [FlowSequence([])], [], StandardNormal(tuple(data_shape)))
+        self.calls = 0
+
+    def sample(self, n, generator=None, temperature=1.0, noise=None):
+        x = super().sample(n, generator, temperature, noise)
+        self.calls += 1
+        if self.calls == 1:
+            x[1] = float("inf")
+        return x
+
+
+def test_overflowed_samples_are_redrawn_from_their_own_generator():
+    model = NormalizingFlow((2,), flow=_OverflowOnce)
+    out = model.sample(3, [_gen(1), _gen(2), _gen(3)]).x
+    assert torch.isfinite(out).all() and model.net.calls == 2
+    g = _gen(2)
+    torch.randn(2, generator=g)  # the overflowed first draw
+    torch.testing.assert_close(out[1], torch.randn(2, generator=g))  # its redraw continues generator 2
+    torch.testing.assert_close(out[0], torch.randn(2, generator=_gen(1)))  # the others are untouched

@@ -110,6 +110,10 @@ def _layer_cases():
             lambda: AffineCoupling(alternating_mask(VEC, 0), MLPConditioner(VEC, 2 * VEC, 8, 1), "tanh"),
             (VEC,),
         ),
+        "affine_vec_exp": (
+            lambda: AffineCoupling(alternating_mask(VEC, 1), MLPConditioner(VEC, 2 * VEC, 8, 1), "exp"),
+            (VEC,),
+        ),
         "affine_checkerboard_tanh_bn": (
             lambda: AffineCoupling(checkerboard_mask(H, W, 1), ResNetConditioner(C, 2 * C, 4, 1), "tanh"),
             IMG,
