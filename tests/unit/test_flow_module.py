@@ -188,3 +188,16 @@ def test_overflowed_samples_are_redrawn_from_their_own_generator():
     torch.randn(2, generator=g)  # the overflowed first draw
     torch.testing.assert_close(out[1], torch.randn(2, generator=g))  # its redraw continues generator 2
     torch.testing.assert_close(out[0], torch.randn(2, generator=_gen(1)))  # the others are untouched
+
+
+def test_density_plot_needs_a_2d_density_model():
+    from lit_gen.callbacks import DensityPlot
+
+    image_model = NormalizingFlow((1, 4, 4), flow=lambda s: Glow(s, num_levels=1, num_steps=1, hidden_channels=4))
+    with pytest.raises(ValueError, match=r"data_shape \(1, 4, 4\)"):
+        DensityPlot().setup(None, image_model, "fit")
+    with pytest.raises(ValueError, match="every_n_steps=-1"):
+        DensityPlot(every_n_steps=-1)
+    plot = DensityPlot(grid_size=3, limit=2.0)
+    plot.setup(None, NormalizingFlow((2,), flow=_identity_flow), "fit")
+    torch.testing.assert_close(plot.grid()[:3], torch.tensor([[-2.0, -2.0], [0.0, -2.0], [2.0, -2.0]]))
