@@ -159,20 +159,40 @@ class Flow(nn.Module):
         generator: Generator = None,
         temperature: float = 1.0,
         noise: torch.Tensor | None = None,
+        max_redraws: int = 10,
     ) -> torch.Tensor:
         """Draw n samples (n, *data_shape); ``temperature`` multiplies the std of the prior and of every
         factored-out latent (Kingma & Dhariwal 2018, Sec. 5).
+
+        A draw far in the prior's tail can hit a near-zero coupling scale, which the inverse divides by
+        (about 1 in 500 for a small Glow on digits at T = 1): such samples overflow to inf/NaN and are drawn
+        again, up to ``max_redraws`` times, from their own generator, so results stay reproducible.
 
         Args:
             n: Number of samples.
             generator: Generator of the noise (one, or a list with one per sample).
             temperature: Scale of the prior's spread (1: the model's density).
             noise: Standard normal noise (n, D) or (n, *data_shape) to decode instead of drawing it, e.g. from
-                ``to_noise`` or an interpolation.
+                ``to_noise`` or an interpolation (never redrawn).
+            max_redraws: Redraws of overflowed samples.
         """
+        if noise is not None:
+            return self.decode_noise(noise, temperature)
         anchor = next(t for t in (*self.parameters(), *self.buffers()) if t.is_floating_point())
-        if noise is None:
-            noise = randn((n, self.num_dims), generator, anchor.device, anchor.dtype)
+        x = self.decode_noise(randn((n, self.num_dims), generator, anchor.device, anchor.dtype), temperature)
+        for _ in range(max_redraws):
+            bad = (~torch.isfinite(x.flatten(1)).all(1)).nonzero()[:, 0]
+            if len(bad) == 0:
+                break
+            gens = [generator[i] for i in bad.tolist()] if isinstance(generator, (list, tuple)) else generator
+            noise = randn((len(bad), self.num_dims), gens, anchor.device, anchor.dtype)
+            x[bad] = self.decode_noise(noise, temperature)
+        return x
+
+    def decode_noise(self, noise: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """The sample (n, *data_shape) that standard normal ``noise`` (n, D) or (n, *data_shape) decodes to:
+        every latent is its prior's ``from_noise`` of its slice of the noise; the inverse of ``to_noise``."""
+        n = noise.shape[0]
         noise = noise.reshape(n, -1)
         if noise.shape[1] != self.num_dims:
             raise ValueError(f"noise has {noise.shape[1]} dimensions per sample, the flow has {self.num_dims}")

@@ -3,7 +3,6 @@ log-density, bits/dim on 8-bit images, sampling at a temperature."""
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch
@@ -15,7 +14,6 @@ from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mod
 
 # A Flow class whose first parameter is data_shape; YAML gives the rest (see lit_gen.flows).
 FlowFactory = Callable[[tuple[int, ...]], Flow]
-MAX_REDRAWS = 10
 
 
 class NormalizingFlow(GenerativeModule):
@@ -161,26 +159,8 @@ class NormalizingFlow(GenerativeModule):
         noise = None if latents is None else latents.to(self.device)
         with eval_mode(self.sampling_net) as flow:
             s = flow.sample(num_samples, generators, temperature, noise=noise)
-            if noise is None:
-                s = self._redraw_overflows(flow, s, generators, temperature)
         x = postprocess(s, self.logit_alpha) if self.dequantize else s
         return SampleOutput(x)
-
-    def _redraw_overflows(self, flow: Flow, s: torch.Tensor, generators, temperature: float) -> torch.Tensor:
-        """Redraw the samples whose inverse pass overflowed to inf/NaN: a draw far in the prior's tail can hit a
-        near-zero coupling scale (1 in ~500 for a small Glow on digits at T = 1), which the inverse divides
-        by. A redraw continues the sample's own generator, so results stay reproducible."""
-        for _ in range(MAX_REDRAWS):
-            bad = (~torch.isfinite(s.flatten(1)).all(1)).nonzero()[:, 0]
-            if len(bad) == 0:
-                return s
-            gens = [generators[i] for i in bad.tolist()] if isinstance(generators, (list, tuple)) else generators
-            s[bad] = flow.sample(len(bad), gens, temperature)
-        bad = (~torch.isfinite(s.flatten(1)).all(1)).sum().item()
-        if bad:
-            warnings.warn(f"{bad} of {len(s)} flow samples are still inf/NaN after {MAX_REDRAWS} redraws "
-                          f"at temperature {temperature}", stacklevel=3)
-        return s
 
     @torch.no_grad()
     def invert(self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False, **options):

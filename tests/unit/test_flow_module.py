@@ -166,14 +166,14 @@ def test_planar_flow_round_trip_under_bf16_autocast():
 
 
 class _OverflowOnce(Flow):
-    """The identity flow on N(0, I), except that its first inverse pass overflows sample 1 to inf."""
+    """The identity flow on N(0, I), except that its first decode overflows sample 1 to inf."""
 
     def __init__(self, data_shape):
         super().__init__(data_shape, [FlowSequence([])], [], StandardNormal(tuple(data_shape)))
         self.calls = 0
 
-    def sample(self, n, generator=None, temperature=1.0, noise=None):
-        x = super().sample(n, generator, temperature, noise)
+    def decode_noise(self, noise, temperature=1.0):
+        x = super().decode_noise(noise, temperature)
         self.calls += 1
         if self.calls == 1:
             x[1] = float("inf")
