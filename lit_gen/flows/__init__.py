@@ -15,6 +15,7 @@ from lit_gen.flows.coupling import (
     alternating_mask,
     channel_mask,
     checkerboard_mask,
+    coupling_channels,
 )
 from lit_gen.flows.distributions import (
     ConditionalGaussian,
@@ -83,6 +84,7 @@ __all__ = [
     "bits_per_dim",
     "channel_mask",
     "checkerboard_mask",
+    "coupling_channels",
     "dequantize",
     "gaussian_log_prob",
     "logit_inverse",

@@ -1,8 +1,9 @@
 """Coupling layers (Dinh et al. 2014; Dinh et al. 2017) and the binary masks that split their input.
 
-A mask b (1 = kept, 0 = transformed) broadcasts against the input. The conditioner only sees b * x, so
-the Jacobian is triangular and its determinant is the product of the scales of the transformed part
-(RealNVP Sec. 3.3-3.4). Masks cover every split of the papers: the checkerboard and channel masks of RealNVP
+A mask b (1 = kept, 0 = transformed) broadcasts against the input. The conditioner only sees the kept
+part, so the Jacobian is triangular and its determinant is the product of the scales of the transformed
+part (RealNVP Sec. 3.3-3.4): for a mask over channels it gets the kept channels alone (Glow's NN(x_a),
+``conditioner_channels(mask)`` of them), for a spatial mask (checkerboard) the masked input b * x. Masks cover every split of the papers: the checkerboard and channel masks of RealNVP
 (Sec. 3.4, Fig. 3), Glow's channel halves (Sec. 3.3) and NICE's odd/even split of vectors (Sec. 5.1).
 """
 
@@ -44,10 +45,69 @@ def alternating_mask(num_features: int, parity: int = 0) -> torch.Tensor:
     return (torch.arange(num_features) % 2 == parity % 2).float()[None]
 
 
-class AdditiveCoupling(FlowLayer):
-    """Additive coupling (Dinh et al. 2014, Sec. 3.2, with m = conditioner): z = x + (1 - b) * m(b * x).
+def _masks_channels(mask: torch.Tensor) -> bool:
+    """True for a mask over channels, (1, C) or (1, C, 1, 1); False for a spatial one, e.g. (1, 1, H, W)."""
+    return mask.shape[1] > 1 and all(size == 1 for size in mask.shape[2:])
 
-    Volume preserving: log|det| = 0. The conditioner maps (B, C, ...) to (B, C, ...).
+
+def coupling_channels(mask: torch.Tensor, num_channels: int) -> tuple[int, int]:
+    """(channels in, channels out per parameter) of a coupling's conditioner under ``mask``.
+
+    A mask over channels splits x into x_a (kept) and x_b (transformed): the conditioner maps x_a to
+    parameters for x_b alone (Glow's NN(x_a)), so (C_a, C_b). A spatial mask (e.g. the (1, 1, H, W)
+    checkerboard) keeps part of every channel: (C, C), and the conditioner sees b * x.
+    """
+    if _masks_channels(mask):
+        kept = int(mask.sum())
+        return kept, num_channels - kept
+    return num_channels, num_channels
+
+
+class MaskedCoupling(FlowLayer):
+    """What every coupling shares: the mask, a conditioner that sees only the kept part, and the split of x
+    into its kept part and the part the layer transforms (``transformed`` / ``merge``)."""
+
+    def __init__(self, mask: torch.Tensor, conditioner: nn.Module):
+        """Build the layer.
+
+        Args:
+            mask: Binary mask broadcastable to the input, 1 where the input passes unchanged.
+            conditioner: Network from the kept part to the transformed part's parameters; see
+                ``coupling_channels`` for its channel counts.
+        """
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.conditioner = conditioner
+        by_channel = _masks_channels(mask)
+        flat = mask.flatten()
+        self.register_buffer("kept", flat.nonzero()[:, 0] if by_channel else None)
+        self.register_buffer("moved", (flat == 0).nonzero()[:, 0] if by_channel else None)
+
+    def condition(self, x: torch.Tensor) -> torch.Tensor:
+        """The conditioner's output for x, cast to x's dtype: the conditioner may run under autocast (bf16),
+        the flow's own arithmetic stays in x's dtype."""
+        kept = x.index_select(1, self.kept) if self.kept is not None else x * self.mask
+        return self.conditioner(kept).to(x.dtype)
+
+    def transformed(self, x: torch.Tensor) -> torch.Tensor:
+        """The channels the layer transforms (B, C_b, ...), or all of x for a spatial mask."""
+        return x.index_select(1, self.moved) if self.moved is not None else x
+
+    def merge(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x with its transformed part replaced by y (shaped like ``transformed(x)``)."""
+        if self.moved is not None:
+            return x.index_copy(1, self.moved, y)
+        return self.mask * x + (1 - self.mask) * y
+
+    def only_transformed(self, p: torch.Tensor) -> torch.Tensor:
+        """Zero a per-entry quantity (log-scale, shift) on the kept entries of a spatial mask."""
+        return p if self.moved is not None else p * (1 - self.mask)
+
+
+class AdditiveCoupling(MaskedCoupling):
+    """Additive coupling (Dinh et al. 2014, Sec. 3.2, with m = conditioner): x_b -> x_b + m(x_a).
+
+    Volume preserving: log|det| = 0. The conditioner's output is shaped like the transformed part.
     """
 
     def __init__(self, mask: torch.Tensor, conditioner: nn.Module):
@@ -55,29 +115,24 @@ class AdditiveCoupling(FlowLayer):
 
         Args:
             mask: Binary mask broadcastable to the input, 1 where the input passes unchanged.
-            conditioner: Network m from the masked input to an input-shaped shift.
+            conditioner: Network m from the kept part to a shift of the transformed part.
         """
-        super().__init__()
-        self.register_buffer("mask", mask)
-        self.conditioner = conditioner
-
-    def _shift(self, x: torch.Tensor) -> torch.Tensor:
-        # the conditioner may run under autocast (bf16); the flow's own arithmetic stays in x's dtype
-        return self.conditioner(x * self.mask).to(x.dtype) * (1 - self.mask)
+        super().__init__(mask, conditioner)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return x + self._shift(x), x.new_zeros(x.shape[0])
+        shift = self.only_transformed(self.condition(x))
+        return self.merge(x, self.transformed(x) + shift), x.new_zeros(x.shape[0])
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return z - self._shift(z), z.new_zeros(z.shape[0])
+        shift = self.only_transformed(self.condition(z))  # the kept part of z is that of x
+        return self.merge(z, self.transformed(z) - shift), z.new_zeros(z.shape[0])
 
 
-class AffineCoupling(FlowLayer):
-    """Affine coupling (Dinh et al. 2017, Sec. 3.4, masked form): z = b * x + (1 - b) * (x * s + t) with
-    (log s, t) computed from b * x.
+class AffineCoupling(MaskedCoupling):
+    """Affine coupling (Dinh et al. 2017, Eq. 4-5 and Sec. 3.4): x_b -> x_b * s + t with (log s, t) computed
+    from the kept part x_a.
 
-    The conditioner maps (B, C, ...) to (B, 2C, ...), split along dim 1 into h (-> log s) and t. Two
-    bounded scales:
+    The conditioner's output, 2 C_b channels, splits along dim 1 into h (-> log s) and t. Three scales:
 
     - ``sigmoid``: s = sigmoid(h + 2), Glow's released code (Kingma & Dhariwal 2018); s in (0, 1) and
       s = sigmoid(2) = 0.88 at a zero-initialised conditioner, i.e. a fixed contraction of the transformed
@@ -95,36 +150,35 @@ class AffineCoupling(FlowLayer):
 
         Args:
             mask: Binary mask broadcastable to the input, 1 where the input passes unchanged.
-            conditioner: Network from the masked input (B, C, ...) to (B, 2C, ...).
+            conditioner: Network from the kept part to (log s, t) of the transformed part, 2 C_b channels
+                (see ``coupling_channels``).
             scale_fn: ``sigmoid`` (Glow, s = sigmoid(h + 2)), ``tanh`` (RealNVP's code, log s = scale * tanh(h))
                 or ``exp`` (log s = h).
         """
-        super().__init__()
         check_choice("scale_fn", scale_fn, {"sigmoid", "tanh", "exp"})
-        self.register_buffer("mask", mask)
-        self.conditioner = conditioner
+        super().__init__(mask, conditioner)
         self.scale_fn = scale_fn
         if scale_fn == "tanh":
-            self.scale = nn.Parameter(torch.ones(mask.shape[1]))
+            # one scale per transformed channel; one shared scale under a spatial mask
+            num_scales = mask.shape[1] - int(mask.sum()) if _masks_channels(mask) else mask.shape[1]
+            self.scale = nn.Parameter(torch.ones(num_scales))
 
-    def _log_s_and_t(self, x_kept: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # the conditioner may run under autocast (bf16); the scale, shift and log-det stay in x's dtype
-        h, t = self.conditioner(x_kept).to(x_kept.dtype).chunk(2, dim=1)  # each (B, C, ...)
+    def _log_s_and_t(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, t = self.condition(x).chunk(2, dim=1)  # each shaped like the transformed part
         if self.scale_fn == "sigmoid":
             log_s = F.logsigmoid(h + 2.0)
         elif self.scale_fn == "tanh":
             log_s = per_channel(self.scale, h.ndim) * torch.tanh(h)
         else:
             log_s = h
-        transformed = 1 - self.mask
-        return log_s * transformed, t * transformed  # s = 1, t = 0 on the kept entries
+        return self.only_transformed(log_s), self.only_transformed(t)  # s = 1, t = 0 on kept entries
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_s, t = self._log_s_and_t(x * self.mask)
-        z = x * log_s.exp() + t  # equals x where mask = 1
+        log_s, t = self._log_s_and_t(x)
+        z = self.merge(x, self.transformed(x) * log_s.exp() + t)
         return z, sum_except_batch(log_s)
 
     def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_s, t = self._log_s_and_t(z * self.mask)  # z * mask == x * mask
-        x = (z - t) * (-log_s).exp()
+        log_s, t = self._log_s_and_t(z)  # the kept part of z is that of x
+        x = self.merge(z, (self.transformed(z) - t) * (-log_s).exp())
         return x, -sum_except_batch(log_s)

@@ -10,7 +10,14 @@ from typing import Literal
 
 from lit_gen.flows.conditioners import GlowConditioner, Norm, ResNetConditioner
 from lit_gen.flows.core import FlowLayer, FlowSequence
-from lit_gen.flows.coupling import AdditiveCoupling, AffineCoupling, ScaleFn, channel_mask, checkerboard_mask
+from lit_gen.flows.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    ScaleFn,
+    channel_mask,
+    checkerboard_mask,
+    coupling_channels,
+)
 from lit_gen.flows.distributions import DiagonalGaussian, StandardNormal
 from lit_gen.flows.flow import Flow, Split
 from lit_gen.flows.layers import ActNorm, BatchNormFlow, InvertibleConv1x1, Permutation, Squeeze
@@ -76,7 +83,8 @@ class RealNVP(Flow):
         C, H, W = _check_image_shape(tuple(data_shape), num_scales - 1, "RealNVP")
 
         def coupling(mask, channels: int) -> list[FlowLayer]:
-            net = ResNetConditioner(channels, 2 * channels, hidden_channels, num_blocks, norm)
+            c_in, c_out = coupling_channels(mask, channels)
+            net = ResNetConditioner(c_in, 2 * c_out, hidden_channels, num_blocks, norm)
             return [AffineCoupling(mask, net, scale_fn), *_norm_layer(norm, channels)]
 
         levels, splits = [], []
@@ -155,14 +163,15 @@ class Glow(Flow):
                     layers.append(InvertibleConv1x1(C, lu_decomposed))
                 else:
                     layers.append(Permutation(C, permutation, seed=1000 * level + k))
-                mask = channel_mask(C, 0)  # keep the first half, transform the second
+                mask = channel_mask(C, 0)  # keep the first half x_a, transform the second x_b
+                c_a, c_b = coupling_channels(mask, C)
                 if coupling == "affine":
-                    layers.append(AffineCoupling(mask, GlowConditioner(C, 2 * C, hidden_channels), scale_fn))
+                    layers.append(AffineCoupling(mask, GlowConditioner(c_a, 2 * c_b, hidden_channels), scale_fn))
                 elif coupling == "additive":
-                    layers.append(AdditiveCoupling(mask, GlowConditioner(C, C, hidden_channels)))
+                    layers.append(AdditiveCoupling(mask, GlowConditioner(c_a, c_b, hidden_channels)))
                 else:
-                    out_channels = SplineCoupling.params_per_element(num_bins) * C
-                    net = GlowConditioner(C, out_channels, hidden_channels)
+                    out_channels = SplineCoupling.params_per_element(num_bins) * c_b
+                    net = GlowConditioner(c_a, out_channels, hidden_channels)
                     layers.append(SplineCoupling(mask, net, num_bins, tail_bound))
             levels.append(FlowSequence(layers))
             if level < num_levels - 1:

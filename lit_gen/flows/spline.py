@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lit_gen.flows.core import FlowLayer, sum_except_batch
+from lit_gen.flows.core import sum_except_batch
+from lit_gen.flows.coupling import MaskedCoupling
 
 DEFAULT_MIN_BIN_WIDTH = 1e-3
 DEFAULT_MIN_BIN_HEIGHT = 1e-3
@@ -155,14 +156,15 @@ def rational_quadratic_spline(
     return out, log_deriv
 
 
-class SplineCoupling(FlowLayer):
+class SplineCoupling(MaskedCoupling):
     """Rational-quadratic spline coupling (Durkan et al. 2019, Sec. 3.1 and 3.3): the entries with mask 0 go
-    through a monotone RQ spline on [-B, B] (identity outside) whose parameters are computed from b * x.
+    through a monotone RQ spline on [-B, B] (identity outside) whose parameters are computed from the kept
+    entries.
 
-    Same mask convention as ``AffineCoupling`` (1 = kept, 0 = transformed). The conditioner maps (B, C, ...)
-    to (B, (3K - 1) C, ...): channel c's K widths, K heights and K - 1 interior derivatives are the
-    consecutive block [(3K - 1) c, (3K - 1)(c + 1)) of the output channels; the parameters of kept entries are
-    ignored. A zero-initialised conditioner output gives the identity map exactly (log-det 0 up to round-off).
+    Same mask convention as ``AffineCoupling`` (1 = kept, 0 = transformed). The conditioner maps the kept
+    part to (B, (3K - 1) C_b, ...) (``coupling_channels``): transformed channel c's K widths, K heights
+    and K - 1 interior derivatives are the consecutive block [(3K - 1) c, (3K - 1)(c + 1)) of the output
+    channels; under a spatial mask the parameters of kept entries are ignored. A zero-initialised conditioner output gives the identity map exactly (log-det 0 up to round-off).
 
     log|det dz/dx| = sum over the transformed entries of log spline'(x).
     """
@@ -181,14 +183,14 @@ class SplineCoupling(FlowLayer):
 
         Args:
             mask: Binary mask broadcastable to the input, 1 where the input passes unchanged.
-            conditioner: Network from the masked input (B, C, ...) to (B, (3K - 1) C, ...).
+            conditioner: Network from the kept part (``conditioner_channels(mask)`` channels) to
+                (B, (3K - 1) C, ...).
             num_bins: K, the number of spline bins (>= 2).
             tail_bound: B; the spline acts on [-B, B] and is the identity outside.
             min_bin_width: Smallest bin width as a fraction of 2B.
             min_bin_height: Smallest bin height as a fraction of 2B.
             min_derivative: Smallest knot derivative.
         """
-        super().__init__()
         if num_bins < 2:
             raise ValueError(f"num_bins={num_bins} must be >= 2")
         if tail_bound <= 0:
@@ -197,8 +199,7 @@ class SplineCoupling(FlowLayer):
             raise ValueError(f"min_bin_width/min_bin_height times num_bins={num_bins} must be below 1")
         if not 0 < min_derivative < 1:
             raise ValueError(f"min_derivative={min_derivative} must be in (0, 1)")
-        self.register_buffer("mask", mask)
-        self.conditioner = conditioner
+        super().__init__(mask, conditioner)
         self.num_bins = num_bins
         self.tail_bound = tail_bound
         self.min_bin_width = min_bin_width
@@ -211,16 +212,16 @@ class SplineCoupling(FlowLayer):
         return 3 * num_bins - 1
 
     def _transform(self, v: torch.Tensor, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        kept = self.mask.bool()
-        params = self.conditioner(v * self.mask).to(v.dtype)  # (B, (3K - 1) C, ...); the spline in v's dtype
-        B, C = v.shape[:2]
+        params = self.condition(v)  # (B, (3K - 1) C_b, ...)
+        v_b = self.transformed(v)  # (B, C_b, ...)
+        B, C = v_b.shape[:2]
         P = self.params_per_element(self.num_bins)
         if params.shape[1] != P * C:
-            raise ValueError(f"conditioner gave {params.shape[1]} channels, expected (3K - 1) C = {P * C}")
-        params = params.reshape(B, C, P, *v.shape[2:]).movedim(2, -1)  # (B, C, ..., 3K - 1)
+            raise ValueError(f"conditioner gave {params.shape[1]} channels, expected (3K - 1) C_b = {P * C}")
+        params = params.reshape(B, C, P, *v.shape[2:]).movedim(2, -1)  # (B, C_b, ..., 3K - 1)
         widths, heights, derivatives = params.split([self.num_bins, self.num_bins, self.num_bins - 1], dim=-1)
         out, log_deriv = rational_quadratic_spline(
-            v,
+            v_b,
             widths,
             heights,
             derivatives,
@@ -230,9 +231,7 @@ class SplineCoupling(FlowLayer):
             min_bin_height=self.min_bin_height,
             min_derivative=self.min_derivative,
         )
-        out = torch.where(kept, v, out)
-        log_deriv = torch.where(kept, torch.zeros_like(log_deriv), log_deriv)
-        return out, sum_except_batch(log_deriv)
+        return self.merge(v, out), sum_except_batch(self.only_transformed(log_deriv))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._transform(x, inverse=False)

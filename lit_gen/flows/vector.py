@@ -11,7 +11,14 @@ from typing import Literal
 
 from lit_gen.flows.conditioners import MLPConditioner
 from lit_gen.flows.core import FlowLayer, FlowSequence
-from lit_gen.flows.coupling import AdditiveCoupling, AffineCoupling, ScaleFn, alternating_mask, channel_mask
+from lit_gen.flows.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    ScaleFn,
+    alternating_mask,
+    channel_mask,
+    coupling_channels,
+)
 from lit_gen.flows.distributions import StandardLogistic, StandardNormal
 from lit_gen.flows.flow import Flow
 from lit_gen.flows.layers import ActNorm, BatchNormFlow, DiagonalScaling, Flatten, InvertibleConv1x1
@@ -53,12 +60,10 @@ class NICE(Flow):
         """
         dim, layers = _flat_dim(data_shape)
         check_choice("prior", prior, {"gaussian", "logistic"})
-        layers += [
-            AdditiveCoupling(
-                alternating_mask(dim, i % 2), MLPConditioner(dim, dim, hidden_features, num_hidden_layers)
-            )
-            for i in range(num_coupling_layers)
-        ]
+        for i in range(num_coupling_layers):
+            mask = alternating_mask(dim, i % 2)
+            d_a, d_b = coupling_channels(mask, dim)
+            layers.append(AdditiveCoupling(mask, MLPConditioner(d_a, d_b, hidden_features, num_hidden_layers)))
         layers.append(DiagonalScaling((dim,)))
         base = StandardNormal((dim,)) if prior == "gaussian" else StandardLogistic((dim,))
         super().__init__(data_shape, [FlowSequence(layers)], [], base)
@@ -120,12 +125,13 @@ class MLPFlow(Flow):
                 mask = channel_mask(dim, 0, ndim=2)
             else:
                 mask = alternating_mask(dim, i % 2)
+            d_a, d_b = coupling_channels(mask, dim)
             if coupling == "affine":
-                conditioner = MLPConditioner(dim, 2 * dim, hidden_features, num_hidden_layers)
+                conditioner = MLPConditioner(d_a, 2 * d_b, hidden_features, num_hidden_layers)
                 layers.append(AffineCoupling(mask, conditioner, scale_fn))
             else:
-                out_features = SplineCoupling.params_per_element(num_bins) * dim
-                conditioner = MLPConditioner(dim, out_features, hidden_features, num_hidden_layers)
+                out_features = SplineCoupling.params_per_element(num_bins) * d_b
+                conditioner = MLPConditioner(d_a, out_features, hidden_features, num_hidden_layers)
                 layers.append(SplineCoupling(mask, conditioner, num_bins, tail_bound))
         super().__init__(data_shape, [FlowSequence(layers)], [], StandardNormal((dim,)))
 

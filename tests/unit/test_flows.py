@@ -99,7 +99,7 @@ def _layer_cases():
         "squeeze": (lambda: Squeeze(), IMG),
         "diag_scaling": (lambda: DiagonalScaling((VEC,)), (VEC,)),
         "additive_vec": (
-            lambda: AdditiveCoupling(alternating_mask(VEC, 1), MLPConditioner(VEC, VEC, 8, 2)),
+            lambda: AdditiveCoupling(alternating_mask(VEC, 1), MLPConditioner(VEC // 2, VEC // 2, 8, 2)),
             (VEC,),
         ),
         "additive_checkerboard": (
@@ -107,19 +107,23 @@ def _layer_cases():
             IMG,
         ),
         "affine_vec_tanh": (
-            lambda: AffineCoupling(alternating_mask(VEC, 0), MLPConditioner(VEC, 2 * VEC, 8, 1), "tanh"),
+            lambda: AffineCoupling(alternating_mask(VEC, 0), MLPConditioner(VEC // 2, VEC, 8, 1), "tanh"),
             (VEC,),
         ),
         "affine_vec_exp": (
-            lambda: AffineCoupling(alternating_mask(VEC, 1), MLPConditioner(VEC, 2 * VEC, 8, 1), "exp"),
+            lambda: AffineCoupling(alternating_mask(VEC, 1), MLPConditioner(VEC // 2, VEC, 8, 1), "exp"),
             (VEC,),
+        ),
+        "affine_channel_odd_vec": (  # C = 3: x_a is one feature, x_b two
+            lambda: AffineCoupling(channel_mask(3, 0, ndim=2), MLPConditioner(1, 4, 8, 1), "tanh"),
+            (3,),
         ),
         "affine_checkerboard_tanh_bn": (
             lambda: AffineCoupling(checkerboard_mask(H, W, 1), ResNetConditioner(C, 2 * C, 4, 1), "tanh"),
             IMG,
         ),
         "affine_channel_sigmoid_glow": (
-            lambda: AffineCoupling(channel_mask(C, 0), GlowConditioner(C, 2 * C, 4), "sigmoid"),
+            lambda: AffineCoupling(channel_mask(C, 0), GlowConditioner(C // 2, C, 4), "sigmoid"),
             IMG,
         ),
         "glow_step": (
@@ -127,7 +131,7 @@ def _layer_cases():
                 [
                     ActNorm(C),
                     InvertibleConv1x1(C),
-                    AffineCoupling(channel_mask(C, 1), GlowConditioner(C, 2 * C, 4), "sigmoid"),
+                    AffineCoupling(channel_mask(C, 1), GlowConditioner(C // 2, C, 4), "sigmoid"),
                 ]
             ),
             IMG,
@@ -136,7 +140,7 @@ def _layer_cases():
             lambda: FlowSequence(
                 [
                     Squeeze(),
-                    AffineCoupling(channel_mask(4 * C, 0), ResNetConditioner(4 * C, 8 * C, 4, 1, "actnorm")),
+                    AffineCoupling(channel_mask(4 * C, 0), ResNetConditioner(2 * C, 4 * C, 4, 1, "actnorm")),
                 ]
             ),
             IMG,
@@ -279,17 +283,17 @@ def test_lu_conv1x1_weight_is_p_l_u_plus_diag_s_and_invertible():
 def test_zero_initialised_couplings_start_as_the_identity():
     C, H, W = 4, 4, 4
     x = torch.randn(3, C, H, W, generator=_gen(6))
-    for conditioner in (GlowConditioner(C, 2 * C, 8), ResNetConditioner(C, 2 * C, 8, 1)):
+    for conditioner in (GlowConditioner(C // 2, C, 8), ResNetConditioner(C // 2, C, 8, 1)):
         z, ld = AffineCoupling(channel_mask(C, 0), conditioner, "tanh")(x)
         torch.testing.assert_close(z, x)
         torch.testing.assert_close(ld, torch.zeros(3))
     z, _ = AdditiveCoupling(checkerboard_mask(H, W), GlowConditioner(C, C, 8))(x)
     torch.testing.assert_close(z, x)
     v = torch.randn(3, 2, generator=_gen(7))
-    z, ld = AffineCoupling(alternating_mask(2, 0), MLPConditioner(2, 4, 8, 1), "tanh")(v)
+    z, ld = AffineCoupling(alternating_mask(2, 0), MLPConditioner(1, 2, 8, 1), "tanh")(v)
     torch.testing.assert_close(z, v)
     # Glow's sigmoid(h + 2) starts as a fixed contraction of the transformed half by sigmoid(2).
-    z, ld = AffineCoupling(channel_mask(C, 0), GlowConditioner(C, 2 * C, 8), "sigmoid")(x)
+    z, ld = AffineCoupling(channel_mask(C, 0), GlowConditioner(C // 2, C, 8), "sigmoid")(x)
     torch.testing.assert_close(z[:, :2], x[:, :2])
     torch.testing.assert_close(z[:, 2:], torch.sigmoid(torch.tensor(2.0)) * x[:, 2:])
     log_s0 = math.log(torch.sigmoid(torch.tensor(2.0)).item())

@@ -93,12 +93,12 @@ def test_zero_parameters_give_the_identity_exactly(dtype):
         assert ld.abs().max() <= 4 * torch.finfo(dtype).eps  # log(1) up to round-off
     # zero-initialised conditioners: vector and image couplings start as the identity map
     v = torch.randn(5, 4, generator=_gen(7), dtype=dtype) * 2
-    layer = SplineCoupling(alternating_mask(4, 0), MLPConditioner(4, 4 * (3 * K - 1), 8, 1), K, B).to(dtype)
+    layer = SplineCoupling(alternating_mask(4, 0), MLPConditioner(2, 2 * (3 * K - 1), 8, 1), K, B).to(dtype)
     for fn in (layer, layer.inverse):
         z, ld = fn(v)
         assert torch.equal(z, v) and ld.abs().max() <= 64 * torch.finfo(dtype).eps
     img = torch.randn(2, 4, 4, 4, generator=_gen(8), dtype=dtype) * 2
-    layer = SplineCoupling(channel_mask(4, 0), GlowConditioner(4, 4 * (3 * K - 1), 8), K, B).to(dtype)
+    layer = SplineCoupling(channel_mask(4, 0), GlowConditioner(2, 2 * (3 * K - 1), 8), K, B).to(dtype)
     for fn in (layer, layer.inverse):
         z, ld = fn(img)
         assert torch.equal(z, img) and ld.abs().max() <= 64 * torch.finfo(dtype).eps
@@ -112,7 +112,7 @@ def _coupling_cases():
     P = 3 * K - 1
     return {
         "vec_alternating_mlp": (
-            lambda: SplineCoupling(alternating_mask(4, 1), MLPConditioner(4, 4 * P, 8, 2), K, 2.0),
+            lambda: SplineCoupling(alternating_mask(4, 1), MLPConditioner(2, 2 * P, 8, 2), K, 2.0),
             (4,),
             0.5,
         ),
@@ -124,7 +124,7 @@ def _coupling_cases():
             0.2,
         ),
         "img_channel_glow": (
-            lambda: SplineCoupling(channel_mask(C, 1), GlowConditioner(C, 11 * C, 4), num_bins=4),
+            lambda: SplineCoupling(channel_mask(C, 1), GlowConditioner(C // 2, 11 * (C // 2), 4), num_bins=4),
             IMG,
             0.2,
         ),
