@@ -2,8 +2,9 @@
 
 A mask b (1 = kept, 0 = transformed) broadcasts against the input. The conditioner only sees the kept
 part, so the Jacobian is triangular and its determinant is the product of the scales of the transformed
-part (RealNVP Sec. 3.3-3.4): for a mask over channels it gets the kept channels alone (Glow's NN(x_a),
-``conditioner_channels(mask)`` of them), for a spatial mask (checkerboard) the masked input b * x. Masks cover every split of the papers: the checkerboard and channel masks of RealNVP
+part (RealNVP Sec. 3.3-3.4): for a mask over channels it gets the kept channels alone (Glow's NN(x_a);
+see ``coupling_channels``), for a spatial mask (checkerboard) the masked input b * x. Masks cover every
+split of the papers: the checkerboard and channel masks of RealNVP
 (Sec. 3.4, Fig. 3), Glow's channel halves (Sec. 3.3) and NICE's odd/even split of vectors (Sec. 5.1).
 """
 
@@ -129,7 +130,7 @@ class AdditiveCoupling(MaskedCoupling):
 
 
 class AffineCoupling(MaskedCoupling):
-    """Affine coupling (Dinh et al. 2017, Eq. 4-5 and Sec. 3.4): x_b -> x_b * s + t with (log s, t) computed
+    """Affine coupling (Dinh et al. 2017, Sec. 3.3-3.4): x_b -> x_b * s + t with (log s, t) computed
     from the kept part x_a.
 
     The conditioner's output, 2 C_b channels, splits along dim 1 into h (-> log s) and t. Three scales:
@@ -139,7 +140,7 @@ class AffineCoupling(MaskedCoupling):
       half, not the exact identity.
     - ``tanh``: log s = scale * tanh(h) with a learned per-channel ``scale`` (RealNVP's released code, Dinh et
       al. 2017); s = 1 at a zero-initialised conditioner, so the layer starts as the exact identity.
-    - ``exp``: log s = h, unbounded (RealNVP, Eq. 7 as written); also the identity at init. Fine on
+    - ``exp``: log s = h, unbounded (the paper's exp(s) as written); also the identity at init. Fine on
       low-dimensional data, where sharp modes need large scales; can diverge on images.
 
     log|det dz/dx| = sum over the transformed entries of log s.

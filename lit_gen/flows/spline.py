@@ -164,7 +164,8 @@ class SplineCoupling(MaskedCoupling):
     Same mask convention as ``AffineCoupling`` (1 = kept, 0 = transformed). The conditioner maps the kept
     part to (B, (3K - 1) C_b, ...) (``coupling_channels``): transformed channel c's K widths, K heights
     and K - 1 interior derivatives are the consecutive block [(3K - 1) c, (3K - 1)(c + 1)) of the output
-    channels; under a spatial mask the parameters of kept entries are ignored. A zero-initialised conditioner output gives the identity map exactly (log-det 0 up to round-off).
+    channels; under a spatial mask the parameters of kept entries are ignored. A zero-initialised conditioner
+    output gives the identity map exactly (log-det 0 up to round-off).
 
     log|det dz/dx| = sum over the transformed entries of log spline'(x).
     """
