@@ -376,6 +376,17 @@ def _whitened_latents(model: Flow, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(eps, dim=1)
 
 
+def assert_log_prob_by_jacobian(model: Flow, x: torch.Tensor, log_prob: torch.Tensor, rows=(0,)) -> None:
+    """log p(x) = log N(eps(x); 0, I) + log|det d eps / dx| over everything (factored-out latents and
+    learned priors included), with the full autograd Jacobian, for the given rows of x."""
+    for i in rows:
+        x1 = x[i : i + 1]
+        eps = _whitened_latents(model, x1)
+        expected = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum()
+        expected = expected + _jacobian_log_det(lambda v: _whitened_latents(model, v), x1)
+        assert log_prob[i].item() == pytest.approx(expected.item(), abs=1e-8)
+
+
 @pytest.mark.parametrize("name", sorted(ARCH_CASES))
 def test_architecture_round_trip_and_total_log_prob(name):
     make, shape = ARCH_CASES[name]
@@ -388,13 +399,7 @@ def test_architecture_round_trip_and_total_log_prob(name):
     torch.testing.assert_close(model.log_prob(x), log_prob)
     if isinstance(model.prior, StandardLogistic):
         return
-    # log p(x) = log N(eps(x); 0, I) + log|det d eps / dx| over everything, factored-out latents included.
-    for i in (0, 4):
-        x1 = x[i : i + 1]
-        eps = _whitened_latents(model, x1)
-        expected = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum()
-        expected = expected + _jacobian_log_det(lambda v: _whitened_latents(model, v), x1)
-        assert log_prob[i].item() == pytest.approx(expected.item(), abs=1e-8)
+    assert_log_prob_by_jacobian(model, x, log_prob, rows=(0, 4))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from lit_gen.flows import (
     checkerboard_mask,
     rational_quadratic_spline,
 )
-from tests.unit.test_flows import F64, _gen, _jacobian_log_det, _perturb, _ready, _whitened_latents
+from tests.unit.test_flows import F64, _gen, _jacobian_log_det, _perturb, _ready, assert_log_prob_by_jacobian
 
 B = 3.0  # tail bound
 K = 6  # bins
@@ -187,13 +187,7 @@ def test_spline_architecture_round_trip_and_total_log_prob(name):
     latents, log_prob = model(x)
     assert log_prob.shape == (5,) and sum(z[0].numel() for z in latents) == model.num_dims
     torch.testing.assert_close(model.decode(latents), x, atol=1e-10, rtol=0)
-    # log p(x) = log N(eps(x); 0, I) + log|det d eps / dx|, factored-out latents and learned priors included
-    for i in (0, 4):
-        x1 = x[i : i + 1]
-        eps = _whitened_latents(model, x1)
-        expected = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum()
-        expected = expected + _jacobian_log_det(lambda v: _whitened_latents(model, v), x1)
-        assert log_prob[i].item() == pytest.approx(expected.item(), abs=1e-8)
+    assert_log_prob_by_jacobian(model, x, log_prob, rows=(0, 4))
 
 
 def test_mlpflow_spline_fits_8gaussians_by_maximum_likelihood():
