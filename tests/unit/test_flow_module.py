@@ -201,3 +201,32 @@ def test_density_plot_needs_a_2d_density_model():
     plot = DensityPlot(grid_size=3, limit=2.0)
     plot.setup(None, NormalizingFlow((2,), flow=_identity_flow), "fit")
     torch.testing.assert_close(plot.grid()[:3], torch.tensor([[-2.0, -2.0], [0.0, -2.0], [2.0, -2.0]]))
+
+
+def test_worked_examples_affine_1d_and_linear_2d_densities():
+    """Change of variables by hand: a 1-D affine map z = s x + b gives p(x) = N(s x + b) |s| = N(x; -b/s, 1/s^2);
+    a 2-D linear map z = W x gives p(x) = N(W x) |det W| = N(x; 0, (W^T W)^-1)."""
+    from scipy.stats import multivariate_normal, norm
+
+    from lit_gen.flows import InvertibleConv1x1
+
+    affine = ActNorm(1).double()
+    affine.initialized.fill_(True)
+    with torch.no_grad():
+        affine.log_s.fill_(math.log(2.5))
+        affine.b.fill_(-1.0)
+    flow = Flow((1,), [FlowSequence([affine])], [], StandardNormal((1,))).double()
+    x = torch.linspace(-3, 3, 7, dtype=F64)[:, None]
+    expected = norm(loc=1.0 / 2.5, scale=1 / 2.5).logpdf(x[:, 0].numpy())
+    torch.testing.assert_close(flow.log_prob(x), torch.as_tensor(expected, dtype=F64))
+
+    torch.manual_seed(3)
+    linear = InvertibleConv1x1(2).double()
+    with torch.no_grad():
+        linear.log_s.add_(torch.tensor([0.7, -0.4], dtype=F64))
+        linear.U.add_(0.8)
+    flow = Flow((2,), [FlowSequence([linear])], [], StandardNormal((2,))).double()
+    W = linear.weight_matrix().detach()
+    x = torch.randn(6, 2, generator=_gen(4), dtype=F64)
+    expected = multivariate_normal(mean=[0, 0], cov=torch.linalg.inv(W.T @ W).numpy()).logpdf(x.numpy())
+    torch.testing.assert_close(flow.log_prob(x), torch.as_tensor(expected, dtype=F64))
