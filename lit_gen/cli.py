@@ -113,6 +113,9 @@ def _one_line(message: str) -> str:
     return " ".join(" ".join(lines).split())
 
 
+STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
+
+
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-gen`` and ``python -m lit_gen``; user errors end in one line on stderr, exit 2."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -128,6 +131,14 @@ def cli_main(args: list[str] | None = None) -> None:
             raise
         message = _one_line(str(err))
         print(f"lit-gen: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as err:  # torch's strict load_state_dict: weights of another architecture
+        if os.environ.get("LIT_GEN_DEBUG") or not str(err).startswith(STATE_DICT_MISMATCH):
+            raise
+        detail = _one_line(" ".join(line.strip() for line in str(err).splitlines()[:2]))
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        print(f"lit-gen: error: the checkpoint's weights do not fit the model its config builds (written by "
+              f"another lit_gen version or config?): {detail}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -81,8 +81,9 @@ class MaskedCoupling(FlowLayer):
         self.conditioner = conditioner
         by_channel = _masks_channels(mask)
         flat = mask.flatten()
-        self.register_buffer("kept", flat.nonzero()[:, 0] if by_channel else None)
-        self.register_buffer("moved", (flat == 0).nonzero()[:, 0] if by_channel else None)
+        # derived from the mask: not saved in checkpoints
+        self.register_buffer("kept", flat.nonzero()[:, 0] if by_channel else None, persistent=False)
+        self.register_buffer("moved", (flat == 0).nonzero()[:, 0] if by_channel else None, persistent=False)
 
     def condition(self, x: torch.Tensor) -> torch.Tensor:
         """The conditioner's output for x, cast to x's dtype: the conditioner may run under autocast (bf16),

@@ -65,3 +65,19 @@ def test_bf16_mixed_fit(tmp_path):
     run = fit(GLOW, tmp_path, "--trainer.precision=bf16-mixed")
     events = EventAccumulator(str(run)).Reload()
     assert np.isfinite(events.Scalars("val/bpd")[-1].value)
+
+
+def test_checkpoint_of_another_architecture_fails_in_one_line(glow_run, tmp_path, capsys):
+    import torch
+
+    _, run = glow_run
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("conditioner.net.0.weight"))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key][:, :1]  # as if built with other channel counts
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["sample", "--ckpt_path", str(tmp_path / "other.ckpt"), "--output", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
+    assert len(err) == 1 and "do not fit" in err[0] and "size mismatch" in err[0], err
+    assert not (tmp_path / "out").exists()
