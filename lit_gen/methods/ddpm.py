@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 

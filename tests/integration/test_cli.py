@@ -4,7 +4,6 @@ the module and sample; bad input fails in one line without touching an existing 
 from __future__ import annotations
 
 import hashlib
-import shutil
 from pathlib import Path
 
 import lightning.pytorch as L

@@ -2,10 +2,8 @@
 captions, toy densities, and the torchvision sets offline on tiny fake files."""
 
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,7 +22,6 @@ from lit_gen.data import (
 )
 from lit_gen.data.base import split_indices
 from lit_gen.data.shapes import SHAPE_KINDS, ShapeParams, render_shapes
-from tests.fakes import write_celeba, write_cifar10, write_mnist
 from lit_gen.data.toy2d import (
     EIGHT_GAUSSIANS_STD,
     TOY2D_SAMPLERS,
@@ -32,6 +29,7 @@ from lit_gen.data.toy2d import (
     eight_gaussians_centres,
     eight_gaussians_log_prob,
 )
+from tests.fakes import write_celeba, write_cifar10, write_mnist
 
 SMALL_SHAPES = dict(num_train=64, num_val=16, num_test=16)
 SMALL_TOY = dict(num_train=256, num_val=64, num_test=64)

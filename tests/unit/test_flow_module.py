@@ -11,7 +11,16 @@ import torch
 from scipy import stats
 
 from lit_gen.data import Toy2DDataModule
-from lit_gen.flows import ActNorm, Flow, FlowSequence, Glow, MLPFlow, RealNVP, StandardLogistic, StandardNormal
+from lit_gen.flows import (
+    ActNorm,
+    Flow,
+    FlowSequence,
+    Glow,
+    MLPFlow,
+    RealNVP,
+    StandardLogistic,
+    StandardNormal,
+)
 from lit_gen.methods import NormalizingFlow
 from tests.unit.test_flows import ARCH_CASES, F64, _gen, _ready, _whitened_latents
 
@@ -83,7 +92,7 @@ def test_actnorm_is_initialised_on_training_data_before_the_sanity_check():
     _trainer(max_steps=0, num_sanity_val_steps=1).fit(model, data)
     first = next(m for m in model.net.modules() if isinstance(m, ActNorm))
     assert bool(first.initialized)
-    x = torch.cat([b["x"] for _, b in zip(range(2), data.train_dataloader())])  # the 512 init examples
+    x = torch.cat([b["x"] for _, b in zip(range(2), data.train_dataloader(), strict=False)])  # the 512 init examples
     z, _ = first(x)
     torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
