@@ -8,7 +8,8 @@ the same seeded stream, Adam lr 1e-3 with the config's warm-up + cosine decay, g
     python -m benchmarks.flows_toy2d [--steps 5000] [--datasets 8gaussians checkerboard] [--seeds 0 1 2]
         [--threads 1]
 
-Seeds differ by 0.01-0.02 nats, so the table gives the mean and spread over ``--seeds``.
+Seeds differ by 0.01-0.02 nats, so the table gives the mean and spread over ``--seeds``. ``--models
+realnvp normflows spline`` adds lit_gen's neural spline flow (experiments/flows/nsf_toy2d.yaml).
 
 Needs the ``bench`` extra (``pip install -e .[bench]``) for normflows.
 """
@@ -29,26 +30,37 @@ from lit_gen.data.toy2d import TOY2D_LOG_PROBS, TOY2D_SAMPLERS
 from lit_gen.flows import MLPFlow
 from lit_gen.optim import WarmupCosineLR
 
-CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "flows" / "realnvp_toy2d.yaml"
-FLOW = yaml.safe_load(CONFIG.read_text())["model"]["init_args"]["flow"]["init_args"]  # the shipped config
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "flows"
+
+
+def flow_args(config: str) -> dict:
+    """The flow's init_args in a shipped config, so the benchmark measures exactly what users run."""
+    return yaml.safe_load((CONFIGS / f"{config}.yaml").read_text())["model"]["init_args"]["flow"]["init_args"]
+
 BATCH_SIZE, LR, WARMUP_STEPS, MIN_LR_RATIO, CLIP = 512, 1e-3, 100, 0.01, 10.0
 NUM_TEST, TEST_SEED_OFFSET, NUM_SAMPLES = 50_000, 10_000, 100_000
 
 
 class LitGenModel(nn.Module):
-    """lit_gen's MLPFlow behind the two calls the loop needs."""
+    """lit_gen's MLPFlow of ``config`` behind the two calls the loop needs."""
 
-    name = "lit_gen MLPFlow"
+    name = "lit_gen RealNVP"
+    config = "realnvp_toy2d"
 
     def __init__(self) -> None:
         super().__init__()
-        self.flow = MLPFlow(data_shape=(2,), **FLOW)
+        self.flow = MLPFlow(data_shape=(2,), **flow_args(self.config))
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob(x)
 
     def sample(self, n: int) -> torch.Tensor:
         return self.flow.sample(n)
+
+
+class LitGenSplineModel(LitGenModel):
+    name = "lit_gen neural spline"
+    config = "nsf_toy2d"
 
 
 class NormflowsModel(nn.Module):
@@ -125,6 +137,7 @@ def main() -> None:
         "--datasets", nargs="+", default=["8gaussians", "checkerboard"], choices=sorted(TOY2D_LOG_PROBS)
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--models", nargs="+", default=["realnvp", "normflows"], choices=sorted(MODELS))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -137,7 +150,7 @@ def main() -> None:
         x_test = TOY2D_SAMPLERS[dataset](NUM_TEST, torch.Generator().manual_seed(TEST_SEED_OFFSET))
         true_nll = -TOY2D_LOG_PROBS[dataset](x_test).double().mean().item()
         rows.append([dataset, "true density", "-", f"{true_nll:.4f}", "0", "-", "-"])
-        for cls in (LitGenModel, NormflowsModel):
+        for cls in (MODELS[name] for name in args.models):
             nlls, times, rates = [], [], []
             for seed in args.seeds:
                 torch.manual_seed(seed)
@@ -155,7 +168,7 @@ def main() -> None:
                 f"{statistics.mean(times):.1f}", f"{statistics.mean(rates):,.0f}",
             ])
 
-    print(f"\nToy 2-D RealNVP ({CONFIG.name}: {FLOW}), {args.steps} steps x batch {BATCH_SIZE}, Adam {LR} + cosine, "
+    print(f"\nToy 2-D flows ({', '.join(f'{m}: {flow_args(m)}' for m in ('realnvp_toy2d', 'nsf_toy2d'))}), {args.steps} steps x batch {BATCH_SIZE}, Adam {LR} + cosine, "
           f"clip {CLIP}; mean ± std over seeds {args.seeds}; {NUM_TEST:,} test points; {torch.get_num_threads()} "
           f"threads; samples/s: {NUM_SAMPLES:,} samples, no grad")
     header = ["dataset", "model", "params", "test NLL (nats)", "gap to true", "train s", "samples/s"]
@@ -163,6 +176,8 @@ def main() -> None:
     for note in notes:
         print(note)
 
+
+MODELS = {"realnvp": LitGenModel, "normflows": NormflowsModel, "spline": LitGenSplineModel}
 
 if __name__ == "__main__":
     main()
