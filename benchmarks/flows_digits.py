@@ -26,11 +26,11 @@ from lit_gen.utils import sample_generators
 def test_bpd(model, data, dequant_samples: int) -> float:
     """Mean bits/dim over the test split, each image scored with ``dequant_samples`` noise draws."""
     values = []
-    with torch.no_grad():
-        for i, batch in enumerate(data.test_dataloader()):
-            for k in range(dequant_samples):
-                generator = torch.Generator().manual_seed(1000 * i + k)
-                values.append(model.nll(model.sampling_net.eval(), batch["x"], generator))
+    flow = model.sampling_net.eval()
+    for i, batch in enumerate(data.test_dataloader()):
+        for k in range(dequant_samples):
+            generator = torch.Generator().manual_seed(1000 * i + k)
+            values.append(model.nll(flow, batch["x"], generator))
     return torch.cat(values).mean().item()
 
 
