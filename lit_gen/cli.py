@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
 import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
-from lit_gen.callbacks import SampleGrid
+from lit_gen.callbacks import Checkpoint, SampleGrid
 from lit_gen.checkpoints import CheckpointError, check_method, import_class, read_checkpoint
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
@@ -40,7 +40,7 @@ class LitGenCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--name", type=str, default="default", help="Run name: the run lives in <runs_dir>/<name>/.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Folder that holds the runs.")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
                 "checkpoint.save_last": True,
@@ -48,6 +48,8 @@ class LitGenCLI(LightningCLI):
                 "checkpoint.save_top_k": -1,
                 "checkpoint.filename": "step{step:07d}",
                 "checkpoint.auto_insert_metric_name": False,
+                # last.ckpt is always this run's newest state: never a last-v1.ckpt beside a stale last.ckpt
+                "checkpoint.enable_version_counter": False,
             }
         )
         parser.add_lightning_class_args(SampleGrid, "samples")
@@ -125,7 +127,10 @@ def cli_main(args: list[str] | None = None) -> None:
 
             sample_main(argv[1:])
         else:
-            LitGenCLI(args=args)
+            cli = LitGenCLI(args=args)
+            stopped_by = getattr(getattr(cli, "trainer", None) and cli.trainer.checkpoint_callback, "stopped_by", None)
+            if stopped_by is not None:  # the final state is saved; tell the scheduler the job did not finish
+                sys.exit(128 + int(stopped_by))
     except (ArgumentError, CheckpointError, FileNotFoundError, ValueError) as err:
         if os.environ.get("LIT_GEN_DEBUG"):
             raise

@@ -89,3 +89,41 @@ class AssertSameWeightsAcrossRanks(L.Callback):
         gathered = pl_module.all_gather(flat)  # (world_size, N)
         if not torch.equal(gathered.min(0).values, gathered.max(0).values):
             raise RuntimeError("the ranks' weights differ after training")
+
+
+class StopAtStep(L.Callback):
+    """Sets ``should_stop`` at global step ``step``, mid-epoch, as EarlyStopping or any other callback may."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+class ExpectStartStep(L.Callback):
+    """Fails the run unless training starts at global step ``step`` (a resume continues where it stopped)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if trainer.global_step != self.step:
+            raise RuntimeError(f"training started at global step {trainer.global_step}, expected {self.step}")
+
+
+class SlowSteps(L.Callback):
+    """Sleeps ``seconds`` after each step and, from global step ``ready_step`` on, touches ``ready_file``:
+    a test can then signal a run that is surely inside its training loop."""
+
+    def __init__(self, seconds: float = 0.2, ready_file: str = "", ready_step: int = 3) -> None:
+        self.seconds, self.ready_file, self.ready_step = seconds, ready_file, ready_step
+
+    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+        import time
+        from pathlib import Path
+
+        time.sleep(self.seconds)
+        if self.ready_file and trainer.global_step >= self.ready_step:
+            Path(self.ready_file).touch()
