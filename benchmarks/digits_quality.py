@@ -18,7 +18,7 @@ from benchmarks.common import print_table
 from lit_gen.callbacks.fid import resolve_features
 from lit_gen.data import DigitsDataModule
 from lit_gen.metrics import frechet_distance, load_feature_net
-from lit_gen.sample import load_model
+from lit_gen.checkpoints import load_module
 from lit_gen.utils import sample_generators
 
 
@@ -60,12 +60,12 @@ def main() -> None:
         metric.update(batch["x"], real=True)
 
     runs = []
-    ddpm = load_model(args.ddpm, torch.device("cpu"))
+    ddpm = load_module(args.ddpm, torch.device("cpu"))
     if not args.skip_ddpm_1000:
         runs.append(("DDPM", "ddpm", 1000, ddpm, {"sampler": "ddpm", "steps": 1000}))
     for k in (10, 20, 50, 100):
         runs.append(("DDPM", "ddim", k, ddpm, {"sampler": "ddim", "steps": k, "eta": 0.0}))
-    iddpm = load_model(args.iddpm, torch.device("cpu"))
+    iddpm = load_module(args.iddpm, torch.device("cpu"))
     for k in (25, 50, 100):
         runs.append(("Improved DDPM", "ddpm (respaced)", k, iddpm, {"sampler": "ddpm", "steps": k}))
     rows = []

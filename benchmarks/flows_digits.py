@@ -18,7 +18,7 @@ from benchmarks.common import print_table
 from lit_gen.callbacks.fid import resolve_features
 from lit_gen.data import DigitsDataModule
 from lit_gen.metrics import frechet_distance, load_feature_net
-from lit_gen.sample import load_model
+from lit_gen.checkpoints import load_module
 from lit_gen.utils import sample_generators
 
 
@@ -71,7 +71,7 @@ def main() -> None:
 
     bpd_rows, sample_rows = [], []
     for path in args.checkpoints:
-        model = load_model(path, torch.device("cpu"))
+        model = load_module(path, torch.device("cpu"))
         name = f"{type(model.net).__name__} ({Path(path).parent.parent.name})"
         params = sum(p.numel() for p in model.net.parameters())
         bpd_rows.append([name, f"{params:,}", f"{test_bpd(model, data, args.dequant_samples):.3f}",

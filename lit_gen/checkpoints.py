@@ -1,4 +1,5 @@
-"""Reading lit_gen checkpoints with one-line errors (missing, corrupt, or of another method)."""
+"""Reading and loading lit_gen checkpoints with one-line errors (missing, corrupt, or of another method); one
+method loads another's checkpoint (a classifier for guidance) through :func:`load_module`."""
 
 from __future__ import annotations
 
@@ -60,3 +61,23 @@ def check_method(ckpt: dict[str, Any], expected: type, path: str | Path = "check
             f"{str(path)!r} is a checkpoint of {found}, not of {class_path(expected)}; "
             "use a checkpoint of the same method or change model.class_path"
         )
+
+
+def load_module(path: str | Path, device: str | torch.device = "cpu", expected: type | None = None, ema: bool = True):
+    """The LightningModule of a lit_gen checkpoint, in eval mode on ``device``; with ``expected``, a checkpoint of
+    another method raises :class:`CheckpointError`. ``ema=False`` drops the EMA weights."""
+    ckpt = read_checkpoint(path)
+    if expected is not None:
+        check_method(ckpt, expected, path)
+    model = checkpoint_class(ckpt).load_from_checkpoint(path, map_location=device, weights_only=False)
+    model.eval()
+    if not ema:
+        model.ema = None
+    return model
+
+
+def load_frozen(path: str | Path, device: str | torch.device, expected: type):
+    """:func:`load_module` with every parameter frozen: a module that another method only evaluates."""
+    model = load_module(path, device, expected)
+    model.requires_grad_(False)
+    return model

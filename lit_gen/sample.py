@@ -4,6 +4,7 @@ and reconstructs them (deterministic DDIM for diffusion models, exact for flows)
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -13,18 +14,17 @@ import torch
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from lit_gen.checkpoints import checkpoint_class, read_checkpoint
+from lit_gen.checkpoints import checkpoint_class, load_module, read_checkpoint
 from lit_gen.diffusion import slerp_grid
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import figure_to_array, image_grid, save_npz, save_png, scatter_figure, to_uint8_nhwc
 
-SAMPLER_OPTIONS = ("sampler", "steps", "eta", "spacing", "temperature")
-
-
-def build_parser() -> ArgumentParser:
+def build_parser(method: type | None = None) -> ArgumentParser:
+    """The flags every method shares, plus those ``method`` declares in its ``SampleOptions`` dataclass."""
     parser = ArgumentParser(
         prog="lit-gen sample",
-        description="Sample from a checkpoint; writes OUTPUT/samples.npz (ADM evaluator format) and OUTPUT/grid.png.",
+        description="Sample from a checkpoint; writes OUTPUT/samples.npz (ADM evaluator format) and OUTPUT/grid.png."
+        + ("" if method else " The options of the checkpoint's method are listed by --ckpt_path CKPT --help."),
         exit_on_error=False,
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit.")
@@ -32,15 +32,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="Sample i depends only on (seed, i), not on the batch.")
     parser.add_argument("--output", type=str, default="samples", help="Output folder.")
     parser.add_argument("--batch_size", type=int, default=64, help="Samples per forward pass.")
-    parser.add_argument("--sampler", type=str | None, default=None, help="Sampler (diffusion: ddpm, ddim).")
-    parser.add_argument("--steps", type=int | None, default=None, help="Sampling steps (default: the model's).")
-    parser.add_argument("--eta", type=float | None, default=None, help="DDIM noise scale (0: deterministic).")
-    parser.add_argument("--spacing", type=str | None, default=None, help="Step spacing: linear or quadratic.")
     parser.add_argument(
-        "--temperature", type=float | None, default=None,
-        help="Flows: scale of the prior's spread (default: the model's; 1 samples its density).",
+        "--labels", type=list[int] | None, default=None,
+        help="Class labels, cycled over the samples (conditional or classifier-guided models; default: balanced).",
     )
-    parser.add_argument("--labels", type=list[int] | None, default=None, help="Class labels, cycled over samples.")
     parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has them.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -51,29 +46,29 @@ def build_parser() -> ArgumentParser:
         "--invert", type=str | None, default=None,
         help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents (DDIM or the flow) and reconstruct.",
     )
+    if method is not None and method.sample_options:
+        parser.add_class_arguments(method.SampleOptions, None, as_group=True)
     return parser
 
 
-def load_model(ckpt_path: str, device: torch.device, ema: bool = True):
-    """The LightningModule of any lit_gen checkpoint, in eval mode on ``device``."""
-    ckpt = read_checkpoint(ckpt_path)
-    model = checkpoint_class(ckpt).load_from_checkpoint(ckpt_path, map_location=device, weights_only=False)
-    model.eval()
-    if not ema:
-        model.ema = None
-    return model
+def method_of(argv: list[str]) -> type | None:
+    """The method class of the checkpoint named by ``--ckpt_path`` in ``argv`` (None when there is none)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--ckpt_path")
+    path = pre.parse_known_args([a for a in argv if a not in ("-h", "--help")])[0].ckpt_path
+    return checkpoint_class(read_checkpoint(path)) if path else None
 
 
 def sample_main(argv: list[str]) -> Path:
-    cfg = build_parser().parse_args(argv)
+    method = method_of(argv)
+    cfg = build_parser(method).parse_args(argv)
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.interpolate is not None and cfg.invert is not None:
         raise ValueError("--interpolate and --invert are separate jobs; give one of them")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    model = load_model(cfg.ckpt_path, device, cfg.ema)
-    options = {k: cfg[k] for k in SAMPLER_OPTIONS if cfg[k] is not None}
-    model.check_options(options, model.sample_options, type(model).__name__)
+    model = load_module(cfg.ckpt_path, device, ema=cfg.ema)
+    options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
     output = Path(cfg.output)
     if cfg.interpolate is not None:
         x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate

@@ -30,6 +30,8 @@ class EveryNSteps(L.Callback):
 
     def _run(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step
+        if not getattr(pl_module, "generates", True):  # e.g. a noisy classifier: nothing to sample
+            return
         self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module) -> None:

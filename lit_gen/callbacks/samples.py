@@ -17,6 +17,9 @@ class SampleGrid(EveryNSteps):
     """Every ``every_n_steps`` optimizer steps (and when fitting ends) draw a fixed-seed set of samples with
     ``pl_module.sample`` and log it as ``samples/grid`` (images) or ``samples/scatter`` (2-D points).
 
+    A class-conditional model (``pl_module.num_classes`` > 0) gets one grid row per class, with
+    ``num_samples // num_classes`` samples per row (at least one).
+
     Every rank samples (a sharded model needs all ranks in the forward pass); only rank 0 writes.
 
     Args:
@@ -54,14 +57,18 @@ class SampleGrid(EveryNSteps):
     def run(self, trainer: L.Trainer, pl_module) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
         variants = [("", {})] + [(f"_T{t:g}", {"temperature": t}) for t in self.temperatures]
+        num_classes = getattr(pl_module, "num_classes", 0)
+        per_row = max(1, self.num_samples // num_classes) if num_classes else None
+        n = per_row * num_classes if num_classes else self.num_samples
+        labels = torch.arange(num_classes).repeat_interleave(per_row) if num_classes else None  # row c: class c
         for suffix, extra in variants:
-            gens = sample_generators(self.seed, 0, self.num_samples)
+            gens = sample_generators(self.seed, 0, n)
             points = self.trajectory_points if self.trajectory_samples and not suffix else 0
-            out = pl_module.sample(self.num_samples, gens, trajectory_points=points, **self.sample_options, **extra)
-            self._write(trainer, out, log_dir, suffix)
+            out = pl_module.sample(n, gens, labels=labels, trajectory_points=points, **self.sample_options, **extra)
+            self._write(trainer, out, log_dir, suffix, per_row)
 
     @rank_zero_only
-    def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "") -> None:
+    def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "", nrow: int | None = None) -> None:
         step = trainer.global_step
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
         log_image = experiment is not None and hasattr(experiment, "add_image")
@@ -72,7 +79,7 @@ class SampleGrid(EveryNSteps):
             if log_image:
                 experiment.add_image(f"samples/scatter{suffix}", image, step, dataformats="HWC")
         else:
-            grid = image_grid(out.x)
+            grid = image_grid(out.x, nrow)
             if log_image:
                 experiment.add_image(f"samples/grid{suffix}", grid, step)
                 if out.trajectory:

@@ -1,6 +1,7 @@
-"""Pure-torch diffusion math: schedules, the Gaussian noise process, samplers (no Lightning imports)."""
+"""Pure-torch diffusion math: schedules, the Gaussian noise process, samplers, guidance (no Lightning imports)."""
 
-from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output, training_target
+from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output, output_from_eps, training_target
+from lit_gen.diffusion.guidance import ClassifierGuidance, GuidedDenoiser, drop_labels
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.samplers import (
     SAMPLERS,
@@ -18,6 +19,10 @@ from lit_gen.diffusion.schedules import cosine_betas, linear_betas, make_betas
 
 __all__ = [
     "SAMPLERS",
+    "ClassifierGuidance",
+    "GuidedDenoiser",
+    "drop_labels",
+    "output_from_eps",
     "DDIMSampler",
     "DDPMSampler",
     "DiffusionSampler",

@@ -47,6 +47,20 @@ def eps_x0_from_output(
     return eps, x0
 
 
+def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """The model output in ``prediction_type`` that corresponds to ``eps`` at x_t (the inverse of
+    :func:`eps_x0_from_output` in its eps argument)."""
+    a = append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim).sqrt()  # sqrt(abar)
+    s = (1 - append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim)).sqrt()  # sqrt(1 - abar)
+    if prediction_type == "eps":
+        return eps
+    if prediction_type == "x0":
+        return (x_t - s * eps) / a
+    if prediction_type == "v":
+        return (eps - s * x_t) / a
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', 'x0']")
+
+
 def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
     """What the network regresses for a given parameterisation."""
     if prediction_type == "eps":

@@ -106,7 +106,15 @@ class DiffusionSampler(nn.Module):
             eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
         return eps, x0
 
-    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
+    #: the update has a Gaussian mean that classifier guidance may shift (Dhariwal & Nichol 2021, Algorithm 1)
+    has_mean = False
+
+    def step(
+        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
+        mean_gradient: torch.Tensor | None = None,
+    ) -> StepOutput:
+        """x_t -> x_{t'} from the model output at step ``index``; ``mean_gradient`` (s grad log p(y | x_t)) shifts
+        the mean by Sigma times it, on samplers with ``has_mean``."""
         raise NotImplementedError
 
 
@@ -133,13 +141,21 @@ class DDPMSampler(DiffusionSampler):
         self.variance = variance
         super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 
-    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
+    has_mean = True
+
+    def step(
+        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
+        mean_gradient: torch.Tensor | None = None,
+    ) -> StepOutput:
         # 1. the respaced step k and the model's reverse Gaussian p(x_prev | x_t) (Ho et al. 2020, Eqs. 6-7)
         k = torch.full((x_t.shape[0],), len(self.timesteps) - 1 - index, device=x_t.device, dtype=torch.long)
         mean, log_var, x0 = self.process.p_mean_logvar(
             model_output, x_t, k, self.prediction_type, self.variance, self.clip_denoised
         )
-        # 2. no noise on the last step (it lands on x0)
+        # 2. classifier guidance: mu + Sigma s grad log p(y | x_t) (Dhariwal & Nichol 2021, Algorithm 1)
+        if mean_gradient is not None:
+            mean = mean + log_var.exp() * mean_gradient
+        # 3. no noise on the last step (it lands on x0)
         if index == len(self.timesteps) - 1:
             return StepOutput(mean, x0)
         noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
@@ -167,7 +183,12 @@ class DDIMSampler(DiffusionSampler):
         self.eta = eta
         super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 
-    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None) -> StepOutput:
+    def step(
+        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
+        mean_gradient: torch.Tensor | None = None,
+    ) -> StepOutput:
+        if mean_gradient is not None:
+            raise ValueError("DDIM has no Gaussian mean to shift: guide its eps (classifier_form='eps')")
         eps, x0 = self.predict(model_output, index, x_t)
         abar_t, abar_prev = self.alpha_bar_t[index], self.alpha_bar_prev[index]
         sigma = self.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
@@ -200,7 +221,8 @@ def sample_loop(
     progress: bool = False,
     trajectory_points: int = 0,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run ``sampler`` from x_T; ``denoise_fn(x_t, t)`` returns the network output at integer steps t (B,).
+    """Run ``sampler`` from x_T; ``denoise_fn(x_t, t)`` returns the network output at integer steps t (B,)
+    (e.g. a :class:`~lit_gen.diffusion.guidance.GuidedDenoiser`; its ``mean_gradient``, if any, goes to the step).
 
     Returns the final sample and, if ``trajectory_points`` > 0, that many predicted-x0 snapshots
     taken at evenly spaced steps (the denoising trajectory).
@@ -211,7 +233,9 @@ def sample_loop(
     trajectory = []
     for i, t in enumerate(tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        out = sampler.step(denoise_fn(x, t_batch), i, x, generator)
+        model_output = denoise_fn(x, t_batch)
+        mean_gradient = denoise_fn.mean_gradient(x, t_batch) if hasattr(denoise_fn, "mean_gradient") else None
+        out = sampler.step(model_output, i, x, generator, mean_gradient)
         x = out.prev_sample
         if i in keep:
             trajectory.append(out.pred_x0)

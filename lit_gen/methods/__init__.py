@@ -4,5 +4,6 @@ from lit_gen.methods.base import GenerativeModule, SampleOutput
 from lit_gen.methods.ddpm import DDPM
 from lit_gen.methods.flow import NormalizingFlow
 from lit_gen.methods.iddpm import ImprovedDDPM
+from lit_gen.methods.noisy_classifier import NoisyClassifier
 
-__all__ = ["DDPM", "GenerativeModule", "ImprovedDDPM", "NormalizingFlow", "SampleOutput"]
+__all__ = ["DDPM", "GenerativeModule", "ImprovedDDPM", "NoisyClassifier", "NormalizingFlow", "SampleOutput"]

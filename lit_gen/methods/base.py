@@ -4,7 +4,7 @@ seeding, a method tag in checkpoints, and one ``sample`` entry point for callbac
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import lightning.pytorch as L
 import numpy as np
@@ -23,6 +23,11 @@ class SampleOutput:
     x: torch.Tensor  # (B, *data_shape) in data space ([-1, 1] for images)
     labels: torch.Tensor | None = None  # (B,) class labels for conditional models
     trajectory: list[torch.Tensor] = field(default_factory=list)  # snapshots (B, *data_shape) along sampling
+
+
+@dataclass
+class NoSampleOptions:
+    """This method takes no sampling options."""
 
 
 @contextmanager
@@ -50,7 +55,18 @@ class GenerativeModule(L.LightningModule):
             (e.g. ``lit_gen.optim.WarmupCosineLR``).
         ema_decay: decay of the EMA of the weights used for validation and sampling; 0 disables it.
         seed: base of the per-step seeds that make a resumed run identical to an uninterrupted one.
+
+    Each method declares the options of :meth:`sample` as a dataclass ``SampleOptions`` (fields with
+    defaults of None, meaning "the model's default", and an ``Args:`` docstring); ``lit-gen sample`` builds
+    its flags and ``--help`` from it, and ``sample_options`` is the set of its field names.
     """
+
+    SampleOptions: type = NoSampleOptions
+    sample_options: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.sample_options = frozenset(f.name for f in fields(cls.SampleOptions))
 
     def __init__(
         self,

@@ -3,16 +3,27 @@ ancestral steps (or any sampler of lit_gen.diffusion on the same checkpoint)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.diffusion import GaussianDiffusion, invert_loop, make_sampler, sample_loop
+from lit_gen.checkpoints import load_frozen
+from lit_gen.diffusion import (
+    ClassifierGuidance,
+    GaussianDiffusion,
+    GuidedDenoiser,
+    drop_labels,
+    invert_loop,
+    make_sampler,
+    sample_loop,
+)
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.noisy_classifier import NoisyClassifier
 from lit_gen.nets import UNet
 from lit_gen.utils import randn
 
@@ -39,7 +50,12 @@ class DDPM(GenerativeModule):
         vlb_weight: lambda of the hybrid loss (0.001 in the paper).
         timestep_sampler: ``uniform``, or ``loss-aware`` importance sampling of t (Nichol & Dhariwal 2021,
             Sec. 3.3; its history is gathered across DDP ranks and saved in checkpoints).
-        class_conditional: feed labels ``y`` to the network (needs a labelled dataset).
+        class_conditional: feed labels ``y`` to the network (needs a labelled dataset); label ``num_classes``
+            is the learned null label, "unconditional".
+        p_uncond: with ``class_conditional``, the probability of replacing a training label by the null label
+            (condition dropout for classifier-free guidance, Ho & Salimans 2022; 0.1 to 0.2 in the paper).
+        guidance_scale: default classifier-free guidance scale s for sample grids and ``lit-gen sample``:
+            0 unconditional, 1 conditional, > 1 stronger (the paper's w is s - 1).
         clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
         sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
         sampling_steps: default number of sampling steps (None: all T).
@@ -49,7 +65,39 @@ class DDPM(GenerativeModule):
         seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
     """
 
-    sample_options = {"sampler", "steps", "eta", "spacing"}
+    @dataclass
+    class SampleOptions:
+        """Sampling options of the diffusion models; None means the model's default.
+
+        Args:
+            sampler: ``ddpm`` (ancestral, respaced with ``steps``) or ``ddim``.
+            steps: sampling steps, a subsequence of the T training steps (default: the model's).
+            eta: DDIM noise scale: 0 deterministic, 1 the DDPM posterior variance.
+            spacing: how the steps are spread: ``linear`` or ``quadratic``.
+            guidance_scale: classifier-free guidance scale s: 0 unconditional, 1 conditional (no guidance),
+                > 1 stronger; Ho & Salimans' w is s - 1. Needs a class-conditional model.
+            guidance_interval: [t_lo, t_hi]: classifier-free guidance only at steps t_lo <= t <= t_hi, the
+                conditional model elsewhere (Kynkäänniemi et al. 2024). Default: every step.
+            guidance_rescale: phi in [0, 1] of Lin et al. 2024: rescale the guided eps to the conditional
+                eps's spread (default 0: off).
+            classifier_ckpt: a NoisyClassifier checkpoint for classifier guidance (Dhariwal & Nichol 2021),
+                trained for this model's noise process.
+            classifier_scale: classifier guidance scale s (default 1 with a classifier).
+            classifier_form: ``auto``: ancestral ``ddpm`` shifts its mean by s Sigma grad log p(y|x_t)
+                (Algorithm 1), other samplers shift eps by -s sqrt(1 - alpha_bar) grad (Algorithm 2);
+                or ``mean`` / ``eps``.
+        """
+
+        sampler: str | None = None
+        steps: int | None = None
+        eta: float | None = None
+        spacing: str | None = None
+        guidance_scale: float | None = None
+        guidance_interval: tuple[int, int] | None = None
+        guidance_rescale: float | None = None
+        classifier_ckpt: str | None = None
+        classifier_scale: float | None = None
+        classifier_form: str | None = None
 
     def __init__(
         self,
@@ -64,6 +112,8 @@ class DDPM(GenerativeModule):
         vlb_weight: float = 0.001,
         timestep_sampler: Literal["uniform", "loss-aware"] = "uniform",
         class_conditional: bool = False,
+        p_uncond: float = 0.1,
+        guidance_scale: float = 1.0,
         clip_denoised: bool = True,
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         sampling_steps: int | None = None,
@@ -76,6 +126,11 @@ class DDPM(GenerativeModule):
         self.save_hyperparameters()
         if class_conditional and num_classes < 1:
             raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
+        if not 0 <= p_uncond <= 1:
+            raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
+        if guidance_scale != 1 and not class_conditional:
+            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True (an unconditional "
+                             "model has nothing to guide towards; 1 means no guidance)")
         if variance == "learned" and loss_type == "simple":
             raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', not 'simple'")
         if timestep_sampler not in ("uniform", "loss-aware"):
@@ -90,6 +145,7 @@ class DDPM(GenerativeModule):
         self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
         self.timesteps = (LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps)(num_timesteps)
         self.init_ema()
+        self._classifiers: dict[str, NoisyClassifier] = {}  # loaded for guidance, never saved with this model
 
     def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
         """The terms of :func:`~lit_gen.diffusion.losses.diffusion_loss_terms` at t drawn by the timestep
@@ -114,6 +170,8 @@ class DDPM(GenerativeModule):
         return self.loss_terms(net, batch, generator)["loss"].mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.num_classes and self.hparams.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
+            batch = {**batch, "y": drop_labels(batch["y"], self.hparams.p_uncond, self.num_classes)}
         terms = self.loss_terms(self.net, batch)
         loss = terms["loss"].mean()
         if isinstance(self.timesteps, LossAwareTimesteps):
@@ -154,16 +212,64 @@ class DDPM(GenerativeModule):
         latents: torch.Tensor | None = None,
         **options,
     ) -> SampleOutput:
-        """Sample with ``sampler`` (``ddpm``/``ddim``), ``steps``, ``eta`` (DDIM) and ``spacing`` (linear/quadratic),
-        from ``latents`` x_T when given (e.g. from :meth:`invert` or an interpolation)."""
+        """Sample with the options of :class:`SampleOptions` (sampler, steps, guidance, ...), from ``latents``
+        x_T when given (e.g. from :meth:`invert` or an interpolation). ``labels`` (B,) are the requested classes
+        of a conditional or classifier-guided model (default: balanced over the classes)."""
         sampler = self.make_sampler(options)
-        labels = self._labels(num_samples, labels)
         x_T = randn((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
         with eval_mode(self.sampling_net) as net:
-            x, trajectory = sample_loop(
-                lambda x_t, t: net(x_t, t, labels), sampler, x_T, generators, progress, trajectory_points
-            )
-        return SampleOutput(x, labels, trajectory)
+            denoiser = self.guided_denoiser(net, sampler, num_samples, labels, options)
+            x, trajectory = sample_loop(denoiser, sampler, x_T, generators, progress, trajectory_points)
+        return SampleOutput(x, denoiser.classes, trajectory)
+
+    def guided_denoiser(self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None,
+                        options: dict) -> GuidedDenoiser:
+        """The model function of ``net`` with the guidance that ``options`` ask for; ``.classes`` holds the
+        requested labels (None for an unguided unconditional model)."""
+        scale = options.get("guidance_scale")
+        scale = self.hparams.guidance_scale if scale is None else scale
+        cfg = {k: options.get(k) for k in ("guidance_interval", "guidance_rescale") if options.get(k) is not None}
+        if not self.num_classes and (scale != 1 or cfg):
+            given = {"guidance_scale": scale, **cfg} if scale != 1 else cfg
+            raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; this "
+                             f"{type(self).__name__} is unconditional (guide it with --classifier_ckpt instead)")
+        classifier = self._classifier(options)
+        num_classes = self.num_classes or (classifier.num_classes if classifier is not None else 0)
+        classes = self._labels(num_samples, labels, num_classes)
+        form = options.get("classifier_form") or "auto"
+        if form not in ("auto", "mean", "eps"):
+            raise ValueError(f"classifier_form={form!r} is not supported; choose one of ['auto', 'eps', 'mean']")
+        if form == "auto":
+            form = "mean" if sampler.has_mean else "eps"
+        elif form == "mean" and not sampler.has_mean:
+            raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm', not {type(sampler).__name__}")
+        guidance = None
+        if classifier is not None:
+            s = options.get("classifier_scale")
+            guidance = ClassifierGuidance(classifier.logits, classes, 1.0 if s is None else s)
+        denoiser = GuidedDenoiser(
+            lambda x_t, t, y: net(x_t, t, y), self.diffusion, self.prediction_type, self.variance == "learned",
+            classes if self.num_classes else None, self.num_classes, scale, options.get("guidance_interval"),
+            options.get("guidance_rescale") or 0.0, guidance, form,
+        )
+        denoiser.classes = classes
+        return denoiser
+
+    def _classifier(self, options: dict) -> NoisyClassifier | None:
+        """The frozen classifier of ``classifier_ckpt``, loaded once, checked against this model."""
+        path = options.get("classifier_ckpt")
+        if path is None:
+            if options.get("classifier_scale") is not None or options.get("classifier_form") not in (None, "auto"):
+                raise ValueError("classifier_scale and classifier_form need a classifier: give classifier_ckpt")
+            return None
+        if path not in self._classifiers:
+            classifier = load_frozen(path, self.device, NoisyClassifier)
+            classifier.check_process(self.diffusion, path)
+            if self.num_classes and classifier.num_classes != self.num_classes:
+                raise ValueError(f"classifier {path} has {classifier.num_classes} classes, the model "
+                                 f"{self.num_classes}")
+            self._classifiers[path] = classifier
+        return self._classifiers[path]
 
     def make_sampler(self, options: dict):
         """The sampler named in ``options`` (default: the config's), with its steps set."""
@@ -185,11 +291,21 @@ class DDPM(GenerativeModule):
             raise ValueError(f"latent interpolation and inversion need --sampler ddim --eta 0, got {options}")
         return {**options, "sampler": "ddim", "eta": 0.0}
 
-    def _labels(self, num_samples: int, labels: torch.Tensor | None) -> torch.Tensor | None:
-        if not self.num_classes:
+    def _labels(self, num_samples: int, labels: torch.Tensor | None, num_classes: int | None = None):
+        """Requested labels (B,) on the device, balanced over the classes by default; None without classes."""
+        num_classes = self.num_classes if num_classes is None else num_classes
+        if not num_classes:
+            if labels is not None:
+                raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional; train it "
+                                 "with class_conditional: true, or guide it with a classifier (classifier_ckpt)")
             return None
         if labels is None:
-            labels = torch.arange(num_samples) % self.num_classes
+            labels = torch.arange(num_samples) % num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if len(bad):
+            raise ValueError(f"label {bad[0].item()} is out of range: the model has {num_classes} classes "
+                             f"(0 to {num_classes - 1})")
         return labels.to(self.device)
 
     @torch.no_grad()

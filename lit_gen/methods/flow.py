@@ -3,6 +3,7 @@ log-density, bits/dim on 8-bit images, sampling at a temperature."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -42,7 +43,15 @@ class NormalizingFlow(GenerativeModule):
         seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
     """
 
-    sample_options = {"temperature"}
+    @dataclass
+    class SampleOptions:
+        """Sampling options of a normalizing flow.
+
+        Args:
+            temperature: scale of the prior's spread (default: the model's; 1 samples its density, 0 its mode).
+        """
+
+        temperature: float | None = None
 
     def __init__(
         self,

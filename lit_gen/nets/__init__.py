@@ -3,6 +3,6 @@ and called as ``net(x, t, y=None)``."""
 
 from lit_gen.nets.embeddings import timestep_embedding
 from lit_gen.nets.mlp import MLPDenoiser
-from lit_gen.nets.unet import UNet
+from lit_gen.nets.unet import EncoderUNet, UNet
 
-__all__ = ["MLPDenoiser", "UNet", "timestep_embedding"]
+__all__ = ["EncoderUNet", "MLPDenoiser", "UNet", "timestep_embedding"]

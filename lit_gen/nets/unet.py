@@ -30,13 +30,20 @@ def _group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """Residual block: GN, SiLU, conv3x3, + Linear(SiLU(emb)), GN, SiLU, dropout, conv3x3 (zero-init)."""
+    """Residual block: GN, SiLU, conv3x3, + Linear(SiLU(emb)), GN, SiLU, dropout, conv3x3 (zero-init).
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float, num_groups: int):
+    With ``adaptive_norm`` the embedding gives a scale and a shift of the second GroupNorm instead of an
+    added bias: GN(h) * (1 + scale) + shift (AdaGN, Dhariwal & Nichol 2021, Sec. 3)."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, emb_dim: int, dropout: float, num_groups: int,
+        adaptive_norm: bool = False,
+    ):
         super().__init__()
+        self.adaptive_norm = adaptive_norm
         self.norm1 = _group_norm(in_channels, num_groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.emb_proj = nn.Linear(emb_dim, out_channels)
+        self.emb_proj = nn.Linear(emb_dim, out_channels * (2 if adaptive_norm else 1))
         self.norm2 = _group_norm(out_channels, num_groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
@@ -47,8 +54,13 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        h = h + self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C_out, 1, 1) broadcast over H, W
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # (B, C_out, H, W)
+        e = self.emb_proj(F.silu(emb))[:, :, None, None]  # (B, C_out or 2 C_out, 1, 1) broadcast over H, W
+        if self.adaptive_norm:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm2(h) * (1 + scale) + shift
+        else:
+            h = self.norm2(h + e)
+        h = self.conv2(self.dropout(F.silu(h)))  # (B, C_out, H, W)
         return self.skip(x) + h
 
 
@@ -112,7 +124,114 @@ class _EmbedSequential(nn.Sequential):
         return h
 
 
-class UNet(nn.Module):
+class _Trunk(nn.Module):
+    """What the UNet and its encoder half share: the time (+ label) embedding, the input convolution, the
+    down path (each unit's output kept as a skip) and the middle block. Arguments as in :class:`UNet`."""
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        num_classes: int,
+        base_channels: int,
+        channel_mults: tuple[int, ...],
+        num_res_blocks: int,
+        attention_resolutions: tuple[int, ...],
+        dropout: float,
+        num_heads: int,
+        num_groups: int,
+        time_scale: float,
+        gradient_checkpointing: bool,
+        adaptive_norm: bool,
+    ):
+        super().__init__()
+        data_shape = tuple(data_shape)
+        if len(data_shape) != 3:
+            raise ValueError(f"{type(self).__name__} needs data_shape=(C, H, W), got data_shape={data_shape}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes={num_classes} must be >= 0")
+        if len(channel_mults) < 1:
+            raise ValueError(f"channel_mults={channel_mults} must have at least one level")
+        in_channels, height, width = data_shape
+        factor = 2 ** (len(channel_mults) - 1)
+        if height % factor != 0 or width % factor != 0:
+            raise ValueError(
+                f"image size {height}x{width} is not divisible by 2**(len(channel_mults)-1)={factor} "
+                f"(channel_mults={tuple(channel_mults)})"
+            )
+        self.data_shape = data_shape
+        self.num_classes = num_classes
+        self.time_scale = time_scale
+        self.gradient_checkpointing = gradient_checkpointing
+        self.base_channels = base_channels
+        self.attention_resolutions = tuple(attention_resolutions)
+        emb_dim = 4 * base_channels  # DDPM: sinusoid of width ch -> Dense(4ch) -> SiLU -> Dense(4ch)
+
+        self.time_embed = nn.Sequential(
+            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
+        self._block_args = (emb_dim, dropout, num_groups, adaptive_norm, num_heads)
+
+        # Down path: every unit's output is kept as a skip connection for the up path.
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        ch, resolution = base_channels, height
+        self.skip_channels = [ch]
+        for level, mult in enumerate(channel_mults):
+            for _ in range(num_res_blocks):
+                unit = [self.res(ch, base_channels * mult)]
+                ch = base_channels * mult
+                if resolution in attention_resolutions:
+                    unit.append(self.attn(ch))
+                self.down.append(_EmbedSequential(*unit))
+                self.skip_channels.append(ch)
+            if level != len(channel_mults) - 1:
+                self.down.append(_EmbedSequential(Downsample(ch)))
+                resolution //= 2
+                self.skip_channels.append(ch)
+        self.middle = _EmbedSequential(self.res(ch, ch), self.attn(ch), self.res(ch, ch))
+        self.trunk_channels, self.trunk_resolution = ch, resolution
+
+    def res(self, c_in: int, c_out: int) -> ResBlock:
+        emb_dim, dropout, num_groups, adaptive_norm, _ = self._block_args
+        return ResBlock(c_in, c_out, emb_dim, dropout, num_groups, adaptive_norm)
+
+    def attn(self, c: int) -> AttentionBlock:
+        _, _, num_groups, _, num_heads = self._block_args
+        return AttentionBlock(c, num_heads, num_groups)
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        """Time (+ label) embedding, shape (B, 4 * base_channels)."""
+        t = t.reshape(-1).expand(batch_size) if t.numel() == 1 else t  # (B,)
+        weight = self.time_embed[0].weight
+        t_emb = timestep_embedding(t * self.time_scale, self.base_channels).to(weight.dtype)  # (B, ch)
+        emb = self.time_embed(t_emb)  # (B, 4ch)
+        if self.label_embed is not None:
+            if y is None:  # all NULL labels
+                y = torch.full((batch_size,), self.num_classes, dtype=torch.long, device=emb.device)
+            emb = emb + self.label_embed(y)  # (B, 4ch)
+        return emb
+
+    def encode(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, bool]:
+        """(h after the middle block, the skips, the embedding, whether to checkpoint activations)."""
+        if x.ndim != 4 or x.shape[1] != self.data_shape[0]:
+            raise ValueError(
+                f"{type(self).__name__} expects x of shape (B, {self.data_shape[0]}, H, W), got {tuple(x.shape)}"
+            )
+        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        emb = self.embed(t, y, x.shape[0])  # (B, 4ch)
+        h = self.conv_in(x)  # (B, ch, H, W)
+        skips = [h]
+        for unit in self.down:
+            h = unit(h, emb, use_ckpt)
+            skips.append(h)
+        h = self.middle(h, emb, use_ckpt)  # (B, ch * mult[-1], H / 2^L, W / 2^L)
+        return h, skips, emb, use_ckpt
+
+
+class UNet(_Trunk):
     """DDPM UNet denoiser (Ho et al. 2020) for image-shaped data, optionally class-conditional.
 
     ``forward(x, t, y=None)`` maps x (B, C, H, W), timesteps t (B,) and labels y (B,) to (B, out_channels,
@@ -133,13 +252,14 @@ class UNet(nn.Module):
         num_groups: int = 32,
         time_scale: float = 1.0,
         gradient_checkpointing: bool = False,
+        adaptive_norm: bool = False,
     ):
         """Build the UNet.
 
         Args:
             data_shape: Shape of one sample, (C, H, W). Injected by the method from the data.
             num_classes: Number of class labels; 0 for an unconditional net. Label index ``num_classes`` is
-                the NULL label (used when ``y`` is None and for classifier-free guidance).
+                the NULL label, "unconditional" (used when ``y`` is None and for classifier-free guidance).
             out_channels: Output channels; None means the data channels C (use 2*C for a learned variance).
             base_channels: Width of the first level; level i has ``base_channels * channel_mults[i]``.
             channel_mults: Width multiplier per resolution level; one downsampling between levels, so H
@@ -154,69 +274,24 @@ class UNet(nn.Module):
             time_scale: Multiplier applied to t before the sinusoidal embedding (e.g. 1000 for t in [0, 1]).
             gradient_checkpointing: Recompute residual/attention activations in backward during training to
                 save memory at the cost of extra compute.
+            adaptive_norm: Inject the time + label embedding as a scale and shift of each residual block's
+                second GroupNorm (AdaGN, Dhariwal & Nichol 2021) instead of adding it.
         """
-        super().__init__()
-        data_shape = tuple(data_shape)
-        if len(data_shape) != 3:
-            raise ValueError(f"UNet needs data_shape=(C, H, W), got data_shape={data_shape}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes={num_classes} must be >= 0")
-        if len(channel_mults) < 1:
-            raise ValueError(f"channel_mults={channel_mults} must have at least one level")
-        in_channels, height, width = data_shape
-        factor = 2 ** (len(channel_mults) - 1)
-        if height % factor != 0 or width % factor != 0:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by 2**(len(channel_mults)-1)={factor} "
-                f"(channel_mults={tuple(channel_mults)})"
-            )
-        self.data_shape = data_shape
-        self.num_classes = num_classes
-        self.out_channels = out_channels if out_channels is not None else in_channels
-        self.time_scale = time_scale
-        self.gradient_checkpointing = gradient_checkpointing
-        self.base_channels = base_channels
-        emb_dim = 4 * base_channels  # DDPM: sinusoid of width ch -> Dense(4ch) -> SiLU -> Dense(4ch)
-
-        self.time_embed = nn.Sequential(
-            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        super().__init__(
+            data_shape, num_classes, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout,
+            num_heads, num_groups, time_scale, gradient_checkpointing, adaptive_norm,
         )
-        self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
-
-        def res(c_in: int, c_out: int) -> ResBlock:
-            return ResBlock(c_in, c_out, emb_dim, dropout, num_groups)
-
-        def attn(c: int) -> AttentionBlock:
-            return AttentionBlock(c, num_heads, num_groups)
-
-        # Down path: every unit's output is kept as a skip connection for the up path.
-        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        ch, resolution = base_channels, height
-        skip_channels = [ch]
-        for level, mult in enumerate(channel_mults):
-            for _ in range(num_res_blocks):
-                unit = [res(ch, base_channels * mult)]
-                ch = base_channels * mult
-                if resolution in attention_resolutions:
-                    unit.append(attn(ch))
-                self.down.append(_EmbedSequential(*unit))
-                skip_channels.append(ch)
-            if level != len(channel_mults) - 1:
-                self.down.append(_EmbedSequential(Downsample(ch)))
-                resolution //= 2
-                skip_channels.append(ch)
-
-        self.middle = _EmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-
+        self.out_channels = out_channels if out_channels is not None else self.data_shape[0]
         # Up path: num_res_blocks + 1 units per level, each consuming one skip connection.
+        skip_channels = list(self.skip_channels)
+        ch, resolution = self.trunk_channels, self.trunk_resolution
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             for i in range(num_res_blocks + 1):
-                unit = [res(ch + skip_channels.pop(), base_channels * mult)]
+                unit = [self.res(ch + skip_channels.pop(), base_channels * mult)]
                 ch = base_channels * mult
                 if resolution in attention_resolutions:
-                    unit.append(attn(ch))
+                    unit.append(self.attn(ch))
                 if level != 0 and i == num_res_blocks:
                     unit.append(Upsample(ch))
                     resolution *= 2
@@ -227,18 +302,6 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)  # the net predicts 0 at init
         nn.init.zeros_(self.conv_out.bias)
-
-    def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
-        """Time (+ label) embedding, shape (B, 4 * base_channels)."""
-        t = t.reshape(-1).expand(batch_size) if t.numel() == 1 else t  # (B,)
-        weight = self.time_embed[0].weight
-        t_emb = timestep_embedding(t * self.time_scale, self.base_channels).to(weight.dtype)  # (B, ch)
-        emb = self.time_embed(t_emb)  # (B, 4ch)
-        if self.label_embed is not None:
-            if y is None:  # all NULL labels
-                y = torch.full((batch_size,), self.num_classes, dtype=torch.long, device=emb.device)
-            emb = emb + self.label_embed(y)  # (B, 4ch)
-        return emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the network target for noisy images.
@@ -253,17 +316,73 @@ class UNet(nn.Module):
         Returns:
             Tensor of shape (B, out_channels, H, W).
         """
-        if x.ndim != 4 or x.shape[1] != self.data_shape[0]:
-            raise ValueError(f"UNet expects x of shape (B, {self.data_shape[0]}, H, W), got {tuple(x.shape)}")
-        use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        emb = self.embed(t, y, x.shape[0])  # (B, 4ch)
-
-        h = self.conv_in(x)  # (B, ch, H, W)
-        skips = [h]
-        for unit in self.down:
-            h = unit(h, emb, use_ckpt)
-            skips.append(h)
-        h = self.middle(h, emb, use_ckpt)  # (B, ch * mult[-1], H / 2^L, W / 2^L)
+        h, skips, emb, use_ckpt = self.encode(x, t, y)
         for unit in self.up:
             h = unit(torch.cat([h, skips.pop()], dim=1), emb, use_ckpt)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling of a feature map into one vector (CLIP's / ADM's classifier head): the mean token,
+    plus learned positions, attends over itself and every position; its output is projected to ``out_dim``."""
+
+    def __init__(self, channels: int, resolution: int, num_heads: int, out_dim: int):
+        super().__init__()
+        if channels % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide the pooled width {channels}")
+        self.num_heads = num_heads
+        self.positions = nn.Parameter(torch.randn(resolution * resolution + 1, channels) / channels**0.5)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(channels, 2 * channels)
+        self.proj = nn.Linear(channels, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C = x.shape[:2]
+        tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + self.positions.to(x.dtype)  # (B, HW+1, C)
+        heads = lambda z: z.reshape(B, z.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731 (B, h, N, d)
+        k, v = self.kv(tokens).chunk(2, dim=-1)
+        # only the mean token's output is used, so it alone queries
+        out = F.scaled_dot_product_attention(heads(self.q(tokens[:, :1])), heads(k), heads(v))  # (B, h, 1, d)
+        return self.proj(out.transpose(1, 2).reshape(B, C))  # (B, out_dim)
+
+
+class EncoderUNet(_Trunk):
+    """The UNet's down half and middle block with attention pooling: ADM's noisy classifier p(y | x_t, t)
+    (Dhariwal & Nichol 2021, Sec. 4.1). ``forward(x, t)`` maps x_t (B, C, H, W) and t (B,) to logits (B, K).
+
+    Args:
+        data_shape: (C, H, W) of the images. Injected by the method from the data.
+        num_classes: number of labels K of the output logits.
+        base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout, num_heads, num_groups,
+            time_scale, gradient_checkpointing, adaptive_norm: as in :class:`UNet` (ADM's classifier uses AdaGN).
+    """
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...],
+        num_classes: int,
+        base_channels: int = 64,
+        channel_mults: tuple[int, ...] = (1, 2, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: tuple[int, ...] = (16,),
+        dropout: float = 0.0,
+        num_heads: int = 1,
+        num_groups: int = 32,
+        time_scale: float = 1.0,
+        gradient_checkpointing: bool = False,
+        adaptive_norm: bool = True,
+    ):
+        if num_classes < 1:
+            raise ValueError(f"a classifier needs labelled data, but num_classes={num_classes}")
+        super().__init__(
+            data_shape, 0, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout, num_heads,
+            num_groups, time_scale, gradient_checkpointing, adaptive_norm,
+        )
+        self.num_labels = num_classes
+        self.norm_out = _group_norm(self.trunk_channels, num_groups)
+        self.pool = AttentionPool2d(self.trunk_channels, self.trunk_resolution, num_heads, num_classes)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h, _, _, _ = self.encode(x, t, None)
+        return self.pool(F.silu(self.norm_out(h)))  # (B, K)

@@ -15,6 +15,12 @@ TINY_NET = {
         "attention_resolutions": [4],
         "dropout": 0.0,
     },
+    "lit_gen.nets.EncoderUNet": {
+        "base_channels": 8,
+        "channel_mults": [1, 2],
+        "num_res_blocks": 1,
+        "attention_resolutions": [4],
+    },
     "lit_gen.nets.MLPDenoiser": {"hidden_dim": 16, "num_layers": 2},
     "lit_gen.flows.MLPFlow": {"num_layers": 2, "hidden_features": 8},
     "lit_gen.flows.PlanarFlow": {"num_layers": 2},
