@@ -61,6 +61,9 @@ def method_of(argv: list[str]) -> type | None:
 
 def sample_main(argv: list[str]) -> Path:
     method = method_of(argv)
+    if method is not None and not method.generates:
+        raise ValueError(f"{method.__name__} is not a generative model; lit-gen sample needs a checkpoint of one "
+                         "(a NoisyClassifier guides a diffusion model through --classifier_ckpt)")
     cfg = build_parser(method).parse_args(argv)
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
@@ -69,6 +72,7 @@ def sample_main(argv: list[str]) -> Path:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model = load_module(cfg.ckpt_path, device, ema=cfg.ema)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
+    model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
     output = Path(cfg.output)
     if cfg.interpolate is not None:
         x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate

@@ -60,7 +60,9 @@ class ClassifierGuidance:
     def gradient(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
             x = x_t.detach().requires_grad_(True)
-            log_p = torch.log_softmax(self.classifier(x, t).float(), dim=-1)  # (B, K)
+            logits = self.classifier(x, t)  # (B, K)
+            # softmax in at least fp32 (a bf16 classifier under autocast), in float64 when given float64
+            log_p = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
             selected = log_p[torch.arange(x.shape[0], device=x.device), self.labels.to(x.device)]
             (grad,) = torch.autograd.grad(selected.sum(), x)  # samples are independent: per-sample gradients
         return self.scale * grad.to(x_t.dtype)

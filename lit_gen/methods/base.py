@@ -62,6 +62,7 @@ class GenerativeModule(L.LightningModule):
     """
 
     SampleOptions: type = NoSampleOptions
+    generates = True  # False for a helper model (a noisy classifier): no sampling, no sample grids
     sample_options: frozenset[str] = frozenset()
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -154,6 +155,11 @@ class GenerativeModule(L.LightningModule):
         method does not know raises a ValueError naming it.
         """
         raise NotImplementedError
+
+    def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
+        """Raise a one-line ValueError for options (or labels) that :meth:`sample` would refuse, before any
+        sampling starts (``lit-gen sample`` calls it first)."""
+        self.check_options(options, self.sample_options, type(self).__name__)
 
     def deterministic_options(self, options: dict) -> dict:
         """``options`` made deterministic for latent interpolation and inversion (a flow already is)."""

@@ -222,6 +222,11 @@ class DDPM(GenerativeModule):
             x, trajectory = sample_loop(denoiser, sampler, x_T, generators, progress, trajectory_points)
         return SampleOutput(x, denoiser.classes, trajectory)
 
+    def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
+        """Build the sampler and the guided model function (loading and checking a classifier) without sampling."""
+        self.guided_denoiser(self.sampling_net, self.make_sampler(options), 1 if labels is None else len(labels),
+                             labels, options)
+
     def guided_denoiser(self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None,
                         options: dict) -> GuidedDenoiser:
         """The model function of ``net`` with the guidance that ``options`` ask for; ``.classes`` holds the

@@ -84,7 +84,8 @@ class NoisyClassifier(GenerativeModule):
 
     def buckets(self) -> list[tuple[int, int]]:
         """The ``t_buckets`` ranges [lo, hi] of t that validation reports, covering 0 .. T - 1."""
-        edges = torch.linspace(0, self.diffusion.num_timesteps, self.hparams.t_buckets + 1).round().long().tolist()
+        T, n = self.diffusion.num_timesteps, self.hparams.t_buckets
+        edges = [i * T // n for i in range(n + 1)]
         return [(lo, hi - 1) for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
