@@ -55,7 +55,13 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
         assert {"val/acc", "val/acc_t0-1", "val/acc_t7-9"} <= scalars, scalars
         assert not (run / "samples").exists()
         return
-    assert list((run / "samples").glob("step_*.png"))
+    grids = sorted((run / "samples").glob("step_*.png"))
+    assert grids
+    if config.startswith("cfg/"):  # one grid row per class: 10 rows (5 for shapes) of 8x8 digits or 32x32 images
+        from PIL import Image
+
+        rows, size = 5 if "shapes" in config else 10, 8 if "digits" in config else 32
+        assert Image.open(grids[-1]).height == rows * (size + 1) + 1
     assert scalars & {"val/loss", "val/bpd", "val/nll"}
     assert any(tag.startswith("samples/") for tag in images)
     if config.startswith("flows/"):  # grids at every configured temperature; density heatmaps for 2-D data

@@ -1,0 +1,102 @@
+"""The accuracy-diversity trade-off of guidance: for each scale s, classifier-free guidance of a conditional
+checkpoint and classifier guidance of an unconditional one (with a noisy classifier), sampled with DDIM, print
+the accuracy of the requested class under a classifier that did not guide (the feature net), the Fréchet
+distance to the training images in that net's features, and seconds per image; the unguided conditional
+(s = 1) and unconditional models at the same steps are the time references.
+
+    python -m benchmarks.guidance --cfg runs/cfg_digits/checkpoints/last.ckpt \\
+        --ddpm runs/ddpm_digits/checkpoints/last.ckpt --classifier runs/classifier_digits/checkpoints/last.ckpt
+    python -m benchmarks.guidance --data shapes --features shapes32.pt --cfg ... --ddpm ... --classifier ...
+
+For shapes, make the feature net first: python -m lit_gen.metrics train --data shapes --output shapes32.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.common import print_table
+from lit_gen.callbacks.fid import resolve_features
+from lit_gen.checkpoints import load_module
+from lit_gen.data import DigitsDataModule, ShapesDataModule
+from lit_gen.metrics import frechet_distance, load_feature_net
+from lit_gen.utils import sample_generators
+
+
+def evaluate(model, features, metric, num_samples: int, batch: int, num_classes: int, **options):
+    """(accuracy of the requested labels, Fréchet distance, seconds per image) of ``model.sample``."""
+    metric.reset()
+    labels = torch.arange(num_samples) % num_classes  # balanced
+    correct, seconds = 0, 0.0
+    for s in range(0, num_samples, batch):
+        n = min(batch, num_samples - s)
+        start = time.perf_counter()
+        x = model.sample(n, sample_generators(0, s, n), labels=labels[s : s + n], **options).x.clamp(-1, 1)
+        seconds += time.perf_counter() - start
+        with torch.no_grad():
+            correct += (features.classifier(x).argmax(-1) == labels[s : s + n]).sum().item()
+        metric.update(x, real=False)
+    return correct / num_samples, float(metric.compute()), seconds / num_samples
+
+
+def real_accuracy(features, data) -> float:
+    """The feature net's accuracy on held-out real images: the ceiling of the accuracy column."""
+    data.setup("test")
+    correct = total = 0
+    for b in data.test_dataloader():
+        with torch.no_grad():
+            correct += (features.classifier(b["x"]).argmax(-1) == b["y"]).sum().item()
+        total += len(b["y"])
+    return correct / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="a class-conditional DDPM trained with p_uncond > 0")
+    parser.add_argument("--ddpm", required=True, help="an unconditional DDPM of the same noise process")
+    parser.add_argument("--classifier", required=True, help="a NoisyClassifier of that process")
+    parser.add_argument("--data", choices=["digits", "shapes"], default="digits")
+    parser.add_argument("--features", default="digits16", help="feature net: a shipped name or a .pt file")
+    parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 3, 5])
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--num_samples", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = DigitsDataModule(image_size=16, batch_size=500) if args.data == "digits" else ShapesDataModule(batch_size=500)
+    data.setup("fit")
+    features = load_feature_net(resolve_features(args.features))
+    metric = frechet_distance(features)
+    for b in torch.utils.data.DataLoader(data.train_dataset, batch_size=500):
+        metric.update(b["x"], real=True)
+    cfg, ddpm = load_module(args.cfg), load_module(args.ddpm)
+    K = cfg.num_classes
+    ddim = {"sampler": "ddim", "steps": args.steps, "eta": 0.0}
+    run = lambda model, **o: evaluate(model, features, metric, args.num_samples, args.batch, K, **ddim, **o)  # noqa: E731
+
+    rows = []
+    acc, fd, sec = evaluate(ddpm, features, metric, args.num_samples, args.batch, K, **ddim)
+    reference = sec
+    rows.append(["unconditional DDPM (no guidance)", "-", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}", "1.00"])
+    print(rows[-1], flush=True)
+    for s in args.scales:
+        acc, fd, sec = run(cfg, guidance_scale=s)
+        rows.append(["classifier-free", f"{s:g}", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}", f"{sec / reference:.2f}"])
+        print(rows[-1], flush=True)
+    for s in args.scales:
+        acc, fd, sec = run(ddpm, classifier_ckpt=args.classifier, classifier_scale=s)
+        rows.append(["classifier (eps form)", f"{s:g}", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}", f"{sec / reference:.2f}"])
+        print(rows[-1], flush=True)
+    print(f"\n{args.data}: DDIM-{args.steps}, {args.num_samples} samples, labels balanced; accuracy of the requested class "
+          f"under {features.name} (did not guide; real held-out images: {real_accuracy(features, data):.3f}); "
+          f"Fréchet distance in its features vs {len(data.train_dataset)} training images; time relative to the "
+          "unconditional DDPM at the same steps")
+    print_table(["guidance", "s", "accuracy", f"fid_{features.name}_n{args.num_samples}", "ms / image", "x unguided"], rows)
+
+
+if __name__ == "__main__":
+    main()
