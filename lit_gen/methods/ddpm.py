@@ -218,9 +218,9 @@ class DDPM(GenerativeModule):
         sampler = self.make_sampler(options)
         x_T = randn((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
         with eval_mode(self.sampling_net) as net:
-            denoiser = self.guided_denoiser(net, sampler, num_samples, labels, options)
+            denoiser, classes = self.guided_denoiser(net, sampler, num_samples, labels, options)
             x, trajectory = sample_loop(denoiser, sampler, x_T, generators, progress, trajectory_points)
-        return SampleOutput(x, denoiser.classes, trajectory)
+        return SampleOutput(x, classes, trajectory)
 
     def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
         """Build the sampler and the guided model function (loading and checking a classifier) without sampling."""
@@ -228,9 +228,9 @@ class DDPM(GenerativeModule):
                              labels, options)
 
     def guided_denoiser(self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None,
-                        options: dict) -> GuidedDenoiser:
-        """The model function of ``net`` with the guidance that ``options`` ask for; ``.classes`` holds the
-        requested labels (None for an unguided unconditional model)."""
+                        options: dict) -> tuple[GuidedDenoiser, torch.Tensor | None]:
+        """The model function of ``net`` with the guidance that ``options`` ask for, and the requested labels
+        (None for an unguided unconditional model)."""
         scale = options.get("guidance_scale")
         scale = self.hparams.guidance_scale if scale is None else scale
         cfg = {k: options.get(k) for k in ("guidance_interval", "guidance_rescale") if options.get(k) is not None}
@@ -253,12 +253,11 @@ class DDPM(GenerativeModule):
             s = options.get("classifier_scale")
             guidance = ClassifierGuidance(classifier.logits, classes, 1.0 if s is None else s)
         denoiser = GuidedDenoiser(
-            lambda x_t, t, y: net(x_t, t, y), self.diffusion, self.prediction_type, self.variance == "learned",
+            net, self.diffusion, self.prediction_type, self.variance == "learned",
             classes if self.num_classes else None, self.num_classes, scale, options.get("guidance_interval"),
             options.get("guidance_rescale") or 0.0, guidance, form,
         )
-        denoiser.classes = classes
-        return denoiser
+        return denoiser, classes
 
     def _classifier(self, options: dict) -> NoisyClassifier | None:
         """The frozen classifier of ``classifier_ckpt``, loaded once, checked against this model."""
