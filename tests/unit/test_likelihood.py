@@ -44,7 +44,11 @@ def test_learned_variance_interpolates_between_beta_and_beta_tilde():
     lo = d.model_log_variance(t, x, -torch.ones(3, 1, dtype=torch.float64), "learned")
     torch.testing.assert_close(hi[:, 0], d.betas[t].log())
     torch.testing.assert_close(lo[:, 0], d.posterior_log_variance_clipped[t])
-    assert lo[0, 0] == d.posterior_variance[1].log()  # t = 0 uses beta_tilde_1 (the log is clipped)
+    # t = 0 uses beta_tilde_1 (the log is clipped). Was ==: the buffer's log ran through the vectorised kernel
+    # and this one through the scalar one, which may differ by an ulp (SLEEF vs libm); log(beta_tilde_0 = 0)
+    # or log(beta_1) would be far off
+    eps64 = torch.finfo(torch.float64).eps
+    torch.testing.assert_close(lo[0, 0], d.posterior_variance[1].log(), rtol=16 * eps64, atol=0)
 
 
 def test_respaced_alpha_bar_equals_original_at_kept_steps():
@@ -84,7 +88,9 @@ def test_ddim_eta_one_over_all_steps_has_the_ddpm_posterior_variance():
     x = torch.zeros(20000, 1, dtype=torch.float64)
     eps = torch.zeros_like(x)
     draws = s.step(eps, 500, x, torch.Generator().manual_seed(1)).prev_sample
-    assert draws.var().item() == pytest.approx(d.posterior_variance[499].item(), rel=3e-2)
+    # 5 standard errors of a sample variance, sqrt(2 / n) relative (was rel=3e-2: 3 of them)
+    rel = 5 * math.sqrt(2 / len(x))
+    assert draws.var().item() == pytest.approx(d.posterior_variance[499].item(), rel=rel)
 
 
 def test_importance_sampling_is_unbiased_and_checkpointed():
@@ -97,8 +103,11 @@ def test_importance_sampling_is_unbiased_and_checkpointed():
         sampler.update(torch.arange(T), losses)
     assert sampler.warmed_up()
     p = sampler.probabilities()
-    expected = losses / losses.sum() * 0.999 + 0.001 / T  # sqrt(E[L^2]) = L for a constant history
-    torch.testing.assert_close(p, expected.double())
+    # sqrt(E[L^2]) = L for a constant history; in float64 like the sampler's history (the float32 expected
+    # value carried ~2 float32 ulps of rounding, 0.09 of the default float64 tolerance)
+    losses64 = losses.double()
+    expected = losses64 / losses64.sum() * 0.999 + 0.001 / T
+    torch.testing.assert_close(p, expected, rtol=64 * torch.finfo(torch.float64).eps, atol=0)
     # exact expectation: sum_t p_t * L_t / (T p_t) = mean_t L_t
     assert (p * losses.double() / (T * p)).sum().item() == pytest.approx(losses.mean().item())
     t, w = sampler.sample(200_000, "cpu", torch.Generator().manual_seed(1))
@@ -124,9 +133,13 @@ def test_bound_of_exact_denoiser_reaches_data_entropy():
         return (logits.softmax(1) * values[None]).sum(1, keepdim=True)
 
     gen = torch.Generator().manual_seed(0)
-    exact = {k: v.mean().item() for k, v in d.nll_bpd(exact_x0, x0, "x0", "small", gen).items()}
+    terms = d.nll_bpd(exact_x0, x0, "x0", "small", gen)
+    exact = {k: v.mean().item() for k, v in terms.items()}
     assert exact["prior"] < 1e-4
-    assert exact["kl"] == pytest.approx(2.0, abs=0.03)
+    # the entropy up to the T = 1000 discretisation's excess (+0.016 +- 0.003 over 6 seeds) and Monte-Carlo
+    # error (standard error 0.006): 0.02 plus 5 standard errors (was abs=0.03: other seeds land 0.023 off)
+    kl_std_err = terms["kl"].std().item() / math.sqrt(len(x0))
+    assert exact["kl"] == pytest.approx(2.0, abs=0.02 + 5 * kl_std_err)
     # decoder N(x0, beta_tilde_1): mass of the +-1/255 bin, one-sided at the two edge values
     z = (1 / 255) / d.posterior_variance[1].sqrt().item()
     interior, edge = norm.cdf(z) - norm.cdf(-z), norm.cdf(z)
