@@ -14,6 +14,7 @@ For shapes, make the feature net first: python -m lit_gen.metrics train --data s
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -44,6 +45,18 @@ def evaluate(model, features, metric, num_samples: int, batch: int, num_classes:
     return correct / num_samples, float(metric.compute()), seconds / num_samples
 
 
+def interleaved_seconds(runs: dict, num_images: int, repeats: int) -> dict[str, float]:
+    """Median seconds per image of each ``runs[name]()`` (which draws ``num_images``), the runs taken in turn
+    ``repeats`` times so that a change of machine speed hits all of them alike."""
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) / num_images)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def real_accuracy(features, data) -> float:
     """The feature net's accuracy on held-out real images: the ceiling of the accuracy column."""
     data.setup("test")
@@ -67,6 +80,8 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--time_scale", type=float, default=3.0, help="the s of the timing table")
+    parser.add_argument("--time_repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = DigitsDataModule(image_size=16, batch_size=500) if args.data == "digits" else ShapesDataModule(batch_size=500)
@@ -98,6 +113,22 @@ def main() -> None:
           f"Fréchet distance in its features vs {len(data.train_dataset)} training images; time relative to the "
           "unconditional DDPM at the same steps")
     print_table(["guidance", "s", "accuracy", f"fid_{features.name}_n{args.num_samples}", "ms / image", "x unguided"], rows)
+
+    # time per image, side by side: unguided and guided sampling of one batch, taken in turn
+    n, s = args.batch, args.time_scale
+    labels = torch.arange(n) % K
+    draw = lambda model, **o: lambda: model.sample(n, sample_generators(0, 0, n), **ddim, **o)  # noqa: E731
+    seconds = interleaved_seconds({
+        "unconditional DDPM": draw(ddpm),
+        "conditional, s = 1 (one pass)": draw(cfg, labels=labels, guidance_scale=1.0),
+        f"classifier-free, s = {s:g}": draw(cfg, labels=labels, guidance_scale=s),
+        f"classifier, s = {s:g}": draw(ddpm, labels=labels, classifier_ckpt=args.classifier, classifier_scale=s),
+    }, n, args.time_repeats)
+    base = seconds["unconditional DDPM"]
+    print(f"\nTime per image, DDIM-{args.steps}, batch {n}, median of {args.time_repeats} interleaved runs "
+          "(targets: classifier-free <= 2.2x, classifier <= 3x unguided)")
+    print_table(["sampling", "ms / image", "x unguided"],
+                [[name, f"{1000 * sec:.1f}", f"{sec / base:.2f}"] for name, sec in seconds.items()])
 
 
 if __name__ == "__main__":
