@@ -45,7 +45,10 @@ class LitGenCLI(LightningCLI):
             {
                 "checkpoint.save_last": True,
                 "checkpoint.every_n_train_steps": 1000,
-                "checkpoint.save_top_k": -1,
+                # keep last.ckpt plus the newest 5 step checkpoints ("best" by step); -1 keeps every one
+                "checkpoint.monitor": "step",
+                "checkpoint.mode": "max",
+                "checkpoint.save_top_k": 5,
                 "checkpoint.filename": "step{step:07d}",
                 "checkpoint.auto_insert_metric_name": False,
                 # last.ckpt is always this run's newest state: never a last-v1.ckpt beside a stale last.ckpt

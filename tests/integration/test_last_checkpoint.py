@@ -116,3 +116,13 @@ def test_a_signal_saves_the_final_step_and_exits_128_plus_signal(signum, tmp_pat
     step = int(found.group(1))
     assert step >= 3 and _last(tmp_path)["global_step"] == step
     _resume_continues(tmp_path, step)
+
+
+def test_retention_keeps_last_and_the_newest_k(tmp_path):
+    _fit(tmp_path, "--checkpoint.every_n_train_steps=1", "--checkpoint.save_top_k=3", max_steps=8)
+    names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000006.ckpt", "step0000007.ckpt", "step0000008.ckpt"]
+    # a resumed run goes on pruning the same set
+    _fit(tmp_path, "--checkpoint.every_n_train_steps=1", "--checkpoint.save_top_k=3", "--ckpt_path=last", max_steps=10)
+    names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000008.ckpt", "step0000009.ckpt", "step0000010.ckpt"]
