@@ -160,9 +160,9 @@ def test_layer_inverse_and_log_det_match_autograd(name):
     x_back, ld_inv = layer.inverse(z)
     assert z.numel() == x.numel() and ld_fwd.shape == (6,) and ld_inv.shape == (6,)
     # was atol=1e-5, which an inverse off by 1e-6 would pass: these layers are well conditioned, <= 1.8e-15
-    # over 15 draws of every case
-    torch.testing.assert_close(x_back, x, atol=1e-10, rtol=0)
-    torch.testing.assert_close(ld_fwd + ld_inv, torch.zeros(6, dtype=F64), atol=1e-10, rtol=0)
+    # over 15 draws of every case; 1e-8 leaves 1e6x room for another CPU's rounding and still fails at 1e-6
+    torch.testing.assert_close(x_back, x, atol=1e-8, rtol=0)
+    torch.testing.assert_close(ld_fwd + ld_inv, torch.zeros(6, dtype=F64), atol=1e-8, rtol=0)
     for i in (0, 3):
         x1 = x[i : i + 1]
         assert _jacobian_log_det(lambda v: layer(v)[0], x1).item() == pytest.approx(ld_fwd[i].item(), abs=1e-8)
@@ -221,13 +221,14 @@ def test_actnorm_data_dependent_init_happens_once_and_survives_state_dict():
     assert not layer.initialized
     z, _ = layer(x)
     assert layer.initialized and "initialized" in layer.state_dict()
-    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=F64), atol=1e-10, rtol=0)
+    # float64 rounding of the centred mean is ~1e-16; an init that does not centre is off by O(1)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=F64), atol=1e-8, rtol=0)
     # s = 1 / (std + eps) leaves the variance (std / (std + eps))^2 = 1 - 4e-6 at std 0.5 (was atol=1e-5
     # against 1: 0.41 of it); against that value only the float64 rounding of exp(log s) and the moments
-    # remains (1e-15, 0.001 of rtol)
+    # remains (1e-15); rtol 1e-8 leaves room for any CPU's rounding and still fails on the eps offset (4e-6)
     std = x.var((0, 2, 3), unbiased=False).sqrt()
     expected_var = (std / (std + layer.eps)) ** 2
-    torch.testing.assert_close(z.var((0, 2, 3), unbiased=False), expected_var, atol=0, rtol=1e-12)
+    torch.testing.assert_close(z.var((0, 2, 3), unbiased=False), expected_var, atol=0, rtol=1e-8)
     params = [p.clone() for p in layer.parameters()]
     layer(5 * x + 1)  # a second batch does not re-initialise
     for before, after in zip(params, layer.parameters(), strict=True):
@@ -240,7 +241,7 @@ def test_actnorm_data_dependent_init_happens_once_and_survives_state_dict():
 
     vec = ActNorm(2).to(F64)
     zv, _ = vec(torch.randn(64, 2, generator=_gen(5), dtype=F64) * 3 - 2)
-    torch.testing.assert_close(zv.mean(0), torch.zeros(2, dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(zv.mean(0), torch.zeros(2, dtype=F64), atol=1e-8, rtol=0)
 
 
 def _actnorm_init_on_rank(rank: int, world_size: int, init_file: str, out_dir: str) -> None:
@@ -266,7 +267,7 @@ def test_actnorm_init_pools_statistics_over_ranks(tmp_path):
         [torch.randn(16, 3, 2, 2, generator=_gen(100 + r), dtype=F64) * (1 + 3 * r) + 5 * r for r in (0, 1)]
     )
     z = pooled * ranks[0]["log_s"].exp()[:, None, None] + ranks[0]["b"][:, None, None]
-    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=F64), atol=1e-10, rtol=0)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=F64), atol=1e-8, rtol=0)
     torch.testing.assert_close(z.var((0, 2, 3), unbiased=False), torch.ones(3, dtype=F64), atol=1e-5, rtol=0)
 
 
@@ -407,8 +408,8 @@ def test_architecture_round_trip_and_total_log_prob(name):
     latents, log_prob = model(x)
     assert log_prob.shape == (5,)
     assert sum(z[0].numel() for z in latents) == model.num_dims
-    # was atol=1e-5, which a decode off by 1e-6 would pass: <= 5e-15 over 15 draws of every case
-    torch.testing.assert_close(model.decode(latents), x, atol=1e-10, rtol=0)
+    # was atol=1e-5, which a decode off by 1e-6 would pass: <= 5e-15 over 15 draws of every case (1e-8: room for any CPU)
+    torch.testing.assert_close(model.decode(latents), x, atol=1e-8, rtol=0)
     torch.testing.assert_close(model.log_prob(x), log_prob)
     if isinstance(model.prior, StandardLogistic):
         return
