@@ -37,6 +37,19 @@ def randn(shape: tuple[int, ...], generator: Generator, device: torch.device | s
     return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
+def rand(
+    shape: tuple[int, ...], generator: Generator, device: torch.device | str, dtype=torch.float32
+) -> torch.Tensor:
+    """U[0, 1) noise of ``shape``; like :func:`randn`, a list of generators gives one per sample."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} samples")
+        noise = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
+        return torch.stack(noise).to(device)
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
 def sample_generators(seed: int, start: int, count: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
     """One generator per sample index ``start .. start+count-1``, seeded from (seed, index) without collisions."""
     import numpy as np

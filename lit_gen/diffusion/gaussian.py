@@ -11,7 +11,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from lit_gen.diffusion.likelihood import (
+from lit_gen.likelihood import (
     LOG2,
     discretized_gaussian_log_likelihood,
     mean_over_dims,

@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 
 from lit_gen.diffusion.gaussian import GaussianDiffusion, training_target
-from lit_gen.diffusion.likelihood import mean_over_dims
+from lit_gen.likelihood import mean_over_dims
 
 
 def diffusion_loss_terms(

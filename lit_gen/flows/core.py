@@ -17,7 +17,6 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from lit_gen.utils import Generator
 
 
 def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
@@ -33,19 +32,6 @@ def per_channel(p: torch.Tensor, ndim: int) -> torch.Tensor:
 def spatial_size(x: torch.Tensor) -> int:
     """Positions per channel of a (B, C, ...) tensor: H*W for images, 1 for vectors (B, C)."""
     return x[0, 0].numel()
-
-
-def rand(
-    shape: tuple[int, ...], generator: Generator, device: torch.device | str, dtype=torch.float32
-) -> torch.Tensor:
-    """U[0, 1) noise of ``shape``; like ``lit_gen.utils.randn``, a list of generators gives one per sample."""
-    if isinstance(generator, (list, tuple)):
-        if len(generator) != shape[0]:
-            raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} samples")
-        noise = [torch.rand(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]
-        return torch.stack(noise).to(device)
-    gen_device = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
 class FlowLayer(nn.Module):

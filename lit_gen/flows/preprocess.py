@@ -1,4 +1,4 @@
-"""Preprocessing of 8-bit images for continuous flows, and bits/dim in lit_gen's convention.
+"""Preprocessing of 8-bit images for continuous flows (dequantisation and bits/dim live in ``lit_gen.likelihood``).
 
 Scales. lit_gen stores an 8-bit value k in {0, ..., 255} as x = 2k/255 - 1 in [-1, 1]. A flow is a
 continuous density, so it is fitted to dequantised data and its density is converted to the probability
@@ -37,38 +37,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lit_gen.flows.core import rand, sum_except_batch
+from lit_gen.flows.core import sum_except_batch
+from lit_gen.likelihood import bits_per_dim, dequantize  # noqa: F401  (re-exported for flows)
 from lit_gen.utils import Generator
-
-NUM_BINS = 256
-LN2 = math.log(2.0)
-
 
 def _check_alpha(alpha: float) -> None:
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"logit alpha={alpha} must lie in (0, 0.5)")
-
-
-def dequantize(
-    x: torch.Tensor, generator: Generator = None, offset: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Uniform dequantisation of 8-bit data on lit_gen's scale x = 2k/255 - 1.
-
-    Args:
-        x: Data (B, ...) in [-1, 1] on (or near) the 8-bit grid.
-        generator: Generator of the noise u (one, or a list with one per sample).
-        offset: A fixed u in [0, 1) instead of noise (0.5: the centre of each bin, for inversion).
-
-    Returns:
-        y = 2 (k + u) / 256 - 1 in [-1, 1), u ~ U[0, 1), and log|det dy/dv| = D log(2/256) per sample (B,),
-        v = k + u being the 256-bin scale.
-    """
-    k = torch.round((x + 1) * (NUM_BINS - 1) / 2).clamp(0, NUM_BINS - 1)  # (B, ...) integers 0..255
-    u = rand(tuple(x.shape), generator, x.device, x.dtype) if offset is None else offset
-    y = 2 * (k + u) / NUM_BINS - 1
-    num_dims = x[0].numel()
-    log_det = x.new_full((x.shape[0],), num_dims * math.log(2 / NUM_BINS))
-    return y, log_det
 
 
 def logit_transform(y: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,19 +98,3 @@ def postprocess(s: torch.Tensor, logit_alpha: float | None = None) -> torch.Tens
     to the dequantisation noise)."""
     y = logit_inverse(s, logit_alpha)[0] if logit_alpha is not None else s
     return y.clamp(-1, 1)
-
-
-def bits_per_dim(nll_nats: torch.Tensor | float, num_dims: int, bin_width: float = 1.0) -> torch.Tensor | float:
-    """Bits per dimension, -log2 P(8-bit image) / D (an upper bound for a dequantised continuous model).
-
-    Args:
-        nll_nats: Negative log-density in nats per sample, of a continuous model on a scale where one 8-bit
-            bin has width ``bin_width``.
-        num_dims: D, the dimensions of one sample (C*H*W).
-        bin_width: 1 for the 256-bin scale (the output of ``preprocess`` with its log-det added), 2/256 for
-            the [-1, 1) scale of ``dequantize``, 1/256 for [0, 1).
-
-    Returns:
-        (nll_nats - D log(bin_width)) / (D ln 2), shaped like ``nll_nats``.
-    """
-    return (nll_nats - num_dims * math.log(bin_width)) / (num_dims * LN2)

@@ -9,7 +9,7 @@ from diffusers import DDPMScheduler
 from scipy.stats import norm
 
 from lit_gen.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion
-from lit_gen.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from lit_gen.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 
 
