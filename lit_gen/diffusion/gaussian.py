@@ -23,28 +23,37 @@ from lit_gen.utils import append_dims
 PredictionType = Literal["eps", "x0", "v"]
 
 
-def eps_x0_from_output(
-    model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str
+def split_prediction(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a model output into (eps, x0) given alpha_bar_t (B,).
+    """(eps, x0) from a model output for any Gaussian perturbation x_t = alpha x0 + sigma eps, alpha and sigma
+    broadcastable against x_t (VP: alpha^2 + sigma^2 = 1; sub-VP and VE too).
 
-    x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (Ho et al. 2020, Eq. 4); v = sqrt(abar) eps - sqrt(1 - abar) x0
-    (Salimans & Ho 2022, Sec. 4).
+    v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4), so alpha x_t - sigma v = (alpha^2 + sigma^2) x0 and
+    sigma x_t + alpha v = (alpha^2 + sigma^2) eps.
     """
-    a = append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim).sqrt()  # sqrt(abar)
-    s = (1 - append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim)).sqrt()  # sqrt(1 - abar)
     if prediction_type == "eps":
         eps = model_output
-        x0 = (x_t - s * eps) / a
+        x0 = (x_t - sigma * eps) / alpha
     elif prediction_type == "x0":
         x0 = model_output
-        eps = (x_t - a * x0) / s
+        eps = (x_t - alpha * x0) / sigma
     elif prediction_type == "v":
-        x0 = a * x_t - s * model_output
-        eps = s * x_t + a * model_output
+        norm = alpha**2 + sigma**2
+        x0 = (alpha * x_t - sigma * model_output) / norm
+        eps = (sigma * x_t + alpha * model_output) / norm
     else:
         raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', 'x0']")
     return eps, x0
+
+
+def eps_x0_from_output(
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a model output into (eps, x0) given alpha_bar_t (B,): x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+    (Ho et al. 2020, Eq. 4)."""
+    abar = append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim)
+    return split_prediction(model_output, x_t, abar.sqrt(), (1 - abar).sqrt(), prediction_type)
 
 
 def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:

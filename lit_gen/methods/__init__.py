@@ -4,6 +4,9 @@ from lit_gen.methods.base import GenerativeModule, SampleOutput
 from lit_gen.methods.ddpm import DDPM
 from lit_gen.methods.flow import NormalizingFlow
 from lit_gen.methods.iddpm import ImprovedDDPM
+from lit_gen.methods.ncsn import NCSN
 from lit_gen.methods.noisy_classifier import NoisyClassifier
+from lit_gen.methods.score_sde import ScoreSDE
 
-__all__ = ["DDPM", "GenerativeModule", "ImprovedDDPM", "NoisyClassifier", "NormalizingFlow", "SampleOutput"]
+__all__ = ["DDPM", "NCSN", "GenerativeModule", "ImprovedDDPM", "NoisyClassifier", "NormalizingFlow", "SampleOutput",
+           "ScoreSDE"]

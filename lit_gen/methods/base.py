@@ -23,6 +23,7 @@ class SampleOutput:
     x: torch.Tensor  # (B, *data_shape) in data space ([-1, 1] for images)
     labels: torch.Tensor | None = None  # (B,) class labels for conditional models
     trajectory: list[torch.Tensor] = field(default_factory=list)  # snapshots (B, *data_shape) along sampling
+    nfe: int | None = None  # network evaluations per batch, for samplers that own the model calls
 
 
 @dataclass

@@ -30,6 +30,11 @@ TINY_NET = {
     "lit_gen.flows.Glow": {"num_levels": 2, "num_steps": 1, "hidden_channels": 4},
 }
 TINY_IMAGE_SIZE = {"DigitsDataModule": 8}
+# score methods: a 10-step SDE (NCSN keeps its 10 levels) and 2 Langevin steps per level
+SCORE_METHODS = {
+    "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-3", "--model.init_args.ode_atol=1e-3"],
+    "NCSN": ["--model.init_args.n_steps_each=2"],
+}
 
 
 def method_configs() -> list[str]:
@@ -46,7 +51,13 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
         args.append(f"--model.init_args.{key}.init_args.{arg}={value}")
     if "sampling_steps" in model:
         args.append("--model.init_args.sampling_steps=5")
-    args.append("--model.init_args.init_batch_size=8" if key == "flow" else "--model.init_args.num_timesteps=10")
+    method = cfg["model"]["class_path"]
+    if key == "flow":
+        args.append("--model.init_args.init_batch_size=8")
+    elif method in SCORE_METHODS:
+        args += SCORE_METHODS[method]
+    else:
+        args.append("--model.init_args.num_timesteps=10")
     data_class = cfg["data"]["class_path"]
     if data_class in TINY_IMAGE_SIZE:
         args.append(f"--data.init_args.image_size={TINY_IMAGE_SIZE[data_class]}")

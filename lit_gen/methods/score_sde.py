@@ -1,0 +1,230 @@
+"""Score SDEs (Song et al. 2021): a noise-predicting network trained by continuous-time denoising score matching
+on a VP, sub-VP or VE SDE, sampled by any solver of ``lit_gen.score`` and evaluated by the exact ODE likelihood."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import AttributeDict
+from torch import nn
+
+from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.ddpm import NetFactory
+from lit_gen.nets import UNet
+from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde, ode_bits_per_dim, ode_log_likelihood
+from lit_gen.score.options import SolverOptions, solver_from_options, solver_sample, time_grid
+from lit_gen.score.solvers import DETERMINISTIC, make_solver, solve
+from lit_gen.utils import randn
+
+
+class ScoreSDE(GenerativeModule):
+    """A score model on a forward SDE, trained with the weighted DSM loss of ``lit_gen.score.losses``.
+
+    The network predicts the noise, eps(x_t, (N - 1) t), and the score is -eps / sigma(t) (NCSNv2's output
+    scaling); ``lit_gen.score.ScoreModel`` turns it into whatever a sampler needs.
+
+    Args:
+        data_shape: shape of one sample, (C, H, W) or (D,); linked from the DataModule by the CLI.
+        num_classes: linked from the DataModule; the score network is unconditional.
+        net: the network, built as ``net(data_shape, 0, C)`` (``lit_gen.nets.UNet`` or ``MLPDenoiser``).
+        sde: ``vp``, ``subvp`` or ``ve`` (Song et al. 2021, Sec. 3.4).
+        beta_min: beta(0) of VP and sub-VP (0.1 in the paper).
+        beta_max: beta(1) of VP and sub-VP (20 in the paper).
+        sigma_min: smallest noise level of VE (0.01 in the paper).
+        sigma_max: largest noise level of VE: about the largest distance between two training points
+            (50 for CIFAR-10; NCSNv2, Technique 1).
+        num_scales: N, the discretisation of the SDE (the network sees (N - 1) t).
+        t_eps: the small-t cutoff of training and of the likelihood integral (1e-5 in the paper).
+        sampling_eps: the small-t cutoff of sampling (default 1e-3 for VP / sub-VP, 1e-5 for VE, as in the paper).
+        weighting: ``paper`` (lambda = sigma^2) or ``likelihood`` (lambda = g^2).
+        importance_sampling: with ``likelihood``, draw t ~ g^2 / sigma^2 instead of uniformly.
+        clip_denoised: clamp predicted x0 to [-1, 1] where a sampler uses it (images; off for 2-D data).
+        sampler: default sampler of sample grids and ``lit-gen sample`` (see ``SolverOptions``).
+        sampling_steps: default grid points (default N).
+        predictor: default predictor of ``pc``.
+        snr: default signal-to-noise ratio of the Langevin corrector (0.16 for VE, 0.01 for VP in the paper).
+        n_corrector: default corrector steps per grid point of ``pc``.
+        likelihood_trace: divergence of the test-time ODE likelihood: ``rademacher``, ``gaussian`` or ``exact``.
+        n_probes: Hutchinson probes averaged per divergence.
+        ode_rtol: RK45 relative tolerance of the likelihood.
+        ode_atol: RK45 absolute tolerance of the likelihood.
+        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+    """
+
+    SampleOptions = SolverOptions
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 16, 16),
+        num_classes: int = 0,
+        net: NetFactory = UNet,
+        sde: Literal["vp", "subvp", "ve"] = "vp",
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        num_scales: int = 1000,
+        t_eps: float = 1e-5,
+        sampling_eps: float | None = None,
+        weighting: Literal["paper", "likelihood"] = "paper",
+        importance_sampling: bool = False,
+        clip_denoised: bool = True,
+        sampler: str = "pc",
+        sampling_steps: int | None = None,
+        predictor: Literal["reverse_diffusion", "ancestral", "euler_maruyama"] = "reverse_diffusion",
+        snr: float = 0.16,
+        n_corrector: int = 1,
+        likelihood_trace: Literal["rademacher", "gaussian", "exact"] = "rademacher",
+        n_probes: int = 1,
+        ode_rtol: float = 1e-5,
+        ode_atol: float = 1e-5,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float = 0.9999,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, ema_decay, seed)
+        self.save_hyperparameters()
+        # the settings below, also when a subclass (NCSN) saves its own hyperparameters instead
+        self.settings = AttributeDict(
+            sde=sde, beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max,
+            num_scales=num_scales, t_eps=t_eps, sampling_eps=sampling_eps, weighting=weighting,
+            importance_sampling=importance_sampling, clip_denoised=clip_denoised, sampler=sampler,
+            sampling_steps=sampling_steps, predictor=predictor, snr=snr, n_corrector=n_corrector,
+            likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
+        )
+        if weighting not in ("paper", "likelihood"):
+            raise ValueError(f"weighting={weighting!r} is not supported; choose one of ['likelihood', 'paper']")
+        if importance_sampling and weighting != "likelihood":
+            raise ValueError("importance_sampling=True samples t for the likelihood weighting: set weighting='likelihood'")
+        self.data_shape = tuple(data_shape)
+        self.num_classes = 0
+        self.net = net(self.data_shape, 0, self.data_shape[0])
+        self.build_sde()
+        make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid
+        self.init_ema()
+
+    def build_sde(self) -> None:
+        """The SDE of the settings, for sampling (t_min = sampling_eps) and for training and the
+        likelihood (t_min = t_eps)."""
+        h = self.settings
+        self.sde = make_sde(h.sde, h.num_scales, h.sampling_eps, h.beta_min, h.beta_max, h.sigma_min, h.sigma_max)
+        self.likelihood_sde = copy.copy(self.sde)
+        if not 0 < h.t_eps < self.sde.T:
+            raise ValueError(f"t_eps={h.t_eps} must lie in (0, {self.sde.T})")
+        self.likelihood_sde.t_min = h.t_eps
+        self.importance = ImportanceTime(self.sde, h.t_eps) if h.importance_sampling else None
+
+    # --- training ------------------------------------------------------------------------------------
+    def sample_time(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """t (B,) float64 on [t_eps, T]: uniform, or importance-sampled for the likelihood weighting."""
+        if self.importance is not None:
+            return self.importance.sample(n, self.device, generator)
+        u = torch.rand(n, dtype=torch.float64, generator=generator, device=None if generator is None else generator.device)
+        return (self.settings.t_eps + (self.sde.T - self.settings.t_eps) * u).to(self.device)
+
+    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        t = self.sample_time(x0.shape[0], generator)
+        z = randn(x0.shape, generator, x0.device, x0.dtype)
+        mean, std = self.sde.marginal_prob(x0, t)
+        x_t = mean + std.reshape(-1, *[1] * (x0.ndim - 1)) * z
+        eps = net(x_t, self.sde.model_time(t).to(x0.dtype))
+        weight = self.importance.weight if self.importance is not None else None
+        return dsm_loss(eps, z, self.sde, t, self.settings.weighting, weight).mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(self.net, batch["x"])
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        with eval_mode(self.sampling_net) as net:
+            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """test/loss, and the exact likelihood by the probability-flow ODE: test/bpd on 8-bit images
+        (dequantised), test/nll in nats on continuous vectors, and test/nfe of the solve."""
+        generator = self.eval_generator(batch_idx)
+        with eval_mode(self.sampling_net) as net:
+            self.log("test/loss", self.loss(net, batch["x"], generator), sync_dist=True)
+            out = self.log_likelihood(batch["x"], generator, net)
+        name, value = ("bpd", out["bpd"]) if "bpd" in out else ("nll", -out["log_p"])
+        self.log(f"test/{name}", value.mean().float(), sync_dist=True, prog_bar=True)
+        self.log("test/nfe", float(out["nfe"]), sync_dist=True, prog_bar=True)
+
+    def score_model(self, net: nn.Module, sde=None) -> ScoreModel:
+        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps", clip_denoised=self.settings.clip_denoised)
+
+    def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
+        """The ODE likelihood of x (B, ...): ``bpd`` for 8-bit images, ``log_p`` (nats) for vectors, and ``nfe``."""
+        h = self.settings
+        model = self.score_model(net or self.sampling_net, self.likelihood_sde)
+        options = dict(trace=h.likelihood_trace, n_probes=h.n_probes, rtol=h.ode_rtol, atol=h.ode_atol)
+        if len(self.data_shape) == 3:
+            return ode_bits_per_dim(model, x, generator, **options)
+        return ode_log_likelihood(model, x, generator=generator, **options)
+
+    # --- sampling ------------------------------------------------------------------------------------
+    def sampling_defaults(self) -> dict:
+        h = self.settings
+        return {"sampler": h.sampler, "steps": h.sampling_steps or h.num_scales, "denoise": True,
+                "predictor": h.predictor, "snr": h.snr, "n_corrector": h.n_corrector}
+
+    @torch.no_grad()
+    def sample(
+        self,
+        num_samples: int,
+        generators: list[torch.Generator] | None = None,
+        labels: torch.Tensor | None = None,
+        progress: bool = False,
+        trajectory_points: int = 0,
+        latents: torch.Tensor | None = None,
+        inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
+        **options,
+    ) -> SampleOutput:
+        """Sample with the options of :class:`~lit_gen.score.options.SolverOptions` from x_T ~ prior (or
+        ``latents``); ``inpaint`` = (x_known, mask) fills in where mask is 0."""
+        self.check_options(options, self.sample_options, type(self).__name__)
+        if labels is not None:
+            raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional")
+        x_T = self.sde.prior_sampling((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
+        with eval_mode(self.sampling_net) as net:
+            model = self.score_model(net)
+            x, trajectory = solver_sample(model, options, self.sampling_defaults(), x_T, generators, progress,
+                                          trajectory_points, _to_device(inpaint, self.device))
+        return SampleOutput(x, None, trajectory, nfe=model.nfe)
+
+    def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
+        self.check_options(options, self.sample_options, type(self).__name__)
+        if labels is not None:
+            raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional")
+        solver_from_options(options, self.sampling_defaults())
+        time_grid(self.sde, options, self.sampling_defaults())
+
+    def deterministic_options(self, options: dict) -> dict:
+        """Encoding and decoding run the probability-flow ODE (default RK45) without the final denoising step."""
+        name = options.get("sampler") or "ode"
+        if name not in DETERMINISTIC:
+            raise ValueError(f"latent interpolation and inversion need an ODE sampler {sorted(DETERMINISTIC)}, got {name!r}")
+        return {**options, "sampler": name, "denoise": False}
+
+    @torch.no_grad()
+    def invert(self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False, **options) -> torch.Tensor:
+        """Encode x0 (at t_min) to the latent x_T by the probability-flow ODE, on the sampling grid run upwards."""
+        options = self.deterministic_options(options)
+        solver = solver_from_options(options, self.sampling_defaults())
+        times = time_grid(self.sde, options, self.sampling_defaults()).flip(0)
+        with eval_mode(self.sampling_net) as net:
+            return solve(self.score_model(net), solver, x0.to(self.device), times, denoise=False, progress=progress)[0]
+
+
+def _to_device(inpaint, device):
+    return None if inpaint is None else tuple(a.to(device) for a in inpaint)
