@@ -5,6 +5,7 @@ and reconstructs them (deterministic DDIM for diffusion models, exact for flows)
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import sys
 from pathlib import Path
@@ -46,6 +47,15 @@ def build_parser(method: type | None = None) -> ArgumentParser:
         "--invert", type=str | None, default=None,
         help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents (DDIM or the flow) and reconstruct.",
     )
+    parser.add_argument(
+        "--inpaint", type=str | None, default=None,
+        help="An npz of images (arr_0: uint8 N x H x W x C), cycled over the samples, to fill in where --mask is 0 "
+        "(score samplers: pc, em, ode, ...).",
+    )
+    parser.add_argument(
+        "--mask", type=str | None, default=None,
+        help="An npz (arr_0: H x W, H x W x C, N x H x W or N x H x W x C; nonzero = known pixel) for --inpaint.",
+    )
     if method is not None and method.sample_options:
         parser.add_class_arguments(method.SampleOptions, None, as_group=True)
     return parser
@@ -69,17 +79,22 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.interpolate is not None and cfg.invert is not None:
         raise ValueError("--interpolate and --invert are separate jobs; give one of them")
+    if (cfg.inpaint is None) != (cfg.mask is None):
+        raise ValueError("--inpaint and --mask go together: give both files")
+    if cfg.inpaint is not None and (cfg.interpolate is not None or cfg.invert is not None):
+        raise ValueError("--inpaint is a job of its own; give it without --interpolate or --invert")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model = load_module(cfg.ckpt_path, device, ema=cfg.ema)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
     model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
+    known = read_inpainting(model, cfg) if cfg.inpaint is not None else None
     output = Path(cfg.output)
     if cfg.interpolate is not None:
         x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate
     elif cfg.invert is not None:
         x, labels, nrow = invert_and_reconstruct(model, cfg, options, output), None, None
     else:
-        x, labels = draw(model, cfg, options)
+        x, labels = draw(model, cfg, options, known)
         nrow = None
     write_samples(output, x, labels, nrow)
     print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
@@ -92,15 +107,58 @@ def _labels(cfg, start: int, n: int) -> torch.Tensor | None:
     return torch.tensor([cfg.labels[(start + i) % len(cfg.labels)] for i in range(n)])
 
 
-def draw(model, cfg, options: dict) -> tuple[torch.Tensor, np.ndarray | None]:
-    xs, ys = [], []
+def _uint8_images(path: Path, flag: str, shape: tuple[int, ...]) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} file not found: {str(path)!r}")
+    images = np.load(path)["arr_0"]
+    expected = (*shape[1:], shape[0])
+    if images.dtype != np.uint8 or images.shape[1:] != expected:
+        raise ValueError(f"{flag} expects uint8 images of shape N x {expected}, got {images.dtype} {images.shape}")
+    return images
+
+
+def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_known (N, C, H, W) in [-1, 1], mask (N or 1, C, H, W) of 0/1) from --inpaint and --mask."""
+    if "inpaint" not in inspect.signature(model.sample).parameters:
+        raise ValueError(f"{type(model).__name__} cannot inpaint; --inpaint needs a score model or a diffusion model "
+                         "with a sampler of lit_gen.score")
+    c, h, w = model.data_shape
+    known = torch.from_numpy(_uint8_images(Path(cfg.inpaint), "--inpaint", model.data_shape)).permute(0, 3, 1, 2)
+    path = Path(cfg.mask)
+    if not path.is_file():
+        raise FileNotFoundError(f"--mask file not found: {str(path)!r}")
+    mask = np.load(path)["arr_0"]
+    shapes = {(h, w): (1, 1, h, w), (h, w, c): (1, h, w, c)}
+    if mask.shape in shapes:
+        mask = mask.reshape(shapes[mask.shape])
+    elif mask.ndim == 3 and mask.shape[1:] == (h, w):
+        mask = mask[..., None]
+    if mask.ndim != 4 or mask.shape[1:3] != (h, w) or mask.shape[3] not in (1, c):
+        raise ValueError(f"--mask must have shape H x W, H x W x C, N x H x W or N x H x W x C with H, W, C = {h, w, c}, "
+                         f"got {mask.shape}")
+    mask = torch.from_numpy(mask != 0).permute(0, 3, 1, 2).float().expand(-1, c, -1, -1)
+    return known.float() / 127.5 - 1, mask
+
+
+def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarray | None]:
+    xs, ys, nfe = [], [], []
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="batches", unit="batch"):
         n = min(cfg.batch_size, cfg.num_samples - start)
+        extra = {}
+        if known is not None:  # images and masks cycled over the samples
+            images, mask = known
+            idx = torch.arange(start, start + n)
+            extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
         out = model.sample(n, sample_generators(cfg.seed, start, n), labels=_labels(cfg, start, n), progress=True,
-                           **options)
+                           **extra, **options)
         xs.append(out.x.cpu())
         if out.labels is not None:
             ys.append(out.labels.cpu())
+        if out.nfe is not None:
+            nfe.append(out.nfe)
+    if nfe:
+        print(f"NFE (network evaluations per batch): {nfe[0]}" + (f" to {max(nfe)}" if max(nfe) != nfe[0] else ""),
+              file=sys.stderr)
     return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None)
 
 
@@ -122,23 +180,20 @@ def interpolate(model, cfg, options: dict) -> torch.Tensor:
     return _decode(model, slerp_grid(corners, n), cfg, model.deterministic_options(options))
 
 
+INVERT_OPTIONS = ("steps", "spacing", "sampler", "rtol", "atol", "order")  # what an encoder may take
+
+
 def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Tensor:
     """Invert the images of ``--invert`` to latents (written to latents.npz) and decode them again;
     returns originals and reconstructions interleaved row by row."""
     if not hasattr(model, "invert"):
         raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion model or a flow")
-    path = Path(cfg.invert)
-    if not path.is_file():
-        raise FileNotFoundError(f"--invert file not found: {str(path)!r}")
-    images = np.load(path)["arr_0"]
-    expected = (*model.data_shape[1:], model.data_shape[0])
-    if images.dtype != np.uint8 or images.shape[1:] != expected:
-        raise ValueError(f"--invert expects uint8 images of shape N x {expected}, got {images.dtype} {images.shape}")
+    images = _uint8_images(Path(cfg.invert), "--invert", model.data_shape)
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
     options = model.deterministic_options(options)
     latents = torch.cat([
         model.invert(x0[s : s + cfg.batch_size], labels=_labels(cfg, 0, len(x0[s : s + cfg.batch_size])),
-                     progress=True, **{k: v for k, v in options.items() if k in ("steps", "spacing")}).cpu()
+                     progress=True, **{k: v for k, v in options.items() if k in INVERT_OPTIONS}).cpu()
         for s in range(0, len(x0), cfg.batch_size)
     ])
     save_npz(output / "latents.npz", latents.numpy().astype(np.float32))

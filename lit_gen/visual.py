@@ -45,6 +45,25 @@ def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, 
     return fig
 
 
+def quiver_figure(points: torch.Tensor, vectors: torch.Tensor, reference: torch.Tensor | None = None, title: str = "",
+                  limit: float = 5.0):
+    """A matplotlib quiver plot of a 2-D vector field (a score field) at ``points`` (N, 2), over reference data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        ref = reference.detach().float().cpu()
+        ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgray")
+    pts, vec = points.detach().float().cpu(), vectors.detach().float().cpu()
+    ax.quiver(pts[:, 0], pts[:, 1], vec[:, 0], vec[:, 1], color="tab:red", angles="xy")
+    ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title)
+    fig.tight_layout()
+    return fig
+
+
 def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: str = ""):
     """Side-by-side heatmaps of 2-D densities, each an (N, N) array of p on the grid
     [-limit, limit]^2 (rows: y, columns: x), e.g. data histogram, model density, true density."""

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.utils import sample_generators
-from lit_gen.visual import figure_to_array, image_grid, save_png, scatter_figure
+from lit_gen.visual import figure_to_array, image_grid, quiver_figure, save_png, scatter_figure
 
 
 class SampleGrid(EveryNSteps):
@@ -65,10 +65,16 @@ class SampleGrid(EveryNSteps):
             gens = sample_generators(self.seed, 0, n)
             points = self.trajectory_points if self.trajectory_samples and not suffix else 0
             out = pl_module.sample(n, gens, labels=labels, trajectory_points=points, **self.sample_options, **extra)
-            self._write(trainer, out, log_dir, suffix, per_row)
+            field = None
+            if out.x.ndim == 2 and not suffix and hasattr(pl_module, "score_field"):  # every rank: same forwards
+                grid = torch.linspace(-4.5, 4.5, 21, device=pl_module.device)
+                xy = torch.cartesian_prod(grid, grid)  # (441, 2)
+                field = (xy, *pl_module.score_field(xy))
+            self._write(trainer, out, log_dir, suffix, per_row, field)
 
     @rank_zero_only
-    def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "", nrow: int | None = None) -> None:
+    def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "", nrow: int | None = None,
+               field=None) -> None:
         step = trainer.global_step
         experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
         log_image = experiment is not None and hasattr(experiment, "add_image")
@@ -78,6 +84,10 @@ class SampleGrid(EveryNSteps):
             image = figure_to_array(scatter_figure(out.x, reference, title=title))
             if log_image:
                 experiment.add_image(f"samples/scatter{suffix}", image, step, dataformats="HWC")
+                if field is not None:  # a score model: its score field at small t
+                    points, vectors, t = field
+                    quiver = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
+                    experiment.add_image("samples/score_field", figure_to_array(quiver), step, dataformats="HWC")
         else:
             grid = image_grid(out.x, nrow)
             if log_image:

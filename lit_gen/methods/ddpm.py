@@ -12,6 +12,7 @@ from torch import nn
 
 from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import (
+    SAMPLERS,
     ClassifierGuidance,
     GaussianDiffusion,
     GuidedDenoiser,
@@ -25,6 +26,8 @@ from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
 from lit_gen.methods.noisy_classifier import NoisyClassifier
 from lit_gen.nets import UNet
+from lit_gen.score import SOLVERS, DiscreteVPSDE, ScoreModel
+from lit_gen.score.options import SolverOptions, solver_from_options, solver_sample, time_grid
 from lit_gen.utils import randn
 
 # A network class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the rest.
@@ -66,11 +69,13 @@ class DDPM(GenerativeModule):
     """
 
     @dataclass
-    class SampleOptions:
+    class SampleOptions(SolverOptions):
         """Sampling options of the diffusion models; None means the model's default.
 
         Args:
-            sampler: ``ddpm`` (ancestral, respaced with ``steps``) or ``ddim``.
+            sampler: ``ddpm`` (ancestral, respaced with ``steps``) or ``ddim``, or any sampler of
+                ``lit_gen.score`` on the model's VP process (``pc``, ``em``, ``ancestral``, ``euler``, ``heun``,
+                ``ode``, ``dpmpp2m``, ...; their options are listed there).
             steps: sampling steps, a subsequence of the T training steps (default: the model's).
             eta: DDIM noise scale: 0 deterministic, 1 the DDPM posterior variance.
             spacing: how the steps are spread: ``linear`` or ``quadratic``.
@@ -210,27 +215,74 @@ class DDPM(GenerativeModule):
         progress: bool = False,
         trajectory_points: int = 0,
         latents: torch.Tensor | None = None,
+        inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
         **options,
     ) -> SampleOutput:
         """Sample with the options of :class:`SampleOptions` (sampler, steps, guidance, ...), from ``latents``
         x_T when given (e.g. from :meth:`invert` or an interpolation). ``labels`` (B,) are the requested classes
-        of a conditional or classifier-guided model (default: balanced over the classes)."""
-        sampler = self.make_sampler(options)
+        of a conditional or classifier-guided model (default: balanced over the classes); ``inpaint`` =
+        (x_known, mask) fills in where mask is 0 (samplers of lit_gen.score)."""
         x_T = randn((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
+        if self.uses_solver(options):  # a sampler of lit_gen.score on the model's VP process
+            with eval_mode(self.sampling_net) as net:
+                model, classes = self.score_model(net, num_samples, labels, options)
+                x, trajectory = solver_sample(model, options, self.solver_defaults(), x_T, generators, progress,
+                                              trajectory_points, _to_device(inpaint, self.device))
+            return SampleOutput(x, classes, trajectory, nfe=model.nfe)
+        if inpaint is not None:
+            raise ValueError("inpainting runs on the samplers of lit_gen.score (pc, em, ancestral, euler, heun, ode, "
+                             f"dpmpp2m); {options.get('sampler') or self.hparams.sampler!r} does not support it")
+        sampler = self.make_sampler(options)
         with eval_mode(self.sampling_net) as net:
-            denoiser, classes = self.guided_denoiser(net, sampler, num_samples, labels, options)
+            denoiser, classes, _ = self.guided_denoiser(net, sampler, num_samples, labels, options)
             x, trajectory = sample_loop(denoiser, sampler, x_T, generators, progress, trajectory_points)
-        return SampleOutput(x, classes, trajectory)
+        return SampleOutput(x, classes, trajectory, nfe=len(sampler.timesteps))  # one (batched) call per step
 
     def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
         """Build the sampler and the guided model function (loading and checking a classifier) without sampling."""
-        self.guided_denoiser(self.sampling_net, self.make_sampler(options), 1 if labels is None else len(labels),
-                             labels, options)
+        n = 1 if labels is None else len(labels)
+        if self.uses_solver(options):
+            self.score_model(self.sampling_net, n, labels, options)
+            solver_from_options(options, self.solver_defaults())
+            time_grid(self.score_sde, options, self.solver_defaults())
+            return
+        self.guided_denoiser(self.sampling_net, self.make_sampler(options), n, labels, options)
+
+    # --- the samplers of lit_gen.score on the model's VP process --------------------------------------
+    def uses_solver(self, options: dict) -> bool:
+        self.check_options(options, self.sample_options, type(self).__name__)
+        name = options.get("sampler") or self.hparams.sampler
+        if name not in SOLVERS and name not in SAMPLERS:
+            raise ValueError(f"sampler {name!r} is not supported; choose one of {sorted(SAMPLERS) + sorted(SOLVERS)}")
+        return name in SOLVERS
+
+    @property
+    def score_sde(self) -> DiscreteVPSDE:
+        """The VP SDE of this model's alpha_bar (steps at t = (n + 1) / T)."""
+        return DiscreteVPSDE(self.diffusion.alpha_bar)
+
+    def solver_defaults(self) -> dict:
+        return {"sampler": self.hparams.sampler, "steps": self.hparams.sampling_steps or self.diffusion.num_timesteps,
+                "denoise": True}
+
+    def score_model(self, net: nn.Module, num_samples: int, labels: torch.Tensor | None, options: dict):
+        """The model function for a sampler of lit_gen.score: classifier-free guidance inside, classifier guidance
+        added to the score (Song et al. 2021, Eq. 14); returns it and the requested labels."""
+        name = options.get("sampler")
+        for key in ("eta", "guidance_rescale"):
+            if options.get(key):
+                raise ValueError(f"{key}={options[key]} works with the ddpm and ddim samplers, not {name!r}")
+        denoiser, classes, guidance = self.guided_denoiser(net, None, num_samples, labels, options)
+        gradient = None if guidance is None else guidance.gradient
+        model = ScoreModel(denoiser, self.score_sde, self.prediction_type, self.variance == "learned",
+                           self.hparams.clip_denoised, gradient)
+        return model, classes
 
     def guided_denoiser(self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None,
-                        options: dict) -> tuple[GuidedDenoiser, torch.Tensor | None]:
-        """The model function of ``net`` with the guidance that ``options`` ask for, and the requested labels
-        (None for an unguided unconditional model)."""
+                        options: dict) -> tuple[GuidedDenoiser, torch.Tensor | None, ClassifierGuidance | None]:
+        """The model function of ``net`` with the guidance that ``options`` ask for, the requested labels (None for
+        an unguided unconditional model), and the classifier guidance. ``sampler`` None: a sampler of
+        lit_gen.score, which adds the classifier's gradient to the score itself (it is not in the denoiser)."""
         scale = options.get("guidance_scale")
         scale = self.hparams.guidance_scale if scale is None else scale
         cfg = {k: options.get(k) for k in ("guidance_interval", "guidance_rescale") if options.get(k) is not None}
@@ -244,7 +296,11 @@ class DDPM(GenerativeModule):
         form = options.get("classifier_form") or "auto"
         if form not in ("auto", "mean", "eps"):
             raise ValueError(f"classifier_form={form!r} is not supported; choose one of ['auto', 'eps', 'mean']")
-        if form == "auto":
+        if sampler is None:
+            if form == "mean":
+                raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm'; {options.get('sampler')!r} "
+                                 "adds the classifier's gradient to the score")
+        elif form == "auto":
             form = "mean" if sampler.has_mean else "eps"
         elif form == "mean" and not sampler.has_mean:
             raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm', not {type(sampler).__name__}")
@@ -255,9 +311,10 @@ class DDPM(GenerativeModule):
         denoiser = GuidedDenoiser(
             net, self.diffusion, self.prediction_type, self.variance == "learned",
             classes if self.num_classes else None, self.num_classes, scale, options.get("guidance_interval"),
-            options.get("guidance_rescale") or 0.0, guidance, form,
+            options.get("guidance_rescale") or 0.0, guidance if sampler is not None else None,
+            form if sampler is not None else "eps",
         )
-        return denoiser, classes
+        return denoiser, classes, guidance
 
     def _classifier(self, options: dict) -> NoisyClassifier | None:
         """The frozen classifier of ``classifier_ckpt``, loaded once, checked against this model."""
@@ -321,3 +378,7 @@ class DDPM(GenerativeModule):
         labels = self._labels(x0.shape[0], labels)
         with eval_mode(self.sampling_net) as net:
             return invert_loop(lambda x_t, t: net(x_t, t, labels), sampler, x0.to(self.device), progress)
+
+
+def _to_device(inpaint, device):
+    return None if inpaint is None else tuple(a.to(device) for a in inpaint)

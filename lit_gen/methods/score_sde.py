@@ -202,6 +202,15 @@ class ScoreSDE(GenerativeModule):
                                           trajectory_points, _to_device(inpaint, self.device))
         return SampleOutput(x, None, trajectory, nfe=model.nfe)
 
+    @torch.no_grad()
+    def score_field(self, x: torch.Tensor, t: float | None = None) -> tuple[torch.Tensor, float]:
+        """The EMA network's score at points x (N, *data_shape) and time t (default: 0.1 of the way up from t_min,
+        where the field still shows every mode), and t."""
+        t = self.sde.t_min + 0.1 * (self.sde.T - self.sde.t_min) if t is None else t
+        with eval_mode(self.sampling_net) as net:
+            tb = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
+            return self.score_model(net).score(x, tb), t
+
     def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
         self.check_options(options, self.sample_options, type(self).__name__)
         if labels is not None:

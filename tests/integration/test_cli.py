@@ -186,7 +186,11 @@ def test_sample_errors(tmp_path, capsys):
     ckpt = str(run / "checkpoints" / "last.ckpt")
     for args, expected in [
         (["--ckpt_path", str(tmp_path / "nope.ckpt")], "nope.ckpt"),
-        (["--ckpt_path", ckpt, "--sampler", "euler"], "euler"),
+        (["--ckpt_path", ckpt, "--sampler", "bogus"], "bogus"),
+        (["--ckpt_path", ckpt, "--sampler", "ode", "--snr", "0.1"], "snr=0.1 is an option of the ['pc'] sampler(s); 'ode' does not take it"),
+        (["--ckpt_path", ckpt, "--sampler", "pc", "--eta", "0.5"], "eta"),
+        (["--ckpt_path", ckpt, "--sampler", "heun", "--steps", "1"], "steps=1"),
+        (["--ckpt_path", ckpt, "--inpaint", str(tmp_path / "x.npz")], "--inpaint and --mask"),
         (["--ckpt_path", ckpt, "--steps", "5000"], "5000"),
         (["--ckpt_path", ckpt, "--sampler", "ddpm", "--eta", "0.5"], "eta"),
     ]:
