@@ -23,7 +23,8 @@ class SolverOptions:
             ``ode`` (adaptive RK45) or ``dpmpp2m`` (DPM-Solver++(2M)).
         steps: points of the time grid from T down to t_min (the NFE of each sampler is in
             ``lit_gen.score.solvers``; ``ode`` steps adaptively between them).
-        spacing: the grid: ``linear`` or ``quadratic`` (denser near t_min) in t.
+        spacing: the grid: ``linear`` or ``quadratic`` (denser near t_min) in t, or ``logsnr`` (uniform in
+            log(alpha / sigma); the default of ``dpmpp2m``).
         denoise: end with the Tweedie denoising step x0 = E[x0 | x_{t_min}] (one more network call).
         predictor: the predictor of ``pc``: ``reverse_diffusion``, ``ancestral`` or ``euler_maruyama``.
         snr: signal-to-noise ratio of the Langevin corrector of ``pc``.
@@ -67,7 +68,7 @@ def time_grid(sde, options: dict, defaults: dict) -> torch.Tensor:
     """The grid of ``options`` (``steps``, ``spacing``); the adaptive ``ode`` defaults to the two end points."""
     name = options.get("sampler") or defaults["sampler"]
     steps = options.get("steps") or (2 if name == "ode" else defaults["steps"])
-    return sde.time_grid(steps, options.get("spacing") or "linear")
+    return sde.time_grid(steps, options.get("spacing") or ("logsnr" if name == "dpmpp2m" else "linear"))
 
 
 def solver_sample(

@@ -94,15 +94,34 @@ class SDE:
         return drift - append_dims(g**2 * (0.5 if probability_flow else 1.0), x.ndim) * score
 
     def time_grid(self, steps: int, spacing: str = "linear") -> torch.Tensor:
-        """``steps`` times (float64) from T down to t_min: ``linear`` in t, or ``quadratic`` (denser near t_min)."""
+        """``steps`` times (float64) from T down to t_min: ``linear`` in t, ``quadratic`` (denser near t_min), or
+        ``logsnr``: uniform in lambda = log(alpha / sigma), DPM-Solver's choice (Lu et al. 2022, Sec. 3.3)."""
         if steps < 2:
             raise ValueError(f"steps={steps} must be >= 2 (the grid runs from T down to t_min)")
         u = torch.linspace(1, 0, steps, dtype=torch.float64)
+        if spacing == "logsnr":
+            return self._times_of_log_snr(u)
         if spacing == "quadratic":
             u = u**2
         elif spacing != "linear":
-            raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'quadratic']")
+            raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'logsnr', 'quadratic']")
         return self.t_min + (self.T - self.t_min) * u
+
+    def _times_of_log_snr(self, u: torch.Tensor) -> torch.Tensor:
+        """Times whose lambda is spread uniformly, u = 1 at lambda(T) down to u = 0 at lambda(t_min), by bisection
+        (lambda decreases in t)."""
+        lo_t, hi_t = torch.tensor(self.t_min, dtype=torch.float64), torch.tensor(self.T, dtype=torch.float64)
+        if self.t_min == 0:
+            lo_t = torch.tensor(1e-12, dtype=torch.float64)
+        lam = self.log_snr(hi_t) + (1 - u) * (self.log_snr(lo_t) - self.log_snr(hi_t))  # targets
+        lo, hi = torch.full_like(u, float(lo_t)), torch.full_like(u, float(hi_t))
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            above = self.log_snr(mid) > lam  # mid is too early
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        t = (lo + hi) / 2
+        t[0], t[-1] = self.T, self.t_min
+        return t
 
     def langevin_alpha(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_i of the Langevin corrector's step size (Song et al. 2021, Algorithm 5): 1 here."""
@@ -271,9 +290,12 @@ class DiscreteVPSDE(SDE):
         return self.N * _time(t) - 1
 
     def time_grid(self, steps: int, spacing: str = "linear") -> torch.Tensor:
-        """The DDIM / respaced-DDPM steps of :func:`~lit_gen.diffusion.samplers.timestep_subsequence`, as times."""
+        """The DDIM / respaced-DDPM steps of :func:`~lit_gen.diffusion.samplers.timestep_subsequence` as times
+        (``linear``, ``quadratic``), or uniform in log-SNR between them (``logsnr``, fractional steps)."""
         from lit_gen.diffusion.samplers import timestep_subsequence
 
+        if spacing == "logsnr":
+            return super().time_grid(steps, spacing)
         if steps < 2:
             raise ValueError(f"steps={steps} must be >= 2 (the grid runs from T down to t_min)")
         return (timestep_subsequence(self.N, steps, spacing).double() + 1) / self.N
@@ -291,7 +313,7 @@ def sigma_max_from_data(x: torch.Tensor, max_points: int = 2000, generator: torc
     x = x.flatten(1).double()
     if len(x) > max_points:
         x = x[torch.randperm(len(x), generator=generator)[:max_points]]
-    return float(torch.cdist(x, x).max())
+    return float(torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist").max())
 
 
 def make_sde(name: str, num_scales: int = 1000, t_min: float | None = None, beta_min: float = 0.1,

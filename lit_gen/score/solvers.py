@@ -106,7 +106,11 @@ def langevin_step(model: ScoreModel, x: torch.Tensor, tb: torch.Tensor, step_siz
 
 class LangevinCorrector(Solver):
     """Langevin MCMC at fixed t with the step size set by a signal-to-noise ratio (Song et al. 2021,
-    Algorithm 5): step = 2 alpha_i (snr ||z|| / ||score||)^2, per sample.
+    Algorithm 5): step = 2 alpha_i (snr ||z|| / ||score||)^2.
+
+    The norms are averaged over the batch, as in score_sde: per-sample norms give an unbounded step to a sample
+    that sits at a mode (||score|| ~ 0), which in low dimension blows the chain up. PC samples therefore depend
+    on the other samples of their batch (the other samplers' do not).
 
     Args:
         snr: the target signal-to-noise ratio r (0.16 for VE on CIFAR-10, 0.01 for VP in the paper).
@@ -122,12 +126,12 @@ class LangevinCorrector(Solver):
 
     def correct(self, model, x, t, generator):
         tb = _at(t, x)
-        alpha = model.sde.langevin_alpha(tb).to(x.device)
+        alpha = model.sde.langevin_alpha(tb).to(device=x.device, dtype=x.dtype)
         for _ in range(self.n_corrector):
             grad = model.score(x, tb)
             z = randn(x.shape, generator, x.device, x.dtype)
-            ratio = z.flatten(1).norm(dim=1) / grad.flatten(1).norm(dim=1).clamp(min=1e-12)
-            step = 2 * alpha.to(x.dtype) * (self.snr * ratio) ** 2  # (B,)
+            ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean().clamp(min=1e-12)
+            step = 2 * alpha * (self.snr * ratio) ** 2  # (B,)
             x = x + _dims(step, x) * grad + _dims((2 * step).sqrt(), x) * z
         return x
 
