@@ -128,7 +128,7 @@ def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"--mask file not found: {str(path)!r}")
     mask = np.load(path)["arr_0"]
-    shapes = {(h, w): (1, 1, h, w), (h, w, c): (1, h, w, c)}
+    shapes = {(h, w): (1, h, w, 1), (h, w, c): (1, h, w, c)}
     if mask.shape in shapes:
         mask = mask.reshape(shapes[mask.shape])
     elif mask.ndim == 3 and mask.shape[1:] == (h, w):

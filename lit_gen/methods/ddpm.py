@@ -243,7 +243,7 @@ class DDPM(GenerativeModule):
         n = 1 if labels is None else len(labels)
         if self.uses_solver(options):
             self.score_model(self.sampling_net, n, labels, options)
-            solver_from_options(options, self.solver_defaults())
+            solver_from_options(options, self.solver_defaults(), self.score_sde)
             time_grid(self.score_sde, options, self.solver_defaults())
             return
         self.guided_denoiser(self.sampling_net, self.make_sampler(options), n, labels, options)

@@ -215,7 +215,7 @@ class ScoreSDE(GenerativeModule):
         self.check_options(options, self.sample_options, type(self).__name__)
         if labels is not None:
             raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional")
-        solver_from_options(options, self.sampling_defaults())
+        solver_from_options(options, self.sampling_defaults(), self.sde)
         time_grid(self.sde, options, self.sampling_defaults())
 
     def deterministic_options(self, options: dict) -> dict:

@@ -70,17 +70,18 @@ def ode_log_likelihood(
 
     if n_probes < 1:
         raise ValueError(f"n_probes={n_probes} must be >= 1")
-    vs = None if trace == "exact" else probes(tuple(x.shape), trace, n_probes, generator, x.device, x.dtype)
+    with torch.inference_mode(False):
+        vs = None if trace == "exact" else probes(tuple(x.shape), trace, n_probes, generator, x.device, x.dtype)
     nfe_before = model.nfe
 
     def dynamics(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
-        y = state[0]
-        with torch.enable_grad():
-            y = y.detach().requires_grad_(True)
+        # autograd inside Lightning's test loop, which runs in inference mode: work on a normal copy
+        with torch.inference_mode(False), torch.enable_grad():
+            y = state[0].detach().clone().requires_grad_(True)
             tb = torch.full((y.shape[0],), float(t), dtype=torch.float64, device=y.device)
             d = model.ode_drift(y, tb)
             div = divergence(d, y, vs)
-        return d.detach(), div.detach()
+            return d.detach(), div.detach()
 
     sde = model.sde
     span = torch.tensor([sde.t_min, sde.T], dtype=torch.float64, device=x.device)

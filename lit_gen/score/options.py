@@ -53,15 +53,18 @@ class SolverOptions:
 SOLVER_KEYS = ("predictor", "snr", "n_corrector", "step_lr", "n_steps_each", "rtol", "atol", "order")
 
 
-def solver_from_options(options: dict, defaults: dict):
+def solver_from_options(options: dict, defaults: dict, sde=None):
     """The sampler named in ``options`` (else ``defaults``) with its options: those given are checked against
-    what it takes; ``defaults`` fill in only the ones it takes."""
+    what it takes; ``defaults`` fill in only the ones it takes. With ``sde``, also checked against the process."""
     name = options.get("sampler") or defaults["sampler"]
     given = {k: options[k] for k in SOLVER_KEYS if options.get(k) is not None}
     solver = make_solver(name, **given)  # raises for an option the sampler does not take
     takes = solver_options(name)
     filled = {k: v for k, v in defaults.items() if k in takes and k not in given and v is not None}
-    return make_solver(name, **given, **filled) if filled else solver
+    solver = make_solver(name, **given, **filled) if filled else solver
+    if sde is not None:
+        solver.check(sde)
+    return solver
 
 
 def time_grid(sde, options: dict, defaults: dict) -> torch.Tensor:

@@ -41,6 +41,9 @@ def _dims(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 class Solver:
     """Base of the samplers of :func:`solve`."""
 
+    def check(self, sde) -> None:
+        """Raise a one-line ValueError if this sampler cannot run on ``sde`` (called before any sampling)."""
+
     def reset(self, times: torch.Tensor) -> None:
         """Called before a solve with its grid (K,) (multistep solvers clear their history here)."""
 
@@ -177,18 +180,14 @@ class AnnealedLangevin(Solver):
 
     def reset(self, times):
         self._t_last = float(times[-1])
-        self._checked = False
 
-    def _check(self, sde) -> None:
+    def check(self, sde) -> None:
         # the step sizes a_i ~ sigma_i^2 assume x_t = x0 + sigma z; on VP / sub-VP they blow up or stall
         if not torch.allclose(sde.alpha(torch.tensor([0.5, 1.0], dtype=torch.float64)), torch.ones(2, dtype=torch.float64)):
             raise ValueError(f"annealed Langevin ('langevin') is NCSN's sampler for a variance-exploding process; "
                              f"{sde!r} is not one: use 'pc' (Langevin corrector with snr) or another sampler")
-        self._checked = True
 
     def step(self, model, x, t, t_next, generator):
-        if not self._checked:
-            self._check(model.sde)
         tb = _at(t, x)
         sigma, sigma_last = model.sde.sigma(tb), model.sde.sigma(_at(self._t_last, x))
         a = self.step_lr * sigma**2 / sigma_last**2  # (B,)
@@ -338,6 +337,7 @@ def solve(
     times = torch.as_tensor(times, dtype=torch.float64)
     num = len(times)
     keep = set(torch.linspace(0, num - 1, trajectory_points).round().long().tolist()) if trajectory_points else set()
+    solver.check(model.sde)
     solver.reset(times)
     x, trajectory = x_T, []
     for i in tqdm(range(num), desc="sampling", disable=not progress, leave=False):

@@ -64,6 +64,8 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
         assert Image.open(grids[-1]).height == rows * (size + 1) + 1
     assert scalars & {"val/loss", "val/bpd", "val/nll"}
     assert any(tag.startswith("samples/") for tag in images)
+    if config.startswith(("sde/", "ncsn/")):  # the score field of 2-D score models as a quiver plot
+        assert ("samples/score_field" in images) == config.endswith("toy2d.yaml"), images
     if config.startswith("flows/"):  # grids at every configured temperature; density heatmaps for 2-D data
         assert any(tag.startswith("samples/") and "_T0.5" in tag for tag in images), images
         assert ("density/heatmap" in images) == config.endswith("toy2d.yaml")
@@ -96,6 +98,9 @@ def _state(path: Path) -> dict:
         # condition dropout draws from the per-step seed
         ("cfg/digits.yaml", []),
         ("classifier/digits.yaml", []),
+        # continuous t and importance-sampled t draw from the per-step seed; NCSN measures sigma_1 again
+        ("sde/subvp_digits.yaml", []),
+        ("ncsn/digits.yaml", []),
     ],
 )
 def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
