@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import (
     SAMPLERS,
     ClassifierGuidance,
@@ -24,7 +23,7 @@ from lit_gen.diffusion import (
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
-from lit_gen.methods.noisy_classifier import NoisyClassifier
+from lit_gen.methods.noisy_classifier import ClassifierGuided
 from lit_gen.nets import UNet
 from lit_gen.score import SOLVERS, DiscreteVPSDE, ScoreModel
 from lit_gen.score.options import SolverOptions, solver_from_options, solver_sample, time_grid
@@ -34,7 +33,7 @@ from lit_gen.utils import randn
 NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
 
 
-class DDPM(GenerativeModule):
+class DDPM(ClassifierGuided, GenerativeModule):
     """Denoising diffusion probabilistic model trained with L_simple (Ho et al. 2020, Eq. 14), or with the
     hybrid or bound objectives and learned variance of Nichol & Dhariwal 2021 (see :class:`ImprovedDDPM`).
 
@@ -150,7 +149,6 @@ class DDPM(GenerativeModule):
         self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
         self.timesteps = (LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps)(num_timesteps)
         self.init_ema()
-        self._classifiers: dict[str, NoisyClassifier] = {}  # loaded for guidance, never saved with this model
 
     def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
         """The terms of :func:`~lit_gen.diffusion.losses.diffusion_loss_terms` at t drawn by the timestep
@@ -316,21 +314,8 @@ class DDPM(GenerativeModule):
         )
         return denoiser, classes, guidance
 
-    def _classifier(self, options: dict) -> NoisyClassifier | None:
-        """The frozen classifier of ``classifier_ckpt``, loaded once, checked against this model."""
-        path = options.get("classifier_ckpt")
-        if path is None:
-            if options.get("classifier_scale") is not None or options.get("classifier_form") not in (None, "auto"):
-                raise ValueError("classifier_scale and classifier_form need a classifier: give classifier_ckpt")
-            return None
-        if path not in self._classifiers:
-            classifier = load_frozen(path, self.device, NoisyClassifier)
-            classifier.check_process(self.diffusion, path)
-            if self.num_classes and classifier.num_classes != self.num_classes:
-                raise ValueError(f"classifier {path} has {classifier.num_classes} classes, the model "
-                                 f"{self.num_classes}")
-            self._classifiers[path] = classifier
-        return self._classifiers[path]
+    def classifier_process(self) -> GaussianDiffusion:
+        return self.diffusion
 
     def make_sampler(self, options: dict):
         """The sampler named in ``options`` (default: the config's), with its steps set."""
@@ -351,23 +336,6 @@ class DDPM(GenerativeModule):
         if options.get("sampler", "ddim") != "ddim" or options.get("eta", 0.0) != 0.0:
             raise ValueError(f"latent interpolation and inversion need --sampler ddim --eta 0, got {options}")
         return {**options, "sampler": "ddim", "eta": 0.0}
-
-    def _labels(self, num_samples: int, labels: torch.Tensor | None, num_classes: int | None = None):
-        """Requested labels (B,) on the device, balanced over the classes by default; None without classes."""
-        num_classes = self.num_classes if num_classes is None else num_classes
-        if not num_classes:
-            if labels is not None:
-                raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional; train it "
-                                 "with class_conditional: true, or guide it with a classifier (classifier_ckpt)")
-            return None
-        if labels is None:
-            labels = torch.arange(num_samples) % num_classes
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        bad = labels[(labels < 0) | (labels >= num_classes)]
-        if len(bad):
-            raise ValueError(f"label {bad[0].item()} is out of range: the model has {num_classes} classes "
-                             f"(0 to {num_classes - 1})")
-        return labels.to(self.device)
 
     @torch.no_grad()
     def invert(

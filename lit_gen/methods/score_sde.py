@@ -12,16 +12,32 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import AttributeDict
 from torch import nn
 
+from lit_gen.diffusion import ClassifierGuidance, GaussianDiffusion
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
 from lit_gen.methods.ddpm import NetFactory
+from lit_gen.methods.noisy_classifier import ClassifierGuided
 from lit_gen.nets import UNet
 from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde, ode_bits_per_dim, ode_log_likelihood
 from lit_gen.score.options import SolverOptions, solver_from_options, solver_sample, time_grid
 from lit_gen.score.solvers import DETERMINISTIC, make_solver, solve
-from lit_gen.utils import randn
+from lit_gen.utils import append_dims, randn
 
 
-class ScoreSDE(GenerativeModule):
+@dataclass
+class ScoreSampleOptions(SolverOptions):
+    """Sampling options of the score models (see :class:`~lit_gen.score.options.SolverOptions`), and:
+
+    Args:
+        classifier_ckpt: a NoisyClassifier checkpoint of the DDPM process with this VP model's betas; its
+            gradient s grad log p(y | x_t) is added to the score (Song et al. 2021, Eq. 14).
+        classifier_scale: s (default 1 with a classifier).
+    """
+
+    classifier_ckpt: str | None = None
+    classifier_scale: float | None = None
+
+
+class ScoreSDE(ClassifierGuided, GenerativeModule):
     """A score model on a forward SDE, trained with the weighted DSM loss of ``lit_gen.score.losses``.
 
     The network predicts the noise, eps(x_t, (N - 1) t), and the score is -eps / sigma(t) (NCSNv2's output
@@ -58,7 +74,7 @@ class ScoreSDE(GenerativeModule):
         seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
     """
 
-    SampleOptions = SolverOptions
+    SampleOptions = ScoreSampleOptions
 
     def __init__(
         self,
@@ -134,7 +150,7 @@ class ScoreSDE(GenerativeModule):
         t = self.sample_time(x0.shape[0], generator)
         z = randn(x0.shape, generator, x0.device, x0.dtype)
         mean, std = self.sde.marginal_prob(x0, t)
-        x_t = mean + std.reshape(-1, *[1] * (x0.ndim - 1)) * z
+        x_t = mean + append_dims(std, x0.ndim) * z
         eps = net(x_t, self.sde.model_time(t).to(x0.dtype))
         weight = self.importance.weight if self.importance is not None else None
         return dsm_loss(eps, z, self.sde, t, self.settings.weighting, weight).mean()
@@ -160,8 +176,27 @@ class ScoreSDE(GenerativeModule):
         self.log(f"test/{name}", value.mean().float(), sync_dist=True, prog_bar=True)
         self.log("test/nfe", float(out["nfe"]), sync_dist=True, prog_bar=True)
 
-    def score_model(self, net: nn.Module, sde=None) -> ScoreModel:
-        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps", clip_denoised=self.settings.clip_denoised)
+    def score_model(self, net: nn.Module, sde=None, guidance=None) -> ScoreModel:
+        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps", clip_denoised=self.settings.clip_denoised,
+                          guidance=guidance)
+
+    def classifier_process(self) -> GaussianDiffusion:
+        """A VP model's N-step discretisation (DDPM's betas): the process a guiding classifier must know. The
+        classifier sees the model time (N - 1) t, where alpha(t)^2 is within 2% of DDPM's alpha_bar."""
+        if self.settings.sde != "vp":
+            raise ValueError(f"classifier guidance needs a VP score model (a NoisyClassifier knows DDPM's process); "
+                             f"this one is sde={self.settings.sde!r}")
+        return GaussianDiffusion(betas=self.sde.discrete_betas)
+
+    def guidance(self, num_samples: int, labels: torch.Tensor | None, options: dict):
+        """(the score's guidance term or None, the requested labels or None)."""
+        classifier = self._classifier(options)
+        if classifier is None:
+            self._labels(num_samples, labels, 0)  # labels without a classifier: a one-line error
+            return None, None
+        classes = self._labels(num_samples, labels, classifier.num_classes)
+        scale = options.get("classifier_scale")
+        return ClassifierGuidance(classifier.logits, classes, 1.0 if scale is None else scale).gradient, classes
 
     def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
         """The ODE likelihood of x (B, ...): ``bpd`` for 8-bit images, ``log_p`` (nats) for vectors, and ``nfe``."""

@@ -32,7 +32,7 @@ TINY_NET = {
 TINY_IMAGE_SIZE = {"DigitsDataModule": 8}
 # score methods: a 10-step SDE (NCSN keeps its 10 levels) and 2 Langevin steps per level
 SCORE_METHODS = {
-    "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-3", "--model.init_args.ode_atol=1e-3"],
+    "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-2", "--model.init_args.ode_atol=1e-2"],
     "NCSN": ["--model.init_args.n_steps_each=2"],
 }
 
