@@ -89,8 +89,9 @@ def main() -> None:
     run = lambda model, **o: quality(model, features, metric, args.num_samples, args.batch, **o)  # noqa: E731
 
     ddpm = load_module(args.ddpm, "cpu")
-    ref_fd, ref_sec, _ = run(ddpm, sampler="ddpm", steps=1000)
-    print(f"DDPM-1000 (ancestral, 1000 NFE): Fréchet distance {ref_fd:.3f}, {ref_sec * 1e3:.1f} ms per image\n")
+    T = ddpm.diffusion.num_timesteps
+    ref_fd, ref_sec, _ = run(ddpm, sampler="ddpm", steps=T)
+    print(f"DDPM-{T} (ancestral, {T} NFE): Fréchet distance {ref_fd:.3f}, {ref_sec * 1e3:.1f} ms per image\n")
 
     rows = []
     for path in [args.ddpm, *args.score]:

@@ -225,17 +225,16 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
         **options,
     ) -> SampleOutput:
-        """Sample with the options of :class:`~lit_gen.score.options.SolverOptions` from x_T ~ prior (or
-        ``latents``); ``inpaint`` = (x_known, mask) fills in where mask is 0."""
+        """Sample with the options of :class:`ScoreSampleOptions` from x_T ~ prior (or ``latents``); ``labels``
+        (B,) are the classes a guiding classifier asks for; ``inpaint`` = (x_known, mask) fills in where mask is 0."""
         self.check_options(options, self.sample_options, type(self).__name__)
-        if labels is not None:
-            raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional")
         x_T = self.sde.prior_sampling((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
         with eval_mode(self.sampling_net) as net:
-            model = self.score_model(net)
+            gradient, classes = self.guidance(num_samples, labels, options)
+            model = self.score_model(net, guidance=gradient)
             x, trajectory = solver_sample(model, options, self.sampling_defaults(), x_T, generators, progress,
                                           trajectory_points, _to_device(inpaint, self.device))
-        return SampleOutput(x, None, trajectory, nfe=model.nfe)
+        return SampleOutput(x, classes, trajectory, nfe=model.nfe)
 
     @torch.no_grad()
     def score_field(self, x: torch.Tensor, t: float | None = None) -> tuple[torch.Tensor, float]:
@@ -248,8 +247,7 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
 
     def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
         self.check_options(options, self.sample_options, type(self).__name__)
-        if labels is not None:
-            raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional")
+        self.guidance(1 if labels is None else len(labels), labels, options)
         solver_from_options(options, self.sampling_defaults(), self.sde)
         time_grid(self.sde, options, self.sampling_defaults())
 
