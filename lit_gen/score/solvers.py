@@ -101,10 +101,9 @@ PREDICTORS = {"euler_maruyama": EulerMaruyama, "reverse_diffusion": ReverseDiffu
 
 
 # --- Langevin ------------------------------------------------------------------------------------------
-def langevin_step(model: ScoreModel, x: torch.Tensor, tb: torch.Tensor, step_size: torch.Tensor, generator) -> torch.Tensor:
-    """x <- x + step score + sqrt(2 step) z, step (B,)."""
-    z = randn(x.shape, generator, x.device, x.dtype)
-    return x + _dims(step_size, x) * model.score(x, tb) + _dims((2 * step_size).sqrt(), x) * z
+def langevin_step(x: torch.Tensor, score: torch.Tensor, z: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """One Langevin step x + step score + sqrt(2 step) z, step (B,)."""
+    return x + _dims(step, x) * score + _dims((2 * step).sqrt(), x) * z
 
 
 class LangevinCorrector(Solver):
@@ -134,8 +133,7 @@ class LangevinCorrector(Solver):
             grad = model.score(x, tb)
             z = randn(x.shape, generator, x.device, x.dtype)
             ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean().clamp(min=1e-12)
-            step = 2 * alpha * (self.snr * ratio) ** 2  # (B,)
-            x = x + _dims(step, x) * grad + _dims((2 * step).sqrt(), x) * z
+            x = langevin_step(x, grad, z, 2 * alpha * (self.snr * ratio) ** 2)
         return x
 
     def step(self, model, x, t, t_next, generator):
@@ -192,7 +190,8 @@ class AnnealedLangevin(Solver):
         sigma, sigma_last = model.sde.sigma(tb), model.sde.sigma(_at(self._t_last, x))
         a = self.step_lr * sigma**2 / sigma_last**2  # (B,)
         for _ in range(self.n_steps_each):
-            x = langevin_step(model, x, tb, a.to(x.dtype) / 2, generator)
+            z = randn(x.shape, generator, x.device, x.dtype)
+            x = langevin_step(x, model.score(x, tb), z, a.to(x.dtype) / 2)
         return x
 
 
