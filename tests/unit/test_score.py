@@ -172,6 +172,24 @@ def mixture_score_net(sde, means: torch.Tensor, weights: torch.Tensor, s: float)
     return net
 
 
+@pytest.mark.parametrize("sampler", sorted(STEPS))
+def test_every_sampler_recovers_a_two_mode_mixture_from_its_exact_score(sampler):
+    """2-D mixture 0.3 N((-2, -2), 0.5^2 I) + 0.7 N((2, 2), 0.5^2 I) on VP: the mode weights within 5 standard
+    errors and each mode's spread within 8%."""
+    sde, n = VPSDE(), 4000
+    means, weights = torch.tensor([[-2.0, -2.0], [2.0, 2.0]], dtype=F64), torch.tensor([0.3, 0.7], dtype=F64)
+    model = ScoreModel(mixture_score_net(sde, means, weights, 0.5), sde)
+    g = torch.Generator().manual_seed(5)
+    steps, spacing, options = STEPS[sampler]
+    x, _ = solve(model, make_solver(sampler, **options), sde.prior_sampling((n, 2), g, dtype=F64),
+                 sde.time_grid(min(steps, 500), spacing), g)
+    upper = x.sum(1) > 0
+    assert abs(upper.double().mean() - 0.7) < 5 * math.sqrt(0.21 / n), upper.double().mean()
+    for mode, mean in ((upper, means[1]), (~upper, means[0])):
+        assert (x[mode].mean(0) - mean).abs().max() < 0.05
+        assert abs(x[mode].std(0).mean() / 0.5 - 1) < 0.08, (sampler, x[mode].std(0))
+
+
 def test_annealed_langevin_recovers_the_weights_of_a_separated_mixture():
     """Song & Ermon 2019, Fig. 3: Langevin at one small noise level keeps the initial mode proportions, annealed
     Langevin over sigma_1 > ... > sigma_L recovers the mixture's weights 0.2 / 0.8."""
