@@ -26,7 +26,7 @@ from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mod
 from lit_gen.methods.noisy_classifier import ClassifierGuided
 from lit_gen.nets import UNet
 from lit_gen.score import SOLVERS, DiscreteVPSDE, ScoreModel
-from lit_gen.score.options import SolverOptions, solver_from_options, solver_sample, time_grid
+from lit_gen.score.options import SOLVER_KEYS, SolverOptions, solver_from_options, solver_sample, time_grid
 from lit_gen.utils import randn
 
 # A network class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the rest.
@@ -321,6 +321,10 @@ class DDPM(ClassifierGuided, GenerativeModule):
         """The sampler named in ``options`` (default: the config's), with its steps set."""
         self.check_options(options, self.sample_options, type(self).__name__)
         name = options.get("sampler") or self.hparams.sampler
+        solver_only = sorted(k for k in (*SOLVER_KEYS, "denoise") if options.get(k) is not None)
+        if solver_only:
+            raise ValueError(f"{solver_only[0]}={options[solver_only[0]]!r} is an option of the samplers of "
+                             f"lit_gen.score (pc, em, ode, ...); the {name!r} sampler does not take it")
         sampler_args = {"eta": options["eta"]} if options.get("eta") is not None else {}
         if sampler_args and name != "ddim":
             raise ValueError(f"eta={options['eta']} is a DDIM option; the {name!r} sampler does not take it")

@@ -161,6 +161,7 @@ def test_score_sample_errors(ckpts, tmp_path, capsys):
         (ckpts["ddpm"], ["--sampler", "pc", "--classifier_form", "mean", "--classifier_ckpt", ckpts["classifier"]],
          "classifier_form='mean'"),
         (ckpts["ddpm"], ["--sampler", "pc", "--guidance_rescale", "0.5"], "guidance_rescale"),
+        (ckpts["ddpm"], ["--sampler", "ddim", "--snr", "0.1"], "snr=0.1 is an option of the samplers of lit_gen.score"),
     ]:
         with pytest.raises(SystemExit):
             cli_main(["sample", "--ckpt_path", ckpt, "--num_samples", "2", "--output", str(tmp_path / "bad"), *args])
