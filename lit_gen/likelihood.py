@@ -28,7 +28,6 @@ import torch
 from lit_gen.utils import Generator, rand
 
 LOG2 = math.log(2.0)
-LN2 = LOG2
 NUM_BINS = 256
 BIN_WIDTH = 2.0 / 255  # the bin of one 8-bit value on lit_gen's [-1, 1] scale
 
@@ -107,4 +106,4 @@ def bits_per_dim(nll_nats: torch.Tensor | float, num_dims: int, bin_width: float
     Returns:
         (nll_nats - D log(bin_width)) / (D ln 2), shaped like ``nll_nats``.
     """
-    return (nll_nats - num_dims * math.log(bin_width)) / (num_dims * LN2)
+    return (nll_nats - num_dims * math.log(bin_width)) / (num_dims * LOG2)

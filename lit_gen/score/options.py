@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from lit_gen.score.model import ScoreModel
-from lit_gen.score.solvers import make_solver, solve, solver_options
+from lit_gen.score.solvers import SOLVERS, make_solver, solve, solver_options
 from lit_gen.utils import Generator
 
 
@@ -57,11 +57,12 @@ def solver_from_options(options: dict, defaults: dict, sde=None):
     """The sampler named in ``options`` (else ``defaults``) with its options: those given are checked against
     what it takes; ``defaults`` fill in only the ones it takes. With ``sde``, also checked against the process."""
     name = options.get("sampler") or defaults["sampler"]
+    if name not in SOLVERS:
+        make_solver(name)  # the one-line error naming the samplers
     given = {k: options[k] for k in SOLVER_KEYS if options.get(k) is not None}
-    solver = make_solver(name, **given)  # raises for an option the sampler does not take
     takes = solver_options(name)
     filled = {k: v for k, v in defaults.items() if k in takes and k not in given and v is not None}
-    solver = make_solver(name, **given, **filled) if filled else solver
+    solver = make_solver(name, **given, **filled)  # raises for a given option the sampler does not take
     if sde is not None:
         solver.check(sde)
     return solver

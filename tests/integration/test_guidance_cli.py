@@ -11,22 +11,17 @@ import numpy as np
 import pytest
 
 from lit_gen.cli import cli_main
-from tests.integration.tiny import tiny_args
-
-
-def _fit(config: str, runs: Path, name: str, *extra: str) -> str:
-    cli_main(["fit", *tiny_args(config, runs, name), "--samples.every_n_steps=0", *extra])
-    return str(runs / name / "checkpoints" / "last.ckpt")
+from tests.integration.tiny import fit_tiny
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, str]:
     runs = tmp_path_factory.mktemp("runs")
     return {
-        "cfg": _fit("cfg/digits.yaml", runs, "cfg"),
-        "ddpm": _fit("ddpm/digits.yaml", runs, "ddpm"),
-        "classifier": _fit("classifier/digits.yaml", runs, "classifier"),
-        "cosine_classifier": _fit("classifier/digits.yaml", runs, "cos", "--model.init_args.beta_schedule=cosine"),
+        "cfg": fit_tiny("cfg/digits.yaml", runs, "cfg"),
+        "ddpm": fit_tiny("ddpm/digits.yaml", runs, "ddpm"),
+        "classifier": fit_tiny("classifier/digits.yaml", runs, "classifier"),
+        "cosine_classifier": fit_tiny("classifier/digits.yaml", runs, "cos", "--model.init_args.beta_schedule=cosine"),
     }
 
 

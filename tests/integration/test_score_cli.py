@@ -15,26 +15,21 @@ from lit_gen.checkpoints import load_module
 from lit_gen.cli import cli_main
 from lit_gen.score.sde import sigma_max_from_data
 from lit_gen.utils import sample_generators
-from tests.integration.tiny import tiny_args
-
-
-def _fit(config: str, runs: Path, name: str, *extra: str) -> str:
-    cli_main(["fit", *tiny_args(config, runs, name), "--samples.every_n_steps=0", *extra])
-    return str(runs / name / "checkpoints" / "last.ckpt")
+from tests.integration.tiny import fit_tiny, tiny_args
 
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory) -> dict[str, str]:
     runs = tmp_path_factory.mktemp("runs")
     return {
-        "vp": _fit("sde/vp_digits.yaml", runs, "vp"),
-        "ncsn": _fit("ncsn/digits.yaml", runs, "ncsn"),
-        "ddpm": _fit("ddpm/digits.yaml", runs, "ddpm"),
-        "cfg": _fit("cfg/digits.yaml", runs, "cfg"),
-        "classifier": _fit("classifier/digits.yaml", runs, "classifier"),
+        "vp": fit_tiny("sde/vp_digits.yaml", runs, "vp"),
+        "ncsn": fit_tiny("ncsn/digits.yaml", runs, "ncsn"),
+        "ddpm": fit_tiny("ddpm/digits.yaml", runs, "ddpm"),
+        "cfg": fit_tiny("cfg/digits.yaml", runs, "cfg"),
+        "classifier": fit_tiny("classifier/digits.yaml", runs, "classifier"),
         # the paper's VP discretisation (N = 1000) has DDPM's T = 1000 betas, so a T = 1000 classifier can guide it
-        "vp1000": _fit("sde/vp_digits.yaml", runs, "vp1000", "--model.init_args.num_scales=1000"),
-        "classifier1000": _fit("classifier/digits.yaml", runs, "classifier1000", "--model.init_args.num_timesteps=1000"),
+        "vp1000": fit_tiny("sde/vp_digits.yaml", runs, "vp1000", "--model.init_args.num_scales=1000"),
+        "classifier1000": fit_tiny("classifier/digits.yaml", runs, "classifier1000", "--model.init_args.num_timesteps=1000"),
         "runs": str(runs),
     }
 

@@ -83,6 +83,14 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
     return args
 
 
+def fit_tiny(config: str, runs_dir, name: str, *extra: str) -> str:
+    """Fit the tiny version of ``config`` without sample grids; returns the path of its last.ckpt."""
+    from lit_gen.cli import cli_main
+
+    cli_main(["fit", *tiny_args(config, runs_dir, name), "--samples.every_n_steps=0", *extra])
+    return str(runs_dir / name / "checkpoints" / "last.ckpt")
+
+
 class StopAfterEpochs(L.Callback):
     """Stops fitting after ``epochs`` epochs, as an interrupted run would, without changing its config."""
 

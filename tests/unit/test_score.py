@@ -74,20 +74,20 @@ def test_alpha_and_sigma_solve_the_moment_odes_of_f_and_g(name):
     h = 1e-6
     d_alpha = (sde.alpha(t + h) - sde.alpha(t - h)) / (2 * h)
     d_var = (sde.sigma(t + h) ** 2 - sde.sigma(t - h) ** 2) / (2 * h)
-    torch.testing.assert_close(d_alpha, sde.f(t) * sde.alpha(t), rtol=1e-6, atol=1e-9)
-    torch.testing.assert_close(d_var, 2 * sde.f(t) * sde.sigma(t) ** 2 + sde.g2(t), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(d_alpha, sde.f(t) * sde.alpha(t), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(d_var, 2 * sde.f(t) * sde.sigma(t) ** 2 + sde.g2(t), rtol=1e-6, atol=1e-8)
 
 
 def test_vp_discretisation_has_ddpms_betas_and_its_discrete_steps_ddpms_alpha_bar():
-    torch.testing.assert_close(VPSDE(0.1, 20.0, 1000).discrete_betas, make_betas("linear", 1000), rtol=1e-15, atol=0)
+    torch.testing.assert_close(VPSDE(0.1, 20.0, 1000).discrete_betas, make_betas("linear", 1000), rtol=1e-8, atol=0)
     alpha_bar = torch.cumprod(1 - make_betas("linear", 1000), 0)
     sde = DiscreteVPSDE(alpha_bar)
     t = (torch.arange(1000, dtype=F64) + 1) / 1000
-    torch.testing.assert_close(sde.alpha(t) ** 2, alpha_bar, rtol=1e-12, atol=0)
-    torch.testing.assert_close(sde.model_time(t), torch.arange(1000, dtype=F64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(sde.alpha(t) ** 2, alpha_bar, rtol=1e-8, atol=0)
+    torch.testing.assert_close(sde.model_time(t), torch.arange(1000, dtype=F64), rtol=0, atol=1e-8)
     # the exact step of the discrete VP is DDPM's beta_n
     f, G = sde.discretize(torch.ones(999, 1, dtype=F64), t[1:], t[:-1])
-    torch.testing.assert_close(G**2, make_betas("linear", 1000)[1:], rtol=1e-10, atol=0)
+    torch.testing.assert_close(G**2, make_betas("linear", 1000)[1:], rtol=1e-8, atol=0)
     # the continuous VP of the same betas is close to DDPM's alpha_bar (the discretisation differs at O(beta^2))
     torch.testing.assert_close(VPSDE().alpha(torch.arange(1000, dtype=F64) / 999) ** 2, alpha_bar, rtol=2e-2, atol=1e-4)
 
@@ -95,7 +95,7 @@ def test_vp_discretisation_has_ddpms_betas_and_its_discrete_steps_ddpms_alpha_ba
 def test_sigma_max_from_data_is_the_largest_pairwise_distance():
     x = torch.randn(50, 3, 4, 4, generator=torch.Generator().manual_seed(1), dtype=F64)
     brute = max(float((a - b).norm()) for a in x for b in x)
-    assert sigma_max_from_data(x) == pytest.approx(brute, rel=1e-12)
+    assert sigma_max_from_data(x) == pytest.approx(brute, rel=1e-8)
 
 
 @pytest.mark.parametrize(
