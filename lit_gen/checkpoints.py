@@ -1,9 +1,19 @@
 """Reading and loading lit_gen checkpoints with one-line errors (missing, corrupt, or of another method); one
-method loads another's checkpoint (a classifier for guidance) through :func:`load_module`."""
+method loads another's checkpoint (a classifier for guidance) through :func:`load_module`.
+
+Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data only, so a checkpoint from
+a colleague or a hub cannot run code when it is opened; one that would is refused in one line. lit_gen writes its
+hyperparameters as plain data (the parsed config), so its own checkpoints always pass.
+:func:`export_weights` / :func:`load_weights` write and read the sampling weights as safetensors, with the
+method's hyperparameters in the file's metadata.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +37,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {str(path)!r}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(unsafe_message(path, err)) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: {reason})") from None
@@ -36,6 +48,14 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if TAG not in ckpt:
         raise CheckpointError(f"{str(path)!r} was not written by lit_gen (no {TAG!r} entry)")
     return ckpt
+
+
+def unsafe_message(path: str | Path, err: Exception) -> str:
+    """One line for a checkpoint that only a full unpickling could read (which may run arbitrary code)."""
+    found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(err))
+    what = f"a pickled {found.group(1)}" if found else "pickled objects that are not tensors or plain data"
+    return (f"refused to open {str(path)!r}: it holds {what}, and unpickling it could run arbitrary code "
+            "(lit_gen loads checkpoints with torch.load(weights_only=True); lit_gen's own checkpoints hold plain data)")
 
 
 def import_class(path: str) -> type:
@@ -69,7 +89,7 @@ def load_module(path: str | Path, device: str | torch.device = "cpu", expected: 
     ckpt = read_checkpoint(path)
     if expected is not None:
         check_method(ckpt, expected, path)
-    model = checkpoint_class(ckpt).load_from_checkpoint(path, map_location=device, weights_only=False)
+    model = checkpoint_class(ckpt).load_from_checkpoint(path, map_location=device, weights_only=True)
     model.eval()
     if not ema:
         model.ema = None
@@ -81,3 +101,69 @@ def load_frozen(path: str | Path, device: str | torch.device, expected: type):
     model = load_module(path, device, expected)
     model.requires_grad_(False)
     return model
+
+
+# --- weights export (safetensors) ------------------------------------------------------------------------
+def sampling_state_dict(model) -> dict[str, torch.Tensor]:
+    """The module's state dict with the sampling weights (EMA when there is one) as ``net.*`` and no ``ema.*``."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("ema.")}
+    if model.ema is not None:
+        state.update({f"net.{k}": v for k, v in model.ema.module.state_dict().items()})
+    return state
+
+
+def export_weights(ckpt_path: str | Path, output: str | Path) -> Path:
+    """Write the sampling weights of a lit_gen checkpoint to a safetensors file, with the method's class and
+    hyperparameters (plain data, as JSON) in its metadata; returns the path written."""
+    from safetensors.torch import save_file
+
+    output = Path(output)
+    if output.suffix != ".safetensors":
+        raise ValueError(f"--output {str(output)!r}: lit-gen export writes a .safetensors file")
+    ckpt = read_checkpoint(ckpt_path)
+    model = load_module(ckpt_path)
+    hparams = dict(ckpt.get("hyper_parameters", {}))
+    hparams.pop("_instantiator", None)
+    metadata = {"lit_gen": json.dumps({**ckpt[TAG], "hyper_parameters": hparams, "global_step": ckpt.get("global_step")})}
+    state = {k: v.detach().contiguous().cpu() for k, v in sampling_state_dict(model).items()}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(output), metadata=metadata)
+    return output
+
+
+def read_weights_metadata(path: str | Path) -> dict[str, Any]:
+    """The lit_gen metadata of an exported safetensors file: class_path, version, hyper_parameters."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as err:  # noqa: BLE001 - any parse failure means the file is unusable
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({type(err).__name__})") from None
+    if TAG not in metadata:
+        raise CheckpointError(f"{str(path)!r} was not written by lit-gen export (no {TAG!r} metadata)")
+    return json.loads(metadata[TAG])
+
+
+def load_weights(path: str | Path, device: str | torch.device = "cpu", config: dict[str, Any] | None = None):
+    """The LightningModule of a file written by :func:`export_weights`, in eval mode, sampling with its weights.
+    ``config``: a model section (``class_path`` and ``init_args``, as in a run's config.yaml) that replaces the
+    hyperparameters of the metadata (which still supply the values linked from the data: shape, classes)."""
+    from lightning.pytorch.cli import instantiate_module
+    from safetensors.torch import load_file
+
+    meta = read_weights_metadata(path)
+    hparams = dict(meta["hyper_parameters"])
+    if config is not None:
+        if "class_path" not in config:
+            raise CheckpointError("--config: expected a model section with class_path (and init_args)")
+        hparams.update(config.get("init_args") or {})
+        hparams["_class_path"] = config["class_path"]
+    cls = checkpoint_class(meta)
+    model = instantiate_module(cls, hparams) if "_class_path" in hparams else cls(**hparams)
+    model.ema = None  # the exported net.* weights are the EMA ones
+    model.load_state_dict(load_file(str(path)))
+    return model.to(device).eval()

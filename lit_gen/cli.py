@@ -1,22 +1,34 @@
-"""The ``lit-gen`` command: LightningCLI (fit / validate / test / predict) plus ``lit-gen sample``."""
+"""The ``lit-gen`` command: LightningCLI (fit / validate / test) plus ``lit-gen sample`` and ``lit-gen export``."""
 
 from __future__ import annotations
 
+import argparse
 import os
-import pickle
 import sys
 from pathlib import Path
 
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 
 import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
 import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
 from lit_gen.callbacks import Checkpoint, SampleGrid
-from lit_gen.checkpoints import CheckpointError, check_method, import_class, read_checkpoint
+from lit_gen.checkpoints import CheckpointError, check_method, export_weights, import_class, read_checkpoint
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
+
+
+DESCRIPTION = """Generative-model methods behind one command.
+  lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
+  lit-gen validate | test --config CONFIG --ckpt_path CKPT      losses, bits/dim, likelihoods
+  lit-gen sample --ckpt_path CKPT [--help]                      draw samples (samples.npz, grid.png); the
+                                                                checkpoint's method adds its sampling flags
+  lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config"""
+
+
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the description's lines kept as written."""
 
 
 class LitGenCLI(LightningCLI):
@@ -30,12 +42,17 @@ class LitGenCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False},
+            parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "formatter_class": HelpFormatter},
             seed_everything_default=0,
             auto_configure_optimizers=False,
             args=args,
             run=run,
         )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # no predict: a method's output is drawn by `lit-gen sample`, which takes the sampling options
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--name", type=str, default="default", help="Run name: the run lives in <runs_dir>/<name>/.")
@@ -97,11 +114,9 @@ class LitGenCLI(LightningCLI):
                 cfg.ckpt_path = None
                 return
             ckpt_path = cfg.ckpt_path = str(last)
+        # read as plain data (weights_only): a checkpoint that would run code is refused here, in one line
         check_method(read_checkpoint(ckpt_path), import_class(cfg.model.class_path), ckpt_path)
-        try:
-            super()._parse_ckpt_path()
-        except pickle.UnpicklingError:
-            pass  # hyperparameters that only a full unpickling reads: the config defines the model
+        super()._parse_ckpt_path()
 
 
 def _one_line(message: str) -> str:
@@ -121,6 +136,20 @@ def _one_line(message: str) -> str:
 STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
 
 
+def export_main(argv: list[str]) -> None:
+    """``lit-gen export``: a checkpoint's sampling weights to a safetensors file, its config in the metadata."""
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(prog="lit-gen export", exit_on_error=False, description=(
+        "Write the sampling weights (EMA when the run kept one) of a checkpoint to a .safetensors file, with the "
+        "method's config in its metadata; sample from it with lit-gen sample --weights FILE."))
+    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit.")
+    parser.add_argument("--output", type=str, required=True, help="The .safetensors file to write.")
+    cfg = parser.parse_args(argv)
+    path = export_weights(cfg.ckpt_path, cfg.output)
+    print(f"wrote the sampling weights of {cfg.ckpt_path} to {path}", file=sys.stderr)
+
+
 def cli_main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-gen`` and ``python -m lit_gen``; user errors end in one line on stderr, exit 2."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -129,6 +158,8 @@ def cli_main(args: list[str] | None = None) -> None:
             from lit_gen.sample import sample_main
 
             sample_main(argv[1:])
+        elif argv and argv[0] == "export":
+            export_main(argv[1:])
         else:
             cli = LitGenCLI(args=args)
             stopped_by = getattr(getattr(cli, "trainer", None) and cli.trainer.checkpoint_callback, "stopped_by", None)

@@ -15,7 +15,9 @@ import torch
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from lit_gen.checkpoints import checkpoint_class, load_module, read_checkpoint
+import yaml
+
+from lit_gen.checkpoints import checkpoint_class, load_module, load_weights, read_checkpoint, read_weights_metadata
 from lit_gen.diffusion import slerp_grid
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import figure_to_array, image_grid, save_npz, save_png, scatter_figure, to_uint8_nhwc
@@ -28,14 +30,23 @@ def build_parser(method: type | None = None) -> ArgumentParser:
         + ("" if method else " The options of the checkpoint's method are listed by --ckpt_path CKPT --help."),
         exit_on_error=False,
     )
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit.")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="Checkpoint written by lit-gen fit.")
+    parser.add_argument(
+        "--weights", type=str | None, default=None,
+        help="Instead of --ckpt_path: a .safetensors file written by lit-gen export (its metadata holds the config).",
+    )
+    parser.add_argument(
+        "--config", type=str | None, default=None,
+        help="With --weights: a run's config.yaml whose model section replaces the hyperparameters in the metadata.",
+    )
     parser.add_argument("--num_samples", type=int, default=64, help="How many samples.")
     parser.add_argument("--seed", type=int, default=0, help="Sample i depends only on (seed, i), not on the batch.")
     parser.add_argument("--output", type=str, default="samples", help="Output folder.")
     parser.add_argument("--batch_size", type=int, default=64, help="Samples per forward pass.")
     parser.add_argument(
-        "--labels", type=list[int] | None, default=None,
-        help="Class labels, cycled over the samples (conditional or classifier-guided models; default: balanced).",
+        "--labels", type=list[int] | int | None, default=None,
+        help="Class labels, cycled over the samples: 3 or [3, 5] (conditional or classifier-guided models; default: "
+        "balanced over the classes).",
     )
     parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has them.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -62,11 +73,43 @@ def build_parser(method: type | None = None) -> ArgumentParser:
 
 
 def method_of(argv: list[str]) -> type | None:
-    """The method class of the checkpoint named by ``--ckpt_path`` in ``argv`` (None when there is none)."""
+    """The method class of the checkpoint (``--ckpt_path``) or exported weights (``--weights``, or the model
+    section of ``--config``) named in ``argv``; None when there is none."""
     pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--ckpt_path")
-    path = pre.parse_known_args([a for a in argv if a not in ("-h", "--help")])[0].ckpt_path
-    return checkpoint_class(read_checkpoint(path)) if path else None
+    for flag in ("--ckpt_path", "--weights", "--config"):
+        pre.add_argument(flag)
+    args = pre.parse_known_args([a for a in argv if a not in ("-h", "--help")])[0]
+    if args.ckpt_path and args.weights:
+        raise ValueError("give --ckpt_path (a checkpoint) or --weights (an exported .safetensors file), not both")
+    if args.ckpt_path:
+        return checkpoint_class(read_checkpoint(args.ckpt_path))
+    if args.weights:
+        model = model_config(args.config)
+        return checkpoint_class(model if model else read_weights_metadata(args.weights))
+    return None
+
+
+def model_config(path: str | None) -> dict | None:
+    """The model section (class_path, init_args) of a run's config.yaml, or None without one."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config file not found: {path!r}")
+    model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
+    if not isinstance(model, dict) or "class_path" not in model:
+        raise ValueError(f"--config {path!r} has no model section with a class_path (a run's config.yaml has one)")
+    return model
+
+
+def load_model(cfg, device: torch.device):
+    """The module to sample from: a checkpoint (``--ckpt_path``) or exported weights (``--weights``)."""
+    if cfg.ckpt_path:
+        if cfg.config is not None:
+            raise ValueError("--config goes with --weights; a checkpoint (--ckpt_path) carries its own config")
+        return load_module(cfg.ckpt_path, device, ema=cfg.ema)
+    if cfg.weights:
+        return load_weights(cfg.weights, device, model_config(cfg.config))
+    raise ValueError("lit-gen sample needs --ckpt_path CKPT (written by lit-gen fit) or --weights FILE (lit-gen export)")
 
 
 def sample_main(argv: list[str]) -> Path:
@@ -75,6 +118,8 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError(f"{method.__name__} is not a generative model; lit-gen sample needs a checkpoint of one "
                          "(a NoisyClassifier guides a diffusion model through --classifier_ckpt)")
     cfg = build_parser(method).parse_args(argv)
+    if isinstance(cfg.labels, int):
+        cfg.labels = [cfg.labels]
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.interpolate is not None and cfg.invert is not None:
@@ -84,7 +129,7 @@ def sample_main(argv: list[str]) -> Path:
     if cfg.inpaint is not None and (cfg.interpolate is not None or cfg.invert is not None):
         raise ValueError("--inpaint is a job of its own; give it without --interpolate or --invert")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    model = load_module(cfg.ckpt_path, device, ema=cfg.ema)
+    model = load_model(cfg, device)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
     model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
     known = read_inpainting(model, cfg) if cfg.inpaint is not None else None

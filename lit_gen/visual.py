@@ -26,14 +26,20 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return make_grid(to_unit(x).cpu(), nrow=nrow or math.ceil(math.sqrt(x.shape[0])), padding=1, pad_value=0.5)
 
 
+def _figure(size: tuple[float, float], columns: int = 0):
+    """A matplotlib ``Figure`` on its own Agg canvas and its axes (a row of ``columns`` when > 0), made without
+    pyplot: no global figure registry, and the user's matplotlib backend is left as it is."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size, dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, (fig.subplots(1, columns, squeeze=False) if columns else fig.subplots())
+
+
 def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, title: str = "", limit: float = 5.0):
     """A matplotlib figure of 2-D samples, over reference data if given."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig, ax = _figure((4, 4))
     if reference is not None:
         ref = reference.detach().float().cpu()
         ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgray", label="data")
@@ -48,12 +54,7 @@ def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, 
 def quiver_figure(points: torch.Tensor, vectors: torch.Tensor, reference: torch.Tensor | None = None, title: str = "",
                   limit: float = 5.0):
     """A matplotlib quiver plot of a 2-D vector field (a score field) at ``points`` (N, 2), over reference data."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    fig, ax = _figure((4, 4))
     if reference is not None:
         ref = reference.detach().float().cpu()
         ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgray")
@@ -67,12 +68,7 @@ def quiver_figure(points: torch.Tensor, vectors: torch.Tensor, reference: torch.
 def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: str = ""):
     """Side-by-side heatmaps of 2-D densities, each an (N, N) array of p on the grid
     [-limit, limit]^2 (rows: y, columns: x), e.g. data histogram, model density, true density."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), dpi=100, squeeze=False)
+    fig, axes = _figure((3.2 * len(panels), 3.4), len(panels))
     for ax, (name, density) in zip(axes[0], panels):
         ax.imshow(density, origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis")
         ax.set(title=name, aspect="equal")
@@ -84,13 +80,9 @@ def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: st
 
 
 def figure_to_array(fig) -> np.ndarray:
-    """Render a matplotlib figure to a uint8 (H, W, 3) array and close it."""
-    import matplotlib.pyplot as plt
-
+    """Render a matplotlib figure (drawn on its own Agg canvas) to a uint8 (H, W, 3) array."""
     fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return rgb
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def save_png(array_hwc: np.ndarray, path: str | Path) -> None:

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from lit_gen.callbacks.periodic import EveryNSteps
+from lit_gen.callbacks.images import log_image
 from lit_gen.visual import density_figure, figure_to_array, save_png
 
 
@@ -79,8 +80,6 @@ class DensityPlot(EveryNSteps):
             panels.append(("true", true_log_p.exp().view(n, n).numpy()))
         step = trainer.global_step
         image = figure_to_array(density_figure(panels, self.limit, title=f"step {step}"))
-        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
-        if experiment is not None and hasattr(experiment, "add_image"):
-            experiment.add_image("density/heatmap", image, step, dataformats="HWC")
+        log_image(trainer, "density/heatmap", image, step)
         if self.save_png and log_dir:
             save_png(image, Path(log_dir) / "density" / f"step_{step:07d}.png")

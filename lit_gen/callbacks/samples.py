@@ -8,6 +8,7 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from lit_gen.callbacks.images import log_image
 from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.utils import sample_generators
 from lit_gen.visual import figure_to_array, image_grid, quiver_figure, save_png, scatter_figure
@@ -76,28 +77,22 @@ class SampleGrid(EveryNSteps):
     def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "", nrow: int | None = None,
                field=None) -> None:
         step = trainer.global_step
-        experiment = getattr(trainer.logger, "experiment", None) if trainer.logger else None
-        log_image = experiment is not None and hasattr(experiment, "add_image")
         if out.x.ndim == 2:  # 2-D points: scatter over the validation data
             reference = _reference_points(trainer)
             title = f"step {step}" + (f", T = {suffix[2:]}" if suffix else "")
             image = figure_to_array(scatter_figure(out.x, reference, title=title))
-            if log_image:
-                experiment.add_image(f"samples/scatter{suffix}", image, step, dataformats="HWC")
-                if field is not None:  # a score model: its score field at small t
-                    points, vectors, t = field
-                    quiver = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
-                    experiment.add_image("samples/score_field", figure_to_array(quiver), step, dataformats="HWC")
+            log_image(trainer, f"samples/scatter{suffix}", image, step)
+            if field is not None:  # a score model: its score field at small t
+                points, vectors, t = field
+                quiver = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
+                log_image(trainer, "samples/score_field", figure_to_array(quiver), step)
         else:
             grid = image_grid(out.x, nrow)
-            if log_image:
-                experiment.add_image(f"samples/grid{suffix}", grid, step)
-                if out.trajectory:
-                    k = min(self.trajectory_samples, out.x.shape[0])
-                    frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
-                    experiment.add_image(
-                        "samples/trajectory", image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step
-                    )
+            log_image(trainer, f"samples/grid{suffix}", grid, step)
+            if out.trajectory:
+                k = min(self.trajectory_samples, out.x.shape[0])
+                frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
+                log_image(trainer, "samples/trajectory", image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step)
             image = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
         if self.save_png and log_dir:
             save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}{suffix}.png")

@@ -285,11 +285,31 @@ class CelebADataModule(VisionDataModule):
         return CelebA(self.root, split=celeba_split, target_type=[], download=download)
 
 
+class FlatImageFolder(Dataset):
+    """``(PIL image, 0)`` for every image file directly in ``root`` (sorted by name): an unlabelled folder."""
+
+    def __init__(self, root: str) -> None:
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
+        self.paths = sorted(e.path for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
+        if not self.paths:
+            raise FileNotFoundError(f"no images in {root}")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from torchvision.datasets.folder import default_loader
+
+        return default_loader(self.paths[index]), 0
+
+
 class ImageFolderDataModule(VisionDataModule):
-    """Images in ``root/<class name>/*.png|jpg|...``; labels from the folder names (sorted).
+    """Images in ``root/<class name>/*.png|jpg|...`` (labels from the folder names, sorted), or directly in
+    ``root`` (unlabelled).
 
     Args:
-        root: Directory with one sub-directory per class (a single one for unlabelled data).
+        root: Directory with the images, or with one sub-directory of images per class.
         image_size: Side of the (square) images: resize the short side, then center-crop.
         num_channels: 3 (RGB) or 1 (grey).
         val_fraction: Fraction of the images held out for validation.
@@ -335,9 +355,14 @@ class ImageFolderDataModule(VisionDataModule):
     def open_split(self, split: Split, download: bool = False) -> Dataset | None:
         from torchvision.datasets import ImageFolder
 
+        from torchvision.datasets.folder import IMG_EXTENSIONS
+
         if split != "train":
             return None
         try:
-            return ImageFolder(self.root)
-        except FileNotFoundError as error:  # no class folders, or no images in them
-            raise DatasetNotFoundError(self.dataset_name, self.expected_path) from error
+            return ImageFolder(self.root) if self.class_names else FlatImageFolder(self.root)
+        except FileNotFoundError:  # no images where they should be
+            raise FileNotFoundError(
+                f"ImageFolder root={self.root!r} holds no images ({', '.join(IMG_EXTENSIONS)}): put them in it "
+                "directly, or in one sub-folder per class"
+            ) from None

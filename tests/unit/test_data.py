@@ -296,11 +296,24 @@ def test_image_folder(tmp_path):
     assert grey.train_dataset[0]["x"].shape == (1, 8, 8)
 
 
+def test_flat_image_folder_is_unlabelled(tmp_path):
+    for i in range(10):
+        Image.new("RGB", (20, 20), (i * 20, 0, 0)).save(tmp_path / f"{i:02d}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, val_fraction=0.2, test_fraction=0.0)
+    assert dm.num_classes == 0 and dm.data_shape == (3, 8, 8)
+    dm.setup()
+    assert [len(dm.train_dataset), len(dm.val_dataset)] == [8, 2]
+    check_item(dm.train_dataset[0], (3, 8, 8), False, 0)
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         ImageFolderDataModule(root=str(tmp_path / "missing"))
     (tmp_path / "empty_class").mkdir()
-    with pytest.raises(DatasetNotFoundError, match="ImageFolder"):
-        ImageFolderDataModule(root=str(tmp_path)).setup()
+    for root in (tmp_path, tmp_path / "empty_class"):  # a class folder without images; a flat folder without any
+        with pytest.raises(FileNotFoundError, match="holds no images") as info:
+            ImageFolderDataModule(root=str(root)).setup()
+        assert "download" not in str(info.value)
     with pytest.raises(ValueError, match="num_channels=2"):
         ImageFolderDataModule(root=str(tmp_path), num_channels=2)
