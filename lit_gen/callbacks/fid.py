@@ -1,14 +1,17 @@
-"""Fréchet distance of samples during fit, logged as ``val/fid_<features>_n<num_samples>``."""
+"""Sample quality during fit: Fréchet distance and KID of fixed-seed samples, logged from a validation-time hook
+with ``pl_module.log``, so ``ModelCheckpoint(monitor=...)`` and ``EarlyStopping`` can use them."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import lightning.pytorch as L
 import torch
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
-from lit_gen.callbacks.periodic import EveryNSteps
-from lit_gen.metrics.fid import frechet_distance, load_feature_net
+from lit_gen.metrics.fid import frechet_distance, inception_features, kernel_distance, load_feature_net
 from lit_gen.utils import sample_generators
 
 SHIPPED = Path(__file__).resolve().parents[1] / "metrics" / "weights"
@@ -22,64 +25,107 @@ def resolve_features(features: str) -> Path:
     return path
 
 
-class FIDMonitor(EveryNSteps):
-    """Every ``every_n_steps`` optimizer steps and when fitting ends, draw ``num_samples`` fixed-seed samples and
-    log their Fréchet distance to the training images in the feature space of ``features``. Under DDP each rank
-    draws and embeds its share; torchmetrics sums the statistics across ranks.
+class FIDMonitor(L.Callback):
+    """At the end of every ``every_n_validations``-th validation (so at ``trainer.val_check_interval``), draw
+    ``num_samples`` fixed-seed samples and log, with ``pl_module.log``, their Fréchet distance
+    ``val/fid_<features>_n<N>`` and kernel distance ``val/kid_<features>_n<N>`` (KID, unbiased even at small N;
+    Bińkowski et al. 2018) to the training images. Monitor either with ``ModelCheckpoint`` / ``EarlyStopping``
+    (see ``experiments/trainer/fid_best3.yaml``). Every rank draws an equal share (the same number of forwards,
+    so no rank waits in a collective); torchmetrics gathers the statistics.
 
     Args:
-        features: a feature-network file (``python -m lit_gen.metrics train``) or a shipped name: ``digits16``.
-        num_samples: generated images per evaluation (the metric's name carries it).
-        every_n_steps: interval in optimizer steps; 0: only when fitting ends.
+        features: a feature-network file (``python -m lit_gen.metrics train``), a shipped name (``digits16``), or
+            ``inception``: Inception-v3 pool features (2048, the standard FID; needs ``weights_path``).
+        weights_path: with ``features: inception``, torch-fidelity's ``pt_inception-2015-12-05`` weights file.
+        num_samples: generated images per evaluation (the metrics' names carry it).
         batch_size: samples per forward pass.
-        seed: seed of the per-sample generators.
+        real_batch_size: training images per feature pass (their statistics are computed once).
+        seed: seed of the per-sample generators: sample i is the same image at every evaluation.
         sample_options: options of ``pl_module.sample`` (e.g. ``{"sampler": "ddim", "steps": 50}``).
+        kid_subset_size: samples per KID subset (default: min(1000, num_samples)).
+        every_n_validations: evaluate at every n-th validation (1: each one).
+        progress: a progress bar over the sample batches (rank 0).
     """
-
-    run_at_end_when_off = True
 
     def __init__(
         self,
         features: str = "digits16",
+        weights_path: str | None = None,
         num_samples: int = 500,
-        every_n_steps: int = 0,
         batch_size: int = 250,
+        real_batch_size: int = 500,
         seed: int = 0,
         sample_options: dict | None = None,
+        kid_subset_size: int | None = None,
+        every_n_validations: int = 1,
+        progress: bool = True,
     ) -> None:
-        super().__init__(every_n_steps)
-        self.features_path = resolve_features(features)
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
+        super().__init__()
+        if num_samples < 2 or batch_size < 1 or every_n_validations < 1:
+            raise ValueError(f"FIDMonitor needs num_samples >= 2, batch_size >= 1 and every_n_validations >= 1; got "
+                             f"{num_samples}, {batch_size}, {every_n_validations}")
+        if features == "inception" and weights_path is None:
+            raise ValueError("features='inception' needs weights_path: the pt_inception-2015-12-05 weights file")
+        self.features = features
+        self.weights_path = weights_path
+        self.stem = "inception" if features == "inception" else resolve_features(features).stem
+        self.num_samples, self.batch_size, self.real_batch_size, self.seed = num_samples, batch_size, real_batch_size, seed
         self.sample_options = sample_options or {}
-        self.metric = None
+        self.kid_subset_size = min(1000, num_samples) if kid_subset_size is None else kid_subset_size
+        self.every_n_validations, self.progress = every_n_validations, progress
+        self.fid = self.kid = None
+        self._validations = 0
 
     @property
     def name(self) -> str:
-        return f"val/fid_{self.features_path.stem}_n{self.num_samples}"
+        return f"val/fid_{self.stem}_n{self.num_samples}"
+
+    @property
+    def kid_name(self) -> str:
+        return f"val/kid_{self.stem}_n{self.num_samples}"
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if self.metric is None:
-            self.metric = frechet_distance(load_feature_net(self.features_path))
+        if self.fid is None:
+            net = (inception_features(self.weights_path) if self.features == "inception"
+                   else load_feature_net(resolve_features(self.features)))
+            self.fid, self.kid = frechet_distance(net), kernel_distance(net, self.kid_subset_size)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not getattr(pl_module, "generates", True):
+            return
+        self._validations += 1
+        if self._validations % self.every_n_validations:
+            return
+        fid, kid = self.evaluate(trainer, pl_module)
+        pl_module.log(self.name, fid, sync_dist=False)  # the same value on every rank (torchmetrics synced it)
+        pl_module.log(self.kid_name, kid, sync_dist=False)
 
     @torch.no_grad()
-    def run(self, trainer, pl_module) -> float:
-        metric = self.metric.to(pl_module.device)
+    def evaluate(self, trainer, pl_module) -> tuple[float, float]:
+        """(FID, KID) of ``num_samples`` fixed-seed samples against the training images."""
+        fid, kid = self.fid.to(pl_module.device), self.kid.to(pl_module.device)
         rank, world = trainer.global_rank, trainer.world_size
-        if metric.real_features_num_samples == 0:  # real statistics once, sharded over ranks
+        bar = lambda it, n, desc: tqdm(it, total=n, desc=desc, leave=False,  # noqa: E731
+                                       disable=not (self.progress and trainer.is_global_zero))
+        if fid.real_features_num_samples == 0:  # real statistics once, sharded over ranks
             dataset = trainer.datamodule.train_dataset
-            shard = Subset(dataset, range(rank, len(dataset), world))
-            for batch in DataLoader(shard, batch_size=self.batch_size):
-                metric.update(batch["x"].to(pl_module.device), real=True)
-        mine = list(range(rank, self.num_samples, world))
-        for start in range(0, len(mine), self.batch_size):
+            loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=self.real_batch_size)
+            for batch in bar(loader, len(loader), f"{self.stem} features of the training images"):
+                x = batch["x"].to(pl_module.device)
+                fid.update(x, real=True)
+                kid.update(x, real=True)
+        per_rank = math.ceil(self.num_samples / world)  # equal shares: ranks past num_samples draw and drop
+        mine = [rank + world * k for k in range(per_rank)]
+        batches = range(0, per_rank, self.batch_size)
+        for start in bar(batches, len(batches), f"samples for {self.name}"):
             ids = mine[start : start + self.batch_size]
             gens = [g for i in ids for g in sample_generators(self.seed, i, 1)]
-            out = pl_module.sample(len(ids), gens, **self.sample_options)
-            metric.update(out.x.clamp(-1, 1), real=False)
-        value = float(metric.compute())
-        metric.reset()  # keeps the real statistics
-        if trainer.logger is not None and trainer.is_global_zero:
-            trainer.logger.log_metrics({self.name: value}, step=trainer.global_step)
-        return value
+            x = pl_module.sample(len(ids), gens, **self.sample_options).x.clamp(-1, 1)
+            keep = torch.tensor([i < self.num_samples for i in ids], device=x.device)
+            if keep.any():
+                fid.update(x[keep], real=False)
+                kid.update(x[keep], real=False)
+        value, (kid_mean, _) = float(fid.compute()), kid.compute()
+        fid.reset()  # both keep the real statistics
+        kid.reset()
+        return value, float(kid_mean)

@@ -207,24 +207,44 @@ class GaussianDiffusion(nn.Module):
         prediction_type: str,
         variance: str,
         generator: torch.Generator | None = None,
+        num_timesteps: int | None = None,
+        progress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """The full bound L_T + sum_t L_{t-1} + L_0 per sample (B,), in bits/dim, with one x_t per step
-        (T forward passes). Returns ``bpd`` and its parts ``prior``, ``kl`` (t >= 1) and ``decoder`` (t = 0)."""
+        """The bound L_T + sum_{t>=1} L_{t-1} + L_0 per sample (B,), in bits/dim, with its parts ``prior``, ``kl``
+        (t >= 1) and ``decoder`` (t = 0). By default every term (T forward passes). With ``num_timesteps`` K, the
+        unbiased estimate L_T + L_0 + (T - 1) mean_k L_{t_k} from K steps t_k ~ U{1, ..., T-1} per sample (K + 1
+        passes), plus ``var``: the variance of that estimate over the draw of t (from the K terms; needs K >= 2)."""
+        from tqdm.auto import tqdm
+
         from lit_gen.utils import randn
 
-        kl = torch.zeros(x0.shape[0], device=x0.device, dtype=torch.float64)
-        decoder = torch.zeros_like(kl)
-        for step in range(self.num_timesteps):
-            t = torch.full((x0.shape[0],), step, device=x0.device, dtype=torch.long)
+        B, T = x0.shape[0], self.num_timesteps
+        if num_timesteps is not None and not 2 <= num_timesteps:
+            raise ValueError(f"num_timesteps={num_timesteps}: the estimate needs at least 2 random steps per sample")
+
+        def term(t: torch.Tensor) -> torch.Tensor:
             x_t = self.q_sample(x0, t, randn(x0.shape, generator, x0.device, x0.dtype))
             mean, log_var, _ = self.p_mean_logvar(model_fn(x_t, t), x_t, t, prediction_type, variance, True)
-            term = self.vlb_term(mean, log_var, x0, x_t, t).double()
-            if step == 0:
-                decoder += term
-            else:
-                kl += term
+            return self.vlb_term(mean, log_var, x0, x_t, t).double()
+
+        steps = range(T) if num_timesteps is None else range(num_timesteps + 1)
+        terms = []
+        for k in tqdm(steps, desc="bound over t", disable=not progress, leave=False):
+            if num_timesteps is None or k == 0:  # every step; or L_0 first
+                t = torch.full((B,), k, device=x0.device, dtype=torch.long)
+            else:  # t ~ U{1, ..., T-1}, one per sample
+                t = torch.randint(1, T, (B,), device=x0.device, generator=generator)
+            terms.append(term(t))
+        decoder, rest = terms[0], torch.stack(terms[1:]) if T > 1 else torch.zeros(1, B, dtype=torch.float64)
         prior = self.prior_bpd(x0).double()
-        return {"bpd": prior + kl + decoder, "prior": prior, "kl": kl, "decoder": decoder}
+        out = {"prior": prior, "decoder": decoder}
+        if num_timesteps is None:
+            out["kl"] = rest.sum(0)
+        else:
+            out["kl"] = (T - 1) * rest.mean(0)
+            out["var"] = (T - 1) ** 2 * rest.var(0) / num_timesteps  # of the mean of K draws
+        out["bpd"] = prior + out["kl"] + decoder
+        return out
 
     def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
         """t ~ U{0, ..., T-1} (Ho et al. 2020, Algorithm 1)."""

@@ -61,6 +61,9 @@ class DDPM(ClassifierGuided, GenerativeModule):
         clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
         sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
         sampling_steps: default number of sampling steps (None: all T).
+        bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T passes
+            per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per image (K + 1
+            passes), with test/bpd_se, the standard error of that estimate over the draw of t.
         optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
         ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
@@ -121,6 +124,7 @@ class DDPM(ClassifierGuided, GenerativeModule):
         clip_denoised: bool = True,
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         sampling_steps: int | None = None,
+        bound_timesteps: int | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -137,6 +141,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
                              "model has nothing to guide towards; 1 means no guidance)")
         if variance == "learned" and loss_type == "simple":
             raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', not 'simple'")
+        if bound_timesteps is not None and bound_timesteps < 2:
+            raise ValueError(f"bound_timesteps={bound_timesteps}: use None (the full bound) or K >= 2 random steps")
         if timestep_sampler not in ("uniform", "loss-aware"):
             raise ValueError(f"timestep_sampler={timestep_sampler!r} is not supported; choose 'loss-aware' or 'uniform'")
         self.data_shape = tuple(data_shape)
@@ -193,16 +199,34 @@ class DDPM(ClassifierGuided, GenerativeModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        """test/loss and the negative log-likelihood bound in bits/dim with its parts (T forward passes)."""
+        """test/loss and the negative log-likelihood bound in bits/dim with its parts: all T terms, or the unbiased
+        estimate of ``bound_timesteps``, whose variance over t is summed for test/bpd_se."""
         with eval_mode(self.sampling_net) as net:
             generator = self.eval_generator(batch_idx)
             self.log("test/loss", self.loss(net, batch, generator), sync_dist=True)
             y = batch.get("y") if self.num_classes else None
             nll = self.diffusion.nll_bpd(
-                lambda x_t, t: net(x_t, t, y), batch["x"], self.prediction_type, self.variance, generator
+                lambda x_t, t: net(x_t, t, y), batch["x"], self.prediction_type, self.variance, generator,
+                self.hparams.get("bound_timesteps"), progress=self._show_progress(),
             )
+        if "var" in nll:
+            var = nll.pop("var")  # (B,) float64: each image's estimate's variance over t
+            self._bound_var += torch.stack([var.sum(), var.new_tensor(float(var.numel()))])
         for name, value in nll.items():
             self.log("test/bpd" if name == "bpd" else f"test/bpd_{name}", value.mean().float(), sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._bound_var = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of variances, images)
+
+    def on_test_epoch_end(self) -> None:
+        if self.hparams.get("bound_timesteps"):
+            var_sum, n = self.trainer.strategy.reduce(self._bound_var, reduce_op="sum")
+            self.log("test/bpd_se", (var_sum.sqrt() / n).float(), rank_zero_only=True)
+
+    def _show_progress(self) -> bool:
+        """A bar for long inner loops: on rank 0, when the trainer shows one."""
+        trainer = self._trainer
+        return trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
 
     @torch.no_grad()
     def sample(

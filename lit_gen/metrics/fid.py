@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
 
 from lit_gen.nets.classifier import ImageClassifier
 
@@ -52,12 +53,44 @@ def frechet_distance(features: nn.Module) -> FrechetInceptionDistance:
     return FrechetInceptionDistance(feature=features, reset_real_features=False, normalize=True)
 
 
+def kernel_distance(features: nn.Module, subset_size: int = 1000, subsets: int = 100) -> KernelInceptionDistance:
+    """torchmetrics' KID (Bińkowski et al. 2018: the unbiased MMD^2 estimate with a cubic polynomial kernel,
+    averaged over random subsets) on ``features`` (images in [-1, 1]); real features are kept across ``reset``."""
+    return KernelInceptionDistance(feature=features, subsets=subsets, subset_size=subset_size,
+                                   reset_real_features=False, normalize=True)
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3 pool features (2048) of images in [-1, 1], with torch-fidelity's FID weights read from a file
+    (nothing is downloaded); the standard FID's feature extractor, as torchmetrics runs it."""
+
+    def __init__(self, weights_path: str | Path) -> None:
+        super().__init__()
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"Inception weights not found: {str(weights_path)!r} (torch-fidelity's "
+                                    "pt_inception-2015-12-05 file; download it once where there is internet)")
+        torch.load(weights_path, map_location="cpu", weights_only=True)  # refuse a file that would run code
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+        except ImportError as err:  # torch-fidelity missing
+            raise ImportError("Inception features need torch-fidelity: pip install 'lit_gen[inception]'") from err
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=str(weights_path))
+        self.num_features, self.name = 2048, "inception"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # torch-fidelity's extractor takes uint8 RGB images and resizes them to 299 itself
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return self.net((((x.float() + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)).reshape(x.shape[0], -1)
+
+
+def inception_features(weights_path: str | Path) -> InceptionFeatures:
+    return InceptionFeatures(weights_path)
+
+
 def inception_frechet_distance(weights_path: str | Path) -> FrechetInceptionDistance:
-    """The standard Inception-v3 FID (torch-fidelity's weights, read from ``weights_path``); images in [-1, 1]
-    must be mapped to [0, 1] before ``update``."""
-    if not Path(weights_path).is_file():
-        raise FileNotFoundError(f"Inception weights not found: {str(weights_path)!r} (pt_inception-2015-12-05 file)")
-    return FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=str(weights_path))
+    """The standard Inception-v3 FID on images in [-1, 1] (torch-fidelity's weights, read from ``weights_path``)."""
+    return frechet_distance(InceptionFeatures(weights_path))
 
 
 def train_feature_net(data, steps: int = 1500, lr: float = 2e-3, seed: int = 0) -> tuple[ImageClassifier, float, dict]:

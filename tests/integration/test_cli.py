@@ -10,6 +10,7 @@ import lightning.pytorch as L
 import numpy as np
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gen.cli import LitGenCLI, cli_main
@@ -254,7 +255,22 @@ def test_sample_interpolation_and_inversion(tmp_path, capsys):
 
 def test_fid_during_fit_is_logged_with_features_and_sample_count(tmp_path):
     run = fit(DIGITS, tmp_path, "--trainer.callbacks+=FIDMonitor", "--trainer.callbacks.num_samples=12",
-              "--trainer.callbacks.batch_size=6", '--trainer.callbacks.sample_options={"steps": 3}')
+              "--trainer.callbacks.batch_size=5", '--trainer.callbacks.sample_options={"steps": 3}')
     events = EventAccumulator(str(run)).Reload()
-    assert "val/fid_digits16_n12" in events.Tags()["scalars"]
+    assert {"val/fid_digits16_n12", "val/kid_digits16_n12"} <= set(events.Tags()["scalars"])
     assert events.Scalars("val/fid_digits16_n12")[-1].value > 0
+
+
+def test_fid_chooses_the_best_three_checkpoints(tmp_path):
+    preset = yaml.safe_load((EXPERIMENTS / "trainer" / "fid_best3.yaml").read_text())
+    fid, best, stop = preset["trainer"]["callbacks"]
+    fid["init_args"].update(num_samples=8, batch_size=4, sample_options={"steps": 3})
+    best["init_args"]["monitor"] = stop["init_args"]["monitor"] = "val/fid_digits16_n8"
+    (tmp_path / "fid.yaml").write_text(yaml.safe_dump(preset))
+    run = fit(DIGITS, tmp_path, "--config", str(tmp_path / "fid.yaml"), "--trainer.val_check_interval=1",
+              "--trainer.check_val_every_n_epoch=null", "--trainer.limit_train_batches=null", max_steps=6)
+    # logged through pl_module.log at every validation (the logger's step is the count of steps before it)
+    values = {e.step + 1: e.value for e in EventAccumulator(str(run)).Reload().Scalars("val/fid_digits16_n8")}
+    assert sorted(values) == [1, 2, 3, 4, 5, 6]
+    kept = sorted(int(p.stem.split("step")[1]) for p in (run / "checkpoints").glob("fid-step*.ckpt"))
+    assert kept == sorted(sorted(values, key=values.get)[:3])  # the three lowest FIDs

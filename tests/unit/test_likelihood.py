@@ -148,3 +148,28 @@ def test_bound_of_exact_denoiser_reaches_data_entropy():
     assert exact["bpd"] >= 2.0
     poor = d.nll_bpd(lambda x_t, t: torch.zeros_like(x_t), x0, "x0", "small", gen)["bpd"].mean().item()
     assert poor > exact["bpd"] + 1
+
+
+def test_bound_estimate_from_random_steps_is_unbiased_with_its_variance():
+    """L_T + L_0 + (T - 1) mean_k L_{t_k}, t_k ~ U{1..T-1}, has the full bound's expectation (5 standard errors of
+    the paired difference), and its reported variance is the variance of the (T - 1) mean_k L_{t_k} part."""
+    values = torch.tensor([-1.0, -0.2, 0.4, 1.0], dtype=torch.float64)
+    d = GaussianDiffusion("cosine", 100)
+
+    def exact_x0(x_t, t):
+        abar = d.alpha_bar[t][:, None]
+        logits = -((x_t - abar.sqrt() * values[None]) ** 2) / (2 * (1 - abar))
+        return (logits.softmax(1) * values[None]).sum(1, keepdim=True) * 0.9  # a slightly wrong model
+
+    gen = torch.Generator().manual_seed(1)
+    x0 = values.repeat(500)[:, None]  # (2000, 1)
+    full = d.nll_bpd(exact_x0, x0, "x0", "small", gen)
+    est = d.nll_bpd(exact_x0, x0, "x0", "small", gen, num_timesteps=4)
+    diff = est["bpd"] - full["bpd"]
+    assert abs(diff.mean().item()) < 5 * diff.std().item() / math.sqrt(len(x0))
+    assert diff.std().item() > 0  # a real estimate, not the full bound again
+    same = torch.full((2000, 1), 0.4, dtype=torch.float64)  # one image: the rows differ only by the draw
+    est = d.nll_bpd(exact_x0, same, "x0", "small", gen, num_timesteps=4)
+    assert est["var"].mean().item() == pytest.approx(est["kl"].var().item(), rel=0.15)
+    with pytest.raises(ValueError, match="num_timesteps=1"):
+        d.nll_bpd(exact_x0, x0, "x0", "small", gen, num_timesteps=1)
