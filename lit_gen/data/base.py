@@ -6,7 +6,7 @@ default collate gives dict batches. ``batch_size`` is global and divided across 
 sampler is always a seeded ``DistributedSampler``, so the shuffle order depends only on (seed, epoch).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -76,6 +76,28 @@ def split_indices(n: int, fractions: Sequence[float], generator: torch.Generator
     sizes = [round(f * n) for f in fractions]
     parts = list(torch.split(perm, [n - sum(sizes), *sizes]))
     return [p.sort().values for p in parts]
+
+
+class ResumableSampler(DistributedSampler):
+    """A DistributedSampler (order from (seed, epoch) only) that can start epoch ``e`` after its first ``skip``
+    indices on this rank (``resume_at(e, skip)``): the part of the epoch a resumed run has already trained on.
+    Every iteration in epoch ``e`` skips them (Lightning may create an iterator before the one it trains on);
+    the next epoch starts from the beginning."""
+
+    _resume: tuple[int, int] | None = None  # (epoch, indices to skip)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        self._resume = (epoch, skip) if skip > 0 else None
+
+    def set_epoch(self, epoch: int) -> None:
+        super().set_epoch(epoch)
+        if self._resume is not None and self._resume[0] != epoch:
+            self._resume = None
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        return iter(indices[skip:])
 
 
 class GenerativeDataModule(pl.LightningDataModule):
@@ -167,7 +189,7 @@ class GenerativeDataModule(pl.LightningDataModule):
         )
 
     def _distributed_sampler(self, dataset: Dataset, train: bool) -> DistributedSampler:
-        return DistributedSampler(
+        return (ResumableSampler if train else DistributedSampler)(
             dataset,
             num_replicas=self.world_size,
             rank=self.global_rank,
@@ -178,8 +200,37 @@ class GenerativeDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         # Always a DistributedSampler (even on one process): the order depends only on (seed, epoch),
-        # Lightning calls set_epoch on it and does not replace it.
-        return self._loader(self.train_dataset, self._distributed_sampler(self.train_dataset, True), True)
+        # Lightning calls set_epoch on it and does not replace it. Resumable mid-epoch (see state_dict).
+        self._train_sampler = self._distributed_sampler(self.train_dataset, True)
+        if self._resume is not None:
+            self._train_sampler.resume_at(*self._resume)
+        return self._loader(self.train_dataset, self._train_sampler, True)
+
+    # --- mid-epoch resume ----------------------------------------------------------------------
+    # Lightning saves state_dict() in every checkpoint and hands it back to load_state_dict() on resume. It is
+    # the number of training batches of the current epoch already done (read from the trainer, so the
+    # fetcher's prefetching does not count); a resumed run's sampler skips their indices (without loading them)
+    # and the run draws exactly what an uninterrupted one draws.
+
+    _train_sampler: ResumableSampler | None = None
+    _resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        trainer = self.trainer
+        if trainer is None or self._train_sampler is None:
+            return {}
+        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+                "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if not state:
+            return
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it at "
+                             f"batch_size={self.batch_size} would not continue the same epoch (use the same one)")
+        self._resume = (state["epoch"], state["batches"] * self.per_rank_batch_size)
+        if self._train_sampler is not None:  # the loader exists already (Lightning may build it before restoring)
+            self._train_sampler.resume_at(*self._resume)
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         sampler = self._distributed_sampler(dataset, False) if self.world_size > 1 else None

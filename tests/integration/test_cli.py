@@ -127,6 +127,24 @@ def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
             torch.testing.assert_close(value, b["optimizer"][idx][name], rtol=0, atol=0)
 
 
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
+    """Preempted at step 7, two batches into the second 5-batch epoch (1,437 digits, 256 a batch), resumed from
+    last.ckpt: the loader skips the 2 batches already trained on, and the run ends bit-identical to an
+    uninterrupted one."""
+    extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=null", "--data.init_args.batch_size=256",
+             "--samples.every_n_steps=0", "--model.init_args.ema_decay=0.9", "--trainer.max_epochs=3"]
+    fit(DIGITS, tmp_path, *extra, name="straight")
+    stop = ["--trainer.callbacks+=tests.integration.tiny.StopAfterSteps", "--trainer.callbacks.steps=7"]
+    fit(DIGITS, tmp_path, *extra, *stop, name="resumed")
+    ckpt = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 7 and ckpt["DigitsDataModule"] == {"epoch": 1, "batches": 2, "batch_size": 256}
+    fit(DIGITS, tmp_path, *extra, "--ckpt_path=last", name="resumed")
+    a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == 15
+    for key in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)
+
+
 def test_improved_ddpm_checkpoint_rebuilds_with_its_defaults(tmp_path):
     run = fit("iddpm/digits.yaml", tmp_path)
     model = ImprovedDDPM.load_from_checkpoint(run / "checkpoints" / "last.ckpt")

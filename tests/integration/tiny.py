@@ -152,3 +152,25 @@ class SlowSteps(L.Callback):
         time.sleep(self.seconds)
         if self.ready_file and trainer.global_step >= self.ready_step:
             Path(self.ready_file).touch()
+
+
+class StopAfterSteps(L.Callback):
+    """Stops fitting after ``steps`` optimizer steps (mid-epoch, as a preempted job), without changing its config."""
+
+    def __init__(self, steps: int = 1) -> None:
+        self.steps = steps
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step >= self.steps:
+            trainer.should_stop = True
+
+
+class RecordBatches(L.Callback):
+    """Appends (global step, a fingerprint of the batch) to ``path``, one line per training batch."""
+
+    def __init__(self, path: str = "batches.txt") -> None:
+        self.path = path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(self.path, "a") as f:
+            f.write(f"{trainer.global_step} {batch_idx} {batch['x'].double().sum().item():.6f}\n")

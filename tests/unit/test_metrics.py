@@ -56,3 +56,38 @@ def test_inception_fid_needs_its_weights_on_disk(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="Inception weights not found"):
         inception_frechet_distance(tmp_path / "pt_inception.pth")
+
+
+def test_inception_features_from_a_weights_file(tmp_path, monkeypatch):
+    """Inception-v3 features read from a weights file (made here offline from the architecture's own random
+    initialisation): loaded exactly, 2048 features per image, grey images as RGB; a file that would run code is
+    refused."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    from lit_gen.metrics import InceptionFeatures, frechet_distance
+
+    with monkeypatch.context() as m:  # no download: skip the pretrained weights to write a file of random ones
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
+        torch.manual_seed(0)
+        state = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"]).state_dict()
+    torch.save(state, tmp_path / "pt_inception.pth")
+    features = InceptionFeatures(tmp_path / "pt_inception.pth")
+    name = next(k for k, v in state.items() if v.dtype.is_floating_point and v.std() > 0)
+    torch.testing.assert_close(features.net.state_dict()[name], state[name], rtol=0, atol=0)
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    f = features(x)
+    assert f.shape == (3, 2048) and torch.isfinite(f).all()
+    grey = x[:, :1]
+    torch.testing.assert_close(features(grey), features(grey.expand(-1, 3, -1, -1)))
+    torch.testing.assert_close(features(x.flip(0)), f.flip(0))  # per image, not per batch
+    frechet_distance(features).update(x, real=True)  # plugs into the metric
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    torch.save({"w": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="Weights only load failed"):
+        InceptionFeatures(tmp_path / "evil.pth")
