@@ -51,6 +51,15 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has them.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
+        "--devices", type=int, default=1,
+        help="Processes (CPU) or GPUs per node to shard the samples over, by index: the same samples as one process.",
+    )
+    parser.add_argument("--num_nodes", type=int, default=1, help="Nodes for --devices (torchrun / SLURM).")
+    parser.add_argument(
+        "--png", type=bool, default=False,
+        help="Also write every sample as OUTPUT/png/<index>.png (for clean-fid / torch-fidelity).",
+    )
+    parser.add_argument(
         "--interpolate", type=int | None, default=None,
         help="Decode an N x N grid of latents slerped between 4 drawn from --seed (diffusion: deterministic DDIM).",
     )
@@ -128,6 +137,11 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError("--inpaint and --mask go together: give both files")
     if cfg.inpaint is not None and (cfg.interpolate is not None or cfg.invert is not None):
         raise ValueError("--inpaint is a job of its own; give it without --interpolate or --invert")
+    if cfg.devices < 1 or cfg.num_nodes < 1:
+        raise ValueError(f"devices={cfg.devices} and num_nodes={cfg.num_nodes} must be >= 1")
+    if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
+        raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and --invert "
+                         "on one device")
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     model = load_model(cfg, device)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
@@ -138,10 +152,15 @@ def sample_main(argv: list[str]) -> Path:
         x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate
     elif cfg.invert is not None:
         x, labels, nrow = invert_and_reconstruct(model, cfg, options, output), None, None
+    elif cfg.devices > 1 or cfg.num_nodes > 1:
+        drawn = draw_sharded(model, cfg, options, output)
+        if drawn is None:  # not rank 0: rank 0 writes
+            return output
+        (x, labels), nrow = drawn, None
     else:
         x, labels = draw(model, cfg, options, known)
         nrow = None
-    write_samples(output, x, labels, nrow)
+    write_samples(output, x, labels, nrow, cfg.png)
     print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
     return output
 
@@ -185,17 +204,30 @@ def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     return known.float() / 127.5 - 1, mask
 
 
+def labels_of(model, cfg, options: dict, indices: list[int]) -> torch.Tensor | None:
+    """The requested label of each sample index: ``--labels`` cycled, else balanced over the classes (i mod K)."""
+    if cfg.labels:
+        return torch.tensor([cfg.labels[i % len(cfg.labels)] for i in indices])
+    k = model.label_classes(options)
+    return torch.tensor([i % k for i in indices]) if k else None
+
+
+def draw_indices(model, cfg, options: dict, indices: list[int], known=None, progress: bool = True):
+    """The samples of ``indices`` (one batch): sample i from the generator of (seed, i); returns the output."""
+    extra = {}
+    if known is not None:  # images and masks cycled over the samples
+        images, mask = known
+        idx = torch.tensor(indices)
+        extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
+    gens = [g for i in indices for g in sample_generators(cfg.seed, i, 1)]
+    return model.sample(len(indices), gens, labels=labels_of(model, cfg, options, indices), progress=progress,
+                        **extra, **options)
+
+
 def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarray | None]:
     xs, ys, nfe = [], [], []
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="batches", unit="batch"):
-        n = min(cfg.batch_size, cfg.num_samples - start)
-        extra = {}
-        if known is not None:  # images and masks cycled over the samples
-            images, mask = known
-            idx = torch.arange(start, start + n)
-            extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
-        out = model.sample(n, sample_generators(cfg.seed, start, n), labels=_labels(cfg, start, n), progress=True,
-                           **extra, **options)
+        out = draw_indices(model, cfg, options, list(range(start, min(start + cfg.batch_size, cfg.num_samples))), known)
         xs.append(out.x.cpu())
         if out.labels is not None:
             ys.append(out.labels.cpu())
@@ -205,6 +237,23 @@ def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarra
         print(f"NFE (network evaluations per batch): {nfe[0]}" + (f" to {max(nfe)}" if max(nfe) != nfe[0] else ""),
               file=sys.stderr)
     return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None)
+
+
+def draw_sharded(model, cfg, options: dict, output: Path) -> tuple[torch.Tensor, np.ndarray | None] | None:
+    """:func:`draw` over ``--devices`` x ``--num_nodes`` processes (None on every rank but 0)."""
+    from lit_gen.shards import sample_sharded
+
+    def draw_batch(net, indices):
+        out = draw_indices(net, cfg, options, indices, progress=False)
+        return out.x, out.labels
+
+    accelerator = {"auto": "auto", "cpu": "cpu"}.get(cfg.device, "gpu")
+    result = sample_sharded(model, draw_batch, cfg.num_samples, cfg.batch_size, cfg.devices, cfg.num_nodes,
+                            accelerator, output)
+    if result is None:
+        return None
+    x, labels = result
+    return x, (None if labels is None else labels.numpy().astype(np.int64))
 
 
 def _decode(model, latents: torch.Tensor, cfg, options: dict) -> torch.Tensor:
@@ -248,12 +297,18 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     return recon
 
 
-def write_samples(output: Path, x: torch.Tensor, labels: np.ndarray | None, nrow: int | None = None) -> None:
+def write_samples(output: Path, x: torch.Tensor, labels: np.ndarray | None, nrow: int | None = None,
+                  png: bool = False) -> None:
     if x.ndim == 2:  # vectors (2-D toy data): float samples and a scatter plot
         save_npz(output / "samples.npz", x.numpy().astype(np.float32), labels)
         save_png(figure_to_array(scatter_figure(x, title=f"{len(x)} samples")), output / "grid.png")
         return
-    save_npz(output / "samples.npz", to_uint8_nhwc(x), labels)
+    images = to_uint8_nhwc(x)
+    save_npz(output / "samples.npz", images, labels)
+    if png:  # one file per sample, named by index (grey images as L)
+        digits = max(6, len(str(len(images) - 1)))
+        for i, image in enumerate(images):
+            save_png(image[..., 0] if image.shape[-1] == 1 else image, output / "png" / f"{i:0{digits}d}.png")
     shown = x[: min(len(x), 256)]
     grid = image_grid(shown, nrow=nrow or math.ceil(math.sqrt(len(shown))))
     save_png((grid.permute(1, 2, 0) * 255).round().byte().numpy(), output / "grid.png")

@@ -73,7 +73,7 @@ class GuidedDenoiser:
     variance the prediction channels come first and the conditional model's variance channels are kept).
 
     Classifier-free guidance: eps = eps_u + s (eps_c - eps_u), with eps_c and eps_u from one batched 2B
-    forward pass (Ho & Salimans 2022, Eq. 6). As the output is affine in eps at fixed (x_t, t), the same
+    forward pass (Ho & Salimans 2022, Eq. 6), or two passes of B (``guidance_batching``). As the output is affine in eps at fixed (x_t, t), the same
     combination of the outputs is exactly this combination in eps space, for x0 and v prediction too.
     s = 0 and s = 1 call the network once, unconditionally and conditionally.
 
@@ -90,6 +90,9 @@ class GuidedDenoiser:
         guidance_rescale: phi of Lin et al. 2024, Sec. 3.4: the guided eps is rescaled to the conditional
             eps's standard deviation per sample, mixed as phi * rescaled + (1 - phi) * guided (0: off).
         classifier: classifier guidance, or None.
+        guidance_batching: ``joint``: one 2B forward pass (best on GPUs); ``split``: two passes of B (on CPUs, where
+            a pass costs more than twice as much at twice the batch); ``auto``: joint on CUDA, split elsewhere. The
+            outputs agree to float rounding.
         classifier_form: ``eps``: eps - sqrt(1 - abar_t) s grad log p(y|x_t) (Algorithm 2, any sampler);
             ``mean``: the ancestral sampler shifts its mean by Sigma s grad (Algorithm 1) through
             :meth:`mean_gradient`, and the output is left alone.
@@ -108,7 +111,11 @@ class GuidedDenoiser:
         guidance_rescale: float = 0.0,
         classifier: ClassifierGuidance | None = None,
         classifier_form: Literal["eps", "mean"] = "eps",
+        guidance_batching: Literal["auto", "joint", "split"] = "auto",
     ) -> None:
+        if guidance_batching not in ("auto", "joint", "split"):
+            raise ValueError(f"guidance_batching={guidance_batching!r} is not supported; choose one of "
+                             "['auto', 'joint', 'split']")
         if classifier_form not in ("eps", "mean"):
             raise ValueError(f"classifier_form={classifier_form!r} is not supported; choose one of ['eps', 'mean']")
         if guidance_interval is not None and not 0 <= guidance_interval[0] <= guidance_interval[1]:
@@ -120,6 +127,7 @@ class GuidedDenoiser:
         self.labels, self.null_label = labels, null_label
         self.guidance_scale, self.guidance_interval, self.guidance_rescale = guidance_scale, guidance_interval, guidance_rescale
         self.classifier, self.classifier_form = classifier, classifier_form
+        self.guidance_batching = guidance_batching
 
     # --- classifier-free guidance --------------------------------------------------------------------
     def _guided_here(self, t: torch.Tensor) -> torch.Tensor:
@@ -142,8 +150,11 @@ class GuidedDenoiser:
         inside = self._guided_here(t)
         if not inside.any():
             return self.net(x_t, t, y)
-        both = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))  # one 2B pass
-        out_c, out_u = both.chunk(2)
+        joint = self.guidance_batching == "joint" or (self.guidance_batching == "auto" and x_t.device.type == "cuda")
+        if joint:  # one 2B pass
+            out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
+        else:
+            out_c, out_u = self.net(x_t, t, y), self.net(x_t, t, null)
         (pred_c, var_c), (pred_u, _) = self._split(out_c), self._split(out_u)
         pred = torch.lerp(pred_u, pred_c, s)  # pred_u + s (pred_c - pred_u), exact at s = 0 and 1
         if self.guidance_rescale > 0:

@@ -162,6 +162,10 @@ class GenerativeModule(L.LightningModule):
         sampling starts (``lit-gen sample`` calls it first)."""
         self.check_options(options, self.sample_options, type(self).__name__)
 
+    def label_classes(self, options: dict) -> int:
+        """How many classes a sample may be requested from with ``options`` (0: samples take no labels)."""
+        return getattr(self, "num_classes", 0)
+
     def deterministic_options(self, options: dict) -> dict:
         """``options`` made deterministic for latent interpolation and inversion (a flow already is)."""
         return options

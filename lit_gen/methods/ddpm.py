@@ -87,6 +87,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
                 conditional model elsewhere (Kynkäänniemi et al. 2024). Default: every step.
             guidance_rescale: phi in [0, 1] of Lin et al. 2024: rescale the guided eps to the conditional
                 eps's spread (default 0: off).
+            guidance_batching: the two passes of classifier-free guidance as ``joint`` (one forward of 2B, best on
+                GPUs), ``split`` (two of B, faster on CPUs) or ``auto`` (joint on CUDA, split elsewhere; default).
             classifier_ckpt: a NoisyClassifier checkpoint for classifier guidance (Dhariwal & Nichol 2021),
                 trained for this model's noise process.
             classifier_scale: classifier guidance scale s (default 1 with a classifier).
@@ -102,6 +104,7 @@ class DDPM(ClassifierGuided, GenerativeModule):
         guidance_scale: float | None = None
         guidance_interval: tuple[int, int] | None = None
         guidance_rescale: float | None = None
+        guidance_batching: str | None = None
         classifier_ckpt: str | None = None
         classifier_scale: float | None = None
         classifier_form: str | None = None
@@ -334,7 +337,7 @@ class DDPM(ClassifierGuided, GenerativeModule):
             net, self.diffusion, self.prediction_type, self.variance == "learned",
             classes if self.num_classes else None, self.num_classes, scale, options.get("guidance_interval"),
             options.get("guidance_rescale") or 0.0, guidance if sampler is not None else None,
-            form if sampler is not None else "eps",
+            form if sampler is not None else "eps", options.get("guidance_batching") or "auto",
         )
         return denoiser, classes, guidance
 

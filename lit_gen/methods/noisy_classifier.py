@@ -150,6 +150,11 @@ class ClassifierGuided:
             cache[path] = classifier
         return cache[path]
 
+    def label_classes(self, options: dict) -> int:
+        """The model's classes, or the guiding classifier's for an unconditional model."""
+        classifier = self._classifier(options)
+        return self.num_classes or (classifier.num_classes if classifier is not None else 0)
+
     def _labels(self, num_samples: int, labels: torch.Tensor | None, num_classes: int | None = None):
         """Requested labels (B,) on the device, balanced over the classes by default; None without classes."""
         num_classes = self.num_classes if num_classes is None else num_classes

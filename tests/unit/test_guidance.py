@@ -82,16 +82,17 @@ def test_scale_0_and_1_are_the_unconditional_and_conditional_models_exactly(adap
 TOL = 1e-8
 
 
-def test_guided_output_is_linear_in_the_scale_and_computed_in_one_batched_pass():
+@pytest.mark.parametrize("batching, passes", [("joint", [8]), ("split", [4, 4]), ("auto", [4, 4])])  # auto: CPU
+def test_guided_output_is_linear_in_the_scale_in_one_batched_pass_or_two(batching, passes):
     net = _unet()
     x, t, y = _inputs()
     out_c, out_u = net(x, t, y), net(x, t, torch.full_like(y, K))
     calls = []
     counting = lambda x_t, t_, y_: calls.append(len(x_t)) or net(x_t, t_, y_)  # noqa: E731
     for s in (-0.5, 0.3, 2.0, 3.0, 7.5):
-        guided = _guided(counting, s)(x, t)
+        guided = _guided(counting, s, guidance_batching=batching)(x, t)
         torch.testing.assert_close(guided, out_u + s * (out_c - out_u), rtol=0, atol=TOL)
-    assert calls == [8] * 5  # one forward of 2B per call
+    assert calls == passes * 5  # one forward of 2B, or two of B, per call
 
 
 @pytest.mark.parametrize("prediction_type", ["x0", "v"])
