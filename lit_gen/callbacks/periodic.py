@@ -1,4 +1,5 @@
-"""The schedule the logging callbacks share: every N optimizer steps, and once more when fitting ends."""
+"""The schedule the logging callbacks share: every N optimizer steps and/or every N epochs, and once more when
+fitting ends."""
 
 from __future__ import annotations
 
@@ -6,17 +7,19 @@ import lightning.pytorch as L
 
 
 class EveryNSteps(L.Callback):
-    """Calls :meth:`run` every ``every_n_steps`` optimizer steps and when fitting ends (unless that step was
-    just done). ``every_n_steps`` = 0 turns it off, or, with ``run_at_end_when_off``, leaves only the final
-    run. Every rank calls :meth:`run` (a sharded model needs all ranks in a forward pass)."""
+    """Calls :meth:`run` every ``every_n_steps`` optimizer steps, at the end of every ``every_n_epochs``-th epoch,
+    and when fitting ends (unless that step was just done). Both 0 turn it off, or, with
+    ``run_at_end_when_off``, leave only the final run. Every rank calls :meth:`run` (a sharded model needs all
+    ranks in a forward pass)."""
 
     run_at_end_when_off = False
 
-    def __init__(self, every_n_steps: int) -> None:
+    def __init__(self, every_n_steps: int, every_n_epochs: int = 0) -> None:
         super().__init__()
-        if every_n_steps < 0:
-            raise ValueError(f"every_n_steps={every_n_steps} must be >= 0 (0: off)")
+        if every_n_steps < 0 or every_n_epochs < 0:
+            raise ValueError(f"every_n_steps={every_n_steps} and every_n_epochs={every_n_epochs} must be >= 0 (0: off)")
         self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs
         self._last_step = -1
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -24,8 +27,14 @@ class EveryNSteps(L.Callback):
         if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
             self._run(trainer, pl_module)
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if (self.every_n_epochs > 0 and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+                and trainer.global_step != self._last_step):
+            self._run(trainer, pl_module)
+
     def on_train_end(self, trainer, pl_module) -> None:
-        if (self.every_n_steps > 0 or self.run_at_end_when_off) and trainer.global_step != self._last_step:
+        on = self.every_n_steps > 0 or self.every_n_epochs > 0 or self.run_at_end_when_off
+        if on and trainer.global_step != self._last_step:
             self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module) -> None:

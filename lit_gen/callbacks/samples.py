@@ -24,7 +24,7 @@ class SampleGrid(EveryNSteps):
     Every rank samples (a sharded model needs all ranks in the forward pass); only rank 0 writes.
 
     Args:
-        every_n_steps: interval in optimizer steps; 0 disables the callback.
+        every_n_steps: interval in optimizer steps (0: none by steps; with every_n_epochs also 0, the callback is off).
         num_samples: images in the grid (points in the scatter plot for 2-D data).
         seed: seed of the per-sample generators, fixed so grids compare across steps.
         trajectory_samples: how many samples to show along the denoising trajectory (0: none).
@@ -33,6 +33,7 @@ class SampleGrid(EveryNSteps):
         sample_options: extra options for ``pl_module.sample`` (e.g. ``{"sampler": "ddim", "steps": 50}``).
         temperatures: flows: also draw one grid per temperature, logged as ``samples/grid_T<t>`` (or
             ``samples/scatter_T<t>``), e.g. ``[0.5, 0.7, 1.0]``.
+        every_n_epochs: also at the end of every n-th epoch (0: off).
     """
 
     def __init__(
@@ -45,8 +46,9 @@ class SampleGrid(EveryNSteps):
         save_png: bool = True,
         sample_options: dict | None = None,
         temperatures: list[float] | None = None,
+        every_n_epochs: int = 0,
     ) -> None:
-        super().__init__(every_n_steps)
+        super().__init__(every_n_steps, every_n_epochs)
         self.num_samples = num_samples
         self.seed = seed
         self.trajectory_samples = trajectory_samples

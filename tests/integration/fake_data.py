@@ -20,6 +20,21 @@ def fake_data_args(config: str, runs_dir: Path, monkeypatch) -> list[str]:
     elif data_class == "CIFAR10DataModule":
         if not (root / "cifar-10-batches-py").exists():
             write_cifar10(root / "cifar-10-batches-py", monkeypatch)
+    elif data_class == "ImageFolderDataModule":  # a flat folder of 64x64 images
+        root = root / "images"
+        if not root.exists():
+            write_image_folder(root)
     else:
         return []
     return [f"--data.init_args.root={root}"]
+
+
+def write_image_folder(root: Path, n: int = 24, size: int = 64) -> None:
+    """``n`` random RGB PNG images of ``size`` x ``size`` directly in ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / f"{i:03d}.png")

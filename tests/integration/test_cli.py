@@ -29,8 +29,9 @@ def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps:
 
 
 @pytest.mark.parametrize("config", method_configs())
-def test_config_instantiates(config, tmp_path):
-    cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path)], run=False)
+def test_config_instantiates(config, tmp_path, monkeypatch):
+    data_args = fake_data_args(config, tmp_path, monkeypatch) if "folder" in config else []  # a root must exist
+    cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path), *data_args], run=False)
     assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
     assert Path(cli.trainer.logger.log_dir) == tmp_path / cli.config.name
 
@@ -292,3 +293,14 @@ def test_fid_chooses_the_best_three_checkpoints(tmp_path):
     assert sorted(values) == [1, 2, 3, 4, 5, 6]
     kept = sorted(int(p.stem.split("step")[1]) for p in (run / "checkpoints").glob("fid-step*.ckpt"))
     assert kept == sorted(sorted(values, key=values.get)[:3])  # the three lowest FIDs
+
+
+def test_folder64_grids_and_checkpoints_every_epoch(tmp_path, monkeypatch):
+    """The notes' setting: a sample grid and a checkpoint after every epoch (2 batches an epoch here)."""
+    run = fit("ddpm/folder64.yaml", tmp_path, "--samples.every_n_steps=0", "--samples.every_n_epochs=1",
+              "--checkpoint.every_n_train_steps=0", "--checkpoint.every_n_epochs=1", "--trainer.max_steps=-1",
+              "--trainer.max_epochs=3", monkeypatch=monkeypatch)
+    assert sorted(p.name for p in (run / "samples").glob("step_*.png")) == [
+        "step_0000002.png", "step_0000004.png", "step_0000006.png"]
+    assert sorted(p.name for p in (run / "checkpoints").glob("step*.ckpt")) == [
+        "step0000002.ckpt", "step0000004.ckpt", "step0000006.ckpt"]

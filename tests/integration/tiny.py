@@ -29,7 +29,7 @@ TINY_NET = {
     "lit_gen.flows.RealNVP": {"num_steps_per_scale": 1, "hidden_channels": 4, "num_blocks": 1},
     "lit_gen.flows.Glow": {"num_levels": 2, "num_steps": 1, "hidden_channels": 4},
 }
-TINY_IMAGE_SIZE = {"DigitsDataModule": 8}
+TINY_IMAGE_SIZE = {"DigitsDataModule": 8, "ImageFolderDataModule": 8}
 # score methods: a 10-step SDE (NCSN keeps its 10 levels) and 2 Langevin steps per level
 SCORE_METHODS = {
     "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-2", "--model.init_args.ode_atol=1e-2"],
@@ -77,6 +77,7 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
         "--samples.num_samples=4",
         "--samples.trajectory_points=3",
         "--checkpoint.every_n_train_steps=1",
+        "--checkpoint.every_n_epochs=null",
         f"--runs_dir={runs_dir}",
         f"--name={name}",
     ]
