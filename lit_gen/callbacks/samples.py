@@ -67,7 +67,9 @@ class SampleGrid(EveryNSteps):
         for suffix, extra in variants:
             gens = sample_generators(self.seed, 0, n)
             points = self.trajectory_points if self.trajectory_samples and not suffix else 0
-            out = pl_module.sample(n, gens, labels=labels, trajectory_points=points, **self.sample_options, **extra)
+            progress = trainer.is_global_zero and trainer.progress_bar_callback is not None
+            out = pl_module.sample(n, gens, labels=labels, trajectory_points=points, progress=progress,
+                                   **self.sample_options, **extra)
             field = None
             if out.x.ndim == 2 and not suffix and hasattr(pl_module, "score_field"):  # every rank: same forwards
                 grid = torch.linspace(-4.5, 4.5, 21, device=pl_module.device)

@@ -101,7 +101,9 @@ def train_feature_net(data, steps: int = 1500, lr: float = 2e-3, seed: int = 0) 
     net = ImageClassifier(**config)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    step = 0
+    from tqdm.auto import tqdm
+
+    step, bar = 0, tqdm(total=steps, desc="feature net", unit="step")
     while step < steps:
         for batch in data.train_dataloader():
             x = batch["x"] + 0.05 * torch.randn_like(batch["x"])  # light noise: features robust to sample noise
@@ -111,8 +113,10 @@ def train_feature_net(data, steps: int = 1500, lr: float = 2e-3, seed: int = 0) 
             opt.step()
             sched.step()
             step += 1
+            bar.update()
             if step == steps:
                 break
+    bar.close()
     net.eval()
     with torch.no_grad():
         correct = total = 0
