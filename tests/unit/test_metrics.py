@@ -91,3 +91,14 @@ def test_inception_features_from_a_weights_file(tmp_path, monkeypatch):
     torch.save({"w": Payload()}, tmp_path / "evil.pth")
     with pytest.raises(Exception, match="Weights only load failed"):
         InceptionFeatures(tmp_path / "evil.pth")
+
+
+def test_shipped_shapes_feature_net_classifies_held_out_shapes():
+    from lit_gen.data import ShapesDataModule
+
+    data = ShapesDataModule(image_size=16, num_train=64, num_val=64, num_test=400, seed=1)  # unseen renderings
+    data.setup("test")
+    batch = next(iter(torch.utils.data.DataLoader(data.test_dataset, batch_size=400)))
+    features = load_feature_net(resolve_features("shapes16"))
+    accuracy = (features.classifier(batch["x"]).argmax(-1) == batch["y"]).float().mean().item()
+    assert accuracy > 0.97, accuracy
