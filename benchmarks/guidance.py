@@ -6,9 +6,9 @@ distance to the training images in that net's features, and seconds per image; t
 
     python -m benchmarks.guidance --cfg runs/cfg_digits/checkpoints/last.ckpt \\
         --ddpm runs/ddpm_digits/checkpoints/last.ckpt --classifier runs/classifier_digits/checkpoints/last.ckpt
-    python -m benchmarks.guidance --data shapes --features shapes32.pt --cfg ... --ddpm ... --classifier ...
+    python -m benchmarks.guidance --data shapes --image_size 16 --features shapes16 --cfg ... --ddpm ... --classifier ...
 
-For shapes, make the feature net first: python -m lit_gen.metrics train --data shapes --output shapes32.pt
+The shapes checkpoints of the README's table are the digits configs run on 16x16 shapes (see the README).
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ def main() -> None:
     parser.add_argument("--ddpm", required=True, help="an unconditional DDPM of the same noise process")
     parser.add_argument("--classifier", required=True, help="a NoisyClassifier of that process")
     parser.add_argument("--data", choices=["digits", "shapes"], default="digits")
+    parser.add_argument("--image_size", type=int, default=16)
     parser.add_argument("--features", default="digits16", help="feature net: a shipped name or a .pt file")
     parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 3, 5])
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
@@ -84,7 +85,7 @@ def main() -> None:
     parser.add_argument("--time_repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = DigitsDataModule(image_size=16, batch_size=500) if args.data == "digits" else ShapesDataModule(batch_size=500)
+    data = (DigitsDataModule if args.data == "digits" else ShapesDataModule)(image_size=args.image_size, batch_size=500)
     data.setup("fit")
     features = load_feature_net(resolve_features(args.features))
     metric = frechet_distance(features)

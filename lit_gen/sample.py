@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
-
-import yaml
 
 from lit_gen.checkpoints import checkpoint_class, load_module, load_weights, read_checkpoint, read_weights_metadata
 from lit_gen.diffusion import slerp_grid
