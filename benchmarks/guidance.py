@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--time_scale", type=float, default=3.0, help="the s of the timing table")
     parser.add_argument("--time_repeats", type=int, default=3)
+    parser.add_argument("--time_only", action="store_true",
+                        help="only the timing tables (time depends on the nets, not on how long they trained)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = (DigitsDataModule if args.data == "digits" else ShapesDataModule)(image_size=args.image_size, batch_size=500)
@@ -94,8 +96,15 @@ def main() -> None:
     cfg, ddpm = load_module(args.cfg), load_module(args.ddpm)
     K = cfg.num_classes
     ddim = {"sampler": "ddim", "steps": args.steps, "eta": 0.0}
-    run = lambda model, **o: evaluate(model, features, metric, args.num_samples, args.batch, K, **ddim, **o)  # noqa: E731
 
+    if not args.time_only:
+        sweep(args, cfg, ddpm, features, metric, data, K, ddim)
+    timing(args, cfg, ddpm, K, ddim)
+
+
+def sweep(args, cfg, ddpm, features, metric, data, K: int, ddim: dict) -> None:
+    """Accuracy, Fréchet distance and time per image at every scale, for both kinds of guidance."""
+    run = lambda model, **o: evaluate(model, features, metric, args.num_samples, args.batch, K, **ddim, **o)  # noqa: E731
     rows = []
     acc, fd, sec = evaluate(ddpm, features, metric, args.num_samples, args.batch, K, **ddim)
     reference = sec
@@ -115,20 +124,72 @@ def main() -> None:
           "unconditional DDPM at the same steps")
     print_table(["guidance", "s", "accuracy", f"fid_{features.name}_n{args.num_samples}", "ms / image", "x unguided"], rows)
 
-    # time per image, side by side: unguided and guided sampling of one batch, taken in turn
+
+def timing(args, cfg, ddpm, K: int, ddim: dict) -> None:
+    """Time per image, side by side: unguided and guided sampling of one batch, taken in turn; then diffusers."""
     n, s = args.batch, args.time_scale
     labels = torch.arange(n) % K
     draw = lambda model, **o: lambda: model.sample(n, sample_generators(0, 0, n), **ddim, **o)  # noqa: E731
     seconds = interleaved_seconds({
         "unconditional DDPM": draw(ddpm),
         "conditional, s = 1 (one pass)": draw(cfg, labels=labels, guidance_scale=1.0),
-        f"classifier-free, s = {s:g}": draw(cfg, labels=labels, guidance_scale=s),
+        f"classifier-free, s = {s:g}, two passes of B (split: the CPU default)": draw(
+            cfg, labels=labels, guidance_scale=s, guidance_batching="split"),
+        f"classifier-free, s = {s:g}, one pass of 2B (joint: the CUDA default)": draw(
+            cfg, labels=labels, guidance_scale=s, guidance_batching="joint"),
         f"classifier, s = {s:g}": draw(ddpm, labels=labels, classifier_ckpt=args.classifier, classifier_scale=s),
     }, n, args.time_repeats)
     base = seconds["unconditional DDPM"]
     print(f"\nTime per image, DDIM-{args.steps}, batch {n}, median of {args.time_repeats} interleaved runs "
           "(targets: classifier-free <= 2.2x, classifier <= 3x unguided)")
     print_table(["sampling", "ms / image", "x unguided"],
+                [[name, f"{1000 * sec:.1f}", f"{sec / base:.2f}"] for name, sec in seconds.items()])
+    side_by_side_with_diffusers(cfg, n, s, args.steps, args.time_repeats)
+
+
+def side_by_side_with_diffusers(cfg, n: int, s: float, steps: int, repeats: int) -> None:
+    """The same conditional net, x_T and timesteps, classifier-free guided DDIM (eta 0) two ways: lit_gen's
+    GuidedDenoiser + DDIMSampler, and diffusers' DDIMScheduler with the guidance loop its pipelines write (one
+    2B pass per step). Prints the largest difference of the images and the time per image of each. x0 is not
+    clipped in either: with clipping, diffusers keeps the raw eps for the direction term while lit_gen (as ADM)
+    recomputes eps from the clipped x0, a difference of convention, not of guidance."""
+    from diffusers import DDIMScheduler
+
+    from lit_gen.diffusion import DDIMSampler, sample_loop
+    from lit_gen.utils import randn
+
+    net, K = cfg.sampling_net, cfg.num_classes
+    labels, null = torch.arange(n) % K, torch.full((n,), K)
+    scheduler = DDIMScheduler(num_train_timesteps=cfg.diffusion.num_timesteps, beta_schedule="linear",
+                              clip_sample=False, set_alpha_to_one=True)
+    scheduler.set_timesteps(steps)  # "leading": 980, 960, ..., 0 for 50 of 1000
+    x_T = randn((n, *cfg.data_shape), sample_generators(0, 0, n), "cpu")
+
+    def theirs() -> torch.Tensor:
+        x = x_T.clone()
+        for t in scheduler.timesteps:
+            tt = torch.full((n,), int(t))
+            eps_c, eps_u = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([labels, null])).chunk(2)
+            x = scheduler.step(eps_u + s * (eps_c - eps_u), t, x, eta=0.0).prev_sample
+        return x
+
+    def ours(batching: str) -> torch.Tensor:
+        sampler = DDIMSampler(cfg.diffusion, clip_denoised=False, eta=0.0)
+        sampler.set_timesteps(timesteps=scheduler.timesteps.tolist())
+        denoiser, _, _ = cfg.guided_denoiser(net, sampler, n, labels, {"guidance_scale": s,
+                                                                     "guidance_batching": batching})
+        return sample_loop(denoiser, sampler, x_T.clone(), sample_generators(0, 0, n))[0]
+
+    with torch.no_grad():
+        diff = (ours("joint") - theirs()).abs().max().item()
+        seconds = interleaved_seconds({"diffusers DDIMScheduler + CFG loop (one pass of 2B)": theirs,
+                                       "lit_gen, joint (one pass of 2B)": lambda: ours("joint"),
+                                       "lit_gen, split (two passes of B)": lambda: ours("split")}, n, repeats)
+    base = seconds["diffusers DDIMScheduler + CFG loop (one pass of 2B)"]
+    print(f"\nSide by side with diffusers 0.{__import__('diffusers').__version__.split('.')[1]}: CFG s = {s:g}, "
+          f"DDIM-{steps} (diffusers' leading timesteps), batch {n}; largest image difference {diff:.2e} "
+          "(images in [-1, 1])")
+    print_table(["sampler", "ms / image", "x diffusers"],
                 [[name, f"{1000 * sec:.1f}", f"{sec / base:.2f}"] for name, sec in seconds.items()])
 
 

@@ -81,6 +81,20 @@ def test_same_config_twice_and_test_subcommand(tmp_path):
     assert {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_kl", "test/bpd_decoder"} <= tags
 
 
+def test_test_subcommand_estimates_the_bound_from_random_steps(tmp_path, capsys):
+    run = fit("iddpm/digits.yaml", tmp_path)
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+    cli_main(["test", *tiny_args("iddpm/digits.yaml", tmp_path), "--ckpt_path", ckpt,
+              "--model.init_args.bound_timesteps=4"])
+    events = EventAccumulator(str(run)).Reload()
+    assert {"test/bpd", "test/bpd_se", "test/bpd_kl"} <= set(events.Tags()["scalars"])
+    assert 0 < events.Scalars("test/bpd_se")[-1].value < events.Scalars("test/bpd")[-1].value
+    with pytest.raises(SystemExit):
+        cli_main(["test", *tiny_args("iddpm/digits.yaml", tmp_path), "--ckpt_path", ckpt,
+                  "--model.init_args.bound_timesteps=1"])
+    assert "bound_timesteps=1" in capsys.readouterr().err
+
+
 def _state(path: Path) -> dict:
     ckpt = torch.load(path, weights_only=False)
     return {
@@ -128,7 +142,7 @@ def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
             torch.testing.assert_close(value, b["optimizer"][idx][name], rtol=0, atol=0)
 
 
-def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
+def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, capsys):
     """Preempted at step 7, two batches into the second 5-batch epoch (1,437 digits, 256 a batch), resumed from
     last.ckpt: the loader skips the 2 batches already trained on, and the run ends bit-identical to an
     uninterrupted one."""
@@ -139,6 +153,9 @@ def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     fit(DIGITS, tmp_path, *extra, *stop, name="resumed")
     ckpt = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 7 and ckpt["DigitsDataModule"] == {"epoch": 1, "batches": 2, "batch_size": 256}
+    with pytest.raises(SystemExit):  # another batch size would not continue the same epoch
+        fit(DIGITS, tmp_path, *extra, "--data.init_args.batch_size=128", "--ckpt_path=last", name="resumed")
+    assert "batch_size=256" in capsys.readouterr().err
     fit(DIGITS, tmp_path, *extra, "--ckpt_path=last", name="resumed")
     a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
     assert a["global_step"] == b["global_step"] == 15
