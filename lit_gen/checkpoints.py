@@ -64,13 +64,17 @@ def import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def checkpoint_class(ckpt: dict[str, Any]) -> type:
-    """The LightningModule class that wrote ``ckpt``."""
-    path = ckpt[TAG]["class_path"]
+def method_class(path: str) -> type:
+    """The LightningModule class at ``path``: a dotted path, or a short name of ``lit_gen.methods`` (``DDPM``)."""
     try:
-        return import_class(path)
+        return import_class(path if "." in path else f"lit_gen.methods.{path}")
     except (ImportError, AttributeError):
         raise CheckpointError(f"the checkpoint's method {path} is not in this version of lit_gen") from None
+
+
+def checkpoint_class(ckpt: dict[str, Any]) -> type:
+    """The LightningModule class that wrote ``ckpt``."""
+    return method_class(ckpt[TAG]["class_path"])
 
 
 def check_method(ckpt: dict[str, Any], expected: type, path: str | Path = "checkpoint") -> None:
@@ -162,7 +166,7 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", config: d
             raise CheckpointError("--config: expected a model section with class_path (and init_args)")
         hparams.update(config.get("init_args") or {})
         hparams["_class_path"] = config["class_path"]
-    cls = checkpoint_class(meta)
+    cls = method_class(hparams["_class_path"] if "_class_path" in hparams else meta["class_path"])
     model = instantiate_module(cls, hparams) if "_class_path" in hparams else cls(**hparams)
     model.ema = None  # the exported net.* weights are the EMA ones
     model.load_state_dict(load_file(str(path)))

@@ -115,8 +115,13 @@ class LitGenCLI(LightningCLI):
                 return
             ckpt_path = cfg.ckpt_path = str(last)
         # read as plain data (weights_only): a checkpoint that would run code is refused here, in one line
-        check_method(read_checkpoint(ckpt_path), import_class(cfg.model.class_path), ckpt_path)
-        super()._parse_ckpt_path()
+        method = import_class(cfg.model.class_path)
+        check_method(read_checkpoint(ckpt_path), method, ckpt_path)
+        init_args = cfg.model.get("init_args") or {}
+        given = {k: init_args[k] for k in method.evaluation_args if init_args.get(k) is not None}
+        super()._parse_ckpt_path()  # the checkpoint's hyperparameters replace the config's ...
+        for key, value in given.items():  # ... except the evaluation options given for this run
+            self.config[subcommand].model.init_args[key] = value
 
 
 def _one_line(message: str) -> str:

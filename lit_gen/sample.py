@@ -16,7 +16,14 @@ import yaml
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
-from lit_gen.checkpoints import checkpoint_class, load_module, load_weights, read_checkpoint, read_weights_metadata
+from lit_gen.checkpoints import (
+    checkpoint_class,
+    load_module,
+    load_weights,
+    method_class,
+    read_checkpoint,
+    read_weights_metadata,
+)
 from lit_gen.diffusion import slerp_grid
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import figure_to_array, image_grid, save_npz, save_png, scatter_figure, to_uint8_nhwc
@@ -93,7 +100,7 @@ def method_of(argv: list[str]) -> type | None:
         return checkpoint_class(read_checkpoint(args.ckpt_path))
     if args.weights:
         model = model_config(args.config)
-        return checkpoint_class(model if model else read_weights_metadata(args.weights))
+        return method_class(model["class_path"] if model else read_weights_metadata(args.weights)["class_path"])
     return None
 
 

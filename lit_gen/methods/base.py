@@ -63,6 +63,8 @@ class GenerativeModule(L.LightningModule):
     """
 
     SampleOptions: type = NoSampleOptions
+    # init arguments that only change evaluation: given with --ckpt_path, they override the checkpoint's values
+    evaluation_args: frozenset[str] = frozenset()
     generates = True  # False for a helper model (a noisy classifier): no sampling, no sample grids
     sample_options: frozenset[str] = frozenset()
 

@@ -70,6 +70,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
         seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
     """
 
+    evaluation_args = frozenset({"bound_timesteps"})
+
     @dataclass
     class SampleOptions(SolverOptions):
         """Sampling options of the diffusion models; None means the model's default.
