@@ -6,7 +6,7 @@ default collate gives dict batches. ``batch_size`` is global and divided across 
 sampler is always a seeded ``DistributedSampler``, so the shuffle order depends only on (seed, epoch).
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
