@@ -18,7 +18,6 @@ from lit_gen.checkpoints import CheckpointError, check_method, export_weights, i
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
 
-
 DESCRIPTION = """Generative-model methods behind one command.
   lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
   lit-gen validate | test --config CONFIG --ckpt_path CKPT      losses, bits/dim, likelihoods

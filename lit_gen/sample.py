@@ -28,6 +28,7 @@ from lit_gen.diffusion import slerp_grid
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import figure_to_array, image_grid, save_npz, save_png, scatter_figure, to_uint8_nhwc
 
+
 def build_parser(method: type | None = None) -> ArgumentParser:
     """The flags every method shares, plus those ``method`` declares in its ``SampleOptions`` dataclass."""
     parser = ArgumentParser(

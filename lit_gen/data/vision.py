@@ -354,7 +354,6 @@ class ImageFolderDataModule(VisionDataModule):
 
     def open_split(self, split: Split, download: bool = False) -> Dataset | None:
         from torchvision.datasets import ImageFolder
-
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
         if split != "train":

@@ -2,8 +2,8 @@
 
 from lit_gen.metrics.fid import (
     ClassifierFeatures,
-    frechet_distance,
     InceptionFeatures,
+    frechet_distance,
     inception_features,
     inception_frechet_distance,
     kernel_distance,
