@@ -10,6 +10,8 @@ from pathlib import Path
 from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
 import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
@@ -96,6 +98,14 @@ class LitGenCLI(LightningCLI):
         if cfg.checkpoint.dirpath is None:
             cfg.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
 
+    def before_fit(self) -> None:
+        """Say what one optimizer step sees: micro-batch x accumulation x ranks (rank 0 only)."""
+        trainer, batch = self.trainer, getattr(self.datamodule, "batch_size", None)
+        world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
+        if batch is not None and rank_zero_only.rank == 0 and batch % world == 0:
+            print(f"lit-gen: global batch {batch * accumulate} per optimizer step = micro-batch {batch // world} x "
+                  f"{accumulate} accumulation step(s) x {world} rank(s)", file=sys.stderr)
+
     def _parse_ckpt_path(self) -> None:
         """Fail in one line, before anything is written, on a missing, corrupt or foreign checkpoint; resolve
         ``last`` to this run's ``checkpoints/last.ckpt``. Lightning then reads the model's hyperparameters from it."""
@@ -169,10 +179,16 @@ def cli_main(args: list[str] | None = None) -> None:
             stopped_by = getattr(getattr(cli, "trainer", None) and cli.trainer.checkpoint_callback, "stopped_by", None)
             if stopped_by is not None:  # the final state is saved; tell the scheduler the job did not finish
                 sys.exit(128 + int(stopped_by))
-    except (ArgumentError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (ArgumentError, CheckpointError, FileNotFoundError, ValueError, MisconfigurationException) as err:
         if os.environ.get("LIT_GEN_DEBUG"):
             raise
         message = _one_line(str(err))
+        if isinstance(err, MisconfigurationException) and "gpu" in message.lower():
+            import torch
+
+            if not torch.cuda.is_available():  # a GPU preset or option on a machine without one
+                message += (" (this machine has no CUDA GPU: drop the GPU preset, or run on the CPU with "
+                            "--trainer.accelerator cpu or --config experiments/trainer/cpu.yaml)")
         print(f"lit-gen: error: {message}", file=sys.stderr)
         sys.exit(2)
     except RuntimeError as err:  # torch's strict load_state_dict: weights of another architecture

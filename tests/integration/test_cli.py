@@ -73,6 +73,21 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
         assert ("density/heatmap" in images) == config.endswith("toy2d.yaml")
 
 
+def test_fit_prints_the_global_batch_and_a_gpu_preset_on_a_cpu_fails_in_one_line(tmp_path, capsys):
+    fit(DIGITS, tmp_path, "--config", str(EXPERIMENTS / "trainer" / "accumulate.yaml"), "--config",
+        str(EXPERIMENTS / "trainer" / "bf16.yaml"), "--trainer.limit_train_batches=4")
+    err = capsys.readouterr().err
+    assert "global batch 32 per optimizer step = micro-batch 8 x 4 accumulation step(s) x 1 rank(s)" in err
+    if torch.cuda.is_available():
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["fit", *tiny_args(DIGITS, tmp_path, "gpu"), "--config", str(EXPERIMENTS / "trainer" / "gpu.yaml")])
+    assert exit_info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
+    assert len(lines) == 1 and "no CUDA GPU" in lines[0] and "--trainer.accelerator cpu" in lines[0], lines
+    assert not (tmp_path / "gpu").exists()
+
+
 def test_same_config_twice_and_test_subcommand(tmp_path):
     run = fit(DIGITS, tmp_path)
     fit(DIGITS, tmp_path)  # the saved config.yaml must not make the second run abort
