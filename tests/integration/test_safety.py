@@ -91,6 +91,7 @@ def test_export_to_safetensors_samples_like_the_checkpoint(tmp_path, capsys):
 def test_export_and_weights_errors(tmp_path, capsys):
     run = fit("cfg/digits.yaml", tmp_path)
     ckpt = str(run / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
     for args, expected in [
         (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "m.pt")], "writes a .safetensors file"),
         (["sample", "--weights", str(tmp_path / "none.safetensors")], "weights file not found"),
