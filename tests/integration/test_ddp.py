@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -45,6 +46,7 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert "val/loss" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
 
 
+@pytest.mark.slow  # three 2-process fits (~1 min); .ci/run runs the slow set
 def test_ddp_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     """2 processes, preempted two batches into an epoch and resumed: bit-identical to the uninterrupted run."""
     extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=null", "--data.init_args.batch_size=256",
@@ -60,6 +62,7 @@ def test_ddp_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)
 
 
+@pytest.mark.slow  # a 2-process sampling job (~1 min); .ci/run runs the slow set
 def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     """lit-gen sample --devices 2: the samples (and their balanced labels) of a one-process run, in index order,
     with 11 samples so that one rank's last batch is padded; --png writes one file per sample."""
