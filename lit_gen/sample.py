@@ -172,12 +172,6 @@ def sample_main(argv: list[str]) -> Path:
     return output
 
 
-def _labels(cfg, start: int, n: int) -> torch.Tensor | None:
-    if not cfg.labels:
-        return None
-    return torch.tensor([cfg.labels[(start + i) % len(cfg.labels)] for i in range(n)])
-
-
 def _uint8_images(path: Path, flag: str, shape: tuple[int, ...]) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{flag} file not found: {str(path)!r}")
@@ -267,7 +261,8 @@ def _decode(model, latents: torch.Tensor, cfg, options: dict) -> torch.Tensor:
     xs = []
     for start in tqdm(range(0, len(latents), cfg.batch_size), desc="decoding", unit="batch"):
         chunk = latents[start : start + cfg.batch_size].to(model.device)
-        out = model.sample(len(chunk), labels=_labels(cfg, 0, len(chunk)), latents=chunk, progress=True, **options)
+        labels = labels_of(model, cfg, options, list(range(start, start + len(chunk))))
+        out = model.sample(len(chunk), labels=labels, latents=chunk, progress=True, **options)
         xs.append(out.x.cpu())
     return torch.cat(xs)
 
@@ -292,10 +287,11 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     images = _uint8_images(Path(cfg.invert), "--invert", model.data_shape)
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
     options = model.deterministic_options(options)
+    encoder_options = {k: v for k, v in options.items() if k in INVERT_OPTIONS}
     latents = torch.cat([
-        model.invert(x0[s : s + cfg.batch_size], labels=_labels(cfg, 0, len(x0[s : s + cfg.batch_size])),
-                     progress=True, **{k: v for k, v in options.items() if k in INVERT_OPTIONS}).cpu()
-        for s in range(0, len(x0), cfg.batch_size)
+        model.invert(chunk, labels=labels_of(model, cfg, options, list(range(s, s + len(chunk)))), progress=True,
+                     **encoder_options).cpu()
+        for s in range(0, len(x0), cfg.batch_size) if len(chunk := x0[s : s + cfg.batch_size])
     ])
     save_npz(output / "latents.npz", latents.numpy().astype(np.float32))
     recon = _decode(model, latents, cfg, options)

@@ -8,11 +8,8 @@ import lightning.pytorch as L
 
 class EveryNSteps(L.Callback):
     """Calls :meth:`run` every ``every_n_steps`` optimizer steps, at the end of every ``every_n_epochs``-th epoch,
-    and when fitting ends (unless that step was just done). Both 0 turn it off, or, with
-    ``run_at_end_when_off``, leave only the final run. Every rank calls :meth:`run` (a sharded model needs all
-    ranks in a forward pass)."""
-
-    run_at_end_when_off = False
+    and when fitting ends (unless that step was just done). Both 0 turn it off. Every rank calls :meth:`run` (a
+    sharded model needs all ranks in a forward pass)."""
 
     def __init__(self, every_n_steps: int, every_n_epochs: int = 0) -> None:
         super().__init__()
@@ -33,8 +30,7 @@ class EveryNSteps(L.Callback):
             self._run(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        on = self.every_n_steps > 0 or self.every_n_epochs > 0 or self.run_at_end_when_off
-        if on and trainer.global_step != self._last_step:
+        if (self.every_n_steps > 0 or self.every_n_epochs > 0) and trainer.global_step != self._last_step:
             self._run(trainer, pl_module)
 
     def _run(self, trainer: L.Trainer, pl_module) -> None:
