@@ -11,6 +11,7 @@ method's hyperparameters in the file's metadata.
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import pickle
 import re
@@ -32,22 +33,94 @@ def class_path(obj_or_cls) -> str:
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by lit_gen, or raise :class:`CheckpointError` saying why it cannot be used."""
+    """Load a checkpoint written by lit_gen, or raise :class:`CheckpointError` saying why it cannot be used.
+    For a sharded checkpoint folder (DeepSpeed, FSDP) this is its metadata: everything but the weights and
+    optimizer state (see :func:`consolidate` for the weights)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {str(path)!r}")
+    layout = checkpoint_layout(path)
+    file = path if layout == "file" else path / "meta.pt" if layout == "fsdp" else _deepspeed_states(path)[0]
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(file, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(unsafe_message(path, err)) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: {reason})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+    if not isinstance(ckpt, dict) or (layout == "file" and "state_dict" not in ckpt):
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
     if TAG not in ckpt:
         raise CheckpointError(f"{str(path)!r} was not written by lit_gen (no {TAG!r} entry)")
     return ckpt
+
+
+# --- sharded checkpoints (DeepSpeed, FSDP) -----------------------------------------------------------------
+def checkpoint_layout(path: str | Path) -> str:
+    """``file`` (one .ckpt file), ``deepspeed`` or ``fsdp`` (a folder of shards); raise a one-line
+    :class:`CheckpointError` for a missing path, or a folder inside a sharded checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        return "file"
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint not found: {str(path)!r}")
+    if (path / "latest").is_file() and any(path.glob("*/*model_states.pt")):
+        return "deepspeed"
+    if (path / "meta.pt").is_file() and any(path.glob("*.distcp")):
+        return "fsdp"
+    if any(path.glob("*model_states.pt")) and (path.parent / "latest").is_file():
+        raise CheckpointError(f"{str(path)!r} is the inner folder of the DeepSpeed checkpoint {str(path.parent)!r}: "
+                              f"pass --ckpt_path {path.parent}")
+    raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint (a .ckpt file, or a DeepSpeed or FSDP "
+                          "checkpoint folder)")
+
+
+def _deepspeed_states(path: Path) -> tuple[Path, str]:
+    """The rank-0 model-states file of a DeepSpeed checkpoint folder, and its tag (the subfolder)."""
+    tag = (path / "latest").read_text().strip()
+    files = sorted((path / tag).glob("*model_states.pt"))
+    if not files:
+        raise CheckpointError(f"{str(path)!r}: the DeepSpeed checkpoint names tag {tag!r}, which has no model states")
+    return files[0], tag
+
+
+def consolidate(path: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint folder as one Lightning checkpoint: full fp32 weights (the EMA's included) and the
+    run's metadata, without optimizer state. Needs no process group; DeepSpeed's reader is used for its folders."""
+    path = Path(path)
+    layout = checkpoint_layout(path)
+    meta = read_checkpoint(path)
+    if layout == "file":
+        return meta
+    if layout == "deepspeed":
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        states, tag = _deepspeed_states(path)
+        state = dict(meta["module"])  # ZeRO-1/2: every weight and buffer; ZeRO-3: empty placeholders
+        state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag))  # the optimizer's fp32 weights
+        meta = {k: v for k, v in meta.items() if k not in DEEPSPEED_KEYS}
+    else:
+        import tempfile
+
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.pt")
+            state = torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=True)["state_dict"]
+    empty = [k for k, v in state.items() if v.numel() == 0]  # a ZeRO-3 placeholder that no shard filled
+    if empty:
+        raise CheckpointError(f"{str(path)!r}: no weights found for {empty[:3]}")
+    meta = {k: v for k, v in meta.items() if k not in ("optimizer_states", "lr_schedulers")}
+    meta["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    meta[TAG] = {**meta[TAG], "consolidated_from": str(path)}
+    return meta
+
+
+# keys of a DeepSpeed model-states file that are DeepSpeed's, not Lightning's (the client state is the rest)
+DEEPSPEED_KEYS = frozenset({
+    "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "frozen_param_fragments",
+    "shared_params", "lr_scheduler", "data_sampler", "random_ltd", "sparse_tensor_module_names", "skipped_steps",
+    "global_steps", "global_samples", "dp_world_size", "mp_world_size", "ds_config", "ds_version", "ds_checkpoint_version",
+    "checkpoint_parallel_dimensions",
+})
 
 
 def unsafe_message(path: str | Path, err: Exception) -> str:
@@ -93,7 +166,12 @@ def load_module(path: str | Path, device: str | torch.device = "cpu", expected: 
     ckpt = read_checkpoint(path)
     if expected is not None:
         check_method(ckpt, expected, path)
-    model = checkpoint_class(ckpt).load_from_checkpoint(path, map_location=device, weights_only=True)
+    source = path
+    if checkpoint_layout(path) != "file":  # a sharded folder: its weights gathered into one checkpoint, in memory
+        source = io.BytesIO()
+        torch.save(consolidate(path), source)
+        source.seek(0)
+    model = checkpoint_class(ckpt).load_from_checkpoint(source, map_location=device, weights_only=True)
     model.eval()
     if not ema:
         model.ema = None
@@ -168,6 +246,7 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", config: d
         hparams["_class_path"] = config["class_path"]
     cls = method_class(hparams["_class_path"] if "_class_path" in hparams else meta["class_path"])
     model = instantiate_module(cls, hparams) if "_class_path" in hparams else cls(**hparams)
+    model.configure_model()
     model.ema = None  # the exported net.* weights are the EMA ones
     model.load_state_dict(load_file(str(path)))
     return model.to(device).eval()

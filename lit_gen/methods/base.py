@@ -16,6 +16,7 @@ from lit_gen import __version__
 from lit_gen.checkpoints import TAG, check_method, class_path
 from lit_gen.nets.ema import EMA
 from lit_gen.optim import WarmupCosineLR
+from lit_gen.strategies import FSDP, shards_parameters
 
 
 @dataclass
@@ -47,8 +48,12 @@ def _adam(params):
 
 
 class GenerativeModule(L.LightningModule):
-    """Base class of the methods. Subclasses build ``self.net``, call :meth:`init_ema`, and implement
-    ``training_step``, ``validation_step`` and :meth:`sample`.
+    """Base class of the methods. Subclasses implement :meth:`build_net`, ``training_step``,
+    ``validation_step`` and :meth:`sample`.
+
+    The networks (``self.net`` and its EMA ``self.ema``) are built in :meth:`configure_model`, which the
+    Trainer calls inside the strategy's context, so ZeRO-3 and FSDP shard them as they are made. A module made
+    outside a Trainer (a notebook, a test) builds them on first use of ``net`` or ``ema``.
 
     Args:
         optimizer: optimizer factory, ``class_path`` + ``init_args`` without ``params`` in YAML.
@@ -84,11 +89,29 @@ class GenerativeModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.ema_decay = ema_decay
         self.seed = seed
-        self.ema: EMA | None = None
 
-    # --- weights -------------------------------------------------------------------------------------
-    def init_ema(self) -> None:
-        self.ema = EMA(self.net, self.ema_decay) if self.ema_decay > 0 else None
+    # --- networks ------------------------------------------------------------------------------------
+    def build_net(self) -> nn.Module:
+        """A new network of this method (called once for ``net`` and, when sharded, once for its EMA)."""
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        if "net" in self._modules:  # built already (e.g. by load_from_checkpoint, or by a first use)
+            return
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        sharded = shards_parameters(strategy)
+        self.net = self.build_net()
+        # sharded: a second network made (and so sharded) like net holds the average of each rank's shard
+        self.ema = EMA(self.net, self.ema_decay, average=self.build_net() if sharded else None) if self.ema_decay > 0 else None
+        if isinstance(strategy, FSDP):
+            for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
+                strategy.shard(net)
+
+    def __getattr__(self, name: str):
+        if name in ("net", "ema") and "net" not in self.__dict__.get("_modules", {"net": None}):
+            self.configure_model()  # first use outside a Trainer
+            return getattr(self, name)
+        return super().__getattr__(name)
 
     @property
     def sampling_net(self) -> nn.Module:

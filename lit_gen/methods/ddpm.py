@@ -156,10 +156,12 @@ class DDPM(ClassifierGuided, GenerativeModule):
         self.variance = variance
         self.loss_type = loss_type
         out_channels = self.data_shape[0] * (2 if variance == "learned" else 1)
-        self.net = net(self.data_shape, self.num_classes, out_channels)
+        self.net_factory, self.out_channels = net, out_channels
         self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
         self.timesteps = (LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps)(num_timesteps)
-        self.init_ema()
+
+    def build_net(self) -> nn.Module:
+        return self.net_factory(self.data_shape, self.num_classes, self.out_channels)
 
     def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
         """The terms of :func:`~lit_gen.diffusion.losses.diffusion_loss_terms` at t drawn by the timestep

@@ -80,10 +80,13 @@ class NormalizingFlow(GenerativeModule):
             raise ValueError(f"init_batch_size={init_batch_size} must be >= 1")
         self.logit_alpha = logit_alpha
         self.metric = "bpd" if self.dequantize else "nll"
-        self.net = flow(self.data_shape)
-        if not isinstance(self.net, Flow):
-            raise ValueError(f"flow must build a lit_gen.flows.Flow, got {type(self.net).__name__}")
-        self.init_ema()
+        self.flow_factory = flow
+
+    def build_net(self) -> Flow:
+        net = self.flow_factory(self.data_shape)
+        if not isinstance(net, Flow):
+            raise ValueError(f"flow must build a lit_gen.flows.Flow, got {type(net).__name__}")
+        return net
 
     # --- likelihood ----------------------------------------------------------------------------------
     def nll(self, flow: Flow, x: torch.Tensor, generator=None, offset: float | None = None) -> torch.Tensor:

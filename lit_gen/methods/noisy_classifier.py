@@ -63,9 +63,11 @@ class NoisyClassifier(GenerativeModule):
             raise ValueError(f"t_buckets={t_buckets} must be between 1 and num_timesteps={num_timesteps}")
         self.data_shape = tuple(data_shape)
         self.num_classes = num_classes
-        self.net = net(self.data_shape, num_classes)
+        self.net_factory = net
         self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
-        self.init_ema()
+
+    def build_net(self) -> nn.Module:
+        return self.net_factory(self.data_shape, self.num_classes)
 
     def logits(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """log p(y | x_t, t) up to a constant, (B, K), with the EMA weights when there are any."""

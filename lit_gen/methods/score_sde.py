@@ -122,10 +122,12 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             raise ValueError("importance_sampling=True samples t for the likelihood weighting: set weighting='likelihood'")
         self.data_shape = tuple(data_shape)
         self.num_classes = 0
-        self.net = net(self.data_shape, 0, self.data_shape[0])
+        self.net_factory = net
         self.build_sde()
         make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid
-        self.init_ema()
+
+    def build_net(self) -> nn.Module:
+        return self.net_factory(self.data_shape, 0, self.data_shape[0])
 
     def build_sde(self) -> None:
         """The SDE of the settings, for sampling (t_min = sampling_eps) and for training and the

@@ -7,6 +7,8 @@ import copy
 import torch
 from torch import nn
 
+from lit_gen.strategies import local_shards
+
 
 class EMA(nn.Module):
     """Keeps ``module``, a frozen copy of a network, as theta_ema <- d * theta_ema + (1 - d) * theta.
@@ -19,16 +21,30 @@ class EMA(nn.Module):
         net: the network to average.
         decay: the target decay rate, e.g. 0.9999 (Ho et al. 2020).
         warmup: ramp the decay up as above.
+        average: a network built like ``net`` to hold the average (its values are overwritten with ``net``'s);
+            default: a deep copy of ``net``. Under ZeRO-3 and FSDP both are sharded alike, and every rank
+            averages only the shard it stores (:func:`~lit_gen.strategies.local_shards`): no communication, and
+            the gathered average is the average of the gathered weights.
     """
 
-    def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
+    def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True, average: nn.Module | None = None):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay={decay} must be in [0, 1)")
-        self.module = copy.deepcopy(net).requires_grad_(False).eval()
+        self.module = (copy.deepcopy(net) if average is None else average).requires_grad_(False).eval()
+        if average is not None:
+            self.copy_from(net)
         self.decay = decay
         self.warmup = warmup
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def copy_from(self, net: nn.Module) -> None:
+        """Set the average to ``net``'s current weights and buffers."""
+        for e, p in zip(local_shards(self.module), local_shards(net), strict=True):
+            e.copy_(p)
+        for b_ema, b in zip(self.module.buffers(), net.buffers(), strict=True):
+            b_ema.copy_(b)
 
     def current_decay(self) -> float:
         n = int(self.num_updates)
@@ -37,8 +53,8 @@ class EMA(nn.Module):
     @torch.no_grad()
     def update(self, net: nn.Module) -> None:
         decay = self.current_decay()
-        ema_params = list(self.module.parameters())
-        params = [p.detach().to(e.dtype) for p, e in zip(net.parameters(), ema_params, strict=True)]
+        ema_params = local_shards(self.module)
+        params = [p.to(e.dtype) for p, e in zip(local_shards(net), ema_params, strict=True)]
         torch._foreach_lerp_(ema_params, params, 1.0 - decay)
         for b_ema, b in zip(self.module.buffers(), net.buffers(), strict=True):
             b_ema.copy_(b)

@@ -1,0 +1,152 @@
+"""Sharded training strategies that also run on CPU processes (gloo), so CI tests what users run on GPUs.
+
+- :class:`DeepSpeed`: Lightning's ``DeepSpeedStrategy`` (ZeRO 1/2/3, CPU offload) on CUDA as before, and on a
+  CPU accelerator too (Lightning's refuses one; DeepSpeed's CPU accelerator needs nothing more).
+- :class:`FSDP`: PyTorch's FSDP2 (``fully_shard``) over all ranks, through Lightning's ``ModelParallelStrategy``;
+  ``reshard_after_forward=False`` keeps the gathered weights from forward to backward (ZeRO-2-like "grad-op").
+
+Both shard the networks that :meth:`GenerativeModule.configure_model` builds; see :func:`local_shards` for the
+one place that knows how each strategy stores a parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
+from torch import nn
+
+
+class DeepSpeed(DeepSpeedStrategy):
+    """``DeepSpeedStrategy`` that accepts a CPU accelerator (processes talk over gloo), for tests and CPU-only
+    machines; on CUDA it is Lightning's strategy unchanged. Takes the same arguments (``stage``,
+    ``offload_optimizer``, ``offload_parameters``, ``config``, ...)."""
+
+    strategy_name = "lit_gen_deepspeed"
+
+    def setup_environment(self) -> None:
+        if isinstance(self.accelerator, CPUAccelerator):
+            DDPStrategy.setup_environment(self)  # skip the CUDA-only check, keep the rest
+        else:
+            super().setup_environment()
+
+    def setup_distributed(self) -> None:
+        if not isinstance(self.accelerator, CPUAccelerator):
+            return super().setup_distributed()
+        reset_seed()  # the parent's, less its check of CUDA device indices (CPU devices have none)
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def _get_process_group_backend(self) -> str:
+        return "gloo" if isinstance(self.accelerator, CPUAccelerator) else super()._get_process_group_backend()
+
+    def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
+        offload = self.config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") not in (None, "none")
+        if offload and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+            optimizer = _cpu_adam(optimizer)  # the offloaded step runs on the CPU: DeepSpeed's vectorised Adam
+            if lr_scheduler is not None:
+                lr_scheduler.optimizer = optimizer
+        self.config.setdefault("zero_force_ds_cpu_optimizer", False)  # other optimizers run offloaded too
+        with self._local_device_rank():
+            return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
+
+    def _initialize_deepspeed_inference(self, model: nn.Module) -> None:
+        with self._local_device_rank():
+            super()._initialize_deepspeed_inference(model)
+
+    @contextmanager
+    def _local_device_rank(self):
+        """Lightning gives ``deepspeed.initialize`` the root device's index as ``device_rank``: None for a CPU,
+        which DeepSpeed reads as "not distributed" (world size 1). On CPU, give it the local rank."""
+        if not isinstance(self.accelerator, CPUAccelerator):
+            yield
+            return
+        import deepspeed
+
+        initialize = deepspeed.initialize
+        deepspeed.initialize = lambda *a, args=None, **k: initialize(  # noqa: E731
+            *a, args=argparse.Namespace(device_rank=self.local_rank), **k)
+        try:
+            yield
+        finally:
+            deepspeed.initialize = initialize
+
+
+def _cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """DeepSpeed's CPU Adam with the param groups and hyperparameters of a torch Adam / AdamW (same update)."""
+    from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+    d = optimizer.defaults
+    if d.get("amsgrad"):
+        return optimizer
+    return DeepSpeedCPUAdam(optimizer.param_groups, lr=d["lr"], betas=d["betas"], eps=d["eps"],
+                            weight_decay=d["weight_decay"], adamw_mode=isinstance(optimizer, torch.optim.AdamW))
+
+
+class FSDP(ModelParallelStrategy):
+    """Fully sharded data parallel (FSDP2) over every rank: weights, gradients and optimizer state are split
+    across ranks and gathered one unit at a time in forward and backward.
+
+    Args:
+        reshard_after_forward: free the gathered weights after each unit's forward and gather them again in
+            backward (full shard, least memory); ``False`` keeps them until backward (less communication).
+        save_distributed_checkpoint: each rank writes its shard into a checkpoint folder (``False``: rank 0
+            gathers one file).
+    """
+
+    strategy_name = "lit_gen_fsdp"
+
+    def __init__(self, reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True, **kwargs: Any):
+        super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        self.reshard_after_forward = reshard_after_forward
+
+    def setup_environment(self) -> None:
+        # pure data parallelism: one data-parallel group of all ranks (the parent's "auto" means tensor parallel)
+        if self._data_parallel_size == "auto":
+            self._data_parallel_size = self.num_nodes * self.num_processes
+        if self._tensor_parallel_size == "auto":
+            self._tensor_parallel_size = 1
+        super().setup_environment()
+
+    def shard(self, net: nn.Module) -> nn.Module:
+        """Apply ``fully_shard`` to ``net``'s units (``net.fsdp_units()``, e.g. a UNet's blocks), then to ``net``;
+        methods other than ``forward`` that the methods call (``net.fsdp_methods``) gather the weights too."""
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        mesh = self.device_mesh["data_parallel"]
+        units = net.fsdp_units() if hasattr(net, "fsdp_units") else []
+        for unit in units:
+            fully_shard(unit, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        fully_shard(net, mesh=mesh, reshard_after_forward=self.reshard_after_forward)
+        for name in getattr(net, "fsdp_methods", ()):
+            register_fsdp_forward_method(net, name)
+        return net
+
+
+def shards_parameters(strategy) -> bool:
+    """Whether ``strategy`` splits the parameters themselves across ranks (ZeRO-3, FSDP)."""
+    return isinstance(strategy, FSDP) or (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
+
+
+def local_shards(net: nn.Module) -> list[torch.Tensor]:
+    """The part of each parameter of ``net`` this rank stores: the whole tensor, the flat ZeRO-3 partition, or
+    the local piece of an FSDP2 DTensor. Two networks built alike and sharded alike have matching shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in net.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()  # a unit may still hold its gathered weights (reshard_after_forward=False)
+    return [_local(p) for p in net.parameters()]
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    if hasattr(p, "ds_tensor"):
+        return p.ds_tensor
+    if hasattr(p, "to_local"):
+        return p.to_local()
+    return p.data
