@@ -10,6 +10,7 @@ method's hyperparameters in the file's metadata.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import io
 import json
@@ -95,7 +96,8 @@ def consolidate(path: str | Path) -> dict[str, Any]:
 
         states, tag = _deepspeed_states(path)
         state = dict(meta["module"])  # ZeRO-1/2: every weight and buffer; ZeRO-3: empty placeholders
-        state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag))  # the optimizer's fp32 weights
+        with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints its progress
+            state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag))  # the optimizer's fp32 weights
         meta = {k: v for k, v in meta.items() if k not in DEEPSPEED_KEYS}
     else:
         import tempfile
@@ -195,13 +197,19 @@ def sampling_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def export_weights(ckpt_path: str | Path, output: str | Path) -> Path:
-    """Write the sampling weights of a lit_gen checkpoint to a safetensors file, with the method's class and
-    hyperparameters (plain data, as JSON) in its metadata; returns the path written."""
+    """``output`` ``.safetensors``: the sampling weights of a lit_gen checkpoint (file or sharded folder), with the
+    method's class and hyperparameters (plain data, as JSON) in its metadata. ``.ckpt``: the checkpoint
+    consolidated into one Lightning file (all weights, EMA included; no optimizer state). Returns the path."""
     from safetensors.torch import save_file
 
     output = Path(output)
-    if output.suffix != ".safetensors":
-        raise ValueError(f"--output {str(output)!r}: lit-gen export writes a .safetensors file")
+    if output.suffix not in (".safetensors", ".ckpt"):
+        raise ValueError(f"--output {str(output)!r}: lit-gen export writes a .safetensors or a .ckpt file")
+    if output.suffix == ".ckpt":
+        ckpt = consolidate(ckpt_path)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ckpt, output)
+        return output
     ckpt = read_checkpoint(ckpt_path)
     model = load_module(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters", {}))

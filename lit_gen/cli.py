@@ -16,16 +16,26 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
 import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
 from lit_gen.callbacks import Checkpoint, SampleGrid
-from lit_gen.checkpoints import CheckpointError, check_method, export_weights, import_class, read_checkpoint
+from lit_gen.checkpoints import (
+    TAG,
+    CheckpointError,
+    check_method,
+    checkpoint_layout,
+    export_weights,
+    import_class,
+    read_checkpoint,
+)
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
+from lit_gen.strategies import FSDP, DeepSpeed
 
 DESCRIPTION = """Generative-model methods behind one command.
   lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
   lit-gen validate | test --config CONFIG --ckpt_path CKPT      losses, bits/dim, likelihoods
   lit-gen sample --ckpt_path CKPT [--help]                      draw samples (samples.npz, grid.png); the
                                                                 checkpoint's method adds its sampling flags
-  lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config"""
+  lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
+  lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one file"""
 
 
 class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -99,16 +109,56 @@ class LitGenCLI(LightningCLI):
             cfg.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
 
     def before_fit(self) -> None:
-        """Say what one optimizer step sees: micro-batch x accumulation x ranks (rank 0 only)."""
+        """Check the checkpoint against this run, then say what one optimizer step sees: micro-batch x
+        accumulation x ranks (rank 0 only)."""
+        self._check_resume()
         trainer, batch = self.trainer, getattr(self.datamodule, "batch_size", None)
         world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
         if batch is not None and rank_zero_only.rank == 0 and batch % world == 0:
             print(f"lit-gen: global batch {batch * accumulate} per optimizer step = micro-batch {batch // world} x "
                   f"{accumulate} accumulation step(s) x {world} rank(s)", file=sys.stderr)
 
+    def before_validate(self) -> None:
+        self._check_resume()
+
+    def before_test(self) -> None:
+        self._check_resume()
+
+    def _check_resume(self) -> None:
+        """A sharded checkpoint folder needs the strategy and world size that wrote it (one-line error otherwise,
+        naming the way through ``lit-gen export``); a consolidated file (from export) restarts training from its
+        weights, EMA included, with fresh optimizer state."""
+        ckpt, subcommand = getattr(self, "_ckpt", None), self.subcommand
+        if ckpt is None:
+            return
+        path = self.config_init[subcommand]["ckpt_path"]
+        info, layout = ckpt[TAG], checkpoint_layout(path)
+        if "consolidated_from" in info:
+            if subcommand == "fit":
+                if rank_zero_only.rank == 0:
+                    print(f"lit-gen: {path} holds consolidated weights (from {info['consolidated_from']}): training "
+                          "starts from them, EMA included; the optimizer state, LR schedule and step count start "
+                          "afresh", file=sys.stderr)
+                self.model.init_weights = path
+                self.config_init[subcommand]["ckpt_path"] = None
+            return
+        if layout == "file":
+            return
+        strategy, world = self.trainer.strategy, self.trainer.world_size
+        fix = (f"make one file with lit-gen export --ckpt_path {path} --output model.ckpt and pass --ckpt_path "
+               "model.ckpt (the optimizer state is then reset)")
+        wanted = DeepSpeed if layout == "deepspeed" else FSDP
+        if not isinstance(strategy, wanted):
+            raise CheckpointError(f"{path} is a {layout} checkpoint folder, but this run's strategy is "
+                                  f"{type(strategy).__name__}: use the same strategy preset, or {fix}")
+        if info.get("world_size") not in (None, world):
+            raise CheckpointError(f"{path} was written by {info['world_size']} ranks, but this run has {world}: "
+                                  f"a sharded checkpoint resumes on the same world size; to change it, {fix}")
+
     def _parse_ckpt_path(self) -> None:
         """Fail in one line, before anything is written, on a missing, corrupt or foreign checkpoint; resolve
-        ``last`` to this run's ``checkpoints/last.ckpt``. Lightning then reads the model's hyperparameters from it."""
+        ``last`` to this run's ``checkpoints/last.ckpt`` (a file, or a folder under DeepSpeed and FSDP). The
+        checkpoint's hyperparameters then replace the config's model arguments, as in Lightning."""
         subcommand = self.config.get("subcommand")
         if not subcommand:
             return
@@ -125,10 +175,16 @@ class LitGenCLI(LightningCLI):
             ckpt_path = cfg.ckpt_path = str(last)
         # read as plain data (weights_only): a checkpoint that would run code is refused here, in one line
         method = import_class(cfg.model.class_path)
-        check_method(read_checkpoint(ckpt_path), method, ckpt_path)
+        self._ckpt = ckpt = read_checkpoint(ckpt_path)
+        check_method(ckpt, method, ckpt_path)
         init_args = cfg.model.get("init_args") or {}
         given = {k: init_args[k] for k in method.evaluation_args if init_args.get(k) is not None}
-        super()._parse_ckpt_path()  # the checkpoint's hyperparameters replace the config's ...
+        hparams = dict(ckpt.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if hparams:  # as LightningCLI does for a file, for folders too
+            if "_class_path" in hparams:
+                hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
         for key, value in given.items():  # ... except the evaluation options given for this run
             self.config[subcommand].model.init_args[key] = value
 
@@ -156,12 +212,15 @@ def export_main(argv: list[str]) -> None:
 
     parser = ArgumentParser(prog="lit-gen export", exit_on_error=False, description=(
         "Write the sampling weights (EMA when the run kept one) of a checkpoint to a .safetensors file, with the "
-        "method's config in its metadata; sample from it with lit-gen sample --weights FILE."))
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit.")
-    parser.add_argument("--output", type=str, required=True, help="The .safetensors file to write.")
+        "method's config in its metadata (sample from it with lit-gen sample --weights FILE); or consolidate a "
+        "DeepSpeed / FSDP checkpoint folder into one .ckpt file (every weight, EMA included, no optimizer state) "
+        "that lit-gen sample, test and fit load under any strategy."))
+    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit (file or folder).")
+    parser.add_argument("--output", type=str, required=True, help="The .safetensors or .ckpt file to write.")
     cfg = parser.parse_args(argv)
     path = export_weights(cfg.ckpt_path, cfg.output)
-    print(f"wrote the sampling weights of {cfg.ckpt_path} to {path}", file=sys.stderr)
+    what = "the sampling weights" if path.suffix == ".safetensors" else "every weight"
+    print(f"wrote {what} of {cfg.ckpt_path} to {path}", file=sys.stderr)
 
 
 def cli_main(args: list[str] | None = None) -> None:

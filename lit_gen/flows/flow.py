@@ -78,6 +78,8 @@ class Flow(nn.Module):
     preprocessed (see ``lit_gen.flows.preprocess``); densities are in nats on that scale.
     """
 
+    fsdp_methods = ("log_prob", "sample", "to_noise")  # entry points besides forward: FSDP gathers weights for them
+
     def __init__(
         self,
         data_shape: Sequence[int],

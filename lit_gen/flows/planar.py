@@ -69,7 +69,7 @@ class PlanarTransform(FlowLayer):
         super().__init__()
         self.w = nn.Parameter(torch.randn(dim) / math.sqrt(dim))
         self.u = nn.Parameter(0.1 * torch.randn(dim))
-        self.b = nn.Parameter(torch.zeros(()))
+        self.b = nn.Parameter(torch.zeros(1))  # (1,), not a scalar: FSDP shards 1-D and up
 
     def u_hat(self) -> torch.Tensor:
         wu = _dot(self.w, self.u)
@@ -118,8 +118,8 @@ class RadialTransform(FlowLayer):
         """
         super().__init__()
         self.z_0 = nn.Parameter(torch.randn(dim))
-        self.alpha_raw = nn.Parameter(torch.zeros(()))
-        self.beta_raw = nn.Parameter(torch.zeros(()))
+        self.alpha_raw = nn.Parameter(torch.zeros(1))
+        self.beta_raw = nn.Parameter(torch.zeros(1))
 
     def alpha_beta(self) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = F.softplus(self.alpha_raw)

@@ -13,10 +13,10 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_gen import __version__
-from lit_gen.checkpoints import TAG, check_method, class_path
+from lit_gen.checkpoints import TAG, check_method, class_path, consolidate
 from lit_gen.nets.ema import EMA
 from lit_gen.optim import WarmupCosineLR
-from lit_gen.strategies import FSDP, shards_parameters
+from lit_gen.strategies import FSDP, load_full_state_dict, shards_parameters, step_applied
 
 
 @dataclass
@@ -89,6 +89,7 @@ class GenerativeModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.ema_decay = ema_decay
         self.seed = seed
+        self.init_weights: str | None = None  # a consolidated checkpoint to start from (set by lit-gen fit)
 
     # --- networks ------------------------------------------------------------------------------------
     def build_net(self) -> nn.Module:
@@ -96,16 +97,18 @@ class GenerativeModule(L.LightningModule):
         raise NotImplementedError
 
     def configure_model(self) -> None:
-        if "net" in self._modules:  # built already (e.g. by load_from_checkpoint, or by a first use)
-            return
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        sharded = shards_parameters(strategy)
-        self.net = self.build_net()
-        # sharded: a second network made (and so sharded) like net holds the average of each rank's shard
-        self.ema = EMA(self.net, self.ema_decay, average=self.build_net() if sharded else None) if self.ema_decay > 0 else None
-        if isinstance(strategy, FSDP):
-            for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
-                strategy.shard(net)
+        if "net" not in self._modules:  # not built already (by load_from_checkpoint, or by a first use)
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            sharded = shards_parameters(strategy)
+            self.net = self.build_net()
+            # sharded: a second network made (and so sharded) like net holds the average of each rank's shard
+            self.ema = EMA(self.net, self.ema_decay, average=self.build_net() if sharded else None) if self.ema_decay > 0 else None
+            if isinstance(strategy, FSDP):
+                for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
+                    strategy.shard(net)
+        if self.init_weights is not None:  # before the strategy wraps the model (ZeRO-1/2 copy the weights then)
+            load_full_state_dict(self, consolidate(self.init_weights)["state_dict"])
+            self.init_weights = None
 
     def __getattr__(self, name: str):
         if name in ("net", "ema") and "net" not in self.__dict__.get("_modules", {"net": None}):
@@ -120,7 +123,7 @@ class GenerativeModule(L.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
+        if self.ema is not None and step_applied(self.trainer.strategy):
             self.ema.update(self.net)
 
     def configure_optimizers(self):
@@ -157,7 +160,8 @@ class GenerativeModule(L.LightningModule):
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[TAG] = {"class_path": class_path(self), "version": __version__}
+        world = self._trainer.world_size if self._trainer is not None else 1
+        checkpoint[TAG] = {"class_path": class_path(self), "version": __version__, "world_size": world}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if TAG in checkpoint:

@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lit_gen.flows import Flow, Glow, bits_per_dim, postprocess, preprocess
 from lit_gen.flows.layers import ActNorm
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.strategies import full_state_dict, gathered, load_full_state_dict, shards_parameters
 
 # A Flow class whose first parameter is data_shape; YAML gives the rest (see lit_gen.flows).
 FlowFactory = Callable[[tuple[int, ...]], Flow]
@@ -140,10 +141,17 @@ class NormalizingFlow(GenerativeModule):
                 break
         x = torch.cat(xs)[:per_rank].to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
+        # under ZeRO-3 / FSDP a layer's weights are gathered copies in forward: initialise a whole copy instead
+        sharded = shards_parameters(self.trainer.strategy)
+        net = self.build_net().to(self.device) if sharded else self.net
+        if sharded:
+            net.load_state_dict(full_state_dict(self.net))
         with torch.no_grad():
-            self.nll(self.net, x, generator)
+            self.nll(net, x, generator)
+        if sharded:
+            load_full_state_dict(self.net, net.state_dict())
         if self.ema is not None:
-            self.ema.module.load_state_dict(self.net.state_dict())
+            self.ema.copy_from(self.net)
 
     # --- sampling ------------------------------------------------------------------------------------
     @staticmethod
@@ -169,7 +177,7 @@ class NormalizingFlow(GenerativeModule):
         temperature = self.hparams.temperature if temperature is None else temperature
         self.check_temperature(temperature)
         noise = None if latents is None else latents.to(self.device)
-        with eval_mode(self.sampling_net) as flow:
+        with eval_mode(self.sampling_net) as flow, gathered(flow):  # sampling runs the layers' inverse, not forward
             s = flow.sample(num_samples, generators, temperature, noise=noise)
         x = postprocess(s, self.logit_alpha) if self.dequantize else s
         return SampleOutput(x)
@@ -180,5 +188,5 @@ class NormalizingFlow(GenerativeModule):
         (8-bit data is taken at the centre of its bin)."""
         x0 = x0.to(self.device)
         s = preprocess(x0, self.logit_alpha, offset=0.5)[0] if self.dequantize else x0
-        with eval_mode(self.sampling_net) as flow:
+        with eval_mode(self.sampling_net) as flow, gathered(flow):
             return flow.to_noise(s).view(x0.shape)

@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.fabric.utilities.seed import reset_seed
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 from torch import nn
 
@@ -128,6 +128,29 @@ class FSDP(ModelParallelStrategy):
         return net
 
 
+def step_applied(strategy) -> bool:
+    """Whether the optimizer step just taken changed the weights: DeepSpeed accumulates gradients itself, so
+    Lightning calls its step on every micro-batch and only the last of each group (without overflow) updates."""
+    if isinstance(strategy, DeepSpeedStrategy):
+        return strategy.deepspeed_engine.was_step_applied()
+    return True
+
+
+@contextmanager
+def gathered(module: nn.Module):
+    """Under ZeRO-3, every weight of ``module`` gathered for the block, for entry points other than forward
+    (ZeRO-3 gathers a layer's weights only around its forward; FSDP's are registered, see :meth:`FSDP.shard`).
+    Elsewhere it does nothing."""
+    params = [p for p in module.parameters() if hasattr(p, "ds_tensor")]
+    if not params:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(params):
+        yield
+
+
 def shards_parameters(strategy) -> bool:
     """Whether ``strategy`` splits the parameters themselves across ranks (ZeRO-3, FSDP)."""
     return isinstance(strategy, FSDP) or (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)
@@ -150,3 +173,37 @@ def _local(p: torch.Tensor) -> torch.Tensor:
     if hasattr(p, "to_local"):
         return p.to_local()
     return p.data
+
+
+@torch.no_grad()
+def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict with full (gathered) tensors on every rank, whatever the sharding."""
+    params = list(module.parameters())
+    if any(hasattr(p, "ds_tensor") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params):
+            return {k: v.detach().clone() for k, v in module.state_dict().items()}
+    if any(hasattr(p, "to_local") for p in params):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))
+    return module.state_dict()
+
+
+@torch.no_grad()
+def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load full (unsharded) weights into ``module``, whose parameters may be ZeRO-3 partitions or FSDP2
+    DTensors; every rank passes the same ``state``."""
+    params = list(module.parameters())
+    if any(hasattr(p, "ds_tensor") for p in params):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=0):
+            module.load_state_dict(state)
+    elif any(hasattr(p, "to_local") for p in params):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        module.load_state_dict(state)

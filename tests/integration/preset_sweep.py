@@ -1,0 +1,69 @@
+"""Fit tiny versions of method configs under one trainer preset, in the processes of one torchrun job:
+
+    python -m torch.distributed.run --nproc_per_node 2 -m tests.integration.preset_sweep PRESET OUT CONFIG...
+
+For each config: a straight 4-step run (2 epochs of 2 batches) and a run stopped at the epoch boundary (step 2)
+then resumed with ``--ckpt_path last``. Rank 0 writes ``OUT/results.json``: per config, the largest difference
+between the consolidated weights (EMA included) of the two runs, or the error. One job per preset keeps the
+start-up (torch, Lightning, DeepSpeed, process group) out of the per-config cost.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from tests.conftest import EXPERIMENTS
+from tests.integration.tiny import tiny_args
+
+
+def fit(config: str, preset: str, runs: Path, name: str, max_steps: int, *extra: str) -> None:
+    from lit_gen.cli import LitGenCLI
+
+    args = tiny_args(config, runs, name=name, max_steps=max_steps)
+    args += ["--config", str(EXPERIMENTS / "trainer" / f"{preset}.yaml"), "--trainer.accelerator=cpu",
+             "--trainer.devices=2", "--data.init_args.batch_size=16", "--samples.every_n_steps=4", *extra]
+    LitGenCLI(args=["fit", *args])
+
+
+def difference(a: Path, b: Path) -> float:
+    from lit_gen.checkpoints import consolidate
+
+    sa, sb = consolidate(a)["state_dict"], consolidate(b)["state_dict"]
+    if sa.keys() != sb.keys():
+        raise RuntimeError(f"different keys: {sorted(set(sa) ^ set(sb))[:5]}")
+    return max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel())
+
+
+def main(preset: str, out: str, configs: list[str]) -> None:
+    out_dir = Path(out)
+    results = {}
+    for config in configs:
+        runs = out_dir / config.replace("/", "_").removesuffix(".yaml")
+        try:
+            fit(config, preset, runs, "straight", 4)
+            fit(config, preset, runs, "resumed", 2)
+            fit(config, preset, runs, "resumed", 4, "--ckpt_path=last",
+                "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", "--trainer.callbacks.step=2")
+            dist.barrier()
+            result = {"difference": difference(runs / "straight/checkpoints/last.ckpt",
+                                               runs / "resumed/checkpoints/last.ckpt")}
+        except Exception as err:  # noqa: BLE001 - record it and go on with the next config
+            result = {"error": f"{type(err).__name__}: {err}"[:2000], "traceback": traceback.format_exc()[-3000:]}
+        results[config] = result
+        if dist.get_rank() == 0:
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+            print(config, result.get("difference", result.get("error")), flush=True)
+    dist.barrier()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    preset, out, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    sys.argv = sys.argv[:1]  # LitGenCLI gets its arguments from main()
+    main(preset, out, configs)
