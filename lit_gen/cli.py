@@ -35,7 +35,8 @@ DESCRIPTION = """Generative-model methods behind one command.
   lit-gen sample --ckpt_path CKPT [--help]                      draw samples (samples.npz, grid.png); the
                                                                 checkpoint's method adds its sampling flags
   lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
-  lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one file"""
+  lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one file
+  lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO / FSDP"""
 
 
 class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -233,6 +234,10 @@ def cli_main(args: list[str] | None = None) -> None:
             sample_main(argv[1:])
         elif argv and argv[0] == "export":
             export_main(argv[1:])
+        elif argv and argv[0] == "memory":
+            from lit_gen.memory import memory_main
+
+            memory_main(argv[1:])
         else:
             cli = LitGenCLI(args=args)
             stopped_by = getattr(getattr(cli, "trainer", None) and cli.trainer.checkpoint_callback, "stopped_by", None)

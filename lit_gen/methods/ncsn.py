@@ -75,13 +75,11 @@ class NCSN(ScoreSDE):
             self.set_sigma_begin(sigma_max_from_data(self._training_points()))
 
     def _training_points(self, limit: int = 2000) -> torch.Tensor:
-        points, count = [], 0
-        for batch in self.trainer.datamodule.train_dataloader():
-            points.append(batch["x"])
-            count += len(batch["x"])
-            if count >= limit:
-                break
-        return torch.cat(points)[:limit]
+        """Up to ``limit`` training points drawn with the run's seed: the same on every rank (each must build the
+        same SDE) and in every run of the config."""
+        dataset = self.trainer.datamodule.train_dataset
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:limit]
+        return torch.stack([dataset[int(i)]["x"] for i in order])
 
     def set_sigma_begin(self, sigma: float) -> None:
         """Set sigma_1 (and rebuild the SDE); saved in the hyperparameters, so a checkpoint rebuilds it."""

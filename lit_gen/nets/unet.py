@@ -212,6 +212,10 @@ class _Trunk(nn.Module):
             emb = emb + self.label_embed(y)  # (B, 4ch)
         return emb
 
+    def fsdp_units(self) -> list[nn.Module]:
+        """The blocks FSDP shards and gathers one at a time (each runs through its forward only)."""
+        return [*self.down, self.middle, *getattr(self, "up", [])]
+
     def encode(
         self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, bool]:

@@ -2,9 +2,9 @@
 
     python -m torch.distributed.run --nproc_per_node 2 -m tests.integration.preset_sweep PRESET OUT CONFIG...
 
-For each config: a straight 4-step run (2 epochs of 2 batches) and a run stopped at the epoch boundary (step 2)
-then resumed with ``--ckpt_path last``. Rank 0 writes ``OUT/results.json``: per config, the largest difference
-between the consolidated weights (EMA included) of the two runs, or the error. One job per preset keeps the
+For each config: a 4-step run (2 epochs of 2 batches, a checkpoint at the epoch boundary, step 2), and a second
+run resumed from that checkpoint to step 4. Rank 0 writes ``OUT/results.json``: per config, the largest difference
+between the consolidated weights (EMA included) of the two runs' last checkpoints, or the error. One job per preset keeps the
 start-up (torch, Lightning, DeepSpeed, process group) out of the per-config cost.
 """
 
@@ -46,9 +46,9 @@ def main(preset: str, out: str, configs: list[str]) -> None:
     for config in configs:
         runs = out_dir / config.replace("/", "_").removesuffix(".yaml")
         try:
-            fit(config, preset, runs, "straight", 4)
-            fit(config, preset, runs, "resumed", 2)
-            fit(config, preset, runs, "resumed", 4, "--ckpt_path=last",
+            fit(config, preset, runs, "straight", 4, "--checkpoint.every_n_train_steps=2")
+            fit(config, preset, runs, "resumed", 4, f"--ckpt_path={runs}/straight/checkpoints/step0000002.ckpt",
+                "--checkpoint.every_n_train_steps=0",
                 "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", "--trainer.callbacks.step=2")
             dist.barrier()
             result = {"difference": difference(runs / "straight/checkpoints/last.ckpt",

@@ -175,3 +175,59 @@ class RecordBatches(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         with open(self.path, "a") as f:
             f.write(f"{trainer.global_step} {batch_idx} {batch['x'].double().sum().item():.6f}\n")
+
+
+class RecordLosses(L.Callback):
+    """Rank 0 appends the training loss of every batch (its own micro-batch) to ``path``, one per line."""
+
+    def __init__(self, path: str = "losses.txt") -> None:
+        self.path = path
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.is_global_zero:
+            with open(self.path, "a") as f:
+                f.write(f"{float(outputs['loss']):.10g}\n")
+
+
+class CheckEMA(L.Callback):
+    """Fails the run unless the EMA network equals, at the end, the EMA computed here in float64 from the
+    gathered (full) weights after every optimizer step: d_n = min(decay, (1 + n) / (10 + n))."""
+
+    def __init__(self, atol: float = 1e-6) -> None:
+        self.atol = atol
+        self.average: dict | None = None
+        self.updates = 0
+
+    def _weights(self, net) -> dict:
+        from lit_gen.strategies import full_state_dict
+
+        names = {n for n, _ in net.named_parameters()}
+        return {k: v.double().clone() for k, v in full_state_dict(net).items() if k in names}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.average, self.updates = self._weights(pl_module.net), int(pl_module.ema.num_updates)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if int(pl_module.ema.num_updates) == self.updates:  # no optimizer step (accumulating)
+            return
+        d = min(pl_module.ema.decay, (1 + self.updates) / (10 + self.updates))
+        for k, w in self._weights(pl_module.net).items():
+            self.average[k] = d * self.average[k] + (1 - d) * w
+        self.updates += 1
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        ema = self._weights(pl_module.ema.module)
+        error = max(float((ema[k] - self.average[k]).abs().max()) for k in ema)
+        if self.updates != int(pl_module.ema.num_updates) or not error <= self.atol:
+            raise RuntimeError(f"EMA differs from the EMA of the gathered weights by {error} "
+                               f"({self.updates} vs {int(pl_module.ema.num_updates)} updates)")
+        if trainer.is_global_zero:
+            print(f"CheckEMA: {self.updates} updates, largest difference {error:.3g}", flush=True)
+
+
+class ReportRanks(L.Callback):
+    """Prints this process's global, local and node rank and the world size when training starts."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        print(f"ReportRanks global {trainer.global_rank} local {trainer.local_rank} node {trainer.node_rank} "
+              f"world {trainer.world_size}", flush=True)
