@@ -1,0 +1,55 @@
+"""The scaling commands on one process: lit-gen memory, and the one-line errors of sharded runs."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import DIST_VARS, EXPERIMENTS, ROOT
+from tests.integration.tiny import tiny_args
+
+
+def lit_gen(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    return subprocess.run([sys.executable, "-m", "lit_gen", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_memory_reports_the_notes_model_for_the_config_network():
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--config",
+                   str(EXPERIMENTS / "trainer/bf16.yaml"), "--devices", "4", "--memory_per_device", "0.001")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    psi = float(re.search(r"network: ([\d.]+) M parameters", out).group(1)) * 1e6
+    act = float(re.search(r"activations at micro-batch (\d+) .*: ([\d.]+) GiB", out).group(2))
+    assert re.search(r"activations at micro-batch 32 ", out)  # the config's global batch 128 over 4 ranks
+    assert act > 0
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
+            if line.startswith(("ddp ", "deepspeed_", "fsdp "))}
+    gib = psi / 2**30
+    # bf16: torch Adam 4 + 4 + 8 per parameter (+ 4 EMA), DeepSpeed 2 + 2 + 12; N = 4
+    expected = {"ddp": (4, 4, 8, 4), "deepspeed_zero1": (2, 2, 3, 4), "deepspeed_zero2": (2, 0.5, 3, 4),
+                "deepspeed_zero3": (0.5, 0.5, 3, 1), "fsdp": (1, 1, 2, 1)}
+    for name, per_param in expected.items():
+        for got, b in zip(rows[name][:4], per_param):
+            assert abs(got - b * gib) <= 0.0015, (name, rows[name], per_param)
+        assert abs(rows[name][5] - rows[name][4] - act) <= 0.002  # states + activations
+    # the DDP > ZeRO-1 > ZeRO-2 > ZeRO-3 order of the notes
+    states = [rows[n][4] for n in ("ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3")]
+    assert states == sorted(states, reverse=True) and len(set(states)) == 4
+    assert "nothing fits in 0.001 GiB" in out
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--devices", "2",
+                   "--memory_per_device", "80")
+    assert "recommended for 80 GiB per device: ddp" in proc.stdout
+
+
+def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path):
+    config = '{"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4, "train_micro_batch_size_per_gpu": 8}'
+    proc = lit_gen("fit", *tiny_args("ddpm/toy2d.yaml", tmp_path), "--config",
+                   str(EXPERIMENTS / "trainer/deepspeed_zero2.yaml"), "--trainer.devices=1",
+                   "--trainer.accelerator=cpu", f"--trainer.strategy.init_args.config={config}")
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lit-gen: error:") and "gradient_accumulation_steps" in last
