@@ -114,6 +114,11 @@ class FIDMonitor(L.Callback):
                 x = batch["x"].to(pl_module.device)
                 fid.update(x, real=True)
                 kid.update(x, real=True)
+            # torchmetrics gathers list states element by element: every rank makes as many updates (empty ones
+            # where its share ran out), or the ranks disagree on the gathered sizes
+            most = math.ceil(math.ceil(len(dataset) / world) / self.real_batch_size)
+            for _ in range(most - len(loader)):
+                kid.update(x[:0], real=True)
         per_rank = math.ceil(self.num_samples / world)  # equal shares: ranks past num_samples draw and drop
         mine = [rank + world * k for k in range(per_rank)]
         batches = range(0, per_rank, self.batch_size)
@@ -122,9 +127,8 @@ class FIDMonitor(L.Callback):
             gens = [g for i in ids for g in sample_generators(self.seed, i, 1)]
             x = pl_module.sample(len(ids), gens, **self.sample_options).x.clamp(-1, 1)
             keep = torch.tensor([i < self.num_samples for i in ids], device=x.device)
-            if keep.any():
-                fid.update(x[keep], real=False)
-                kid.update(x[keep], real=False)
+            fid.update(x[keep], real=False)  # possibly empty: the same number of updates on every rank
+            kid.update(x[keep], real=False)
         value, (kid_mean, _) = float(fid.compute()), kid.compute()
         fid.reset()  # both keep the real statistics
         kid.reset()

@@ -223,7 +223,8 @@ class GenerativeDataModule(pl.LightningDataModule):
                 "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        if not state:
+        trainer = getattr(self, "trainer", None)
+        if not state or (trainer is not None and trainer.state.fn != "fit"):  # only fitting continues an epoch
             return
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it at "

@@ -4,7 +4,8 @@
 
 For each config: a 4-step run (2 epochs of 2 batches, a checkpoint at the epoch boundary, step 2), and a second
 run resumed from that checkpoint to step 4. Rank 0 writes ``OUT/results.json``: per config, the largest difference
-between the consolidated weights (EMA included) of the two runs' last checkpoints, or the error. One job per preset keeps the
+between the consolidated weights (EMA included) of the two runs' last checkpoints (relative to each tensor's
+scale, at least 1), or the error. One job per preset keeps the
 start-up (torch, Lightning, DeepSpeed, process group) out of the per-config cost.
 """
 
@@ -37,7 +38,9 @@ def difference(a: Path, b: Path) -> float:
     sa, sb = consolidate(a)["state_dict"], consolidate(b)["state_dict"]
     if sa.keys() != sb.keys():
         raise RuntimeError(f"different keys: {sorted(set(sa) ^ set(sb))[:5]}")
-    return max(float((sa[k].double() - sb[k].double()).abs().max()) for k in sa if sa[k].numel())
+    # relative to each tensor's scale (at least 1): a loss history of values ~1e4 is compared like a weight
+    return max(float((sa[k].double() - sb[k].double()).abs().max() / sa[k].double().abs().max().clamp(min=1))
+               for k in sa if sa[k].numel())
 
 
 def main(preset: str, out: str, configs: list[str]) -> None:

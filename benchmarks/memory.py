@@ -1,0 +1,143 @@
+"""Peak memory per rank on 2 CPU processes for DDP and DeepSpeed ZeRO-1/2/3, next to ``lit-gen memory``'s model, on a
+network where the optimizer state dominates (the toy2d DDPM with a 4 x 8192-wide MLP, 268 M parameters, fp32 Adam,
+EMA on); then what activation checkpointing saves on the digits and CIFAR-10 UNets, and what it costs per step.
+
+    python -m benchmarks.memory                 # ~10 minutes on 2 cores, ~12 GB of RAM at its peak
+    python -m benchmarks.memory --hidden 4096   # 67 M parameters, faster
+
+Peak memory of a rank = its peak resident set (ru_maxrss) minus its resident set before the network is built
+(Python, torch, Lightning and DeepSpeed themselves). Model = (weights + gradients + optimizer state + EMA) bytes per
+parameter x parameters + activations, from lit_gen.memory.plans (DDP with ``gradient_as_bucket_view``, as the ddp
+preset, keeps no second copy of the gradients in its buckets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning.pytorch as L
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3"]
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakMemory(L.Callback):
+    """Writes each rank's peak resident memory during fitting, above its memory when the callback was made."""
+
+    def __init__(self, path: str) -> None:
+        self.path, self.base = path, rss()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        with open(f"{self.path}.rank{trainer.global_rank}", "w") as f:
+            json.dump({"peak": peak - self.base}, f)
+
+
+def fit_args(strategy: str, hidden: int, out: Path) -> list[str]:
+    args = ["-m", "lit_gen", "fit", "--config", "experiments/ddpm/toy2d.yaml",
+            "--config", f"experiments/trainer/{strategy}.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
+            f"--model.init_args.net.init_args.hidden_dim={hidden}", "--model.init_args.net.init_args.num_layers=4",
+            "--model.init_args.optimizer=torch.optim.Adam", "--model.init_args.lr_scheduler=null",
+            "--data.init_args.batch_size=64", "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
+            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--samples.every_n_steps=0",
+            "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false", "--trainer.logger=false",
+            f"--runs_dir={out}", f"--name={strategy}", "--trainer.callbacks+=benchmarks.memory.PeakMemory",
+            f"--trainer.callbacks.path={out / strategy}"]
+    if strategy.startswith("deepspeed"):  # buckets of 2e7 elements (Lightning's default 2e8 is 0.8 GB each in fp32)
+        args += ["--trainer.strategy.init_args.allgather_bucket_size=20000000",
+                 "--trainer.strategy.init_args.reduce_bucket_size=20000000"]
+    return args
+
+
+def measure(strategy: str, hidden: int, out: Path) -> list[int]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *fit_args(strategy, hidden, out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode:
+        raise RuntimeError(f"{strategy} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return [json.loads(Path(f"{out / strategy}.rank{r}").read_text())["peak"] for r in range(2)]
+
+
+def network(hidden: int) -> tuple[int, int]:
+    """(parameters of the MLP, activation bytes of one training step at the per-rank micro-batch 32)."""
+    from lit_gen.memory import activation_bytes
+    from lit_gen.methods import DDPM
+    from lit_gen.nets import MLPDenoiser
+
+    model = DDPM(data_shape=(2,), net=lambda shape, k, c: MLPDenoiser(shape, k, c, hidden_dim=hidden, num_layers=4))
+    return sum(p.numel() for p in model.net.parameters()), activation_bytes(model, 32, "32-true")
+
+
+def checkpointing_table() -> list[str]:
+    """Activation memory (saved tensors, measured) and step time with and without the UNet's checkpointing."""
+    from lit_gen.memory import activation_bytes
+    from lit_gen.methods import DDPM
+    from lit_gen.nets import UNet
+
+    rows = [f"{'UNet':<30}{'batch':>6}{'activations':>13}{'checkpointed':>14}{'saved':>8}{'step time':>11}"]
+    for label, shape, kwargs, batch in [
+        ("digits 16x16 (ddpm/digits)", (1, 16, 16), dict(base_channels=32, channel_mults=(1, 2), num_res_blocks=2,
+                                                          attention_resolutions=(8,)), 64),
+        ("CIFAR-10 32x32 (35.7 M)", (3, 32, 32), dict(base_channels=128, channel_mults=(1, 2, 2, 2), num_res_blocks=2,
+                                                       attention_resolutions=(16,), dropout=0.1), 8)]:
+        results = {}
+        for ckpt in (False, True):
+            model = DDPM(data_shape=shape, net=lambda s, k, c, ckpt=ckpt: UNet(s, k, c, gradient_checkpointing=ckpt,
+                                                                                   **kwargs))
+            act = activation_bytes(model, batch, "32-true")
+            x = {"x": torch.randn(batch, *shape).clamp(-1, 1)}
+            times = []
+            for _ in range(4):  # forward + backward; the first is warm-up
+                t0 = time.perf_counter()
+                model.training_step(x, 0).backward()
+                times.append(time.perf_counter() - t0)
+            results[ckpt] = (act, min(times[1:]))
+        (a0, t0), (a1, t1) = results[False], results[True]
+        rows.append(f"{label:<30}{batch:>6}{a0 / 2**20:>10.1f} MB{a1 / 2**20:>11.1f} MB{100 * (1 - a1 / a0):>7.0f}%"
+                    f"{t1 / t0:>10.2f}x")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=8192, help="MLP width (4 layers: about 4 hidden^2 parameters)")
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    parser.add_argument("--skip_checkpointing", action="store_true")
+    args = parser.parse_args()
+    print(f"DDPM toy2d, MLP 4 x {args.hidden}, fp32 Adam, EMA on, 2 CPU processes (gloo); GiB per rank")
+    print(f"{'strategy':<18}{'model':>8}{'+activ.':>9}{'rank 0':>9}{'rank 1':>9}{'measured / model':>18}")
+    from lit_gen.memory import plans
+
+    psi, act = network(args.hidden)
+    per_param = {p.name: p.device for p in plans(2, "32-true", ema=True)}
+    print(f"{psi / 1e6:.1f} M parameters; activations {act / 2**20:.1f} MB per rank (measured)")
+    with tempfile.TemporaryDirectory() as tmp:
+        for strategy in args.strategies:
+            states = per_param[strategy] * psi
+            peaks = measure(strategy, args.hidden, Path(tmp))
+            model = states + act
+            print(f"{strategy:<18}{states / 2**30:>8.2f}{model / 2**30:>9.2f}{peaks[0] / 2**30:>9.2f}"
+                  f"{peaks[1] / 2**30:>9.2f}{max(peaks) / model:>17.2f}x", flush=True)
+    if not args.skip_checkpointing:
+        print("\nactivation checkpointing (use_reentrant=False): saved-tensor memory of one training step, and the "
+              "step time (forward + backward) relative to no checkpointing, one process")
+        print("\n".join(checkpointing_table()))
+
+
+if __name__ == "__main__":
+    main()
