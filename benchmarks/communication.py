@@ -67,7 +67,7 @@ def measure(strategy: str, hidden: int, steps: int, out: Path) -> float:
             f"--model.init_args.net.init_args.hidden_dim={hidden}", "--model.init_args.net.init_args.num_layers=4",
             "--data.init_args.batch_size=64", f"--trainer.max_steps={steps}", "--trainer.limit_val_batches=0",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--samples.every_n_steps=0",
-            "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false", "--trainer.logger=false",
+            "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false",
             "--trainer.log_every_n_steps=1000", f"--runs_dir={out}", f"--name={strategy}",
             "--trainer.callbacks+=benchmarks.communication.CountBytes", f"--trainer.callbacks.path={path}"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args], cwd=ROOT,

@@ -1,9 +1,9 @@
 """Peak memory per rank on 2 CPU processes for DDP and DeepSpeed ZeRO-1/2/3, next to ``lit-gen memory``'s model, on a
-network where the optimizer state dominates (the toy2d DDPM with a 4 x 8192-wide MLP, 268 M parameters, fp32 Adam,
+network where the optimizer state dominates (the toy2d DDPM with a 4 x 4096-wide MLP, 218 M parameters, fp32 Adam,
 EMA on); then what activation checkpointing saves on the digits and CIFAR-10 UNets, and what it costs per step.
 
     python -m benchmarks.memory                 # ~10 minutes on 2 cores, ~12 GB of RAM at its peak
-    python -m benchmarks.memory --hidden 4096   # 67 M parameters, faster
+    python -m benchmarks.memory --hidden 2048   # 55 M parameters, faster
 
 Peak memory of a rank = its peak resident set (ru_maxrss) minus its resident set before the network is built
 (Python, torch, Lightning and DeepSpeed themselves). Model = (weights + gradients + optimizer state + EMA) bytes per
@@ -54,7 +54,7 @@ def fit_args(strategy: str, hidden: int, out: Path) -> list[str]:
             "--model.init_args.optimizer=torch.optim.Adam", "--model.init_args.lr_scheduler=null",
             "--data.init_args.batch_size=64", "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--samples.every_n_steps=0",
-            "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false", "--trainer.logger=false",
+            "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false",
             f"--runs_dir={out}", f"--name={strategy}", "--trainer.callbacks+=benchmarks.memory.PeakMemory",
             f"--trainer.callbacks.path={out / strategy}"]
     if strategy.startswith("deepspeed"):  # buckets of 2e7 elements (Lightning's default 2e8 is 0.8 GB each in fp32)
@@ -115,7 +115,7 @@ def checkpointing_table() -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=8192, help="MLP width (4 layers: about 4 hidden^2 parameters)")
+    parser.add_argument("--hidden", type=int, default=4096, help="MLP width (4 layers: 218 M parameters at 4096)")
     parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
     parser.add_argument("--skip_checkpointing", action="store_true")
     args = parser.parse_args()
