@@ -93,7 +93,7 @@ def test_export_and_weights_errors(tmp_path, capsys):
     ckpt = str(run / "checkpoints" / "last.ckpt")
     capsys.readouterr()
     for args, expected in [
-        (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "m.pt")], "writes a .safetensors file"),
+        (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "m.pt")], "writes a .safetensors or a .ckpt file"),
         (["sample", "--weights", str(tmp_path / "none.safetensors")], "weights file not found"),
         (["sample", "--weights", ckpt], "is not a readable safetensors file"),
         (["sample", "--ckpt_path", ckpt, "--weights", ckpt], "not both"),

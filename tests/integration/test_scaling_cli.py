@@ -53,3 +53,26 @@ def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path):
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("lit-gen: error:") and "gradient_accumulation_steps" in last
+
+
+def test_checkpoint_folders_are_recognised_and_inner_folders_refused(tmp_path):
+    import pytest
+    import torch
+
+    from lit_gen.checkpoints import CheckpointError, checkpoint_layout
+
+    ds = tmp_path / "last.ckpt"
+    (ds / "checkpoint").mkdir(parents=True)
+    (ds / "latest").write_text("checkpoint")
+    torch.save({}, ds / "checkpoint" / "mp_rank_00_model_states.pt")
+    fsdp = tmp_path / "fsdp.ckpt"
+    fsdp.mkdir()
+    torch.save({}, fsdp / "meta.pt")
+    (fsdp / "__0_0.distcp").write_bytes(b"")
+    assert checkpoint_layout(ds) == "deepspeed" and checkpoint_layout(fsdp) == "fsdp"
+    with pytest.raises(CheckpointError, match="is the inner folder of the DeepSpeed checkpoint .* pass --ckpt_path"):
+        checkpoint_layout(ds / "checkpoint")
+    with pytest.raises(CheckpointError, match="is a folder, not a checkpoint"):
+        checkpoint_layout(tmp_path)
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        checkpoint_layout(tmp_path / "nothing")
