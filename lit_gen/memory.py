@@ -97,8 +97,11 @@ def report(configs: list[str], devices: int, memory_per_device: float | None, ba
     args = [a for c in configs for a in ("--config", c)]
     args += ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.logger=false",
              "--trainer.precision=32-true"]
-    sys.argv = sys.argv[:1]  # the CLI reads only args
-    cli = LitGenCLI(args=args, run=False)
+    argv, sys.argv = sys.argv, sys.argv[:1]  # the CLI reads only args
+    try:
+        cli = LitGenCLI(args=args, run=False)
+    finally:
+        sys.argv = argv
     model, trainer = cli.model, trainer_settings(configs)
     precision = str(trainer.get("precision", "32-true"))
     model.configure_model()

@@ -52,7 +52,19 @@ def _solve_planar(c: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return a
 
 
-class PlanarTransform(FlowLayer):
+class _ScalarsAsVectors(FlowLayer):
+    """Scalar parameters are stored with shape (1,) (FSDP shards tensors of 1 dimension and more); checkpoints
+    written when they had shape () still load."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, p in self.named_parameters(recurse=False):
+            key = prefix + name
+            if p.shape == (1,) and key in state_dict and state_dict[key].dim() == 0:
+                state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class PlanarTransform(_ScalarsAsVectors):
     """f(z) = z + u_hat * tanh(w^T z + b) (Rezende & Mohamed 2015, Sec. 4.1), as ``inverse``; ``forward``
     inverts it numerically.
 
@@ -102,7 +114,7 @@ class PlanarTransform(FlowLayer):
         return x, torch.log(det.abs())
 
 
-class RadialTransform(FlowLayer):
+class RadialTransform(_ScalarsAsVectors):
     """f(z) = z + beta h(alpha, r) (z - z_0), h = 1 / (alpha + r), r = ||z - z_0|| (Rezende & Mohamed 2015,
     Sec. 4.1), as ``inverse``; ``forward`` is its closed-form inverse.
 

@@ -247,3 +247,14 @@ def test_planar_flow_fits_the_papers_u1_by_reverse_kl():
         after = kl(4096, 1).item()
     assert after > -0.02  # a KL, up to Monte-Carlo error
     assert after < 0.25 < before, (before, after)
+
+
+def test_scalar_parameters_of_old_checkpoints_still_load():
+    # b, alpha_raw and beta_raw have shape (1,) so that FSDP can shard them; shape () ones load into them
+    from lit_gen.flows.planar import PlanarTransform, RadialTransform
+
+    for layer, name in ((PlanarTransform(3), "b"), (RadialTransform(3), "beta_raw")):
+        state = layer.state_dict()
+        state[name] = torch.tensor(0.25)
+        layer.load_state_dict(state)
+        assert getattr(layer, name).shape == (1,) and float(getattr(layer, name)) == 0.25
