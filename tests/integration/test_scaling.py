@@ -116,7 +116,7 @@ def test_losses_match_across_strategies_and_ema_is_the_average_of_the_gathered_w
     ZeRO-3 and FSDP the EMA equals the EMA of the gathered weights (CheckEMA fails the run otherwise)."""
     losses = {}
     for preset in ["ddp", *SHARDED]:
-        extra = [f"--trainer.callbacks+=tests.integration.tiny.RecordLosses",
+        extra = ["--trainer.callbacks+=tests.integration.tiny.RecordLosses",
                  f"--trainer.callbacks.path={tmp_path / preset}.txt", "--trainer.limit_train_batches=25",
                  "--samples.every_n_steps=0", "--model.init_args.ema_decay=0.9"]
         if preset in ("deepspeed_zero3", "fsdp"):
@@ -157,8 +157,6 @@ def test_accumulation_matches_the_larger_batch(preset, tmp_path):
 def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset, tmp_path):
     """--ckpt_path last resumes from the checkpoint folder; export consolidates it (EMA included) into one file
     that sample and test load without the strategy, and that fit resumes from on another world size."""
-    from tests.integration.tiny import ExpectStartStep  # noqa: F401  (used by name below)
-
     config = "ddpm/digits.yaml"
     torchrun(fit_args(config, tmp_path, "run", preset, 2))
     folder = tmp_path / "run/checkpoints/last.ckpt"
