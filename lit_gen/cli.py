@@ -27,7 +27,7 @@ from lit_gen.checkpoints import (
 )
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
-from lit_gen.strategies import FSDP, DeepSpeed
+from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
 
 DESCRIPTION = """Generative-model methods behind one command.
   lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
@@ -263,6 +263,8 @@ def cli_main(args: list[str] | None = None) -> None:
         print(f"lit-gen: error: the checkpoint's weights do not fit the model its config builds (written by "
               f"another lit_gen version or config?): {detail}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        end_process_group()
 
 
 if __name__ == "__main__":

@@ -207,3 +207,13 @@ def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> N
         set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True))
     else:
         module.load_state_dict(state)
+
+
+def end_process_group() -> None:
+    """Destroy the default process group, if this process joined one. A process that exits without it may abort
+    while the interpreter finalises (gloo's worker threads still hold tensors: "terminate called without an
+    active exception", pytorch/pytorch#190489), failing a run that had finished."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

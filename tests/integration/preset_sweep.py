@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lit_gen.strategies import end_process_group
+
 from tests.conftest import EXPERIMENTS
 from tests.integration.tiny import tiny_args
 
@@ -70,3 +72,4 @@ if __name__ == "__main__":
     preset, out, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
     sys.argv = sys.argv[:1]  # LitGenCLI gets its arguments from main()
     main(preset, out, configs)
+    end_process_group()
