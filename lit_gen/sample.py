@@ -26,7 +26,15 @@ from lit_gen.checkpoints import (
 )
 from lit_gen.diffusion import slerp_grid
 from lit_gen.utils import randn, sample_generators
-from lit_gen.visual import figure_to_array, image_grid, save_npz, save_png, scatter_figure, to_uint8_nhwc
+from lit_gen.visual import (
+    captioned_grid,
+    figure_to_array,
+    image_grid,
+    save_npz,
+    save_png,
+    scatter_figure,
+    to_uint8_nhwc,
+)
 
 
 def build_parser(method: type | None = None) -> ArgumentParser:
@@ -46,7 +54,15 @@ def build_parser(method: type | None = None) -> ArgumentParser:
         "--config", type=str | None, default=None,
         help="With --weights: a run's config.yaml whose model section replaces the hyperparameters in the metadata.",
     )
-    parser.add_argument("--num_samples", type=int, default=64, help="How many samples.")
+    parser.add_argument(
+        "--num_samples", type=int | None, default=None,
+        help="How many samples (default 64; with --text or --text_file: how many prompts, default one per prompt).",
+    )
+    parser.add_argument(
+        "--text", type=list[str] | str | None, default=None,
+        help='Prompts of a text-to-image model (DALLE), cycled over the samples: "a small red circle" or [..., ...].',
+    )
+    parser.add_argument("--text_file", type=str | None, default=None, help="Instead of --text: one prompt per line.")
     parser.add_argument("--seed", type=int, default=0, help="Sample i depends only on (seed, i), not on the batch.")
     parser.add_argument("--output", type=str, default="samples", help="Output folder.")
     parser.add_argument("--batch_size", type=int, default=64, help="Samples per forward pass.")
@@ -136,6 +152,9 @@ def sample_main(argv: list[str]) -> Path:
     cfg = build_parser(method).parse_args(argv)
     if isinstance(cfg.labels, int):
         cfg.labels = [cfg.labels]
+    cfg.text = read_prompts(cfg)
+    if cfg.num_samples is None:
+        cfg.num_samples = len(cfg.text) if cfg.text else 64
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.interpolate is not None and cfg.invert is not None:
@@ -146,6 +165,14 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError("--inpaint is a job of its own; give it without --interpolate or --invert")
     if cfg.devices < 1 or cfg.num_nodes < 1:
         raise ValueError(f"devices={cfg.devices} and num_nodes={cfg.num_nodes} must be >= 1")
+    takes_text = "captions" in inspect.signature(method.sample).parameters if method is not None else False
+    if cfg.text and not takes_text:
+        raise ValueError(f"--text / --text_file prompt a text-to-image model; {method.__name__ if method else 'this'} "
+                         "checkpoint is not one (train DALLE: experiments/dalle/)")
+    if takes_text and not cfg.text:
+        raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or --text_file FILE")
+    if takes_text and (cfg.devices > 1 or cfg.num_nodes > 1 or cfg.interpolate is not None or cfg.invert or cfg.inpaint):
+        raise ValueError("a text-to-image model samples on one device, without --interpolate, --invert or --inpaint")
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
         raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and --invert "
                          "on one device")
@@ -165,7 +192,11 @@ def sample_main(argv: list[str]) -> Path:
             return output
         (x, labels), nrow = drawn, None
     else:
-        x, labels = draw(model, cfg, options, known)
+        x, labels, extra = draw(model, cfg, options, known)
+        if extra:
+            write_captioned(output, x, cfg.png, **extra)
+            print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
+            return output
         nrow = None
     write_samples(output, x, labels, nrow, cfg.png)
     print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
@@ -205,6 +236,27 @@ def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     return known.float() / 127.5 - 1, mask
 
 
+def read_prompts(cfg) -> list[str] | None:
+    """The prompts of ``--text`` or ``--text_file`` (one per non-empty line), or None."""
+    if cfg.text is not None and cfg.text_file is not None:
+        raise ValueError("give --text or --text_file, not both")
+    if cfg.text_file is not None:
+        path = Path(cfg.text_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"--text_file not found: {str(path)!r}")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"--text_file {str(path)!r} holds no prompt (one per line)")
+        return prompts
+    if cfg.text is None:
+        return None
+    prompts = [cfg.text] if isinstance(cfg.text, str) else list(cfg.text)
+    blank = [p for p in prompts if not p.strip()]
+    if blank or not prompts:
+        raise ValueError("empty prompt: --text needs at least one non-blank character per prompt")
+    return prompts
+
+
 def labels_of(model, cfg, options: dict, indices: list[int]) -> torch.Tensor | None:
     """The requested label of each sample index: ``--labels`` cycled, else balanced over the classes (i mod K)."""
     if cfg.labels:
@@ -220,13 +272,17 @@ def draw_indices(model, cfg, options: dict, indices: list[int], known=None, prog
         images, mask = known
         idx = torch.tensor(indices)
         extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
+    if cfg.text:  # prompt i of the cycle for sample index i
+        extra["captions"] = [cfg.text[i % len(cfg.text)] for i in indices]
+        extra["prompt_indices"] = indices
     gens = [g for i in indices for g in sample_generators(cfg.seed, i, 1)]
     return model.sample(len(indices), gens, labels=labels_of(model, cfg, options, indices), progress=progress,
                         **extra, **options)
 
 
-def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarray | None]:
-    xs, ys, nfe = [], [], []
+def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarray | None, dict]:
+    """The samples, their labels, and ``captions`` / ``scores`` of a text-to-image model ({} otherwise)."""
+    xs, ys, nfe, captions, scores = [], [], [], [], []
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="batches", unit="batch"):
         out = draw_indices(model, cfg, options, list(range(start, min(start + cfg.batch_size, cfg.num_samples))), known)
         xs.append(out.x.cpu())
@@ -234,10 +290,15 @@ def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarra
             ys.append(out.labels.cpu())
         if out.nfe is not None:
             nfe.append(out.nfe)
+        if out.captions is not None:
+            captions += out.captions
+        if out.scores is not None:
+            scores.append(out.scores.cpu())
     if nfe:
         print(f"NFE (network evaluations per batch): {nfe[0]}" + (f" to {max(nfe)}" if max(nfe) != nfe[0] else ""),
               file=sys.stderr)
-    return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None)
+    extra = {"captions": captions, "scores": torch.cat(scores) if scores else None} if captions else {}
+    return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None), extra
 
 
 def draw_sharded(model, cfg, options: dict, output: Path) -> tuple[torch.Tensor, np.ndarray | None] | None:
@@ -300,6 +361,28 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     return recon
 
 
+def write_captioned(output: Path, x: torch.Tensor, png: bool, captions: list[str],
+                    scores: torch.Tensor | None = None) -> None:
+    """``samples.npz`` with ``arr_0`` (uint8 images), ``captions`` (the prompt of each) and ``clip_scores`` (when
+    reranked); ``grid.png`` with one row per prompt, the prompt above it."""
+    named = {"captions": np.array(captions)}
+    if scores is not None:
+        named["clip_scores"] = scores.numpy().astype(np.float32)
+    images = to_uint8_nhwc(x)
+    save_npz(output / "samples.npz", images, None, **named)
+    if png:
+        _write_pngs(output, images)
+    shown = min(len(x), 256)
+    save_png(captioned_grid(x[:shown], captions[:shown], None if scores is None else scores[:shown]), output / "grid.png")
+
+
+def _write_pngs(output: Path, images: np.ndarray) -> None:
+    """One file per sample, named by index (grey images as L)."""
+    digits = max(6, len(str(len(images) - 1)))
+    for i, image in enumerate(images):
+        save_png(image[..., 0] if image.shape[-1] == 1 else image, output / "png" / f"{i:0{digits}d}.png")
+
+
 def write_samples(output: Path, x: torch.Tensor, labels: np.ndarray | None, nrow: int | None = None,
                   png: bool = False) -> None:
     if x.ndim == 2:  # vectors (2-D toy data): float samples and a scatter plot
@@ -308,10 +391,8 @@ def write_samples(output: Path, x: torch.Tensor, labels: np.ndarray | None, nrow
         return
     images = to_uint8_nhwc(x)
     save_npz(output / "samples.npz", images, labels)
-    if png:  # one file per sample, named by index (grey images as L)
-        digits = max(6, len(str(len(images) - 1)))
-        for i, image in enumerate(images):
-            save_png(image[..., 0] if image.shape[-1] == 1 else image, output / "png" / f"{i:0{digits}d}.png")
+    if png:
+        _write_pngs(output, images)
     shown = x[: min(len(x), 256)]
     grid = image_grid(shown, nrow=nrow or math.ceil(math.sqrt(len(shown))))
     save_png((grid.permute(1, 2, 0) * 255).round().byte().numpy(), output / "grid.png")

@@ -79,6 +79,35 @@ def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: st
     return fig
 
 
+def captioned_grid(x: torch.Tensor, captions: list[str], scores: torch.Tensor | None = None) -> np.ndarray:
+    """One row per run of equal consecutive captions (a prompt's images), the prompt above its row and each
+    image's score under it when given; uint8 (H, W, 3)."""
+    rows: list[list[int]] = []
+    for i, caption in enumerate(captions):
+        if rows and captions[rows[-1][0]] == caption:
+            rows[-1].append(i)
+        else:
+            rows.append([i])
+    columns = max(len(r) for r in rows)
+    fig, axes = _figure((1.3 * columns + 0.2, 1.55 * len(rows)))
+    fig.clear()
+    axes = fig.subplots(len(rows), columns, squeeze=False)
+    images = to_unit(x).permute(0, 2, 3, 1).cpu().numpy()
+    for r, row in enumerate(rows):
+        for c in range(columns):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(row):
+                image = images[row[c]]
+                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                          interpolation="nearest")
+                if scores is not None:
+                    ax.set_title(f"{float(scores[row[c]]):.3f}", fontsize=7, y=-0.18)
+        axes[r][0].text(0, -0.08, captions[row[0]], transform=axes[r][0].transAxes, fontsize=8, va="bottom")
+    fig.tight_layout()
+    return figure_to_array(fig)
+
+
 def figure_to_array(fig) -> np.ndarray:
     """Render a matplotlib figure (drawn on its own Agg canvas) to a uint8 (H, W, 3) array."""
     fig.canvas.draw()
@@ -92,11 +121,12 @@ def save_png(array_hwc: np.ndarray, path: str | Path) -> None:
     Image.fromarray(array_hwc).save(path)
 
 
-def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = None) -> None:
-    """ADM evaluator format: ``arr_0`` the samples, ``arr_1`` the labels if any. Written atomically."""
+def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = None, **named: np.ndarray) -> None:
+    """ADM evaluator format: ``arr_0`` the samples, ``arr_1`` the labels if any, and ``named`` arrays (e.g.
+    ``captions``). Written atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     arrays = [samples] if labels is None else [samples, labels]
-    np.savez(tmp, *arrays)
+    np.savez(tmp, *arrays, **named)
     os.replace(tmp, path)

@@ -244,6 +244,19 @@ class GenerativeDataModule(pl.LightningDataModule):
         return self._eval_loader(self.test_dataset)
 
 
+def dataset_captions(dataset: Dataset, name: str = "the training set") -> list[str]:
+    """Every caption of ``dataset`` (its ``captions`` when it keeps them, else read item by item); a one-line
+    ValueError when it has none."""
+    captions = getattr(dataset, "captions", None)
+    if captions is None and len(dataset) and "caption" in dataset[0]:
+        captions = [dataset[i]["caption"] for i in range(len(dataset))]
+    if not captions:
+        raise ValueError(f"{name} ({type(dataset).__name__}) has no captions: a text-to-image model needs a captioned "
+                         "DataModule (ShapesDataModule, CaptionedImageFolderDataModule, or a labelled set with "
+                         "class_captions)")
+    return list(captions)
+
+
 def to_signed(x: Tensor) -> Tensor:
     """Map values in [0, 1] to [-1, 1]."""
     return x * 2 - 1

@@ -25,6 +25,8 @@ class SampleOutput:
     labels: torch.Tensor | None = None  # (B,) class labels for conditional models
     trajectory: list[torch.Tensor] = field(default_factory=list)  # snapshots (B, *data_shape) along sampling
     nfe: int | None = None  # network evaluations per batch, for samplers that own the model calls
+    captions: list[str] | None = None  # the prompt of each sample (text-to-image models)
+    scores: torch.Tensor | None = None  # (B,) a reranker's score of each sample (CLIP)
 
 
 @dataclass
