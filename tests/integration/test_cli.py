@@ -17,7 +17,7 @@ from lit_gen.cli import LitGenCLI, cli_main
 from lit_gen.methods import DDPM, ImprovedDDPM
 from tests.conftest import EXPERIMENTS
 from tests.integration.fake_data import fake_data_args
-from tests.integration.tiny import method_configs, tiny_args
+from tests.integration.tiny import method_configs, tiny_args, tiny_dvae_checkpoint
 
 DIGITS = "ddpm/digits.yaml"
 
@@ -31,6 +31,8 @@ def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps:
 @pytest.mark.parametrize("config", method_configs())
 def test_config_instantiates(config, tmp_path, monkeypatch):
     data_args = fake_data_args(config, tmp_path, monkeypatch) if "folder" in config else []  # a root must exist
+    if "transformer" in config:  # DALL-E's transformer reads its dVAE's architecture from the dVAE checkpoint
+        data_args.append(f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint()}")
     cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path), *data_args], run=False)
     assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
     assert Path(cli.trainer.logger.log_dir) == tmp_path / cli.config.name
@@ -55,6 +57,13 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
     assert "train/loss" in scalars
     if config.startswith("classifier/"):  # a noisy classifier: accuracy per quarter of t, no samples
         assert {"val/acc", "val/acc_t0-1", "val/acc_t7-9"} <= scalars, scalars
+        assert not (run / "samples").exists()
+        return
+    if config.startswith(("dalle/dvae", "dalle/clip")):  # DALL-E's helpers: a tokenizer of images, a reranker
+        expected = {"val/recon_mse", "val/elbo_bpd", "val/perplexity", "val/dead_codes"} if "dvae" in config else {
+            "val/loss", "val/acc", "train/logit_scale"}
+        assert expected <= scalars, scalars
+        assert ("val/reconstructions" in images) == ("dvae" in config), images
         assert not (run / "samples").exists()
         return
     grids = sorted((run / "samples").glob("step_*.png"))

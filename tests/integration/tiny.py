@@ -37,6 +37,44 @@ SCORE_METHODS = {
 }
 
 
+# methods without a ``net`` / ``flow`` sub-config: their own size arguments
+TINY_METHOD = {
+    "DiscreteVAE": {"num_codes": 16, "channels": 8, "code_dim": 8, "tau_steps": 2, "kl_steps": 2},
+    "CLIP": { "dim": 16, "depth": 1, "heads": 2, "channels": 8, "embed_dim": 8},
+    "DALLE": { "dim": 16, "depth": 2, "heads": 2},
+}
+
+
+def tiny_dvae_checkpoint(data_shape: tuple[int, ...] = (3, 32, 32)) -> str:
+    """A tiny DiscreteVAE checkpoint (seeded weights, no training) that DALLE configs can load: written once per
+    shape under the temp folder, atomically, so concurrent ranks or tests find the same file."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import lightning
+    import torch
+
+    from lit_gen import __version__
+    from lit_gen.checkpoints import TAG, class_path
+    from lit_gen.methods.dvae import DiscreteVAE
+
+    hparams = {"data_shape": tuple(data_shape), **TINY_METHOD["DiscreteVAE"], "ema_decay": 0.0}
+    path = Path(tempfile.gettempdir()) / f"lit_gen_tiny_dvae_{'x'.join(map(str, data_shape))}_v3.ckpt"
+    if not path.exists():
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = DiscreteVAE(**hparams)
+            model.configure_model()
+            ckpt = {"state_dict": model.state_dict(), "hyper_parameters": {k: v for k, v in model.hparams.items() if k not in ("optimizer", "lr_scheduler")},
+                    "pytorch-lightning_version": lightning.__version__,
+                    TAG: {"class_path": class_path(model), "version": __version__, "world_size": 1}}
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    return str(path)
+
+
 def method_configs() -> list[str]:
     return sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name != "trainer")
 
@@ -47,12 +85,19 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
     model = cfg["model"]["init_args"]
     key = "flow" if "flow" in model else "net"  # flows build model.flow, diffusion models model.net
     args = ["--config", str(EXPERIMENTS / config), "--config", str(EXPERIMENTS / "trainer" / "cpu.yaml")]
-    for arg, value in TINY_NET[model[key]["class_path"]].items():
-        args.append(f"--model.init_args.{key}.init_args.{arg}={value}")
+    method = cfg["model"]["class_path"]
+    if method in TINY_METHOD:
+        args += [f"--model.init_args.{arg}={value}" for arg, value in TINY_METHOD[method].items()]
+        if method == "DALLE":
+            args.append(f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint()}")
+    else:
+        for arg, value in TINY_NET[model[key]["class_path"]].items():
+            args.append(f"--model.init_args.{key}.init_args.{arg}={value}")
     if "sampling_steps" in model:
         args.append("--model.init_args.sampling_steps=5")
-    method = cfg["model"]["class_path"]
-    if key == "flow":
+    if method in TINY_METHOD:
+        pass
+    elif key == "flow":
         args.append("--model.init_args.init_batch_size=8")
     elif method in SCORE_METHODS:
         args += SCORE_METHODS[method]
