@@ -10,6 +10,11 @@ import torch
 
 from lit_gen.likelihood import BIN_WIDTH
 
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """fp16 / bf16 up to fp32 (the NLL is summed over every pixel); fp32 and fp64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 LOGIT_LAPLACE_EPS = 0.1  # DALL-E maps pixels into (eps, 1 - eps) so logit() stays finite (App. A.3)
 
 
@@ -35,7 +40,7 @@ class Gaussian(Reconstruction):
         self.scale = scale
 
     def nll(self, out, x):
-        se = ((x.float() - out.float()) / self.scale) ** 2
+        se = ((_wide(x) - _wide(out)) / self.scale) ** 2
         return 0.5 * (se + math.log(2 * math.pi) + 2 * math.log(self.scale)).flatten(1).sum(1)
 
 
@@ -46,7 +51,7 @@ class Laplace(Reconstruction):
         self.scale = scale
 
     def nll(self, out, x):
-        return ((x.float() - out.float()).abs() / self.scale + math.log(2 * self.scale)).flatten(1).sum(1)
+        return ((_wide(x) - _wide(out)).abs() / self.scale + math.log(2 * self.scale)).flatten(1).sum(1)
 
 
 class LogitLaplace(Reconstruction):
@@ -58,10 +63,10 @@ class LogitLaplace(Reconstruction):
     bin_width = (1 - 2 * LOGIT_LAPLACE_EPS) / 255
 
     def _y(self, x: torch.Tensor) -> torch.Tensor:
-        return (1 - 2 * LOGIT_LAPLACE_EPS) * (x.float() + 1) / 2 + LOGIT_LAPLACE_EPS
+        return (1 - 2 * LOGIT_LAPLACE_EPS) * (_wide(x) + 1) / 2 + LOGIT_LAPLACE_EPS
 
     def nll(self, out, x):
-        mu, log_b = out.float().chunk(2, dim=1)
+        mu, log_b = _wide(out).chunk(2, dim=1)
         y = self._y(x)
         log_f = -(torch.logit(y) - mu).abs() * torch.exp(-log_b) - math.log(2) - log_b - torch.log(y) - torch.log1p(-y)
         return -log_f.flatten(1).sum(1)

@@ -159,10 +159,13 @@ class DALLETransformer(nn.Module):
     def forward_positions(self, ids: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, L, V_text + K) at positions start .. start + L - 1 given the ids there; with ``cache``, the
         keys and values of positions < start come from it (and these positions' are added)."""
+        return self.transform(self.embed(ids, start), start, cache)
+
+    def transform(self, h: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, L, V_text + K) of input embeddings ``h`` (B, L, dim) at positions start .. start + L - 1."""
         if cache is not None and cache.length != start:
             raise ValueError(f"the cache holds {cache.length} positions, but the input starts at {start}")
-        end = start + ids.shape[1]
-        h = self.embed(ids, start)
+        end = start + h.shape[1]
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for layer, (block, kind) in enumerate(zip(self.blocks, self.layer_kinds, strict=True)):
             mask = getattr(self, f"mask_{kind}")[start:end, :end]

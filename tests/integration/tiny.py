@@ -40,8 +40,8 @@ SCORE_METHODS = {
 # methods without a ``net`` / ``flow`` sub-config: their own size arguments
 TINY_METHOD = {
     "DiscreteVAE": {"num_codes": 16, "channels": 8, "code_dim": 8, "tau_steps": 2, "kl_steps": 2},
-    "CLIP": { "dim": 16, "depth": 1, "heads": 2, "channels": 8, "embed_dim": 8},
-    "DALLE": { "dim": 16, "depth": 2, "heads": 2},
+    "CLIP": {"dim": 16, "depth": 1, "heads": 2, "channels": 8, "embed_dim": 8},
+    "DALLE": {"dim": 16, "depth": 2, "heads": 2},
 }
 
 
