@@ -18,6 +18,7 @@ from lit_gen.dalle.relaxation import (
     gumbel_softmax,
     kl_to_uniform,
     linear_ramp,
+    marginal_kl_to_uniform,
 )
 from lit_gen.likelihood import bits_per_dim, dequantize_centred
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
@@ -93,6 +94,9 @@ class DiscreteVAE(GenerativeModule):
         tau_steps: optimizer steps of the geometric temperature decay.
         kl_weight: weight of the KL term after ``kl_steps``.
         kl_steps: optimizer steps of the linear KL-weight ramp from 0.
+        usage_weight: weight of KL(q averaged over the batch || uniform), in nats, added to the per-dimension
+            loss (0: the paper's objective). It spreads the batch over the codebook, which the per-position KL
+            does not (codebook collapse).
         optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
         ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule` (0: none).
@@ -117,6 +121,7 @@ class DiscreteVAE(GenerativeModule):
         tau_steps: int = 5000,
         kl_weight: float = 6.6,
         kl_steps: int = 1000,
+        usage_weight: float = 0.0,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.0,
@@ -161,10 +166,11 @@ class DiscreteVAE(GenerativeModule):
         logits = self.net.logits(x)  # (B, K, h, w)
         tau, beta = self.tau(), self.kl_weight()
         recon, kl = self._elbo_terms(self.net, x, gumbel_softmax(logits, tau), logits)
-        loss = (recon + beta * kl).mean() / self.num_dims
+        usage = marginal_kl_to_uniform(logits)
+        loss = (recon + beta * kl).mean() / self.num_dims + self.hparams.usage_weight * usage
         positions = logits.shape[2] * logits.shape[3]
-        self.log_dict({"train/recon": recon.mean() / self.num_dims,
-                       "train/kl": kl.mean() / positions, "train/tau": tau, "train/kl_weight": beta}, prog_bar=False)
+        self.log_dict({"train/recon": recon.mean() / self.num_dims, "train/kl": kl.mean() / positions,
+                       "train/usage_kl": usage, "train/tau": tau, "train/kl_weight": beta})
         self.log("train/loss", loss, prog_bar=True)
         return loss
 

@@ -230,3 +230,16 @@ def test_clip_loss_is_symmetric_and_the_mean_of_both_directions():
     torch.testing.assert_close(clip_loss(logits), expected)
     torch.testing.assert_close(clip_loss(logits), clip_loss(logits.T))
     assert clip_loss(torch.eye(6) * 100) < 1e-6
+
+
+def test_marginal_kl_sees_collapse_that_the_per_position_kl_does_not():
+    from lit_gen.dalle.relaxation import marginal_kl_to_uniform
+
+    collapsed = torch.full((8, 4, 2, 2), -20.0)
+    collapsed[:, 0] = 20.0  # every position certain, all of them code 0
+    spread = torch.full((8, 4, 2, 2), -20.0)
+    for i in range(8):
+        spread[i, i % 4] = 20.0  # certain too, but the batch uses each code equally
+    torch.testing.assert_close(kl_to_uniform(collapsed), kl_to_uniform(spread))  # the per-position KL is blind
+    assert marginal_kl_to_uniform(collapsed).item() == pytest.approx(math.log(4), abs=1e-5)
+    assert marginal_kl_to_uniform(spread).item() == pytest.approx(0.0, abs=1e-5)
