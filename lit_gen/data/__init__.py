@@ -1,6 +1,7 @@
 """LightningDataModules: embedded sets (digits, shapes, 2-D toys) and torchvision image sets.
 
-Every item is a dict ``{"x": FloatTensor[, "y": int64][, "caption": str]}``; see ``base``.
+Every item is a dict ``{"x": FloatTensor[, "y": int64][, "caption": str]}``; see ``base``. Captions: shapes,
+CaptionedImageFolderDataModule, and labelled sets with ``class_captions``.
 """
 
 from lit_gen.data.base import DatasetNotFoundError, GenerativeDataModule
@@ -8,6 +9,7 @@ from lit_gen.data.digits import DigitsDataModule
 from lit_gen.data.shapes import ShapesDataModule
 from lit_gen.data.toy2d import Toy2DDataModule
 from lit_gen.data.vision import (
+    CaptionedImageFolderDataModule,
     CelebADataModule,
     CIFAR10DataModule,
     FashionMNISTDataModule,
@@ -17,6 +19,7 @@ from lit_gen.data.vision import (
 )
 
 __all__ = [
+    "CaptionedImageFolderDataModule",
     "CelebADataModule",
     "CIFAR10DataModule",
     "DatasetNotFoundError",

@@ -19,13 +19,15 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
 class VisionDictDataset(Dataset):
-    """Items ``{"x": transform(image)[, "y": label]}`` of a torchvision dataset, restricted to ``indices``.
+    """Items ``{"x": transform(image)[, "y": label][, "caption": str]}`` of a torchvision dataset, restricted to
+    ``indices``.
 
     Args:
         base: A dataset of ``(image, target)`` pairs.
         transform: Maps an image to a tensor.
         indices: The items of ``base`` to keep, or None for all of them.
         labelled: Whether to return the integer target as ``"y"``.
+        caption: ``caption(base_index, target)``, the caption of an item, or None for no captions.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class VisionDictDataset(Dataset):
         transform: Callable[[Any], torch.Tensor],
         indices: torch.Tensor | None,
         labelled: bool,
+        caption: Callable[[int, Any], str] | None = None,
     ) -> None:
         self.base = base
         self.transform = transform
@@ -41,6 +44,15 @@ class VisionDictDataset(Dataset):
             indices.tolist() if indices is not None else list(range(len(base)))  # type: ignore[arg-type]
         )
         self.labelled = labelled
+        self.caption = caption
+
+    @property
+    def captions(self) -> list[str] | None:
+        """Every item's caption, read from the base's ``targets`` without loading images (None without)."""
+        targets = getattr(self.base, "targets", None)
+        if self.caption is None or targets is None:
+            return None
+        return [self.caption(i, int(targets[i])) for i in self.indices]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -50,6 +62,8 @@ class VisionDictDataset(Dataset):
         item: Item = {"x": self.transform(image)}
         if self.labelled:
             item["y"] = torch.tensor(target, dtype=torch.int64)
+        if self.caption is not None:
+            item["caption"] = self.caption(self.indices[index], target)
         return item
 
 
@@ -63,11 +77,14 @@ class VisionDataModule(GenerativeDataModule):
         random_flip: Random horizontal flips of training images.
         val_fraction: Fraction of the training split held out for validation (sets without one).
         test_fraction: Fraction of the training split held out for testing (sets without one).
+        class_captions: A caption template for labelled sets, e.g. ``"a photo of a {}"``: each item gets the
+            caption with its class name (``class_names``), for text-to-image models. None: no captions.
         **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
     """
 
     dataset_name: str
     num_channels: int
+    class_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -78,11 +95,16 @@ class VisionDataModule(GenerativeDataModule):
         random_flip: bool,
         val_fraction: float,
         test_fraction: float,
+        class_captions: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if image_size < 1:
             raise ValueError(f"image_size={image_size} must be >= 1")
+        if class_captions is not None and ("{}" not in class_captions or not self.num_classes):
+            raise ValueError(f"class_captions={class_captions!r} needs a labelled set and one '{{}}' for the class "
+                             f"name (e.g. 'a photo of a {{}}'); {type(self).__name__} has {self.num_classes} classes")
+        self.class_captions = class_captions
         self.root = root
         self.download = download
         self.image_size = image_size
@@ -124,6 +146,13 @@ class VisionDataModule(GenerativeDataModule):
         steps += [T.ToTensor(), T.Normalize([0.5] * self.num_channels, [0.5] * self.num_channels)]
         return T.Compose(steps)
 
+    def caption_of(self) -> Callable[[int, Any], str] | None:
+        """``caption(base_index, target)`` of this set's items, or None (no captions)."""
+        if self.class_captions is None:
+            return None
+        template, names = self.class_captions, self.class_names
+        return lambda index, target: template.format(names[int(target)])
+
     def build_datasets(self) -> Splits:
         raw = {split: self._open(split) for split in SPLITS}
         train_raw = raw["train"]
@@ -137,7 +166,8 @@ class VisionDataModule(GenerativeDataModule):
             native = raw[split]
             base = native if native is not None else train_raw
             transform = self.transform(train=split == "train")
-            return VisionDictDataset(base, transform, indices.get(split), labelled=self.num_classes > 0)
+            return VisionDictDataset(base, transform, indices.get(split), labelled=self.num_classes > 0,
+                                     caption=self.caption_of())
 
         return wrap("train"), wrap("val"), wrap("test")
 
@@ -151,6 +181,7 @@ class _TrainTestDataModule(VisionDataModule):
         image_size: Side of the (square) images.
         val_fraction: Fraction of the training images held out for validation.
         random_flip: Random horizontal flips of training images; None: the set's default (on for CIFAR-10).
+        class_captions: Caption template with the class name, e.g. ``"a photo of a {}"`` (None: no captions).
         **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
     """
 
@@ -166,6 +197,7 @@ class _TrainTestDataModule(VisionDataModule):
         image_size: int = 32,
         val_fraction: float = 0.05,
         random_flip: bool | None = None,
+        class_captions: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -175,6 +207,7 @@ class _TrainTestDataModule(VisionDataModule):
             random_flip=self.default_random_flip if random_flip is None else random_flip,
             val_fraction=val_fraction,
             test_fraction=0.0,
+            class_captions=class_captions,
             **kwargs,
         )
 
@@ -209,6 +242,7 @@ class MNISTDataModule(_TrainTestDataModule):
     num_channels = 1
     num_classes = 10
     default_random_flip = False
+    class_names = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 class FashionMNISTDataModule(MNISTDataModule):
@@ -218,6 +252,7 @@ class FashionMNISTDataModule(MNISTDataModule):
     dataset_name = "FashionMNIST"
     torchvision_class = "FashionMNIST"
     folder = "FashionMNIST/raw"
+    class_names = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 
 
 class CIFAR10DataModule(_TrainTestDataModule):
@@ -238,6 +273,7 @@ class CIFAR10DataModule(_TrainTestDataModule):
     num_channels = 3
     num_classes = 10
     default_random_flip = True
+    class_names = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 class CelebADataModule(VisionDataModule):
@@ -315,6 +351,7 @@ class ImageFolderDataModule(VisionDataModule):
         val_fraction: Fraction of the images held out for validation.
         test_fraction: Fraction of the images held out for testing.
         random_flip: Random horizontal flips of training images.
+        class_captions: Caption template with the folder (class) name, e.g. ``"a photo of a {}"``.
         **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
     """
 
@@ -329,6 +366,7 @@ class ImageFolderDataModule(VisionDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         random_flip: bool = False,
+        class_captions: str | None = None,
         **kwargs: Any,
     ) -> None:
         if num_channels not in (1, 3):
@@ -345,6 +383,7 @@ class ImageFolderDataModule(VisionDataModule):
             random_flip=random_flip,
             val_fraction=val_fraction,
             test_fraction=test_fraction,
+            class_captions=class_captions,
             **kwargs,
         )
 
@@ -365,3 +404,89 @@ class ImageFolderDataModule(VisionDataModule):
                 f"ImageFolder root={self.root!r} holds no images ({', '.join(IMG_EXTENSIONS)}): put them in it "
                 "directly, or in one sub-folder per class"
             ) from None
+
+
+class CaptionedImages(Dataset):
+    """``(PIL image, index)`` for each line ``<file name><TAB><caption>`` of a captions file, images in ``root``.
+    Every listed image must exist and every caption be non-empty (one-line errors naming the line)."""
+
+    def __init__(self, root: str, captions_file: str) -> None:
+        if not os.path.isfile(captions_file):
+            raise FileNotFoundError(f"captions file not found: {captions_file!r} (one '<image file><TAB><caption>' "
+                                    "per line)")
+        self.paths, self.captions = [], []
+        with open(captions_file, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                name, _, caption = line.rstrip("\n").partition("\t")
+                if not caption.strip():
+                    raise ValueError(f"{captions_file}:{number}: no caption for {name!r} (expected "
+                                     "'<image file><TAB><caption>')")
+                path = os.path.join(root, name)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{captions_file}:{number}: image {name!r} not found in {root!r}")
+                self.paths.append(path)
+                self.captions.append(caption.strip())
+        if not self.paths:
+            raise ValueError(f"captions file {captions_file!r} lists no images")
+        self.targets = list(range(len(self.paths)))  # the index: captions are looked up by it
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        from torchvision.datasets.folder import default_loader
+
+        return default_loader(self.paths[index]), index
+
+
+class CaptionedImageFolderDataModule(VisionDataModule):
+    """Users' own text-image pairs: images in ``root`` and a captions file of ``<image file><TAB><caption>`` lines.
+
+    Args:
+        root: Directory with the images.
+        captions_file: The captions file (default ``<root>/captions.tsv``).
+        image_size: Side of the (square) images: resize the short side, then center-crop.
+        num_channels: 3 (RGB) or 1 (grey).
+        val_fraction: Fraction of the pairs held out for validation.
+        test_fraction: Fraction of the pairs held out for testing.
+        **kwargs: ``batch_size``, ``num_workers``, ``seed`` of ``GenerativeDataModule``.
+
+    No random flips: a caption may say "left" or "right".
+    """
+
+    dataset_name = "CaptionedImageFolder"
+
+    def __init__(
+        self,
+        *,
+        root: str,
+        captions_file: str | None = None,
+        image_size: int = 64,
+        num_channels: int = 3,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        if num_channels not in (1, 3):
+            raise ValueError(f"num_channels={num_channels} is not supported; choose one of [1, 3]")
+        if not os.path.isdir(root):
+            raise ValueError(f"CaptionedImageFolder root={root!r} is not a directory")
+        self.num_channels = num_channels
+        self.captions_file = captions_file or os.path.join(root, "captions.tsv")
+        super().__init__(root=root, download=False, image_size=image_size, random_flip=False,
+                         val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
+
+    @property
+    def expected_path(self) -> str:
+        return self.root
+
+    def open_split(self, split: Split, download: bool = False) -> Dataset | None:
+        if split != "train":
+            return None
+        self._images = CaptionedImages(self.root, self.captions_file)
+        return self._images
+
+    def caption_of(self) -> Callable[[int, Any], str]:
+        return lambda index, target: self._images.captions[index]
