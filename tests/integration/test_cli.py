@@ -141,6 +141,10 @@ def _state(path: Path) -> dict:
         # continuous t and importance-sampled t draw from the per-step seed; NCSN measures sigma_1 again
         ("sde/subvp_digits.yaml", []),
         ("ncsn/digits.yaml", []),
+        # DALL-E's stages: Gumbel noise and the annealed schedules; caption dropout; CLIP's fitted tokenizer
+        ("dalle/dvae_shapes.yaml", []),
+        ("dalle/transformer_shapes.yaml", []),
+        ("dalle/clip_shapes.yaml", []),
     ],
 )
 def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
