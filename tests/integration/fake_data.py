@@ -24,6 +24,12 @@ def fake_data_args(config: str, runs_dir: Path, monkeypatch) -> list[str]:
         root = root / "images"
         if not root.exists():
             write_image_folder(root)
+    elif data_class == "CaptionedImageFolderDataModule":  # the same, with a captions file
+        root = root / "captioned"
+        if not root.exists():
+            write_image_folder(root)
+            (root / "captions.tsv").write_text("".join(f"{i:03d}.png\ta picture of noise number {i % 3}\n"
+                                                       for i in range(24)))
     else:
         return []
     return [f"--data.init_args.root={root}"]

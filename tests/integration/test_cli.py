@@ -17,7 +17,7 @@ from lit_gen.cli import LitGenCLI, cli_main
 from lit_gen.methods import DDPM, ImprovedDDPM
 from tests.conftest import EXPERIMENTS
 from tests.integration.fake_data import fake_data_args
-from tests.integration.tiny import method_configs, tiny_args, tiny_dvae_checkpoint
+from tests.integration.tiny import dvae_for, method_configs, tiny_args
 
 DIGITS = "ddpm/digits.yaml"
 
@@ -32,7 +32,7 @@ def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps:
 def test_config_instantiates(config, tmp_path, monkeypatch):
     data_args = fake_data_args(config, tmp_path, monkeypatch) if "folder" in config else []  # a root must exist
     if "transformer" in config:  # DALL-E's transformer reads its dVAE's architecture from the dVAE checkpoint
-        data_args.append(f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint()}")
+        data_args.append(f"--model.init_args.dvae_ckpt={dvae_for(config, tiny=False)}")
     cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path), *data_args], run=False)
     assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
     assert Path(cli.trainer.logger.log_dir) == tmp_path / cli.config.name

@@ -29,7 +29,7 @@ TINY_NET = {
     "lit_gen.flows.RealNVP": {"num_steps_per_scale": 1, "hidden_channels": 4, "num_blocks": 1},
     "lit_gen.flows.Glow": {"num_levels": 2, "num_steps": 1, "hidden_channels": 4},
 }
-TINY_IMAGE_SIZE = {"DigitsDataModule": 8, "ImageFolderDataModule": 8}
+TINY_IMAGE_SIZE = {"DigitsDataModule": 8, "ImageFolderDataModule": 8, "CaptionedImageFolderDataModule": 8}
 # score methods: a 10-step SDE (NCSN keeps its 10 levels) and 2 Langevin steps per level
 SCORE_METHODS = {
     "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-2", "--model.init_args.ode_atol=1e-2"],
@@ -75,6 +75,15 @@ def tiny_dvae_checkpoint(data_shape: tuple[int, ...] = (3, 32, 32)) -> str:
     return str(path)
 
 
+def dvae_for(config: str, tiny: bool = True) -> str:
+    """A tiny dVAE checkpoint for the images of a DALLE ``config`` (at its tiny size, or at its configured size)."""
+    data = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]
+    size = data.get("init_args", {}).get("image_size", 32)
+    if tiny:
+        size = TINY_IMAGE_SIZE.get(data["class_path"], size)
+    return tiny_dvae_checkpoint((3, size, size))
+
+
 def method_configs() -> list[str]:
     return sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name != "trainer")
 
@@ -89,7 +98,7 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> 
     if method in TINY_METHOD:
         args += [f"--model.init_args.{arg}={value}" for arg, value in TINY_METHOD[method].items()]
         if method == "DALLE":
-            args.append(f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint()}")
+            args.append(f"--model.init_args.dvae_ckpt={dvae_for(config)}")
     else:
         for arg, value in TINY_NET[model[key]["class_path"]].items():
             args.append(f"--model.init_args.{key}.init_args.{arg}={value}")
