@@ -68,6 +68,7 @@ def train_attribute_net(path: Path, steps: int = 1500, seed: int = 99) -> Attrib
         return net.eval()
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    torch.set_grad_enabled(True)
     for step in range(steps):
         params = ShapeParams.sample(128, g)
         out = net(render(params))
@@ -77,6 +78,7 @@ def train_attribute_net(path: Path, steps: int = 1500, seed: int = 99) -> Attrib
         opt.step()
         if step % 500 == 0:
             print(f"evaluator step {step}: loss {loss.item():.3f}", file=sys.stderr)
+    torch.set_grad_enabled(False)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
     return net.eval()

@@ -194,7 +194,8 @@ class DALLE(GenerativeModule):
         if dropout > 0:  # the null caption, for classifier-free guidance (global RNG: seeded per step)
             drop = torch.rand(text.shape[0], device=text.device) < dropout
             text = torch.where(drop[:, None], self.tokenizer.null(text.shape[0]), text)
-        codes = self.token_cache(self.dvae, batch["x"])  # (B, N)
+        with gathered(self.dvae):  # ZeRO-3 partitions the frozen dVAE too
+            codes = self.token_cache(self.dvae, batch["x"])  # (B, N)
         text_logits, image_logits = net(text, codes)
         text_loss = F.cross_entropy(text_logits.float().flatten(0, 1), text.flatten())
         image_loss = F.cross_entropy(image_logits.float().flatten(0, 1), codes.flatten())
@@ -301,7 +302,8 @@ class DALLE(GenerativeModule):
 
         images = _uint8_images(Path(path), "prefix_image", self.data_shape)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-        codes = self.dvae.encode(x[prompts % len(x)].to(self.device))  # (P, h, w)
+        with gathered(self.dvae):
+            codes = self.dvae.encode(x[prompts % len(x)].to(self.device))  # (P, h, w)
         return codes[:, :rows].flatten(1)
 
     def sample(self, num_samples: int, generators: list[torch.Generator] | None = None, labels=None,
@@ -331,7 +333,8 @@ class DALLE(GenerativeModule):
             prefix = self._prefix(o["prefix_image"], o["prefix_rows"], prompts).repeat_interleave(n, 0)
         codes = self.generate(text, gens, o["temperature"], o["top_k"], o["top_p"], o["guidance_scale"], prefix,
                               o["use_cache"], progress)
-        x = self.dvae.decode(codes.view(-1, *self.grid))  # (P n, C, H, W), fp32
+        with gathered(self.dvae):
+            x = self.dvae.decode(codes.view(-1, *self.grid))  # (P n, C, H, W), fp32
         repeated = [c for c in captions for _ in range(n)]
         scores = None
         if o["clip_ckpt"] is not None:
