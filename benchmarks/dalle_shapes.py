@@ -201,7 +201,7 @@ def main() -> None:
     parser.add_argument("--evaluator", default="runs/bench/shapes_attributes.pt")
     parser.add_argument("--dalle_pytorch_steps", type=int, default=0, help="train dalle-pytorch this long (0: skip)")
     parser.add_argument("--dalle_pytorch_path", default="runs/bench/dalle_pytorch_shapes.pt")
-    parser.add_argument("--cache_prompts", type=int, default=8, help="prompts of the KV-cache timing")
+    parser.add_argument("--cache_prompts", type=int, default=32, help="prompts of the KV-cache timing")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
 

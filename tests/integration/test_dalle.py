@@ -69,14 +69,18 @@ def test_sample_with_reranking_writes_captions_scores_and_a_grid(runs, tmp_path)
 
 
 def test_image_prefix_keeps_the_first_rows_of_codes(runs, tmp_path):
+    """Through sample (an npz of images) and generate: the first prefix_rows rows of codes are the image's."""
     model = load_module(runs["dalle"])
     image = (torch.rand(1, 32, 32, 3) * 255).to(torch.uint8).numpy()
     np.savez(tmp_path / "prefix.npz", image)
+    expected = model.dvae.encode(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)[:, :2]
+    generate, drawn_codes = model.generate, []
+    model.generate = lambda *a, **k: drawn_codes.append(generate(*a, **k)) or drawn_codes[-1]
     out = model.sample(1, sample_generators(0, 0, 1), captions=[PROMPT], prefix_image=str(tmp_path / "prefix.npz"),
                        prefix_rows=2, num_candidates=2)
-    expected = model.dvae.encode(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)[:, :2]
-    codes = model.dvae.encode(out.x)  # the tiny dVAE reproduces its own decodings' codes? check rows directly:
-    assert codes.shape[1:] == model.grid
+    assert out.x.shape == (2, 3, 32, 32)
+    assert drawn_codes[0][:, : 2 * model.grid[1]].equal(expected.flatten(1).expand(2, -1))  # both candidates
+    model.generate = generate
     drawn = model.generate(model.tokenizer.encode([PROMPT]), [torch.Generator().manual_seed(0)],
                            prefix=expected.flatten(1))
     assert drawn[:, : 2 * model.grid[1]].equal(expected.flatten(1))
