@@ -26,7 +26,7 @@ from lit_gen.checkpoints import load_module
 from lit_gen.data import DigitsDataModule, Toy2DDataModule
 from lit_gen.data.toy2d import TOY2D_LOG_PROBS
 from lit_gen.metrics import frechet_distance, load_feature_net
-from lit_gen.score import ScoreModel, ode_bits_per_dim, ode_log_likelihood
+from lit_gen.score import ScoreModel, ode_bits_per_dim
 from lit_gen.utils import sample_generators
 
 
