@@ -321,6 +321,14 @@ class CelebADataModule(VisionDataModule):
         return CelebA(self.root, split=celeba_split, target_type=[], download=download)
 
 
+def _check_folder(root: str, num_channels: int, name: str) -> None:
+    """One-line errors for the arguments of a folder DataModule."""
+    if num_channels not in (1, 3):
+        raise ValueError(f"num_channels={num_channels} is not supported; choose one of [1, 3]")
+    if not os.path.isdir(root):
+        raise ValueError(f"{name} root={root!r} is not a directory")
+
+
 class FlatImageFolder(Dataset):
     """``(PIL image, 0)`` for every image file directly in ``root`` (sorted by name): an unlabelled folder."""
 
@@ -369,10 +377,7 @@ class ImageFolderDataModule(VisionDataModule):
         class_captions: str | None = None,
         **kwargs: Any,
     ) -> None:
-        if num_channels not in (1, 3):
-            raise ValueError(f"num_channels={num_channels} is not supported; choose one of [1, 3]")
-        if not os.path.isdir(root):
-            raise ValueError(f"ImageFolder root={root!r} is not a directory")
+        _check_folder(root, num_channels, "ImageFolder")
         self.num_channels = num_channels
         self.class_names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
         self.num_classes = len(self.class_names)
@@ -469,10 +474,7 @@ class CaptionedImageFolderDataModule(VisionDataModule):
         test_fraction: float = 0.05,
         **kwargs: Any,
     ) -> None:
-        if num_channels not in (1, 3):
-            raise ValueError(f"num_channels={num_channels} is not supported; choose one of [1, 3]")
-        if not os.path.isdir(root):
-            raise ValueError(f"CaptionedImageFolder root={root!r} is not a directory")
+        _check_folder(root, num_channels, "CaptionedImageFolder")
         self.num_channels = num_channels
         self.captions_file = captions_file or os.path.join(root, "captions.tsv")
         super().__init__(root=root, download=False, image_size=image_size, random_flip=False,
