@@ -144,6 +144,21 @@ class GenerativeModule(L.LightningModule):
         state = np.random.SeedSequence([self.seed, self.current_epoch, batch_idx, self.global_rank])
         torch.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
         self._batch_idx = batch_idx
+        self._batch_size = len(batch["x"])
+
+    # --- logging -------------------------------------------------------------------------------------
+    def on_validation_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_size = len(batch["x"])
+
+    def on_test_batch_start(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._batch_size = len(batch["x"])
+
+    def log(self, name: str, value, *args, **kwargs) -> None:
+        # every batch is a dict with images "x": its size weights the epoch means (Lightning would guess it
+        # from the dict, with a warning on every run)
+        if kwargs.get("batch_size") is None and self.__dict__.get("_batch_size"):
+            kwargs["batch_size"] = self._batch_size
+        super().log(name, value, *args, **kwargs)
 
     def on_before_backward(self, loss: torch.Tensor) -> None:
         # Stop at the first non-finite loss on any rank (all ranks stop together, none waits in a collective),

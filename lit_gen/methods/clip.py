@@ -77,20 +77,20 @@ class CLIP(GenerativeModule):
         if not self.tokenizer.is_fitted and stage == "fit":
             self.tokenizer.fit(dataset_captions(self.trainer.datamodule.train_dataset))
 
-    def _step(self, batch: dict, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = net(batch["x"], self.tokenizer.encode(batch["caption"]))
+    def _step(self, batch: dict, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits, scale = net(batch["x"], self.tokenizer.encode(batch["caption"]))
         accuracy = (logits.argmax(1) == torch.arange(len(logits), device=logits.device)).float().mean()
-        return clip_loss(logits), accuracy
+        return clip_loss(logits), accuracy, scale
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, accuracy = self._step(batch, self.net)
+        loss, accuracy, scale = self._step(batch, self.net)
         self.log("train/loss", loss, prog_bar=True)
-        self.log_dict({"train/acc": accuracy, "train/logit_scale": self.net.logit_scale.detach()})
+        self.log_dict({"train/acc": accuracy, "train/logit_scale": scale})
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         with eval_mode(self.sampling_net) as net:
-            loss, accuracy = self._step(batch, net)
+            loss, accuracy, _ = self._step(batch, net)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.log("val/acc", accuracy, prog_bar=True, sync_dist=True)
 

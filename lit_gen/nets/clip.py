@@ -45,10 +45,27 @@ class CLIPNet(nn.Module):
                        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GroupNorm(8, 2 * width), nn.GELU()]
             width *= 2
         self.image_encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, embed_dim))
-        self.log_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # shape (1,), not (): DeepSpeed ZeRO-3 cannot partition a 0-dim parameter
+        self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "log_logit_scale"
+        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints of lit_gen <= stop 18
+            state_dict[key] = state_dict[key].view(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    fsdp_methods = ("encode_text", "encode_image")  # reranking's entry points: FSDP gathers the weights for them
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, E) unit vectors of captions (B, T): the mean of the non-padding tokens' final states."""
+        return self._text(ids)
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, E) unit vectors of images (B, C, H, W)."""
+        return self._image(x)
+
+    # the bodies of the entry points (forward calls these, not the entry points: one FSDP gather per call)
+    def _text(self, ids: torch.Tensor) -> torch.Tensor:
         keep = ids < self.pad_from  # (B, T)
         h = self.token_emb(ids) + self.pos_emb(torch.arange(ids.shape[1], device=ids.device))
         mask = keep[:, None, None, :] | torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)  # (B, 1, T, T)
@@ -58,13 +75,11 @@ class CLIPNet(nn.Module):
         pooled = (h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
         return F.normalize(self.text_proj(pooled), dim=-1)
 
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+    def _image(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_encoder(x), dim=-1)
 
-    @property
-    def logit_scale(self) -> torch.Tensor:
-        return self.log_logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()
-
-    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """Logits (B_images, B_texts): scaled cosine similarity of every image with every caption."""
-        return self.logit_scale * self.encode_image(x) @ self.encode_text(ids).T
+    def forward(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B_images, B_texts): scaled cosine similarity of every image with every caption; and the scale
+        (returned here, where ZeRO-3 and FSDP have gathered it)."""
+        scale = self.log_logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (1,)
+        return scale * self._image(x) @ self._text(ids).T, scale.detach().squeeze(0)

@@ -52,6 +52,8 @@ class DiscreteVAENet(nn.Module):
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
         self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) / code_dim**0.5)  # (K, D)
 
+    fsdp_methods = ("logits", "decode")  # the methods' entry points: FSDP gathers the weights for them
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x)  # (B, K, h, w)
 
@@ -64,4 +66,4 @@ class DiscreteVAENet(nn.Module):
         return self.decode(F.one_hot(codes, self.num_codes).permute(0, 3, 1, 2).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.logits(x)
+        return self.encoder(x)  # the logits (not through ``logits``: one FSDP entry point per call)

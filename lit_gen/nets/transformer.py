@@ -142,6 +142,8 @@ class DALLETransformer(nn.Module):
             self.register_buffer(f"mask_{kind}", attention_mask(kind, text_len, self.grid, conv_kernel), persistent=False)
         nn.init.normal_(self.bos, std=0.02)
 
+    fsdp_methods = ("forward_positions",)  # generation's entry point besides forward: FSDP gathers weights for it
+
     def fsdp_units(self) -> list[nn.Module]:
         return list(self.blocks)
 
@@ -159,6 +161,10 @@ class DALLETransformer(nn.Module):
     def forward_positions(self, ids: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, L, V_text + K) at positions start .. start + L - 1 given the ids there; with ``cache``, the
         keys and values of positions < start come from it (and these positions' are added)."""
+        return self._positions(ids, start, cache)
+
+    def _positions(self, ids: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+        # forward's and forward_positions' body: each entry point (gathering FSDP weights) calls it, not the other
         return self.transform(self.embed(ids, start), start, cache)
 
     def transform(self, h: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
@@ -181,6 +187,6 @@ class DALLETransformer(nn.Module):
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(text logits (B, T, V_text), image logits (B, N, K)) for text (B, T) and image codes (B, N)."""
-        logits = self.forward_positions(self.input_ids(text, image))
+        logits = self._positions(self.input_ids(text, image))
         T = self.text_len
         return logits[:, :T, : self.num_text_tokens], logits[:, T:, self.num_text_tokens :]

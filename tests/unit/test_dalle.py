@@ -243,3 +243,17 @@ def test_marginal_kl_sees_collapse_that_the_per_position_kl_does_not():
     torch.testing.assert_close(kl_to_uniform(collapsed), kl_to_uniform(spread))  # the per-position KL is blind
     assert marginal_kl_to_uniform(collapsed).item() == pytest.approx(math.log(4), abs=1e-5)
     assert marginal_kl_to_uniform(spread).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_clip_net_logit_scale_is_clamped_and_loads_from_a_0_dim_checkpoint():
+    from lit_gen.nets.clip import CLIPNet
+
+    net = CLIPNet((3, 8, 8), num_text_tokens=20, text_len=4, pad_from=16, dim=16, depth=1, heads=2, channels=8,
+                  stages=1, embed_dim=8)
+    state = net.state_dict()
+    state["log_logit_scale"] = torch.tensor(10.0)  # 0-dim, as saved by lit_gen before ZeRO-3 support; e^10 > 100
+    net.load_state_dict(state)
+    x, ids = torch.randn(3, 3, 8, 8), torch.randint(0, 16, (3, 4))
+    logits, scale = net(x, ids)
+    assert scale.item() == pytest.approx(100.0)  # CLIP's clamp
+    torch.testing.assert_close(logits, 100.0 * net.encode_image(x) @ net.encode_text(ids).T)
