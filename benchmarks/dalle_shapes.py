@@ -10,7 +10,7 @@ attributes are compared with the prompt's. For P prompts drawn from the captions
   reranked by the same CLIP.
 
     python -m benchmarks.dalle_shapes --dalle runs/dalle_transformer_shapes/checkpoints/last.ckpt \\
-        --clip runs/dalle_clip_shapes/checkpoints/last.ckpt [--dalle_pytorch_steps 3000]
+        --clip runs/dalle_clip_shapes/checkpoints/last.ckpt [--dalle_pytorch_steps 2000]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import nn
 from benchmarks.common import print_table
 from lit_gen.checkpoints import load_module
 from lit_gen.dalle.generation import candidate_generators
+from lit_gen.optim import WarmupCosineLR
 from lit_gen.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, ShapeParams, render_shapes
 from lit_gen.utils import sample_generators
 
@@ -145,8 +146,10 @@ def train_dalle_pytorch(dp, lit, steps: int, batch: int, lr: float, path: Path):
     data.setup()
     loader = torch.utils.data.DataLoader(data.train_dataset, batch_size=batch, shuffle=True, drop_last=True,
                                          generator=torch.Generator().manual_seed(0))
+    # lit_gen's transformer_shapes.yaml optimizer and schedule, so the two differ only in their models
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.96),
                             weight_decay=0.01)
+    schedule = WarmupCosineLR(opt, warmup_steps=160, total_steps=steps, min_lr_ratio=0.1)
     step, start = 0, time.perf_counter()
     while step < steps:
         for item in loader:
@@ -156,12 +159,16 @@ def train_dalle_pytorch(dp, lit, steps: int, batch: int, lr: float, path: Path):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
+            schedule.step()
             step += 1
             if step % 500 == 0:
                 print(f"dalle-pytorch step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)",
                       file=sys.stderr)
             if step >= steps:
                 break
+    seconds = time.perf_counter() - start
+    print(f"dalle-pytorch training: {steps} steps in {seconds:.0f} s ({seconds / steps:.3f} s/step), last loss "
+          f"{loss.item():.3f}")
     torch.save(model.state_dict(), path)
     return model.eval()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
@@ -28,6 +29,9 @@ from lit_gen.checkpoints import (
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.methods.base import GenerativeModule
 from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
+
+# The EMA copy (and DALL-E's frozen dVAE) stay in eval mode by design; Lightning warns about them on every fit.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 DESCRIPTION = """Generative-model methods behind one command.
   lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
