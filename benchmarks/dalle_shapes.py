@@ -19,6 +19,7 @@ import argparse
 import sys
 import time
 import types
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -175,8 +176,9 @@ def train_dalle_pytorch(dp, lit, steps: int, batch: int, lr: float, path: Path):
 
 # --- the measurement ---------------------------------------------------------------------------------------------------
 def evaluate(name: str, draw, clip, evaluator, params: ShapeParams, captions: list[str], n: int, batch: int) -> list:
-    """Rows for ``draw(captions, start) -> (len * n) images`` (prompt-major): random pick and reranked best."""
-    picks, bests, clip_random, clip_best, seconds = [], [], [], [], 0.0
+    """Rows for ``draw(captions, start) -> (len * n) images`` (prompt-major): every candidate (the model's own
+    accuracy, over P * n images), a random pick (candidate 0) and the reranked best."""
+    alls, picks, bests, clip_all, clip_best, seconds = [], [], [], [], [], 0.0
     for s in range(0, len(captions), batch):
         chunk = captions[s : s + batch]
         t0 = time.perf_counter()
@@ -184,16 +186,20 @@ def evaluate(name: str, draw, clip, evaluator, params: ShapeParams, captions: li
         seconds += time.perf_counter() - t0
         scores = clip.score(x, [c for c in chunk for _ in range(n)]).view(len(chunk), n)
         best = scores.argmax(1)
+        alls.append(x)
         x = x.view(len(chunk), n, *x.shape[1:])
         picks.append(x[:, 0])
         bests.append(x[torch.arange(len(chunk)), best])
-        clip_random.append(scores[:, 0])
+        clip_all.append(scores)
         clip_best.append(scores.max(1).values)
+    every = ShapeParams(**{f.name: getattr(params, f.name).repeat_interleave(n, 0) for f in fields(params)})
     rows = []
-    for label, images, clip_scores in (("random pick", picks, clip_random), (f"best of {n} by CLIP", bests, clip_best)):
-        hits = attribute_hits(evaluator, torch.cat(images), params)
+    for label, images, clip_scores, truth in (
+            (f"all {n} candidates", alls, clip_all, every), ("random pick", picks, [c[:, 0] for c in clip_all], params),
+            (f"best of {n} by CLIP", bests, clip_best, params)):
+        hits = attribute_hits(evaluator, torch.cat(images), truth)
         rows.append([name, label, *(f"{hits[k].float().mean():.3f}" for k in [*ATTRIBUTES, "all four"]),
-                     f"{torch.cat(clip_scores).mean():.3f}", f"{seconds / (len(captions) * n):.4f}"])
+                     f"{torch.cat([c.flatten() for c in clip_scores]).mean():.3f}", f"{seconds / (len(captions) * n):.4f}"])
     return rows
 
 
