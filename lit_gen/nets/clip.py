@@ -50,7 +50,7 @@ class CLIPNet(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         key = prefix + "log_logit_scale"
-        if key in state_dict and state_dict[key].dim() == 0:  # checkpoints of lit_gen <= stop 18
+        if key in state_dict and state_dict[key].dim() == 0:  # older checkpoints: a 0-dim scale
             state_dict[key] = state_dict[key].view(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
