@@ -5,8 +5,10 @@ EMA on); then what activation checkpointing saves on the digits and CIFAR-10 UNe
     python -m benchmarks.memory                 # ~10 minutes on 2 cores, ~12 GB of RAM at its peak
     python -m benchmarks.memory --hidden 2048   # 55 M parameters, faster
 
-Peak memory of a rank = its peak resident set (ru_maxrss) minus its resident set before the network is built
-(Python, torch, Lightning and DeepSpeed themselves). Model = (weights + gradients + optimizer state + EMA) bytes per
+Peak memory of a rank = its peak resident set (VmHWM) minus its resident set before the network is built (Python,
+torch, Lightning and DeepSpeed themselves): in the steady state (steps 3-5, the peak reset after step 2) and over
+the first steps, which hold one-time costs (DDP rebuilds its gradient buckets at step 2 while the old ones still
+exist; DeepSpeed's first optimizer step creates the Adam state beside a flattened copy of the gradients). Model = (weights + gradients + optimizer state + EMA) bytes per
 parameter x parameters + activations, from lit_gen.memory.plans (DDP with ``gradient_as_bucket_view``, as the ddp
 preset, keeps no second copy of the gradients in its buckets).
 """
@@ -16,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,16 +36,34 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def high_water_mark() -> int:
+    """This process's peak resident set since start or since :func:`reset_high_water_mark` (VmHWM), bytes."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
+def reset_high_water_mark() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # Linux: "5" resets VmHWM to the current resident set
+        f.write("5")
+
+
 class PeakMemory(L.Callback):
-    """Writes each rank's peak resident memory during fitting, above its memory when the callback was made."""
+    """Writes each rank's peak resident memory above its memory when the callback was made: over the whole fit,
+    and in the steady state (from the third step on, after one-time costs such as DDP's bucket rebuild at the
+    second step and DeepSpeed's first optimizer step, which creates the optimizer state)."""
 
     def __init__(self, path: str) -> None:
-        self.path, self.base = path, rss()
+        self.path, self.base, self.first = path, rss(), 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 2 and not self.first:
+            self.first = high_water_mark()
+            reset_high_water_mark()
 
     def on_train_end(self, trainer, pl_module) -> None:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        steady = high_water_mark()
         with open(f"{self.path}.rank{trainer.global_rank}", "w") as f:
-            json.dump({"peak": peak - self.base}, f)
+            json.dump({"peak": max(self.first, steady) - self.base, "steady": steady - self.base}, f)
 
 
 def fit_args(strategy: str, hidden: int, out: Path) -> list[str]:
@@ -52,7 +71,7 @@ def fit_args(strategy: str, hidden: int, out: Path) -> list[str]:
             "--config", f"experiments/trainer/{strategy}.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
             f"--model.init_args.net.init_args.hidden_dim={hidden}", "--model.init_args.net.init_args.num_layers=4",
             "--model.init_args.optimizer=torch.optim.Adam", "--model.init_args.lr_scheduler=null",
-            "--data.init_args.batch_size=64", "--trainer.max_steps=3", "--trainer.limit_val_batches=0",
+            "--data.init_args.batch_size=64", "--trainer.max_steps=5", "--trainer.limit_val_batches=0",
             "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--samples.every_n_steps=0",
             "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false",
             f"--runs_dir={out}", f"--name={strategy}", "--trainer.callbacks+=benchmarks.memory.PeakMemory",
@@ -70,7 +89,7 @@ def measure(strategy: str, hidden: int, out: Path) -> list[int]:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         raise RuntimeError(f"{strategy} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
-    return [json.loads(Path(f"{out / strategy}.rank{r}").read_text())["peak"] for r in range(2)]
+    return [json.loads(Path(f"{out / strategy}.rank{r}").read_text()) for r in range(2)]
 
 
 def network(hidden: int) -> tuple[int, int]:
@@ -120,7 +139,8 @@ def main() -> None:
     parser.add_argument("--skip_checkpointing", action="store_true")
     args = parser.parse_args()
     print(f"DDPM toy2d, MLP 4 x {args.hidden}, fp32 Adam, EMA on, 2 CPU processes (gloo); GiB per rank")
-    print(f"{'strategy':<18}{'model':>8}{'+activ.':>9}{'rank 0':>9}{'rank 1':>9}{'measured / model':>18}")
+    print(f"{'strategy':<18}{'model':>8}{'+activ.':>9}{'steady r0':>11}{'steady r1':>11}{'steady / model':>16}"
+          f"{'first steps':>13}{'first / model':>15}")
     from lit_gen.memory import plans
 
     psi, act = network(args.hidden)
@@ -129,10 +149,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies:
             states = per_param[strategy] * psi
-            peaks = measure(strategy, args.hidden, Path(tmp))
+            ranks = measure(strategy, args.hidden, Path(tmp))
+            steady, peak = [r["steady"] for r in ranks], max(r["peak"] for r in ranks)
             model = states + act
-            print(f"{strategy:<18}{states / 2**30:>8.2f}{model / 2**30:>9.2f}{peaks[0] / 2**30:>9.2f}"
-                  f"{peaks[1] / 2**30:>9.2f}{max(peaks) / model:>17.2f}x", flush=True)
+            print(f"{strategy:<18}{states / 2**30:>8.2f}{model / 2**30:>9.2f}{steady[0] / 2**30:>11.2f}"
+                  f"{steady[1] / 2**30:>11.2f}{max(steady) / model:>15.2f}x{peak / 2**30:>13.2f}"
+                  f"{peak / model:>14.2f}x", flush=True)
     if not args.skip_checkpointing:
         print("\nactivation checkpointing (use_reentrant=False): saved-tensor memory of one training step, and the "
               "step time (forward + backward) relative to no checkpointing, one process")
