@@ -86,7 +86,8 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 # --- every method under every preset -------------------------------------------------------------------------
-@pytest.mark.slow  # about 1-2 minutes per preset; .ci/run runs the slow set
+@pytest.mark.slow  # 3-12 minutes per preset (19 configs); .ci/run runs the slow set
+@pytest.mark.timeout(1800)  # above the 300 s default: one torchrun job fits every config
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_method_fits_and_resumes_exactly_under_every_preset(preset, tmp_path):
     """Each method's config fits 4 steps (2 epochs) under the preset, and a run resumed from the epoch-boundary
