@@ -8,9 +8,11 @@ EMA on); then what activation checkpointing saves on the digits and CIFAR-10 UNe
 Peak memory of a rank = its peak resident set (VmHWM) minus its resident set before the network is built (Python,
 torch, Lightning and DeepSpeed themselves): in the steady state (steps 3-5, the peak reset after step 2) and over
 the first steps, which hold one-time costs (DDP rebuilds its gradient buckets at step 2 while the old ones still
-exist; DeepSpeed's first optimizer step creates the Adam state beside a flattened copy of the gradients). Model = (weights + gradients + optimizer state + EMA) bytes per
-parameter x parameters + activations, from lit_gen.memory.plans (DDP with ``gradient_as_bucket_view``, as the ddp
-preset, keeps no second copy of the gradients in its buckets).
+exist; DeepSpeed's first optimizer step creates the Adam state). Model = lit_gen.memory's peak for the run's
+settings: states (weights + gradients + optimizer state + EMA) + DeepSpeed's gradient buckets + the larger of
+forward/backward (ZeRO-3's gathered weights + activations) and the optimizer step's temporaries. DDP runs with
+``gradient_as_bucket_view`` (the ddp preset), so its buckets are the gradients. The last row lowers ZeRO-3's
+``max_reuse_distance`` so that layers are released after their forward.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import lightning.pytorch as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3"]
+STRATEGIES = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3+reuse"]
 
 
 def rss() -> int:
@@ -66,9 +68,14 @@ class PeakMemory(L.Callback):
             json.dump({"peak": max(self.first, steady) - self.base, "steady": steady - self.base}, f)
 
 
+BUCKET = 20_000_000  # DeepSpeed's gradient buckets (Lightning's default 2e8 is 0.8 GB each in fp32)
+REUSE = 20_000_000  # the second ZeRO-3 row: stage3_max_reuse_distance lowered from its default 1e9
+
+
 def fit_args(strategy: str, hidden: int, out: Path) -> list[str]:
+    preset, _, variant = strategy.partition("+")
     args = ["-m", "lit_gen", "fit", "--config", "experiments/ddpm/toy2d.yaml",
-            "--config", f"experiments/trainer/{strategy}.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
+            "--config", f"experiments/trainer/{preset}.yaml", "--trainer.accelerator=cpu", "--trainer.devices=2",
             f"--model.init_args.net.init_args.hidden_dim={hidden}", "--model.init_args.net.init_args.num_layers=4",
             "--model.init_args.optimizer=torch.optim.Adam", "--model.init_args.lr_scheduler=null",
             "--data.init_args.batch_size=64", "--trainer.max_steps=5", "--trainer.limit_val_batches=0",
@@ -76,9 +83,11 @@ def fit_args(strategy: str, hidden: int, out: Path) -> list[str]:
             "--checkpoint.every_n_train_steps=0", "--checkpoint.save_last=false",
             f"--runs_dir={out}", f"--name={strategy}", "--trainer.callbacks+=benchmarks.memory.PeakMemory",
             f"--trainer.callbacks.path={out / strategy}"]
-    if strategy.startswith("deepspeed"):  # buckets of 2e7 elements (Lightning's default 2e8 is 0.8 GB each in fp32)
-        args += ["--trainer.strategy.init_args.allgather_bucket_size=20000000",
-                 "--trainer.strategy.init_args.reduce_bucket_size=20000000"]
+    if preset.startswith("deepspeed"):
+        args += [f"--trainer.strategy.init_args.allgather_bucket_size={BUCKET}",
+                 f"--trainer.strategy.init_args.reduce_bucket_size={BUCKET}"]
+    if variant == "reuse":
+        args += [f"--trainer.strategy.init_args.max_reuse_distance={REUSE}"]
     return args
 
 
@@ -139,22 +148,23 @@ def main() -> None:
     parser.add_argument("--skip_checkpointing", action="store_true")
     args = parser.parse_args()
     print(f"DDPM toy2d, MLP 4 x {args.hidden}, fp32 Adam, EMA on, 2 CPU processes (gloo); GiB per rank")
-    print(f"{'strategy':<18}{'model':>8}{'+activ.':>9}{'steady r0':>11}{'steady r1':>11}{'steady / model':>16}"
+    print(f"{'strategy':<22}{'states':>7}{'model':>8}{'steady r0':>11}{'steady r1':>11}{'steady / model':>16}"
           f"{'first steps':>13}{'first / model':>15}")
-    from lit_gen.memory import plans
+    from lit_gen.memory import Settings, plans
 
     psi, act = network(args.hidden)
-    per_param = {p.name: p.device for p in plans(2, "32-true", ema=True)}
+    settings = dict(largest_tensor=args.hidden**2, foreach=False, reduce_bucket_size=BUCKET)  # CPU: no foreach
+    model = {p.name: p for p in plans(2, "32-true", True, psi, Settings(**settings))}
+    model.update({f"{p.name}+reuse": p for p in plans(2, "32-true", True, psi, Settings(**settings, max_reuse_distance=REUSE))})
     print(f"{psi / 1e6:.1f} M parameters; activations {act / 2**20:.1f} MB per rank (measured)")
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies:
-            states = per_param[strategy] * psi
+            plan = model[strategy]
             ranks = measure(strategy, args.hidden, Path(tmp))
             steady, peak = [r["steady"] for r in ranks], max(r["peak"] for r in ranks)
-            model = states + act
-            print(f"{strategy:<18}{states / 2**30:>8.2f}{model / 2**30:>9.2f}{steady[0] / 2**30:>11.2f}"
-                  f"{steady[1] / 2**30:>11.2f}{max(steady) / model:>15.2f}x{peak / 2**30:>13.2f}"
-                  f"{peak / model:>14.2f}x", flush=True)
+            print(f"{strategy:<22}{plan.states / 2**30:>7.2f}{plan.peak(act) / 2**30:>8.2f}{steady[0] / 2**30:>11.2f}"
+                  f"{steady[1] / 2**30:>11.2f}{max(steady) / plan.peak(act):>15.2f}x{peak / 2**30:>13.2f}"
+                  f"{peak / plan.peak(act):>14.2f}x", flush=True)
     if not args.skip_checkpointing:
         print("\nactivation checkpointing (use_reentrant=False): saved-tensor memory of one training step, and the "
               "step time (forward + backward) relative to no checkpointing, one process")

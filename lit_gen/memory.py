@@ -1,17 +1,32 @@
 """``lit-gen memory``: how much memory a config's network needs per device under DDP, ZeRO-1/2/3 (with and
-without offload) and FSDP, from the memory model of the notes, plus activations from one measured step.
+without offload) and FSDP, from the memory model of the notes, plus what the libraries hold beside it, plus
+activations from one measured step.
 
-Per parameter (Psi of them), with Adam: weights W, gradients G and optimizer state O bytes. Data parallel keeps
+States (Psi parameters, with Adam): weights W, gradients G and optimizer state O bytes each. Data parallel keeps
 all three on every rank; over N ranks ZeRO-1 splits O, ZeRO-2 splits G and O, ZeRO-3 and FSDP split all three
 (Rajbhandari et al. 2020, Fig. 1: ZeRO-1 2Psi + 2Psi + k Psi / N, ZeRO-2 2Psi + (2 + k) Psi / N,
 ZeRO-3 (2 + 2 + k) Psi / N with k = 12 for mixed-precision Adam). lit_gen's EMA adds an fp32 copy of the
 weights, split like the weights.
+
+Beside the states, at the peak (what DeepSpeed 0.19 and torch 2.x allocate; measured in benchmarks/memory.py):
+- gathered weights, forward to backward: ZeRO-3 keeps a layer gathered until its reuse is more than
+  ``stage3_max_reuse_distance`` parameters away (default 1e9: every layer of a smaller network stays gathered),
+  plus ``stage3_prefetch_bucket_size`` prefetched; FSDP2 keeps its root and about two units (all of it without
+  resharding after forward);
+- communication buckets: DeepSpeed's gradient reduction buffers of ``reduce_bucket_size`` elements (two with
+  ``overlap_comm``, ZeRO-1/2);
+- the optimizer step's temporaries: the gradient partition as one fp32 tensor (ZeRO-3 always copies it; ZeRO-1/2
+  only cast a lower-precision one; ZeRO-1 first frees the gradients of the other ranks' partitions), and torch
+  Adam's sqrt(v) / c + eps over what it updates at once (the flat partition under DeepSpeed, one tensor at a time
+  under DDP and FSDP, every tensor with ``foreach``, the default on CUDA): one fp32 copy with ``foreach``, which
+  divides in place, and two without (sqrt(v), then sqrt(v) / c).
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -22,16 +37,40 @@ GiB = 2**30
 
 @dataclass
 class Plan:
+    """Bytes per device of one strategy: states kept between steps, and what comes and goes within a step."""
+
     name: str  # what a user picks: the trainer preset
-    weights: float  # bytes per parameter on each device
+    weights: float
     grads: float
     optimizer: float
     ema: float
-    offloaded: float  # bytes per parameter moved to CPU memory (per rank)
+    offloaded: float = 0.0  # moved to CPU memory (per rank)
+    buffers: float = 0.0  # communication buckets, held throughout
+    gathered: float = 0.0  # full weights gathered from forward to backward
+    step: float = 0.0  # added by the optimizer step (temporaries less gradients freed before it)
 
     @property
-    def device(self) -> float:
+    def states(self) -> float:
         return self.weights + self.grads + self.optimizer + self.ema
+
+    def peak(self, activations: float) -> float:
+        """Peak bytes per device: the states and buffers, plus the larger of forward/backward (gathered weights
+        and activations) and the optimizer step."""
+        return self.states + self.buffers + max(self.gathered + activations, self.step, 0.0)
+
+
+@dataclass
+class Settings:
+    """What beside the parameter count sets the memory: the network's shape, the DeepSpeed and FSDP settings."""
+
+    largest_tensor: int = 0  # elements of the largest parameter
+    fsdp_root: int | None = None  # parameters outside FSDP units (None: the whole network is one unit)
+    fsdp_unit: int = 0  # parameters of the largest FSDP unit
+    foreach: bool = True  # torch Adam updates every tensor at once (its default on CUDA)
+    reduce_bucket_size: float = 2e8  # Lightning's DeepSpeedStrategy defaults
+    overlap_comm: bool = True
+    max_reuse_distance: float = 1e9  # DeepSpeed's ZeRO-3 defaults
+    prefetch_bucket_size: float = 5e7
 
 
 def bytes_per_parameter(precision: str, deepspeed: bool) -> tuple[int, int, int]:
@@ -45,20 +84,56 @@ def bytes_per_parameter(precision: str, deepspeed: bool) -> tuple[int, int, int]
     return 4, 4, 8
 
 
-def plans(world: int, precision: str, ema: bool) -> list[Plan]:
-    """The memory per device of each strategy over ``world`` ranks, bytes per parameter."""
-    n, e = world, 4.0 if ema else 0.0
-    W, G, O = bytes_per_parameter(precision, deepspeed=False)
-    w, g, o = bytes_per_parameter(precision, deepspeed=True)
+def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | None = None) -> list[Plan]:
+    """The memory per device of each strategy over ``world`` ranks for a network of ``psi`` parameters, in the
+    order ``--memory_per_device`` prefers them (less communication first)."""
+    s, n = settings or Settings(), world
+    W, G, O = (b * psi for b in bytes_per_parameter(precision, deepspeed=False))
+    w, g, o = (b * psi for b in bytes_per_parameter(precision, deepspeed=True))
+    e = 4.0 * psi if ema else 0.0
+
+    def adam(numel: float) -> float:  # torch Adam's temporaries for sqrt(v) / c + eps over what it updates at once:
+        return (4.0 if s.foreach else 8.0) * numel  # foreach divides its sqrt in place; one tensor at a time does not
+
+    at_once = psi if s.foreach else s.largest_tensor  # what torch Adam updates at once under DDP
+    ds_step = adam(psi / n)  # DeepSpeed hands Adam the flat fp32 partition
+    fp32_copy = 4.0 * psi / n if g < 4 * psi else 0.0  # ZeRO-1/2 step on the flat partition itself if it is fp32
+    reduce = (2 if s.overlap_comm else 1) * s.reduce_bucket_size  # elements of DeepSpeed's gradient buckets
+    zero3_gathered = w * min(1.0, (s.max_reuse_distance + s.prefetch_bucket_size + s.largest_tensor) / psi)
+    fsdp_gathered = W * (1.0 if s.fsdp_root is None else min(1.0, (s.fsdp_root + 2 * s.fsdp_unit) / psi))
     return [
-        Plan("ddp", W, G, O, e, 0),
-        Plan("deepspeed_zero1", w, g, o / n, e, 0),
-        Plan("deepspeed_zero2", w, g / n, o / n, e, 0),
-        Plan("deepspeed_zero3", w / n, g / n, o / n, e / n, 0),
-        Plan("fsdp", W / n, G / n, O / n, e / n, 0),
-        Plan("deepspeed_zero2_offload", w, 0, 0, e, (g + o) / n),  # gradients leave as they are reduced
-        Plan("deepspeed_zero3_offload", 0, 0, 0, 0, (w + g + o + e) / n),  # one layer at a time on the device
+        Plan("ddp", W, G, O, e, step=adam(at_once)),
+        # ZeRO-1 frees the gradients of the other ranks' partitions before its step
+        Plan("deepspeed_zero1", w, g, o / n, e, buffers=g / psi * reduce,
+             step=fp32_copy + ds_step - (g - g / n)),
+        Plan("deepspeed_zero2", w, g / n, o / n, e, buffers=g / psi * reduce, step=fp32_copy + ds_step),
+        Plan("deepspeed_zero3", w / n, g / n, o / n, e / n, buffers=g / psi * s.reduce_bucket_size,
+             gathered=zero3_gathered, step=4.0 * psi / n + ds_step),  # ZeRO-3 always flattens into a new tensor
+        Plan("fsdp_grad_op", W / n, G / n, O / n, e / n, gathered=W, step=adam(at_once / n)),
+        Plan("fsdp", W / n, G / n, O / n, e / n, gathered=fsdp_gathered, step=adam(at_once / n)),
+        # offloaded: gradients leave as they are reduced and the step runs on the CPU (DeepSpeed's CPU Adam)
+        Plan("deepspeed_zero2_offload", w, 0, 0, e, offloaded=(g + o) / n, buffers=g / psi * reduce),
+        Plan("deepspeed_zero3_offload", 0, 0, 0, 0, offloaded=(w + g + o + e) / n,
+             buffers=g / psi * s.reduce_bucket_size, gathered=zero3_gathered),
     ]
+
+
+def settings_for(net: torch.nn.Module, trainer: dict) -> Settings:
+    """The :class:`Settings` of ``net`` under a merged trainer section (its DeepSpeed preset's buckets and
+    ZeRO-3 limits, if any; Lightning's and DeepSpeed's defaults otherwise)."""
+    params = list(net.parameters())
+    units = net.fsdp_units() if hasattr(net, "fsdp_units") else []
+    unit_sizes = [sum(p.numel() for p in u.parameters()) for u in units]
+    s = Settings(largest_tensor=max((p.numel() for p in params), default=0),
+                 fsdp_root=sum(p.numel() for p in params) - sum(unit_sizes) if units else None,
+                 fsdp_unit=max(unit_sizes, default=0), foreach=str(trainer.get("accelerator", "auto")) != "cpu")
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, dict) and "DeepSpeed" in str(strategy.get("class_path", "")):
+        known = {f.name for f in fields(Settings)}
+        for key, value in (strategy.get("init_args") or {}).items():
+            if key in known and value is not None:
+                setattr(s, key, value)
+    return s
 
 
 def activation_bytes(model, batch_size: int, precision: str) -> int:
@@ -76,7 +151,8 @@ def activation_bytes(model, batch_size: int, precision: str) -> int:
 
     model.train()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is a no-op
         loss = model.training_step(batch, 0)
     loss.backward()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
@@ -113,19 +189,21 @@ def report(configs: list[str], devices: int, memory_per_device: float | None, ba
     lines = [f"network: {psi / 1e6:.2f} M parameters ({type(model.net).__name__}); precision {precision}; "
              f"{devices} rank(s); EMA {'on' if ema else 'off'}",
              f"activations at micro-batch {micro} (measured, one training step): {act / GiB:.3f} GiB per rank", "",
-             f"{'strategy':<26}{'weights':>9}{'grads':>9}{'optim':>9}{'EMA':>9}{'states':>10}{'+activ.':>10}"
-             f"{'CPU':>9}   (GiB per device)"]
-    table = plans(devices, precision, ema)
+             f"{'strategy':<26}{'weights':>9}{'grads':>9}{'optim':>9}{'EMA':>9}{'states':>9}{'buffers':>9}"
+             f"{'gathered':>10}{'step':>9}{'peak':>9}{'CPU':>9}   (GiB per device)"]
+    table = plans(devices, precision, ema, psi, settings_for(model.net, trainer))
     for plan in table:
-        gib = [x * psi / GiB for x in (plan.weights, plan.grads, plan.optimizer, plan.ema, plan.device)]
-        lines.append(f"{plan.name:<26}" + "".join(f"{v:>9.3f}" for v in gib[:4]) + f"{gib[4]:>10.3f}"
-                     f"{gib[4] + act / GiB:>10.3f}{plan.offloaded * psi / GiB:>9.3f}")
+        gib = [x / GiB for x in (plan.weights, plan.grads, plan.optimizer, plan.ema, plan.states, plan.buffers,
+                                 plan.gathered, plan.step, plan.peak(act), plan.offloaded)]
+        lines.append(f"{plan.name:<26}" + "".join(f"{v:>{10 if i == 6 else 9}.3f}" for i, v in enumerate(gib)))
+    lines.append("peak = states + buffers + the larger of (gathered weights + activations) in forward/backward and "
+                 "the optimizer step's temporaries (less the gradients it frees)")
     lines.append("bytes per parameter: " + ", ".join(
         f"{name} {'+'.join(f'{b:g}' for b in bytes_per_parameter(precision, ds))} = {sum(bytes_per_parameter(precision, ds))}"
         for name, ds in (("torch Adam", False), ("DeepSpeed", True))))
     if memory_per_device is not None:
         budget = memory_per_device * GiB * 0.9  # keep 10% for the allocator, buffers and the CUDA context
-        fits = [p for p in table if p.device * psi + act <= budget]
+        fits = [p for p in table if p.peak(act) <= budget]
         if fits:
             lines.append(f"recommended for {memory_per_device:g} GiB per device: {fits[0].name} "
                          f"(--config experiments/trainer/{fits[0].name}.yaml)")
@@ -141,7 +219,8 @@ def memory_main(argv: list[str]) -> None:
 
     parser = ArgumentParser(prog="lit-gen memory", exit_on_error=False, description=(
         "Memory per device of a config's network under DDP, DeepSpeed ZeRO-1/2/3 (and offload) and FSDP: weights, "
-        "gradients, Adam state and EMA from the parameter count, activations from one measured training step."))
+        "gradients, Adam state and EMA from the parameter count; communication buckets, gathered weights and the "
+        "optimizer step's temporaries from the preset's settings; activations from one measured training step."))
     parser.add_argument("--config", type=str, action="append", required=True,
                         help="Method config, then optionally a trainer preset (its precision is used).")
     parser.add_argument("--devices", type=int, default=1, help="Data-parallel ranks N (devices x nodes).")

@@ -25,9 +25,32 @@ from torch import nn
 class DeepSpeed(DeepSpeedStrategy):
     """``DeepSpeedStrategy`` that accepts a CPU accelerator (processes talk over gloo), for tests and CPU-only
     machines; on CUDA it is Lightning's strategy unchanged. Takes the same arguments (``stage``,
-    ``offload_optimizer``, ``offload_parameters``, ``config``, ...)."""
+    ``offload_optimizer``, ``offload_parameters``, ``config``, ...), and ZeRO-3's limits on gathered weights, which
+    Lightning does not pass (None keeps DeepSpeed's default):
+
+    Args:
+        max_live_parameters: ``stage3_max_live_parameters``, parameters gathered at once (default 1e9).
+        max_reuse_distance: ``stage3_max_reuse_distance``: a layer's weights stay gathered after its forward if
+            it runs again (backward) within this many parameters (default 1e9, so a smaller network stays
+            gathered from forward to backward; lower it to trade memory for a second gather in backward).
+        prefetch_bucket_size: ``stage3_prefetch_bucket_size``, parameters gathered ahead (default 5e7).
+        param_persistence_threshold: ``stage3_param_persistence_threshold``: smaller parameters are never
+            partitioned (default 1e5).
+    """
 
     strategy_name = "lit_gen_deepspeed"
+
+    def __init__(self, *args: Any, max_live_parameters: int | None = None, max_reuse_distance: int | None = None,
+                 prefetch_bucket_size: int | None = None, param_persistence_threshold: int | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        stage3 = {"stage3_max_live_parameters": max_live_parameters, "stage3_max_reuse_distance": max_reuse_distance,
+                  "stage3_prefetch_bucket_size": prefetch_bucket_size,
+                  "stage3_param_persistence_threshold": param_persistence_threshold}
+        for key, value in stage3.items():
+            if value is not None and value < 0:
+                raise ValueError(f"{key.removeprefix('stage3_')}={value}: must be a number of parameters >= 0")
+        self.config.setdefault("zero_optimization", {}).update({k: int(v) for k, v in stage3.items() if v is not None})
 
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):
