@@ -6,7 +6,7 @@ States (Psi parameters, with Adam): weights W, gradients G and optimizer state O
 all three on every rank; over N ranks ZeRO-1 splits O, ZeRO-2 splits G and O, ZeRO-3 and FSDP split all three
 (Rajbhandari et al. 2020, Fig. 1: ZeRO-1 2Psi + 2Psi + k Psi / N, ZeRO-2 2Psi + (2 + k) Psi / N,
 ZeRO-3 (2 + 2 + k) Psi / N with k = 12 for mixed-precision Adam). lit_gen's EMA adds an fp32 copy of the
-weights, split like the weights.
+weights, split like the weights (under DeepSpeed in bf16, a bf16 copy and its fp32 average: 2 + 4).
 
 Beside the states, at the peak (what DeepSpeed 0.19 and torch 2.x allocate; measured in benchmarks/memory.py):
 - gathered weights, forward to backward: ZeRO-3 keeps a layer gathered until its reuse is more than
@@ -91,6 +91,7 @@ def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | 
     W, G, O = (b * psi for b in bytes_per_parameter(precision, deepspeed=False))
     w, g, o = (b * psi for b in bytes_per_parameter(precision, deepspeed=True))
     e = 4.0 * psi if ema else 0.0
+    e_ds = (w + 4.0 * psi if w < 4 * psi else w) if ema else 0.0  # DeepSpeed casts it; half: an fp32 average beside
 
     def adam(numel: float) -> float:  # torch Adam's temporaries for sqrt(v) / c + eps over what it updates at once:
         return (4.0 if s.foreach else 8.0) * numel  # foreach divides its sqrt in place; one tensor at a time does not
@@ -104,16 +105,16 @@ def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | 
     return [
         Plan("ddp", W, G, O, e, step=adam(at_once)),
         # ZeRO-1 frees the gradients of the other ranks' partitions before its step
-        Plan("deepspeed_zero1", w, g, o / n, e, buffers=g / psi * reduce,
+        Plan("deepspeed_zero1", w, g, o / n, e_ds, buffers=g / psi * reduce,
              step=fp32_copy + ds_step - (g - g / n)),
-        Plan("deepspeed_zero2", w, g / n, o / n, e, buffers=g / psi * reduce, step=fp32_copy + ds_step),
-        Plan("deepspeed_zero3", w / n, g / n, o / n, e / n, buffers=g / psi * s.reduce_bucket_size,
+        Plan("deepspeed_zero2", w, g / n, o / n, e_ds, buffers=g / psi * reduce, step=fp32_copy + ds_step),
+        Plan("deepspeed_zero3", w / n, g / n, o / n, e_ds / n, buffers=g / psi * s.reduce_bucket_size,
              gathered=zero3_gathered, step=4.0 * psi / n + ds_step),  # ZeRO-3 always flattens into a new tensor
         Plan("fsdp_grad_op", W / n, G / n, O / n, e / n, gathered=W, step=adam(at_once / n)),
         Plan("fsdp", W / n, G / n, O / n, e / n, gathered=fsdp_gathered, step=adam(at_once / n)),
         # offloaded: gradients leave as they are reduced and the step runs on the CPU (DeepSpeed's CPU Adam)
-        Plan("deepspeed_zero2_offload", w, 0, 0, e, offloaded=(g + o) / n, buffers=g / psi * reduce),
-        Plan("deepspeed_zero3_offload", 0, 0, 0, 0, offloaded=(w + g + o + e) / n,
+        Plan("deepspeed_zero2_offload", w, 0, 0, e_ds, offloaded=(g + o) / n, buffers=g / psi * reduce),
+        Plan("deepspeed_zero3_offload", 0, 0, 0, 0, offloaded=(w + g + o + e_ds) / n,
              buffers=g / psi * s.reduce_bucket_size, gathered=zero3_gathered),
     ]
 

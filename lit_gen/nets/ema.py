@@ -37,14 +37,20 @@ class EMA(nn.Module):
         self.decay = decay
         self.warmup = warmup
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self._master: list[torch.Tensor] | None = None  # fp32 average of half-precision weights (see update)
 
     @torch.no_grad()
     def copy_from(self, net: nn.Module) -> None:
         """Set the average to ``net``'s current weights and buffers."""
+        self._master = None
         for e, p in zip(local_shards(self.module), local_shards(net), strict=True):
             e.copy_(p)
         for b_ema, b in zip(self.module.buffers(), net.buffers(), strict=True):
             b_ema.copy_(b)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._master = None  # made again from the loaded average at the next update (one rounding, not one a step)
 
     def current_decay(self) -> float:
         n = int(self.num_updates)
@@ -54,8 +60,15 @@ class EMA(nn.Module):
     def update(self, net: nn.Module) -> None:
         decay = self.current_decay()
         ema_params = local_shards(self.module)
-        params = [p.to(e.dtype) for p, e in zip(local_shards(net), ema_params, strict=True)]
-        torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+        if self._master is None and any(e.dtype in (torch.float16, torch.bfloat16) for e in ema_params):
+            # DeepSpeed in bf16/fp16 casts every parameter, the average's too: in bf16 a step of (1 - d) = 1e-4 of
+            # the difference rounds away. Average in fp32 beside it; the module gets the rounded average.
+            self._master = [e.float() for e in ema_params]
+        average = self._master if self._master is not None else ema_params
+        params = [p.to(a.dtype) for p, a in zip(local_shards(net), average, strict=True)]
+        torch._foreach_lerp_(average, params, 1.0 - decay)
+        if self._master is not None:
+            torch._foreach_copy_(ema_params, self._master)
         for b_ema, b in zip(self.module.buffers(), net.buffers(), strict=True):
             b_ema.copy_(b)
         self.num_updates += 1

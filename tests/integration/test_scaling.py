@@ -154,6 +154,19 @@ def test_dalle_stages_train_alike_under_zero3_and_fsdp(config, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_ema_under_deepspeed_bf16_is_the_average_of_the_gathered_weights(preset, tmp_path):
+    """DeepSpeed in bf16 casts the average's weights to bf16; lit_gen averages in fp32 beside them, so the EMA is
+    the EMA of the gathered bf16 weights to bf16 rounding (the closed-form test of what bf16 alone loses is in
+    tests/unit/test_methods.py)."""
+    out = torchrun(fit_args("ddpm/toy2d.yaml", tmp_path, preset, preset, 12, "--config",
+                            str(EXPERIMENTS / "trainer" / "bf16.yaml"), "--samples.every_n_steps=0",
+                            "--trainer.callbacks+=tests.integration.tiny.CheckEMA",
+                            "--trainer.callbacks.atol=0.01")).stdout
+    assert "CheckEMA: 12 updates" in out and "fp32 average beside half precision: True" in out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["ddp", "deepspeed_zero2"])
 def test_accumulation_matches_the_larger_batch(preset, tmp_path):
     """k = 2 accumulation steps at global batch 16 give the weights of batch 32 (a flow: its loss is

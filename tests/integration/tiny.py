@@ -276,7 +276,9 @@ class CheckEMA(L.Callback):
             raise RuntimeError(f"EMA differs from the EMA of the gathered weights by {error} "
                                f"({self.updates} vs {int(pl_module.ema.num_updates)} updates)")
         if trainer.is_global_zero:
-            print(f"CheckEMA: {self.updates} updates, largest difference {error:.3g}", flush=True)
+            half = pl_module.ema._master is not None  # the weights are half precision, averaged in fp32 beside
+            print(f"CheckEMA: {self.updates} updates, largest difference {error:.3g}, fp32 average beside half "
+                  f"precision: {half}", flush=True)
 
 
 class ReportRanks(L.Callback):

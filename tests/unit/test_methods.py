@@ -26,6 +26,31 @@ def test_ema_update_is_an_exponential_average():
     assert int(ema.num_updates) == 1 and not any(p.requires_grad for p in ema.module.parameters())
 
 
+def test_ema_of_half_precision_weights_averages_in_fp32():
+    """DeepSpeed in bf16 casts the average's weights too. 2,000 updates at d = 0.999 towards a target 1.0 away:
+    in bf16 each step of 1e-3 of the difference rounds away; the fp32 average beside it follows the closed form
+    1 - d^n to bf16 rounding, and survives a state_dict round trip."""
+    torch.manual_seed(0)
+    net = nn.Linear(8, 8).to(torch.bfloat16)
+    ema = EMA(net, decay=0.999, warmup=False)
+    start = [p.detach().double() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    target = [p.detach().double() for p in net.parameters()]
+    naive = [p.detach().clone() for p in ema.module.parameters()]
+    for n in range(1, 2001):
+        ema.update(net)
+        torch._foreach_lerp_(naive, [p.detach() for p in net.parameters()], 1 - 0.999)  # what bf16 alone gives
+        if n == 1000:
+            ema.load_state_dict(ema.state_dict())  # resumes from the rounded average: one more rounding, once
+    exact = [t + 0.999**2000 * (s - t) for s, t in zip(start, target)]  # the closed form of 2,000 updates
+    for e, x, b in zip(ema.module.parameters(), exact, naive):
+        assert e.dtype == torch.bfloat16
+        assert (e.double() - x).abs().max() <= 2e-2  # bf16 rounding of values up to ~2 (ulp 2^-7), plus the resume
+        assert (b.double() - x).abs().max() > 0.5  # bf16 alone is stuck far from it
+
+
 def test_ema_warmup_and_bad_decay():
     ema = EMA(nn.Linear(1, 1), decay=0.9999)
     assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
