@@ -40,10 +40,10 @@ class DeepSpeed(DeepSpeedStrategy):
 
     strategy_name = "lit_gen_deepspeed"
 
-    def __init__(self, *args: Any, max_live_parameters: int | None = None, max_reuse_distance: int | None = None,
+    def __init__(self, max_live_parameters: int | None = None, max_reuse_distance: int | None = None,
                  prefetch_bucket_size: int | None = None, param_persistence_threshold: int | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         stage3 = {"stage3_max_live_parameters": max_live_parameters, "stage3_max_reuse_distance": max_reuse_distance,
                   "stage3_prefetch_bucket_size": prefetch_bucket_size,
                   "stage3_param_persistence_threshold": param_persistence_threshold}
