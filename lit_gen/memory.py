@@ -137,12 +137,18 @@ def settings_for(net: torch.nn.Module, trainer: dict) -> Settings:
     return s
 
 
-def activation_bytes(model, batch_size: int, precision: str) -> int:
-    """Bytes of the tensors autograd saves for backward in one training step at ``batch_size`` (measured)."""
-    data_shape = tuple(model.data_shape)
-    batch = {"x": torch.randn(batch_size, *data_shape).clamp(-1, 1)}
-    if getattr(model, "num_classes", 0):
-        batch["y"] = torch.randint(0, model.num_classes, (batch_size,))
+def activation_bytes(model, batch_size: int, precision: str, example: dict | None = None) -> int:
+    """Bytes of the tensors autograd saves for backward in one training step at ``batch_size`` (measured), on
+    ``example`` (a batch of the config's data, repeated or cut to ``batch_size``) or on random images and labels."""
+    if example is not None:
+        n = len(example["x"])
+        index = torch.arange(batch_size) % n
+        batch = {k: v[index] if isinstance(v, torch.Tensor) else [v[i] for i in index.tolist()]
+                 for k, v in example.items()}
+    else:
+        batch = {"x": torch.randn(batch_size, *tuple(model.data_shape)).clamp(-1, 1)}
+        if getattr(model, "num_classes", 0):
+            batch["y"] = torch.randint(0, model.num_classes, (batch_size,))
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -158,6 +164,20 @@ def activation_bytes(model, batch_size: int, precision: str) -> int:
     loss.backward()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return sum(n for ptr, n in seen.items() if ptr not in params)
+
+
+def example_batch(datamodule) -> dict | None:
+    """One training batch of the config's data (captions and labels as the method expects them), or None when the
+    data is not there (the activations are then measured on random images and labels)."""
+    if datamodule is None:
+        return None
+    try:  # no prepare_data: nothing is downloaded to measure memory
+        datamodule.setup("fit")
+        return next(iter(datamodule.train_dataloader()))
+    except Exception as error:  # noqa: BLE001 (any reason the data cannot be read: say it, measure without)
+        print(f"lit-gen memory: no batch of the data ({str(error).splitlines()[0]}); activations measured on random "
+              "images", file=sys.stderr)
+        return None
 
 
 def trainer_settings(configs: list[str]) -> dict:
@@ -185,7 +205,13 @@ def report(configs: list[str], devices: int, memory_per_device: float | None, ba
     psi = sum(p.numel() for p in model.net.parameters())
     global_batch = batch_size or getattr(cli.datamodule, "batch_size", 1)
     micro = max(1, global_batch // devices)
-    act = activation_bytes(model, micro, precision)
+    example = example_batch(cli.datamodule)
+    if example is not None:  # the method's own fit setup (CLIP and DALL-E fit their tokenizer on the captions)
+        cli.trainer._data_connector.attach_datamodule(model, datamodule=cli.datamodule)
+        model.trainer = cli.trainer
+        model.setup("fit")
+        model.trainer = None  # measured without a running Trainer (self.log is a no-op)
+    act = activation_bytes(model, micro, precision, example)
     ema = model.ema is not None
     lines = [f"network: {psi / 1e6:.2f} M parameters ({type(model.net).__name__}); precision {precision}; "
              f"{devices} rank(s); EMA {'on' if ema else 'off'}",

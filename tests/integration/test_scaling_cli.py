@@ -50,6 +50,19 @@ def test_memory_reports_the_notes_model_for_the_config_network():
     assert "recommended for 80 GiB per device: ddp" in proc.stdout
 
 
+def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_shapes.yaml"))  # captions, tokenizer fitted
+    assert proc.returncode == 0 and "no batch of the data" not in proc.stderr, proc.stderr[-2000:]
+    assert float(re.search(r"activations at micro-batch 128 .*: ([\d.]+) GiB", proc.stdout).group(1)) > 0
+    override = tmp_path / "data.yaml"
+    override.write_text(f"data:\n  init_args:\n    root: {tmp_path / 'nowhere'}\n    batch_size: 2\n")
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/cifar10.yaml"), "--config", str(override))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "lit-gen memory: no batch of the data (CIFAR10 not found" in proc.stderr  # nothing downloaded
+    assert "activations measured on random images" in proc.stderr and "activations at micro-batch 2 " in proc.stdout
+    assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
+
+
 def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path):
     config = '{"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4, "train_micro_batch_size_per_gpu": 8}'
     proc = lit_gen("fit", *tiny_args("ddpm/toy2d.yaml", tmp_path), "--config",
