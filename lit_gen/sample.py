@@ -171,8 +171,8 @@ def sample_main(argv: list[str]) -> Path:
                          "checkpoint is not one (train DALLE: experiments/dalle/)")
     if takes_text and not cfg.text:
         raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or --text_file FILE")
-    if takes_text and (cfg.devices > 1 or cfg.num_nodes > 1 or cfg.interpolate is not None or cfg.invert or cfg.inpaint):
-        raise ValueError("a text-to-image model samples on one device, without --interpolate, --invert or --inpaint")
+    if takes_text and (cfg.interpolate is not None or cfg.invert or cfg.inpaint):
+        raise ValueError("a text-to-image model draws from prompts only, without --interpolate, --invert or --inpaint")
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
         raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and --invert "
                          "on one device")
@@ -186,13 +186,14 @@ def sample_main(argv: list[str]) -> Path:
         x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate
     elif cfg.invert is not None:
         x, labels, nrow = invert_and_reconstruct(model, cfg, options, output), None, None
-    elif cfg.devices > 1 or cfg.num_nodes > 1:
-        drawn = draw_sharded(model, cfg, options, output)
-        if drawn is None:  # not rank 0: rank 0 writes
-            return output
-        (x, labels), nrow = drawn, None
     else:
-        x, labels, extra = draw(model, cfg, options, known)
+        if cfg.devices > 1 or cfg.num_nodes > 1:
+            drawn = draw_sharded(model, cfg, options, output)
+            if drawn is None:  # not rank 0: rank 0 writes
+                return output
+            x, labels, extra = drawn
+        else:
+            x, labels, extra = draw(model, cfg, options, known)
         if extra:
             write_captioned(output, x, cfg.png, **extra)
             print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
@@ -301,21 +302,22 @@ def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarra
     return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None), extra
 
 
-def draw_sharded(model, cfg, options: dict, output: Path) -> tuple[torch.Tensor, np.ndarray | None] | None:
+def draw_sharded(model, cfg, options: dict, output: Path) -> tuple[torch.Tensor, np.ndarray | None, dict] | None:
     """:func:`draw` over ``--devices`` x ``--num_nodes`` processes (None on every rank but 0)."""
     from lit_gen.shards import sample_sharded
 
     def draw_batch(net, indices):
         out = draw_indices(net, cfg, options, indices, progress=False)
-        return out.x, out.labels
+        return {"x": out.x, "labels": out.labels, "captions": out.captions, "scores": out.scores}
 
     accelerator = {"auto": "auto", "cpu": "cpu"}.get(cfg.device, "gpu")
-    result = sample_sharded(model, draw_batch, cfg.num_samples, cfg.batch_size, cfg.devices, cfg.num_nodes,
-                            accelerator, output)
-    if result is None:
+    rows = sample_sharded(model, draw_batch, cfg.num_samples, cfg.batch_size, cfg.devices, cfg.num_nodes,
+                          accelerator, output)
+    if rows is None:
         return None
-    x, labels = result
-    return x, (None if labels is None else labels.numpy().astype(np.int64))
+    labels = None if rows["labels"] is None else rows["labels"].numpy().astype(np.int64)
+    extra = {"captions": rows["captions"], "scores": rows["scores"]} if rows["captions"] else {}
+    return rows["x"], labels, extra
 
 
 def _decode(model, latents: torch.Tensor, cfg, options: dict) -> torch.Tensor:

@@ -2,7 +2,10 @@
 index through Lightning's predict loop. Rank r draws samples r, r + W, r + 2W, ... (W ranks in all); sample i
 depends only on (seed, i), so the result equals a one-process run. Every rank runs the same number of batches
 (Lightning's DistributedSampler pads the last ones with repeated indices, which are dropped), so no rank waits in
-a collective. Each rank writes its shard; rank 0 puts them in index order."""
+a collective. Each rank writes its shard; rank 0 puts them in index order.
+
+A draw returns rows of fields ("x", and "labels", "captions", "scores" where the model gives them): one row per
+sample, or several (a text-to-image model keeps its best candidates for each prompt), those of a sample together."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-DrawFn = Callable[[torch.nn.Module, list[int]], tuple[torch.Tensor, torch.Tensor | None]]  # (x, labels)
+Rows = dict[str, torch.Tensor | list | None]  # field -> one entry per row (tensors, lists of str) or None
+DrawFn = Callable[[torch.nn.Module, list[int]], Rows]
 
 
 class SampleIndices(Dataset):
@@ -38,9 +42,11 @@ class ShardedSampler(L.LightningModule):
         super().__init__()
         self.model, self.draw = model, draw
 
-    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> dict:
-        x, labels = self.draw(self.model, batch.tolist())
-        return {"index": batch.cpu(), "x": x.cpu(), "labels": None if labels is None else labels.cpu()}
+    def predict_step(self, batch: torch.Tensor, batch_idx: int) -> Rows:
+        rows = self.draw(self.model, batch.tolist())
+        per_sample = len(rows["x"]) // len(batch)
+        rows = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in rows.items()}
+        return {"index": batch.cpu().repeat_interleave(per_sample), **rows}
 
 
 class ShardWriter(BasePredictionWriter):
@@ -51,14 +57,35 @@ class ShardWriter(BasePredictionWriter):
         self.folder = folder
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        shard = {key: [p[key] for p in predictions] for key in ("index", "x", "labels")}
-        torch.save(shard, self.folder / f"rank{trainer.global_rank:05d}.pt")
+        torch.save(list(predictions), self.folder / f"rank{trainer.global_rank:05d}.pt")
+
+
+def in_index_order(batches: list[Rows], num_samples: int) -> Rows:
+    """The rows of ``batches`` for samples 0 .. num_samples - 1 in index order, each sample's rows once (padding
+    repeats a sample another batch drew: the first batch's rows are kept)."""
+    kept: list[tuple[int, int, int]] = []  # (sample index, batch, row)
+    seen: set[int] = set()
+    for b, batch in enumerate(batches):
+        index = batch["index"].tolist()
+        kept += [(i, b, r) for r, i in enumerate(index) if i not in seen]
+        seen.update(index)
+    if seen != set(range(num_samples)):
+        raise RuntimeError(f"sharded sampling drew {len(seen)} of {num_samples} samples")
+    kept.sort(key=lambda t: t[0])  # stable: a sample's rows keep their order
+    out: Rows = {}
+    for key in batches[0]:
+        if key == "index" or batches[0][key] is None:
+            out[key] = None if key != "index" else torch.tensor([i for i, _, _ in kept])
+            continue
+        values = [batches[b][key][r] for _, b, r in kept]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
 
 
 def sample_sharded(model, draw: DrawFn, num_samples: int, batch_size: int, devices: int, num_nodes: int,
-                   accelerator: str, output: Path) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """Draw ``num_samples`` over ``devices`` x ``num_nodes`` processes; returns (x, labels) in index order on
-    rank 0 and None on the other ranks."""
+                   accelerator: str, output: Path) -> Rows | None:
+    """Draw ``num_samples`` over ``devices`` x ``num_nodes`` processes; returns the rows in index order on rank 0
+    (:func:`in_index_order`) and None on the other ranks."""
     folder = output / ".shards"
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp", logger=False,
@@ -74,11 +101,6 @@ def sample_sharded(model, draw: DrawFn, num_samples: int, batch_size: int, devic
     trainer.strategy.barrier()
     if not trainer.is_global_zero:
         return None
-    shards = [torch.load(path, weights_only=True) for path in sorted(folder.glob("rank*.pt"))]
-    index = torch.cat([i for s in shards for i in s["index"]])
-    x = torch.cat([b for s in shards for b in s["x"]])
-    labels = [b for s in shards for b in s["labels"]]
-    first = {i: k for k, i in reversed(list(enumerate(index.tolist())))}  # one row per index (padding repeats)
-    order = torch.tensor([first[i] for i in range(num_samples)])
+    batches = [b for path in sorted(folder.glob("rank*.pt")) for b in torch.load(path, weights_only=True)]
     shutil.rmtree(folder)
-    return x[order], (torch.cat(labels)[order] if labels and labels[0] is not None else None)
+    return in_index_order(batches, num_samples)

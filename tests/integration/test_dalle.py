@@ -3,6 +3,9 @@ independence, the cache in generation, loss weights, and the one-line errors."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import torch
 from lit_gen.checkpoints import load_module
 from lit_gen.cli import cli_main
 from lit_gen.utils import sample_generators
+from tests.conftest import DIST_VARS, ROOT
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_dvae_checkpoint
 
 TRANSFORMER, CLIP_CONFIG, DVAE = "dalle/transformer_shapes.yaml", "dalle/clip_shapes.yaml", "dalle/dvae_shapes.yaml"
@@ -84,6 +88,31 @@ def test_image_prefix_keeps_the_first_rows_of_codes(runs, tmp_path):
     drawn = model.generate(model.tokenizer.encode([PROMPT]), [torch.Generator().manual_seed(0)],
                            prefix=expected.flatten(1))
     assert drawn[:, : 2 * model.grid[1]].equal(expected.flatten(1))
+
+
+@pytest.mark.slow  # a 2-process sampling job (~1 min)
+def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
+    """lit-gen sample --devices 2 with prompts and CLIP reranking: the images, captions and scores of a one-process
+    run, in prompt order (5 prompts, batches of 2, so one rank's last batch is padded; 2 kept of 3 candidates)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join([PROMPT, "a large blue square at the center", "a small green triangle at the bottom"]))
+    common = ["sample", "--ckpt_path", runs["dalle"], "--text_file", str(prompts), "--num_samples", "5",
+              "--batch_size", "2", "--num_candidates", "3", "--keep", "2", "--clip_ckpt", runs["clip"], "--device", "cpu"]
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", "2", "--output", str(tmp_path / "two")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cli_main([*common, "--output", str(tmp_path / "one")])
+    one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
+    assert one["arr_0"].shape == (10, 32, 32, 3)
+    texts = prompts.read_text().split("\n")
+    expected = [texts[i % 3] for i in range(5) for _ in range(2)]  # prompts cycled over the samples, 2 kept each
+    assert two["captions"].tolist() == one["captions"].tolist() == expected
+    # the same codes; a decoder batch of another size may round a pixel to the next uint8 value
+    assert np.abs(two["arr_0"].astype(int) - one["arr_0"].astype(int)).max() <= 1
+    np.testing.assert_allclose(two["clip_scores"], one["clip_scores"], rtol=1e-4, atol=1e-5)
+    assert not (tmp_path / "two" / ".shards").exists()
 
 
 def test_one_line_errors(runs, tmp_path, capsys):
