@@ -30,7 +30,8 @@ import lightning.pytorch as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-STRATEGIES = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3+reuse"]
+STRATEGIES = ["ddp", "deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "deepspeed_zero3+reuse", "fsdp",
+              "fsdp_grad_op"]
 
 
 def rss() -> int:
@@ -101,14 +102,18 @@ def measure(strategy: str, hidden: int, out: Path) -> list[int]:
     return [json.loads(Path(f"{out / strategy}.rank{r}").read_text()) for r in range(2)]
 
 
-def network(hidden: int) -> tuple[int, int]:
-    """(parameters of the MLP, activation bytes of one training step at the per-rank micro-batch 32)."""
-    from lit_gen.memory import activation_bytes
+def network(hidden: int):
+    """(parameters of the MLP, activation bytes of one training step at the per-rank micro-batch 32, and the
+    memory model's settings for it as these runs configure them, read as ``lit-gen memory`` reads a preset)."""
+    from lit_gen.memory import activation_bytes, settings_for
     from lit_gen.methods import DDPM
     from lit_gen.nets import MLPDenoiser
 
     model = DDPM(data_shape=(2,), net=lambda shape, k, c: MLPDenoiser(shape, k, c, hidden_dim=hidden, num_layers=4))
-    return sum(p.numel() for p in model.net.parameters()), activation_bytes(model, 32, "32-true")
+    trainer = {"accelerator": "cpu", "strategy": {"class_path": "lit_gen.strategies.DeepSpeed",
+                                                  "init_args": {"reduce_bucket_size": BUCKET}}}
+    psi = sum(p.numel() for p in model.net.parameters())
+    return psi, activation_bytes(model, 32, "32-true"), settings_for(model.net, trainer)
 
 
 def checkpointing_table() -> list[str]:
@@ -150,12 +155,12 @@ def main() -> None:
     print(f"DDPM toy2d, MLP 4 x {args.hidden}, fp32 Adam, EMA on, 2 CPU processes (gloo); GiB per rank")
     print(f"{'strategy':<22}{'states':>7}{'model':>8}{'steady r0':>11}{'steady r1':>11}{'steady / model':>16}"
           f"{'first steps':>13}{'first / model':>15}")
-    from lit_gen.memory import Settings, plans
+    from lit_gen.memory import plans
 
-    psi, act = network(args.hidden)
-    settings = dict(largest_tensor=args.hidden**2, foreach=False, reduce_bucket_size=BUCKET)  # CPU: no foreach
-    model = {p.name: p for p in plans(2, "32-true", True, psi, Settings(**settings))}
-    model.update({f"{p.name}+reuse": p for p in plans(2, "32-true", True, psi, Settings(**settings, max_reuse_distance=REUSE))})
+    psi, act, settings = network(args.hidden)  # on CPU: torch Adam one tensor at a time (no foreach)
+    model = {p.name: p for p in plans(2, "32-true", True, psi, settings)}
+    settings.max_reuse_distance = REUSE
+    model.update({f"{p.name}+reuse": p for p in plans(2, "32-true", True, psi, settings)})
     print(f"{psi / 1e6:.1f} M parameters; activations {act / 2**20:.1f} MB per rank (measured)")
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies:

@@ -12,7 +12,7 @@ Beside the states, at the peak (what DeepSpeed 0.19 and torch 2.x allocate; meas
 - gathered weights, forward to backward: ZeRO-3 keeps a layer gathered until its reuse is more than
   ``stage3_max_reuse_distance`` parameters away (default 1e9: every layer of a smaller network stays gathered),
   plus ``stage3_prefetch_bucket_size`` prefetched; FSDP2 keeps its root and about two units (all of it without
-  resharding after forward);
+  resharding after forward), with their unsharded gradients in backward;
 - communication buckets: DeepSpeed's gradient reduction buffers of ``reduce_bucket_size`` elements (two with
   ``overlap_comm``, ZeRO-1/2);
 - the optimizer step's temporaries: the gradient partition as one fp32 tensor (ZeRO-3 always copies it; ZeRO-1/2
@@ -101,7 +101,8 @@ def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | 
     fp32_copy = 4.0 * psi / n if g < 4 * psi else 0.0  # ZeRO-1/2 step on the flat partition itself if it is fp32
     reduce = (2 if s.overlap_comm else 1) * s.reduce_bucket_size  # elements of DeepSpeed's gradient buckets
     zero3_gathered = w * min(1.0, (s.max_reuse_distance + s.prefetch_bucket_size + s.largest_tensor) / psi)
-    fsdp_gathered = W * (1.0 if s.fsdp_root is None else min(1.0, (s.fsdp_root + 2 * s.fsdp_unit) / psi))
+    # FSDP2 gathers a unit's weights and, in its backward, holds its unsharded gradients until the reduce-scatter
+    fsdp_units = 1.0 if s.fsdp_root is None else min(1.0, (s.fsdp_root + 2 * s.fsdp_unit) / psi)
     return [
         Plan("ddp", W, G, O, e, step=adam(at_once)),
         # ZeRO-1 frees the gradients of the other ranks' partitions before its step
@@ -110,8 +111,8 @@ def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | 
         Plan("deepspeed_zero2", w, g / n, o / n, e_ds, buffers=g / psi * reduce, step=fp32_copy + ds_step),
         Plan("deepspeed_zero3", w / n, g / n, o / n, e_ds / n, buffers=g / psi * s.reduce_bucket_size,
              gathered=zero3_gathered, step=4.0 * psi / n + ds_step),  # ZeRO-3 always flattens into a new tensor
-        Plan("fsdp_grad_op", W / n, G / n, O / n, e / n, gathered=W, step=adam(at_once / n)),
-        Plan("fsdp", W / n, G / n, O / n, e / n, gathered=fsdp_gathered, step=adam(at_once / n)),
+        Plan("fsdp_grad_op", W / n, G / n, O / n, e / n, gathered=W + G * fsdp_units, step=adam(at_once / n)),
+        Plan("fsdp", W / n, G / n, O / n, e / n, gathered=(W + G) * fsdp_units, step=adam(at_once / n)),
         # offloaded: gradients leave as they are reduced and the step runs on the CPU (DeepSpeed's CPU Adam)
         Plan("deepspeed_zero2_offload", w, 0, 0, e_ds, offloaded=(g + o) / n, buffers=g / psi * reduce),
         Plan("deepspeed_zero3_offload", 0, 0, 0, 0, offloaded=(w + g + o + e_ds) / n,

@@ -25,6 +25,9 @@ class EMA(nn.Module):
             default: a deep copy of ``net``. Under ZeRO-3 and FSDP both are sharded alike, and every rank
             averages only the shard it stores (:func:`~lit_gen.strategies.local_shards`): no communication, and
             the gathered average is the average of the gathered weights.
+
+    Half-precision weights (DeepSpeed in bf16 or fp16 casts the average's too) are averaged in an fp32 copy beside
+    them, and the module holds the rounded average.
     """
 
     def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True, average: nn.Module | None = None):
