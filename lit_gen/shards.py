@@ -72,10 +72,10 @@ def in_index_order(batches: list[Rows], num_samples: int) -> Rows:
     if seen != set(range(num_samples)):
         raise RuntimeError(f"sharded sampling drew {len(seen)} of {num_samples} samples")
     kept.sort(key=lambda t: t[0])  # stable: a sample's rows keep their order
-    out: Rows = {}
-    for key in batches[0]:
-        if key == "index" or batches[0][key] is None:
-            out[key] = None if key != "index" else torch.tensor([i for i, _, _ in kept])
+    out: Rows = {"index": torch.tensor([i for i, _, _ in kept])}
+    for key in batches[0].keys() - {"index"}:
+        if batches[0][key] is None:  # a field this model does not give
+            out[key] = None
             continue
         values = [batches[b][key][r] for _, b, r in kept]
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
