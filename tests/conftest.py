@@ -12,6 +12,11 @@ EXPERIMENTS = ROOT / "experiments"
 DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
 
 
+def subprocess_env() -> dict[str, str]:
+    """This process's environment without rank variables, for a CLI or torchrun subprocess that starts its own job."""
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+
+
 @pytest.fixture(autouse=True)
 def clean_dist_env(monkeypatch):
     """Lightning leaves rank variables behind; a later test must not think it is inside a DDP job."""

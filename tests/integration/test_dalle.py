@@ -3,7 +3,6 @@ independence, the cache in generation, loss weights, and the one-line errors."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from lit_gen.checkpoints import load_module
 from lit_gen.cli import cli_main
 from lit_gen.utils import sample_generators
-from tests.conftest import DIST_VARS, ROOT
+from tests.conftest import ROOT, subprocess_env
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_dvae_checkpoint
 
 TRANSFORMER, CLIP_CONFIG, DVAE = "dalle/transformer_shapes.yaml", "dalle/clip_shapes.yaml", "dalle/dvae_shapes.yaml"
@@ -98,7 +97,7 @@ def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
     prompts.write_text("\n".join([PROMPT, "a large blue square at the center", "a small green triangle at the bottom"]))
     common = ["sample", "--ckpt_path", runs["dalle"], "--text_file", str(prompts), "--num_samples", "5",
               "--batch_size", "2", "--num_candidates", "3", "--keep", "2", "--clip_ckpt", runs["clip"], "--device", "cpu"]
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", "2", "--output", str(tmp_path / "two")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import DIST_VARS, EXPERIMENTS, ROOT
+from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
 from tests.integration.tiny import tiny_args
 
 
@@ -18,7 +17,7 @@ def _fit_ddp(config: str, tmp_path, *extra: str) -> None:
     args = tiny_args(config, tmp_path, name="ddp", max_steps=4)
     args += ["--config", str(EXPERIMENTS / "trainer" / "ddp.yaml"), "--trainer.accelerator=cpu",
              "--data.init_args.batch_size=16", *extra]
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
@@ -75,7 +74,7 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     ckpt = str(tmp_path / "cfg" / "checkpoints" / "last.ckpt")
     common = ["sample", "--ckpt_path", ckpt, "--num_samples", "11", "--batch_size", "3", "--guidance_scale", "2",
               "--device", "cpu"]
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", "2", "--png", "true",
                            "--output", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,

@@ -3,19 +3,18 @@ and the throughput table, so the script a GPU session runs once is known to work
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import DIST_VARS, ROOT
+from tests.conftest import ROOT, subprocess_env
 
 
 @pytest.mark.slow  # six checks on 2 CPU processes, ~6 min
 @pytest.mark.timeout(1500)
 def test_gpu_check_script_runs_every_check(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     env.update(SMOKE="1", OUT=str(tmp_path), PY=sys.executable)
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1400)

@@ -4,7 +4,6 @@ continues at that step."""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from lit_gen.cli import LitGenCLI, cli_main
-from tests.conftest import DIST_VARS, ROOT
+from tests.conftest import ROOT, subprocess_env
 from tests.integration.tiny import tiny_args
 
 DIGITS = "ddpm/digits.yaml"
@@ -99,7 +98,7 @@ def test_a_signal_saves_the_final_step_and_exits_128_plus_signal(signum, tmp_pat
     args = [*tiny_args(DIGITS, tmp_path, max_steps=100_000), *EVERY_5, "--checkpoint.every_n_train_steps=1000",
             "--trainer.callbacks+=tests.integration.tiny.SlowSteps", "--trainer.callbacks.seconds=0.1",
             f"--trainer.callbacks.ready_file={ready}"]
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS} | {"OMP_NUM_THREADS": "1"}
+    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:

@@ -5,7 +5,6 @@ sharding, loss equivalence across strategies, accumulation equivalence, uneven s
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 import yaml
 
 from lit_gen.checkpoints import consolidate
-from tests.conftest import DIST_VARS, EXPERIMENTS, ROOT
+from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
 from tests.integration.tiny import method_configs, tiny_args
 
 PRESETS = sorted(p.stem for p in (EXPERIMENTS / "trainer").glob("*.yaml")
@@ -43,7 +42,7 @@ def method_representatives() -> list[str]:
 
 def torchrun(args: list[str], nodes: int = 1, timeout: int = 900, **env_extra) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node 2 ARGS`` (or ``nodes`` single-process "nodes" on localhost)."""
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     env.update(OMP_NUM_THREADS="1", **env_extra)
     if nodes == 1:
         launch = ["--nproc_per_node", "2", "--master_port", str(_free_port())]
@@ -198,7 +197,7 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
     assert folder.is_dir()
     torchrun(fit_args(config, tmp_path, "run", preset, 4, "--ckpt_path=last",
                       "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", "--trainer.callbacks.step=2"))
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     run = lambda *a: subprocess.run([sys.executable, "-m", "lit_gen", *a], cwd=ROOT, env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
     proc = run("export", "--ckpt_path", str(folder), "--output", str(tmp_path / "model.ckpt"))

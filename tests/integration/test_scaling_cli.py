@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 
-from tests.conftest import DIST_VARS, EXPERIMENTS, ROOT
+from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
 from tests.integration.tiny import tiny_args
 
 
 def lit_gen(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    env = subprocess_env()
     return subprocess.run([sys.executable, "-m", "lit_gen", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300)
 
