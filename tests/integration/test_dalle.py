@@ -99,16 +99,18 @@ def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
               "--batch_size", "2", "--num_candidates", "3", "--keep", "2", "--clip_ckpt", runs["clip"], "--device", "cpu"]
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", "2", "--output", str(tmp_path / "two")],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cli_main([*common, "--output", str(tmp_path / "one")])
+    for devices, name in ((2, "two"), (1, "one")):  # both with one thread each, so only the sharding differs
+        proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", str(devices),
+                               "--output", str(tmp_path / name)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     assert one["arr_0"].shape == (10, 32, 32, 3)
     texts = prompts.read_text().split("\n")
     expected = [texts[i % 3] for i in range(5) for _ in range(2)]  # prompts cycled over the samples, 2 kept each
     assert two["captions"].tolist() == one["captions"].tolist() == expected
-    # the same codes; a decoder batch of another size may round a pixel to the next uint8 value
+    # the same codes (equal here; a uint8 step of slack for rounding; with 2 threads against 1 a near-tie between two
+    # almost equal codebook entries drew the other code on CI, 2 levels off)
     assert np.abs(two["arr_0"].astype(int) - one["arr_0"].astype(int)).max() <= 1
     np.testing.assert_allclose(two["clip_scores"], one["clip_scores"], rtol=1e-4, atol=1e-5)
     assert not (tmp_path / "two" / ".shards").exists()

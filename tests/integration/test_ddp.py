@@ -76,11 +76,11 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
               "--device", "cpu"]
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
-    proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", "2", "--png", "true",
-                           "--output", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    cli_main([*common, "--output", str(tmp_path / "one")])
+    for devices, name in ((2, "two"), (1, "one")):  # both with one thread each, so only the sharding differs
+        proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", str(devices), "--png", "true",
+                               "--output", str(tmp_path / name)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     np.testing.assert_array_equal(one["arr_1"], np.arange(11) % 10)
     np.testing.assert_array_equal(two["arr_1"], one["arr_1"])
