@@ -161,7 +161,11 @@ def activation_bytes(model, batch_size: int, precision: str, example: dict | Non
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*self.log.*")  # no Trainer here: logging is a no-op
-        loss = model.training_step(batch, 0)
+        try:
+            loss = model.training_step(batch, 0)
+        except KeyError as missing:  # e.g. captions: random images cannot stand in for them
+            raise ValueError(f"{type(model).__name__} trains on {missing} from its data, which could not be read; "
+                             "put the config's data in place to measure its activations") from None
     loss.backward()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return sum(n for ptr, n in seen.items() if ptr not in params)
@@ -176,8 +180,9 @@ def example_batch(datamodule) -> dict | None:
         datamodule.setup("fit")
         return next(iter(datamodule.train_dataloader()))
     except Exception as error:  # noqa: BLE001 (any reason the data cannot be read: say it, measure without)
-        print(f"lit-gen memory: no batch of the data ({str(error).splitlines()[0]}); activations measured on random "
-              "images", file=sys.stderr)
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        print(f"lit-gen memory: no batch of the data ({reason}); activations measured on random images",
+              file=sys.stderr)
         return None
 
 
@@ -185,8 +190,19 @@ def trainer_settings(configs: list[str]) -> dict:
     """The trainer section of the configs, merged in order (later files win)."""
     merged: dict = {}
     for config in configs:
-        merged.update((yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {})
+        _merge(merged, (yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {})
     return merged
+
+
+def _merge(into: dict, later: dict) -> None:
+    """Nested sections merge key by key, as the CLI merges configs; another class_path replaces the section."""
+    for key, value in later.items():
+        before = into.get(key)
+        if (isinstance(value, dict) and isinstance(before, dict)
+                and value.get("class_path", before.get("class_path")) == before.get("class_path")):
+            _merge(before, value)
+        else:
+            into[key] = value
 
 
 def report(configs: list[str], devices: int, memory_per_device: float | None, batch_size: int | None) -> str:

@@ -173,6 +173,9 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or --text_file FILE")
     if takes_text and (cfg.interpolate is not None or cfg.invert or cfg.inpaint):
         raise ValueError("a text-to-image model draws from prompts only, without --interpolate, --invert or --inpaint")
+    if cfg.num_samples < cfg.devices * cfg.num_nodes:
+        raise ValueError(f"num_samples={cfg.num_samples} is fewer than the {cfg.devices * cfg.num_nodes} ranks of "
+                         "--devices x --num_nodes: every rank draws at least one sample")
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
         raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and --invert "
                          "on one device")

@@ -1,8 +1,8 @@
 """``lit-gen sample --devices N [--num_nodes M]``: sampling over several processes or devices, sharded by sample
-index through Lightning's predict loop. Rank r draws samples r, r + W, r + 2W, ... (W ranks in all); sample i
-depends only on (seed, i), so the result equals a one-process run. Every rank runs the same number of batches
-(Lightning's DistributedSampler pads the last ones with repeated indices, which are dropped), so no rank waits in
-a collective. Each rank writes its shard; rank 0 puts them in index order.
+index through Lightning's predict loop. Rank r draws samples r, r + W, r + 2W, ... (W ranks in all, each with at
+least one sample); sample i depends only on (seed, i), so the result equals a one-process run. Prediction does
+not pad (a rank may run one batch fewer; the model is whole on every rank and no collective runs between batches).
+Each rank writes its shard; rank 0 puts them in index order, keeping each sample once.
 
 A draw returns rows of fields ("x", and "labels", "captions", "scores" where the model gives them): one row per
 sample, or several (a text-to-image model keeps its best candidates for each prompt), those of a sample together."""
@@ -61,8 +61,8 @@ class ShardWriter(BasePredictionWriter):
 
 
 def in_index_order(batches: list[Rows], num_samples: int) -> Rows:
-    """The rows of ``batches`` for samples 0 .. num_samples - 1 in index order, each sample's rows once (padding
-    repeats a sample another batch drew: the first batch's rows are kept)."""
+    """The rows of ``batches`` for samples 0 .. num_samples - 1 in index order, each sample's rows once (should a
+    sampler pad with a sample another batch drew, the first batch's rows are kept)."""
     kept: list[tuple[int, int, int]] = []  # (sample index, batch, row)
     seen: set[int] = set()
     for b, batch in enumerate(batches):

@@ -67,11 +67,12 @@ class EMA(nn.Module):
             # DeepSpeed in bf16/fp16 casts every parameter, the average's too: in bf16 a step of (1 - d) = 1e-4 of
             # the difference rounds away. Average in fp32 beside it; the module gets the rounded average.
             self._master = [e.float() for e in ema_params]
-        average = self._master if self._master is not None else ema_params
-        params = [p.to(a.dtype) for p, a in zip(local_shards(net), average, strict=True)]
-        torch._foreach_lerp_(average, params, 1.0 - decay)
-        if self._master is not None:
-            torch._foreach_copy_(ema_params, self._master)
+        if self._master is None:
+            torch._foreach_lerp_(ema_params, local_shards(net), 1.0 - decay)
+        else:  # one tensor at a time: an fp32 copy of the largest tensor at most, not of every weight
+            for a, e, p in zip(self._master, ema_params, local_shards(net), strict=True):
+                a.lerp_(p.float(), 1.0 - decay)
+                e.copy_(a)
         for b_ema, b in zip(self.module.buffers(), net.buffers(), strict=True):
             b_ema.copy_(b)
         self.num_updates += 1

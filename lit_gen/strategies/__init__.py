@@ -40,7 +40,7 @@ class DeepSpeed(DeepSpeedStrategy):
 
     strategy_name = "lit_gen_deepspeed"
 
-    def __init__(self, max_live_parameters: int | None = None, max_reuse_distance: int | None = None,
+    def __init__(self, *, max_live_parameters: int | None = None, max_reuse_distance: int | None = None,
                  prefetch_bucket_size: int | None = None, param_persistence_threshold: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -263,6 +263,7 @@ def test_sample_errors(tmp_path, capsys):
         (["--ckpt_path", ckpt, "--inpaint", str(tmp_path / "x.npz")], "--inpaint and --mask"),
         (["--ckpt_path", ckpt, "--steps", "5000"], "5000"),
         (["--ckpt_path", ckpt, "--sampler", "ddpm", "--eta", "0.5"], "eta"),
+        (["--ckpt_path", ckpt, "--num_samples", "1", "--devices", "2"], "num_samples=1 is fewer than the 2 ranks"),
     ]:
         with pytest.raises(SystemExit):
             cli_main(["sample", *args, "--output", str(tmp_path / "out")])

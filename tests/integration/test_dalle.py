@@ -92,7 +92,8 @@ def test_image_prefix_keeps_the_first_rows_of_codes(runs, tmp_path):
 @pytest.mark.slow  # a 2-process sampling job (~1 min)
 def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
     """lit-gen sample --devices 2 with prompts and CLIP reranking: the images, captions and scores of a one-process
-    run, in prompt order (5 prompts, batches of 2, so one rank's last batch is padded; 2 kept of 3 candidates)."""
+    run, in prompt order (5 prompts, batches of 2: one rank runs a batch of 2 and one of 1, the other one batch; 2 kept
+    of 3 candidates)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join([PROMPT, "a large blue square at the center", "a small green triangle at the bottom"]))
     common = ["sample", "--ckpt_path", runs["dalle"], "--text_file", str(prompts), "--num_samples", "5",

@@ -64,7 +64,7 @@ def test_ddp_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
 @pytest.mark.slow  # a 2-process sampling job (~1 min); .ci/run runs the slow set
 def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     """lit-gen sample --devices 2: the samples (and their balanced labels) of a one-process run, in index order,
-    with 11 samples so that one rank's last batch is padded; --png writes one file per sample."""
+    with 11 samples so that one rank's last batch is short; --png writes one file per sample."""
     import numpy as np
     from PIL import Image
 

@@ -60,6 +60,10 @@ def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
     assert "lit-gen memory: no batch of the data (CIFAR10 not found" in proc.stderr  # nothing downloaded
     assert "activations measured on random images" in proc.stderr and "activations at micro-batch 2 " in proc.stdout
     assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
+    # captions cannot be made up: without its data a text method ends in one line
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_cifar10.yaml"), "--config", str(override))
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("lit-gen: error: CLIP trains on 'caption'"), proc.stderr[-2000:]
 
 
 def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path):

@@ -93,3 +93,22 @@ def test_deepspeed_stage3_limits_reach_the_deepspeed_config():
     assert "stage3_param_persistence_threshold" not in zero  # None keeps DeepSpeed's default
     with pytest.raises(ValueError, match="max_reuse_distance=-1: must be"):
         DeepSpeed(stage=3, max_reuse_distance=-1)
+
+
+def test_stacked_configs_merge_the_trainer_section_as_the_cli_does(tmp_path):
+    from lit_gen.memory import trainer_settings
+
+    files = []
+    for i, text in enumerate([
+        "trainer:\n  precision: bf16-mixed\n  strategy:\n    class_path: lit_gen.strategies.DeepSpeed\n"
+        "    init_args:\n      stage: 3\n      reduce_bucket_size: 1234\n",
+        "trainer:\n  strategy:\n    init_args:\n      max_reuse_distance: 99\n",  # one key of the preset's
+    ]):
+        files.append(tmp_path / f"{i}.yaml")
+        files[-1].write_text(text)
+    merged = trainer_settings([str(f) for f in files])
+    assert merged == {"precision": "bf16-mixed", "strategy": {"class_path": "lit_gen.strategies.DeepSpeed", "init_args": {
+        "stage": 3, "reduce_bucket_size": 1234, "max_reuse_distance": 99}}}
+    other = tmp_path / "fsdp.yaml"  # another class replaces the section, its init_args included
+    other.write_text("trainer:\n  strategy:\n    class_path: lit_gen.strategies.FSDP\n")
+    assert trainer_settings([str(files[0]), str(other)])["strategy"] == {"class_path": "lit_gen.strategies.FSDP"}

@@ -51,6 +51,21 @@ def test_ema_of_half_precision_weights_averages_in_fp32():
         assert (b.double() - x).abs().max() > 0.5  # bf16 alone is stuck far from it
 
 
+def test_ema_of_half_precision_weights_restarts_from_a_loaded_average():
+    """Loading a state dict replaces the fp32 average too: the next update starts from the loaded values."""
+    net = nn.Linear(4, 4).to(torch.bfloat16)
+    ema = EMA(net, decay=0.5, warmup=False)
+    ema.update(net)  # makes the fp32 average
+    other = EMA(net, decay=0.5, warmup=False)
+    with torch.no_grad():
+        for p in other.module.parameters():
+            p.fill_(3.0)
+    ema.load_state_dict(other.state_dict())
+    ema.update(net)
+    for e, p in zip(ema.module.parameters(), net.parameters()):
+        torch.testing.assert_close(e, (0.5 * 3.0 + 0.5 * p.float()).to(torch.bfloat16), rtol=0, atol=0)
+
+
 def test_ema_warmup_and_bad_decay():
     ema = EMA(nn.Linear(1, 1), decay=0.9999)
     assert ema.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)

@@ -1,4 +1,4 @@
-"""lit_gen.shards.in_index_order: the rows of sharded sampling put back in index order, padding dropped."""
+"""lit_gen.shards.in_index_order: the rows of sharded sampling put back in index order, a repeated sample kept once."""
 
 from __future__ import annotations
 
