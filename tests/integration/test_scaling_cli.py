@@ -16,17 +16,27 @@ def lit_gen(*args: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def test_memory_reports_the_notes_model_for_the_config_network():
+def memory_rows(out: str) -> dict[str, list[float]]:
+    return {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
+            if line.startswith(("ddp ", "deepspeed_", "fsdp"))}
+
+
+def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
+    # ZeRO-3 partitions every tensor here (the digits UNet's are all under DeepSpeed's default persistence
+    # threshold of 1e5 elements, which keeps such tensors whole on every rank: checked at the end)
+    whole = tmp_path / "partition_all.yaml"
+    whole.write_text("trainer:\n  strategy:\n    class_path: lit_gen.strategies.DeepSpeed\n    init_args:\n"
+                     "      param_persistence_threshold: 0\n")
     proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--config",
-                   str(EXPERIMENTS / "trainer/bf16.yaml"), "--devices", "4", "--memory_per_device", "0.001")
+                   str(EXPERIMENTS / "trainer/bf16.yaml"), "--config", str(whole), "--devices", "4",
+                   "--memory_per_device", "0.001")
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     psi = float(re.search(r"network: ([\d.]+) M parameters", out).group(1)) * 1e6
     act = float(re.search(r"activations at micro-batch (\d+) .*: ([\d.]+) GiB", out).group(2))
     assert re.search(r"activations at micro-batch 32 ", out)  # the config's global batch 128 over 4 ranks
     assert act > 0
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in out.splitlines()
-            if line.startswith(("ddp ", "deepspeed_", "fsdp"))}
+    rows = memory_rows(out)
     gib = psi / 2**30
     # bf16: torch Adam 4 + 4 + 8 per parameter (+ 4 EMA), DeepSpeed 2 + 2 + 12 (+ 2 + 4 EMA: bf16, fp32 average); N = 4
     expected = {"ddp": (4, 4, 8, 4), "deepspeed_zero1": (2, 2, 3, 6), "deepspeed_zero2": (2, 0.5, 3, 6),
@@ -47,6 +57,10 @@ def test_memory_reports_the_notes_model_for_the_config_network():
     proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--devices", "2",
                    "--memory_per_device", "80")
     assert "recommended for 80 GiB per device: ddp" in proc.stdout
+    # DeepSpeed's default threshold: ZeRO-3 keeps this network's weights and EMA whole, as ZeRO-2 does
+    rows = memory_rows(lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--config",
+                               str(EXPERIMENTS / "trainer/bf16.yaml"), "--devices", "4").stdout)
+    assert rows["deepspeed_zero3"][:4] == rows["deepspeed_zero2"][:4]
 
 
 def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
