@@ -9,8 +9,9 @@ ZeRO-3 (2 + 2 + k) Psi / N with k = 12 for mixed-precision Adam). lit_gen's EMA 
 weights, split like the weights (under DeepSpeed in bf16, a bf16 copy and its fp32 average: 2 + 4).
 
 Beside the states, at the peak (what DeepSpeed 0.19 and torch 2.x allocate; measured in benchmarks/memory.py):
-- ZeRO-3 never partitions tensors under ``stage3_param_persistence_threshold`` elements (default 1e5): they count
-  whole on every rank, weights and EMA (many of a small UNet's convolutions);
+- ZeRO-3 keeps the weights of tensors up to ``stage3_param_persistence_threshold`` elements (default 1e5; many of a
+  small UNet's convolutions) whole on every rank once gathered, beside their partitions, which stay on the device
+  under offload; the EMA's copies are never gathered in training and stay split;
 - gathered weights, forward to backward: ZeRO-3 keeps a layer gathered until its reuse is more than
   ``stage3_max_reuse_distance`` parameters away (default 1e9: every layer of a smaller network stays gathered),
   plus ``stage3_prefetch_bucket_size`` prefetched; FSDP2 keeps its root and about two units (all of it without
@@ -104,9 +105,8 @@ def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | 
     ds_step = adam(psi / n)  # DeepSpeed hands Adam the flat fp32 partition
     fp32_copy = 4.0 * psi / n if g < 4 * psi else 0.0  # ZeRO-1/2 step on the flat partition itself if it is fp32
     reduce = (2 if s.overlap_comm else 1) * s.reduce_bucket_size  # elements of DeepSpeed's gradient buckets
-    zero3_gathered = w * min(1.0, (s.max_reuse_distance + s.prefetch_bucket_size + s.largest_tensor) / psi)
-    kept = min(1.0, s.persistent / psi) if psi else 0.0  # ZeRO-3's share of weights (and EMA) whole on every rank
-    zero3 = kept + (1.0 - kept) / n
+    kept = min(1.0, s.persistent / psi) if psi else 0.0  # ZeRO-3's share of weights whole beside their partitions
+    zero3_gathered = w * min(1.0 - kept, (s.max_reuse_distance + s.prefetch_bucket_size + s.largest_tensor) / psi)
     # FSDP2 gathers a unit's weights and, in its backward, holds its unsharded gradients until the reduce-scatter
     fsdp_units = 1.0 if s.fsdp_root is None else min(1.0, (s.fsdp_root + 2 * s.fsdp_unit) / psi)
     return [
@@ -115,13 +115,13 @@ def plans(world: int, precision: str, ema: bool, psi: int, settings: Settings | 
         Plan("deepspeed_zero1", w, g, o / n, e_ds, buffers=g / psi * reduce,
              step=fp32_copy + ds_step - (g - g / n)),
         Plan("deepspeed_zero2", w, g / n, o / n, e_ds, buffers=g / psi * reduce, step=fp32_copy + ds_step),
-        Plan("deepspeed_zero3", w * zero3, g / n, o / n, e_ds * zero3, buffers=g / psi * s.reduce_bucket_size,
+        Plan("deepspeed_zero3", w * (kept + 1 / n), g / n, o / n, e_ds / n, buffers=g / psi * s.reduce_bucket_size,
              gathered=zero3_gathered, step=4.0 * psi / n + ds_step),  # ZeRO-3 always flattens into a new tensor
         Plan("fsdp_grad_op", W / n, G / n, O / n, e / n, gathered=W + G * fsdp_units, step=adam(at_once / n)),
         Plan("fsdp", W / n, G / n, O / n, e / n, gathered=(W + G) * fsdp_units, step=adam(at_once / n)),
         # offloaded: gradients leave as they are reduced and the step runs on the CPU (DeepSpeed's CPU Adam)
         Plan("deepspeed_zero2_offload", w, 0, 0, e_ds, offloaded=(g + o) / n, buffers=g / psi * reduce),
-        Plan("deepspeed_zero3_offload", w * kept, 0, 0, e_ds * kept,
+        Plan("deepspeed_zero3_offload", w * kept * (1 + 1 / n), 0, 0, e_ds * kept / n,  # their partitions stay
              offloaded=((w + e_ds) * (1 - kept) + g + o) / n,
              buffers=g / psi * s.reduce_bucket_size, gathered=zero3_gathered),
     ]
@@ -142,7 +142,7 @@ def settings_for(net: torch.nn.Module, trainer: dict) -> Settings:
         for key, value in (strategy.get("init_args") or {}).items():
             if key in known and value is not None:
                 setattr(s, key, value)
-    s.persistent = sum(p.numel() for p in params if p.numel() < s.param_persistence_threshold)
+    s.persistent = sum(p.numel() for p in params if p.numel() <= s.param_persistence_threshold)
     return s
 
 

@@ -23,7 +23,7 @@ def memory_rows(out: str) -> dict[str, list[float]]:
 
 def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
     # ZeRO-3 partitions every tensor here (the digits UNet's are all under DeepSpeed's default persistence
-    # threshold of 1e5 elements, which keeps such tensors whole on every rank: checked at the end)
+    # threshold of 1e5 elements, which keeps such tensors whole on every rank once gathered: checked at the end)
     whole = tmp_path / "partition_all.yaml"
     whole.write_text("trainer:\n  strategy:\n    class_path: lit_gen.strategies.DeepSpeed\n    init_args:\n"
                      "      param_persistence_threshold: 0\n")
@@ -57,10 +57,10 @@ def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
     proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--devices", "2",
                    "--memory_per_device", "80")
     assert "recommended for 80 GiB per device: ddp" in proc.stdout
-    # DeepSpeed's default threshold: ZeRO-3 keeps this network's weights and EMA whole, as ZeRO-2 does
+    # DeepSpeed's default threshold: ZeRO-3 keeps this network's weights whole beside their partitions
     rows = memory_rows(lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/digits.yaml"), "--config",
                                str(EXPERIMENTS / "trainer/bf16.yaml"), "--devices", "4").stdout)
-    assert rows["deepspeed_zero3"][:4] == rows["deepspeed_zero2"][:4]
+    assert abs(rows["deepspeed_zero3"][0] - 2 * 1.25 * gib) <= 0.0015 and rows["deepspeed_zero3"][0] > 2 * gib
 
 
 def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
