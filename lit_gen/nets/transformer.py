@@ -138,7 +138,9 @@ class DALLETransformer(nn.Module):
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_text_tokens + num_image_tokens)  # one logit space: text, then image codes
-        for kind in set(self.layer_kinds):
+        # in first-use order: a set's order follows PYTHONHASHSEED, which differs between processes, and DDP copies
+        # buffers from rank 0 by position (same-shaped masks would land under another name on the other ranks)
+        for kind in dict.fromkeys(self.layer_kinds):
             self.register_buffer(f"mask_{kind}", attention_mask(kind, text_len, self.grid, conv_kernel), persistent=False)
         nn.init.normal_(self.bos, std=0.02)
 

@@ -24,6 +24,22 @@ def _fit_ddp(config: str, tmp_path, *extra: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_parameters_and_buffers_come_in_the_same_order_in_every_process():
+    """DDP and Lightning copy parameters and buffers from rank 0 to the other ranks by position. A module that
+    registered them in a set's order (DALL-E's attention masks once did) put rank 0's row mask under another rank's
+    column mask: the order must not depend on the process's hash seed."""
+    procs = [subprocess.Popen([sys.executable, "-m", "tests.integration.module_order"], cwd=ROOT, text=True,
+                              env=subprocess_env() | {"PYTHONHASHSEED": seed, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for seed in ("1", "2")]
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        outputs.append(out)
+    assert "dalle/transformer_shapes.yaml" in outputs[0]  # one config per method, DALL-E's transformer included
+    assert outputs[0] == outputs[1]
+
+
 def test_ddp_glow_actnorm_init_is_pooled_over_ranks(tmp_path):
     # each rank initialises ActNorm on its own shard of the init batch; without pooling the statistics the
     # ranks would train different models (DDP averages gradients, not weights)
