@@ -75,7 +75,7 @@ class Settings:
     max_reuse_distance: float = 1e9  # DeepSpeed's ZeRO-3 defaults
     prefetch_bucket_size: float = 5e7
     param_persistence_threshold: float = 1e5
-    persistent: int = 0  # parameters in tensors below that threshold: ZeRO-3 keeps them whole on every rank
+    persistent: int = 0  # parameters in tensors of at most that many: ZeRO-3 keeps them whole on every rank
 
 
 def bytes_per_parameter(precision: str, deepspeed: bool) -> tuple[int, int, int]:
