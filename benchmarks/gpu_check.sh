@@ -9,14 +9,14 @@ set -u
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-/tmp/lit_gen_gpu_check}
 if [ "${SMOKE:-0}" = 1 ]; then
-  ACCEL=cpu DEV=cpu N=2 STEPS=2 PRECISION=32-true BACKEND=gloo SCALE=32 WARM=1 AMP=0 TPUT_LIMIT=900
+  ACCEL=cpu DEV=cpu N=2 STEPS=2 PRECISION=32-true BACKEND=gloo SCALE=32 WARM=1 AMP=0 TPUT_LIMIT=900 MATMUL=512
   EXTRA=(--model.init_args.sampling_steps 5 --samples.num_samples 4)
 else
   EXTRA=()
   GPUS=$($PY -c "import torch; print(torch.cuda.device_count())")
-  ACCEL=gpu DEV=cuda N=$(( GPUS >= 2 ? 2 : 1 )) STEPS=50 PRECISION=bf16-mixed BACKEND=NCCL SCALE=1 WARM=3 AMP=1 TPUT_LIMIT=300
+  ACCEL=gpu DEV=cuda N=$(( GPUS >= 2 ? 2 : 1 )) STEPS=50 PRECISION=bf16-mixed BACKEND=NCCL SCALE=1 WARM=3 AMP=1 TPUT_LIMIT=300 MATMUL=4096
 fi
-export DEV SCALE WARM AMP
+export DEV SCALE WARM AMP MATMUL
 rm -rf "$OUT"; mkdir -p "$OUT"
 ROWS=()
 row() { ROWS+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); }
@@ -30,7 +30,7 @@ check() {  # name, seconds, command...
 
 check "$DEV + bf16 matmul" 60 $PY -c "
 import os, torch; dev = os.environ['DEV']; assert dev == 'cpu' or torch.cuda.is_available()
-a = torch.randn(4096, 4096, device=dev, dtype=torch.bfloat16); assert torch.isfinite(a @ a).all()
+n = int(os.environ['MATMUL']); a = torch.randn(n, n, device=dev, dtype=torch.bfloat16); assert torch.isfinite(a @ a).all()
 print(torch.cuda.get_device_name() if dev == 'cuda' else 'cpu')"
 
 # the fits: the config's devices come after the presets' (which say 2)
