@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ROOT, subprocess_env
 
 
-@pytest.mark.slow  # six checks on 2 CPU processes, ~6 min
+@pytest.mark.slow  # six checks on 2 CPU processes and three timed UNets, 3-10 min
 @pytest.mark.timeout(1500)
 def test_gpu_check_script_runs_every_check(tmp_path):
     env = subprocess_env()
