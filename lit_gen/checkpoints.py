@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from lit_gen.allowlist import check_class_path, check_file_data
+
 TAG = "lit_gen"  # checkpoint key holding {"class_path": ..., "version": ...}
 
 
@@ -49,9 +51,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or (layout == "file" and "state_dict" not in ckpt):
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
-    if TAG not in ckpt:
+    if TAG not in ckpt or not isinstance(ckpt[TAG], dict):
         raise CheckpointError(f"{str(path)!r} was not written by lit_gen (no {TAG!r} entry)")
+    # the classes it names are checked before anything imports them (the method, nets, optimizers, ...)
+    check_class_path(ckpt[TAG].get("class_path"), repr(str(path)), f"{TAG}.class_path")
+    check_file_data({k: ckpt[k] for k in HPARAM_KEYS if k in ckpt}, repr(str(path)))
     return ckpt
+
+
+HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")  # what Lightning instantiates from a checkpoint
 
 
 # --- sharded checkpoints (DeepSpeed, FSDP) -----------------------------------------------------------------
@@ -96,7 +104,9 @@ def consolidate(path: str | Path) -> dict[str, Any]:
 
         states, tag = _deepspeed_states(path)
         state = dict(meta["module"])  # ZeRO-1/2: every weight and buffer; ZeRO-3: empty placeholders
-        with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints its progress
+        # DeepSpeed prints its progress and unpickles its files in full unless made to read plain data
+        quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+        with quiet[0], quiet[1], plain_data_loads(path):
             state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag))  # the optimizer's fp32 weights
         meta = {k: v for k, v in meta.items() if k not in DEEPSPEED_KEYS}
     else:
@@ -114,6 +124,34 @@ def consolidate(path: str | Path) -> dict[str, Any]:
     meta["state_dict"] = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     meta[TAG] = {**meta[TAG], "consolidated_from": str(path)}
     return meta
+
+
+# the only classes DeepSpeed's own checkpoint files hold beside plain data (ZeRO-1/2/3 optimizer states)
+DEEPSPEED_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+                     "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+@contextlib.contextmanager
+def plain_data_loads(path: str | Path):
+    """Within the block, every ``torch.load`` reads plain data only (``weights_only=True``), whatever its caller
+    asks: DeepSpeed's readers ask for a full unpickling. Its own few plain classes are allowed; a file holding
+    anything else is refused with :func:`unsafe_message`."""
+    load = torch.load
+
+    def plain_load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        try:
+            return load(*args, **kwargs)
+        except pickle.UnpicklingError as err:
+            raise CheckpointError(unsafe_message(path, err)) from None
+
+    allowed = [import_class(name) for name in DEEPSPEED_GLOBALS]  # DeepSpeed's own modules (installed with it)
+    torch.load = plain_load
+    try:
+        with torch.serialization.safe_globals(allowed):
+            yield
+    finally:
+        torch.load = load
 
 
 # keys of a DeepSpeed model-states file that are DeepSpeed's, not Lightning's (the client state is the rest)
@@ -139,12 +177,17 @@ def import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-def method_class(path: str) -> type:
-    """The LightningModule class at ``path``: a dotted path, or a short name of ``lit_gen.methods`` (``DDPM``)."""
-    try:
-        return import_class(path if "." in path else f"lit_gen.methods.{path}")
-    except (ImportError, AttributeError):
-        raise CheckpointError(f"the checkpoint's method {path} is not in this version of lit_gen") from None
+def method_class(path: str, source: str = "the checkpoint") -> type:
+    """The lit_gen method (LightningModule class) at ``path``: a dotted path, or a short name (``DDPM``). Only
+    lit_gen's methods: anything else is refused before it is imported."""
+    from lit_gen.allowlist import allowed_classes
+    from lit_gen.methods import GenerativeModule
+
+    cls = allowed_classes().get(path) if isinstance(path, str) else None
+    if cls is None or not issubclass(cls, GenerativeModule):
+        raise CheckpointError(f"{source} names the method {path!r}, which is not a method of this version of lit_gen "
+                              "(nothing was imported)")
+    return cls
 
 
 def checkpoint_class(ckpt: dict[str, Any]) -> type:
@@ -235,7 +278,15 @@ def read_weights_metadata(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({type(err).__name__})") from None
     if TAG not in metadata:
         raise CheckpointError(f"{str(path)!r} was not written by lit-gen export (no {TAG!r} metadata)")
-    return json.loads(metadata[TAG])
+    try:
+        meta = json.loads(metadata[TAG])
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{str(path)!r}: its {TAG!r} metadata is not JSON") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("hyper_parameters"), dict):
+        raise CheckpointError(f"{str(path)!r}: its {TAG!r} metadata has no hyper_parameters")
+    check_class_path(meta.get("class_path"), repr(str(path)), f"{TAG}.class_path")
+    check_file_data(meta["hyper_parameters"], repr(str(path)))
+    return meta
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu", config: dict[str, Any] | None = None):
@@ -250,9 +301,10 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", config: d
     if config is not None:
         if "class_path" not in config:
             raise CheckpointError("--config: expected a model section with class_path (and init_args)")
+        check_file_data(config, "--config's model section")
         hparams.update(config.get("init_args") or {})
         hparams["_class_path"] = config["class_path"]
-    cls = method_class(hparams["_class_path"] if "_class_path" in hparams else meta["class_path"])
+    cls = method_class(hparams["_class_path"] if "_class_path" in hparams else meta["class_path"], repr(str(path)))
     model = instantiate_module(cls, hparams) if "_class_path" in hparams else cls(**hparams)
     model.configure_model()
     model.ema = None  # the exported net.* weights are the EMA ones

@@ -16,6 +16,7 @@ import yaml
 from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
+from lit_gen.allowlist import check_file_data
 from lit_gen.checkpoints import (
     checkpoint_class,
     load_module,
@@ -117,7 +118,9 @@ def method_of(argv: list[str]) -> type | None:
         return checkpoint_class(read_checkpoint(args.ckpt_path))
     if args.weights:
         model = model_config(args.config)
-        return method_class(model["class_path"] if model else read_weights_metadata(args.weights)["class_path"])
+        if model:
+            return method_class(model["class_path"], f"--config {args.config!r}")
+        return method_class(read_weights_metadata(args.weights)["class_path"], repr(args.weights))
     return None
 
 
@@ -130,6 +133,7 @@ def model_config(path: str | None) -> dict | None:
     model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
     if not isinstance(model, dict) or "class_path" not in model:
         raise ValueError(f"--config {path!r} has no model section with a class_path (a run's config.yaml has one)")
+    check_file_data(model, f"--config {path!r}")  # the classes it names, before anything imports them
     return model
 
 

@@ -78,6 +78,12 @@ class DeepSpeed(DeepSpeedStrategy):
         with self._local_device_rank():
             return super()._setup_model_and_optimizer(model, optimizer, lr_scheduler)
 
+    def load_checkpoint(self, checkpoint_path, *args, **kwargs):
+        from lit_gen.checkpoints import plain_data_loads
+
+        with plain_data_loads(checkpoint_path):  # DeepSpeed unpickles its files in full otherwise
+            return super().load_checkpoint(checkpoint_path, *args, **kwargs)
+
     def _initialize_deepspeed_inference(self, model: nn.Module) -> None:
         with self._local_device_rank():
             super()._initialize_deepspeed_inference(model)
