@@ -32,6 +32,8 @@ from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
 
 # The EMA copy (and DALL-E's frozen dVAE) stay in eval mode by design; Lightning warns about them on every fit.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# cli_main hands LightningCLI its arguments on purpose (sys.argv is the caller's, e.g. pytest's)
+warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
 
 DESCRIPTION = """Generative-model methods behind one command.
   lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
