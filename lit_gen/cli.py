@@ -27,7 +27,9 @@ from lit_gen.checkpoints import (
     read_checkpoint,
 )
 from lit_gen.data.base import GenerativeDataModule
+from lit_gen.files import WriteError
 from lit_gen.methods.base import GenerativeModule
+from lit_gen.preemption import Preempted
 from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
 
 # The EMA copy (and DALL-E's frozen dVAE) stay in eval mode by design; Lightning warns about them on every fit.
@@ -245,10 +247,18 @@ def cli_main(args: list[str] | None = None) -> None:
 
             memory_main(argv[1:])
         else:
-            cli = LitGenCLI(args=args)
-            stopped_by = getattr(getattr(cli, "trainer", None) and cli.trainer.checkpoint_callback, "stopped_by", None)
-            if stopped_by is not None:  # the final state is saved; tell the scheduler the job did not finish
-                sys.exit(128 + int(stopped_by))
+            LitGenCLI(args=args)
+    except Preempted as stop:  # the last completed step is saved; tell the scheduler the job did not finish
+        if rank_zero_only.rank == 0:
+            where = f"{stop.saved_to} holds that step" if stop.saved_to else "no step to save"
+            print(f"lit-gen: stopped by {stop.signum.name} at global step {stop.step}; {where} (resume with "
+                  "--ckpt_path last)", file=sys.stderr)
+        sys.exit(128 + int(stop.signum))
+    except WriteError as err:  # a checkpoint (or another file) could not be written: the fit stopped at once
+        if os.environ.get("LIT_GEN_DEBUG"):
+            raise
+        print(f"lit-gen: error: {err}", file=sys.stderr)
+        sys.exit(1)
     except (ArgumentError, CheckpointError, FileNotFoundError, ValueError, MisconfigurationException) as err:
         if os.environ.get("LIT_GEN_DEBUG"):
             raise

@@ -1,37 +1,56 @@
-"""Checkpointing that never loses the last steps: ``last.ckpt`` holds the final state of every fit that ends
-with the process still able to clean up (max_steps, max_time, early stopping, Ctrl-C, SIGTERM)."""
+"""Checkpointing that never loses a completed step: ``last.ckpt`` holds the final state of every fit that ends with
+the process still able to clean up (max_steps, max_time, early stopping, Ctrl-C, SIGTERM), every write is atomic, and
+a write that fails stops the fit at once with one line naming the file."""
 
 from __future__ import annotations
 
 import signal
-import sys
+from contextlib import contextmanager
 
 import lightning.pytorch as L
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; SLURM / Kubernetes before preemption
+from lit_gen.files import atomic_write
+from lit_gen.preemption import Preempted, stop_signals
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint IO, writing each file through :func:`lit_gen.files.atomic_write` (a temporary file in
+    the checkpoint's own folder, fsync, rename): never half-written, also when ``$TMPDIR`` is another file system."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import torch
+
+        atomic_write(path, lambda file: torch.save(checkpoint, file))
 
 
 class Checkpoint(ModelCheckpoint):
-    """Lightning's ModelCheckpoint (every ``every_n_train_steps`` steps, atomic writes), plus:
+    """Lightning's ModelCheckpoint (every ``every_n_train_steps`` steps), plus:
 
-    - when fitting ends for any reason (``max_steps`` between two intervals, ``max_time``, ``EarlyStopping``
-      or another callback setting ``should_stop``), ``last.ckpt`` is rewritten with the final weights, EMA,
-      optimizer and step counters (Lightning 2.6 writes it at the end only if no checkpoint was ever written);
-    - SIGINT (Ctrl-C) and SIGTERM stop training at the end of the current step on every rank, save that
-      final state, and make ``lit-gen fit`` exit with 128 + the signal number. A second signal aborts at once
-      (``last.ckpt`` then keeps the newest completed checkpoint: a write never leaves a half-written file).
+    - every file is written atomically (:class:`AtomicCheckpointIO`), and a failed write stops the fit at once;
+    - when fitting stops after a step (``max_steps``, ``max_time``, a callback setting ``should_stop``, a signal),
+      ``last.ckpt`` is written right after that step, as a step checkpoint is: a resume continues the same epoch
+      and ends bit-identical to an uninterrupted run; ``EarlyStopping`` at a validation rewrites it at the end;
+    - SIGINT (Ctrl-C) and SIGTERM: a step in progress is finished; a sample grid, FID pass or validation in progress
+      is stopped at once (on several processes, one already running finishes: a rank cannot leave a collective
+      alone); ``last.ckpt`` is saved for the last completed step, no end-of-fit grid is drawn, and ``lit-gen fit``
+      exits with 128 + the signal number. A second signal aborts at once (``last.ckpt`` then keeps the newest
+      completed checkpoint).
 
     Args: those of ``lightning.pytorch.callbacks.ModelCheckpoint``.
     """
 
-    stopped_by: signal.Signals | None = None  # the signal that stopped the last fit, if any
-    _received: signal.Signals | None = None
-    _previous_handlers: dict = {}  # replaced, never mutated
     _last_written_step = -1
     _start_step = 0
 
-    # --- the final save ------------------------------------------------------------------------------
+    # --- writing -------------------------------------------------------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        strategy = trainer.strategy
+        if type(getattr(strategy, "_checkpoint_io", None) or strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = AtomicCheckpointIO()
+
     def _save_last_checkpoint(self, trainer: L.Trainer, monitor_candidates: dict) -> None:
         super()._save_last_checkpoint(trainer, monitor_candidates)
         if self.save_last:
@@ -44,47 +63,55 @@ class Checkpoint(ModelCheckpoint):
             return
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    # --- the fit's life ------------------------------------------------------------------------------
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stop_signals.install()
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
-        self.stopped_by = self._received = None
-        self._install_handlers()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore_handlers()
-        self.save_final(trainer)
-        self.stopped_by = self._received
-        if self.stopped_by is not None and trainer.is_global_zero:
-            print(f"lit-gen: stopped by {self.stopped_by.name} at global step {trainer.global_step}; "
-                  f"{self.last_model_path} holds that step (resume with --ckpt_path last)", file=sys.stderr)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        # an error (e.g. a NaN loss) leaves last.ckpt at the newest completed checkpoint, not at broken weights
-        self._restore_handlers()
-        super().on_exception(trainer, pl_module, exception)
-
-    # --- signals -------------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)
         # every rank stops at the same step, whichever ranks the signal reached
-        if trainer.strategy.reduce_boolean_decision(self._received is not None, all=False):
-            self._received = self._received or signal.SIGTERM
-            trainer.should_stop = True
+        received = agree(trainer, stop_signals.received is not None)
+        reached = trainer.max_steps >= 0 and trainer.global_step >= trainer.max_steps
+        if received or trainer.should_stop or reached:
+            self.save_final(trainer)  # inside the epoch, as a step checkpoint: the resume continues this epoch
+        if received:
+            raise Preempted(stop_signals.received or signal.SIGTERM)
 
-    def _install_handlers(self) -> None:
-        try:
-            self._previous_handlers = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
-        except ValueError:  # not the main thread: leave the process's handlers alone
-            self._previous_handlers = {}
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            stop_signals.enter(immediate=trainer.world_size == 1, agree=lambda stop: agree(trainer, stop))
 
-    def _restore_handlers(self) -> None:
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers = {}
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            stop_signals.leave()
+        super().on_validation_end(trainer, pl_module)
 
-    def _on_signal(self, signum: int, frame) -> None:
-        if self._received is not None:  # the second signal: stop now
-            self._restore_handlers()
-            raise KeyboardInterrupt
-        self._received = signal.Signals(signum)
-        print(f"\nlit-gen: {self._received.name} received: saving last.ckpt after this step "
-              "(send it again to abort at once)", file=sys.stderr)
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save_final(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stop_signals.restore()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        stop_signals.restore()
+        super().on_exception(trainer, pl_module, exception)
+        if isinstance(exception, Preempted):  # the weights are those of the last completed step: save them
+            self.save_final(trainer)
+            exception.step, exception.saved_to = trainer.global_step, self.last_model_path or None
+        # any other error (e.g. a NaN loss) leaves last.ckpt at the newest completed checkpoint, not broken weights
+
+
+def agree(trainer: L.Trainer, decision: bool) -> bool:
+    """True on every rank if ``decision`` is True on any (one collective on several processes)."""
+    return trainer.strategy.reduce_boolean_decision(decision, all=False) if trainer.world_size > 1 else decision
+
+
+@contextmanager
+def preemptible(trainer: L.Trainer):
+    """A block a stop signal interrupts (a sample grid, an FID pass): on one process at once; on several, none
+    starts once any rank has a signal (the ranks agree first)."""
+    with stop_signals.interruptible(immediate=trainer.world_size == 1, agree=lambda stop: agree(trainer, stop)):
+        yield

@@ -37,7 +37,10 @@ class EveryNSteps(L.Callback):
         self._last_step = trainer.global_step
         if not getattr(pl_module, "generates", True):  # e.g. a noisy classifier: nothing to sample
             return
-        self.run(trainer, pl_module)
+        from lit_gen.callbacks.checkpoint import preemptible
+
+        with preemptible(trainer):  # a stop signal ends a grid at once; none starts after one
+            self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module) -> None:
         raise NotImplementedError
