@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -27,9 +28,10 @@ from lit_gen.checkpoints import (
     read_checkpoint,
 )
 from lit_gen.data.base import GenerativeDataModule
-from lit_gen.files import WriteError
+from lit_gen.files import WriteError, check_writable_folder
 from lit_gen.methods.base import GenerativeModule
 from lit_gen.preemption import Preempted
+from lit_gen.runs import RunConfig, RunLock, check_name, refuse_or_clear
 from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
 
 # The EMA copy (and DALL-E's frozen dVAE) stay in eval mode by design; Lightning warns about them on every fit.
@@ -61,6 +63,7 @@ class LitGenCLI(LightningCLI):
             GenerativeDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "formatter_class": HelpFormatter},
             seed_everything_default=0,
@@ -77,6 +80,9 @@ class LitGenCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--name", type=str, default="default", help="Run name: the run lives in <runs_dir>/<name>/.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Folder that holds the runs.")
+        parser.add_argument("--overwrite", type=bool, default=False,
+                            help="fit: delete the run's checkpoints, sample grids and logs and start afresh (without "
+                                 "it, a fit into a run that holds checkpoints must resume with --ckpt_path last).")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -107,6 +113,7 @@ class LitGenCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         cfg = self._config()
+        check_name(cfg.name)
         if cfg.trainer.logger in (None, True):
             cfg.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
@@ -118,14 +125,35 @@ class LitGenCLI(LightningCLI):
             cfg.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
 
     def before_fit(self) -> None:
-        """Check the checkpoint against this run, then say what one optimizer step sees: micro-batch x
+        """Check the checkpoint against this run and the run folder (rank 0: a fresh fit into a run with checkpoints
+        is refused; the folder is locked and must take files), then say what one optimizer step sees: micro-batch x
         accumulation x ranks (rank 0 only)."""
         self._check_resume()
+        if rank_zero_only.rank == 0:
+            run_dir, checkpoint_dir = self.run_dir(), Path(self.trainer.checkpoint_callback.dirpath)
+            if self.config_init["fit"]["ckpt_path"] is None:
+                refuse_or_clear(run_dir, checkpoint_dir, self._config().overwrite)
+            self._created = not run_dir.exists()
+            self._lock = RunLock(run_dir)
+            check_writable_folder(checkpoint_dir, "the checkpoint folder")
         trainer, batch = self.trainer, getattr(self.datamodule, "batch_size", None)
         world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
         if batch is not None and rank_zero_only.rank == 0 and batch % world == 0:
             print(f"lit-gen: global batch {batch * accumulate} per optimizer step = micro-batch {batch // world} x "
                   f"{accumulate} accumulation step(s) x {world} rank(s)", file=sys.stderr)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Run it; a fit that fails before its first step leaves no run folder it created behind."""
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if getattr(self, "_created", False) and self.trainer.global_step == 0:
+                self._lock.release()
+                shutil.rmtree(self.run_dir(), ignore_errors=True)
+            raise
+        finally:
+            if getattr(self, "_lock", None) is not None:
+                self._lock.release()
 
     def before_validate(self) -> None:
         self._check_resume()
@@ -151,6 +179,8 @@ class LitGenCLI(LightningCLI):
                 self.model.init_weights = path
                 self.config_init[subcommand]["ckpt_path"] = None
             return
+        if subcommand == "fit" and self.datamodule is not None:  # before anything is written, not mid-fit
+            self.datamodule.check_resumable(ckpt.get(type(self.datamodule).__qualname__) or {})
         if layout == "file":
             return
         strategy, world = self.trainer.strategy, self.trainer.world_size
@@ -178,6 +208,8 @@ class LitGenCLI(LightningCLI):
         if ckpt_path == "last":
             last = Path(cfg.checkpoint.dirpath or Path(cfg.runs_dir) / cfg.name / "checkpoints") / "last.ckpt"
             if not last.exists():
+                if subcommand != "fit":  # scoring a random model is never what was asked
+                    raise CheckpointError(f"--ckpt_path last: no {last} (fit the run first, or give a checkpoint path)")
                 print(f"lit-gen: no {last} yet, starting from scratch", file=sys.stderr)
                 cfg.ckpt_path = None
                 return
@@ -201,6 +233,8 @@ class LitGenCLI(LightningCLI):
 def _one_line(message: str) -> str:
     """jsonargparse explains a bad subclass option as a list of union alternatives; keep the informative one."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if "Original Traceback" in message and lines:  # re-raised from a DataLoader worker: the error is the last line
+        return lines[-1].partition(": ")[2] or lines[-1]
     for i, line in enumerate(lines):
         if line.startswith("- Problem with given class_path"):
             detail = [line[2:]]

@@ -47,3 +47,16 @@ class WarmupCosineLR(LRScheduler):
             return 1.0
         progress = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_factories(optimizer, lr_scheduler=None) -> None:
+    """Build the optimizer (and LR schedule) once on a stand-in parameter, so a bad setting (``lr: -1``) is a
+    one-line ValueError when the method is made, before a fit writes anything, not after its set-up."""
+    import torch
+
+    try:
+        built = optimizer([torch.nn.Parameter(torch.zeros(1))])
+        if lr_scheduler is not None:
+            lr_scheduler(built)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"model.optimizer / model.lr_scheduler: {err}") from None

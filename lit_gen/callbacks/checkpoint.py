@@ -11,6 +11,7 @@ import lightning.pytorch as L
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from lit_gen.data.images import UnreadableImageError
 from lit_gen.files import atomic_write
 from lit_gen.preemption import Preempted, stop_signals
 
@@ -98,8 +99,9 @@ class Checkpoint(ModelCheckpoint):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         stop_signals.restore()
         super().on_exception(trainer, pl_module, exception)
-        if isinstance(exception, Preempted):  # the weights are those of the last completed step: save them
+        if isinstance(exception, (Preempted, UnreadableImageError)):  # the weights are the last completed step's
             self.save_final(trainer)
+        if isinstance(exception, Preempted):
             exception.step, exception.saved_to = trainer.global_step, self.last_model_path or None
         # any other error (e.g. a NaN loss) leaves last.ckpt at the newest completed checkpoint, not broken weights
 

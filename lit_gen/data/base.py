@@ -226,12 +226,16 @@ class GenerativeDataModule(pl.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if not state or (trainer is not None and trainer.state.fn != "fit"):  # only fitting continues an epoch
             return
-        if state.get("batch_size", self.batch_size) != self.batch_size:
-            raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it at "
-                             f"batch_size={self.batch_size} would not continue the same epoch (use the same one)")
+        self.check_resumable(state)
         self._resume = (state["epoch"], state["batches"] * self.per_rank_batch_size)
         if self._train_sampler is not None:  # the loader exists already (Lightning may build it before restoring)
             self._train_sampler.resume_at(*self._resume)
+
+    def check_resumable(self, state: dict[str, int]) -> None:
+        """Raise a one-line ValueError if a checkpoint's DataModule ``state`` cannot be continued by this one."""
+        if state.get("batch_size", self.batch_size) != self.batch_size:
+            raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it at "
+                             f"batch_size={self.batch_size} would not continue the same epoch (use the same one)")
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         sampler = self._distributed_sampler(dataset, False) if self.world_size > 1 else None

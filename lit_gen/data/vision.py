@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lit_gen.data.base import DatasetNotFoundError, GenerativeDataModule, Item, Splits, split_indices
+from lit_gen.data.images import has_images, image_extensions, is_image, load_image, readable
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -330,22 +331,31 @@ def _check_folder(root: str, num_channels: int, name: str) -> None:
 
 
 class FlatImageFolder(Dataset):
-    """``(PIL image, 0)`` for every image file directly in ``root`` (sorted by name): an unlabelled folder."""
+    """``(PIL image, 0)`` for every readable image file directly in ``root`` (sorted by name): an unlabelled folder."""
 
     def __init__(self, root: str) -> None:
-        from torchvision.datasets.folder import IMG_EXTENSIONS
-
-        self.paths = sorted(e.path for e in os.scandir(root) if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS))
-        if not self.paths:
+        paths = sorted(e.path for e in os.scandir(root) if e.is_file() and is_image(e.name))
+        if not paths:
             raise FileNotFoundError(f"no images in {root}")
+        self.paths = [path for path, ok in zip(paths, readable(paths, root)) if ok]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from torchvision.datasets.folder import default_loader
+        return load_image(self.paths[index]), 0
 
-        return default_loader(self.paths[index]), 0
+
+def _readable_image_folder(root: str) -> Dataset:
+    """torchvision's ImageFolder (a class per sub-folder) over the readable images only, decoded by
+    :func:`load_image`."""
+    from torchvision.datasets import ImageFolder
+
+    folder = ImageFolder(root, loader=load_image)
+    keep = readable([path for path, _ in folder.samples], root)
+    folder.samples = [sample for sample, ok in zip(folder.samples, keep) if ok]
+    folder.imgs, folder.targets = folder.samples, [target for _, target in folder.samples]
+    return folder
 
 
 class ImageFolderDataModule(VisionDataModule):
@@ -378,6 +388,9 @@ class ImageFolderDataModule(VisionDataModule):
         **kwargs: Any,
     ) -> None:
         _check_folder(root, num_channels, "ImageFolder")
+        if not has_images(root):  # found at once, before a fit writes anything
+            raise FileNotFoundError(f"ImageFolder root={root!r} holds no images ({', '.join(image_extensions())}): put them "
+                             "in it directly, or in one sub-folder per class")
         self.num_channels = num_channels
         self.class_names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
         self.num_classes = len(self.class_names)
@@ -397,16 +410,13 @@ class ImageFolderDataModule(VisionDataModule):
         return self.root
 
     def open_split(self, split: Split, download: bool = False) -> Dataset | None:
-        from torchvision.datasets import ImageFolder
-        from torchvision.datasets.folder import IMG_EXTENSIONS
-
         if split != "train":
             return None
         try:
-            return ImageFolder(self.root) if self.class_names else FlatImageFolder(self.root)
+            return _readable_image_folder(self.root) if self.class_names else FlatImageFolder(self.root)
         except FileNotFoundError:  # no images where they should be
             raise FileNotFoundError(
-                f"ImageFolder root={self.root!r} holds no images ({', '.join(IMG_EXTENSIONS)}): put them in it "
+                f"ImageFolder root={self.root!r} holds no images ({', '.join(image_extensions())}): put them in it "
                 "directly, or in one sub-folder per class"
             ) from None
 
@@ -435,15 +445,16 @@ class CaptionedImages(Dataset):
                 self.captions.append(caption.strip())
         if not self.paths:
             raise ValueError(f"captions file {captions_file!r} lists no images")
+        keep = readable(self.paths, root)
+        self.paths = [p for p, ok in zip(self.paths, keep) if ok]
+        self.captions = [c for c, ok in zip(self.captions, keep) if ok]
         self.targets = list(range(len(self.paths)))  # the index: captions are looked up by it
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from torchvision.datasets.folder import default_loader
-
-        return default_loader(self.paths[index]), index
+        return load_image(self.paths[index]), index
 
 
 class CaptionedImageFolderDataModule(VisionDataModule):

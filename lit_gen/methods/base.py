@@ -15,7 +15,7 @@ from torch import nn
 from lit_gen import __version__
 from lit_gen.checkpoints import TAG, check_method, class_path, consolidate
 from lit_gen.nets.ema import EMA
-from lit_gen.optim import WarmupCosineLR
+from lit_gen.optim import WarmupCosineLR, check_factories
 from lit_gen.strategies import FSDP, load_full_state_dict, shards_parameters, step_applied
 
 
@@ -87,6 +87,9 @@ class GenerativeModule(L.LightningModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (0: no EMA)")
+        check_factories(optimizer, lr_scheduler)
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.ema_decay = ema_decay
