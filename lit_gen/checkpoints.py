@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from lit_gen.allowlist import check_class_path, check_file_data
+from lit_gen.files import atomic_write, check_new_file
 
 TAG = "lit_gen"  # checkpoint key holding {"class_path": ..., "version": ...}
 
@@ -243,25 +244,23 @@ def export_weights(ckpt_path: str | Path, output: str | Path) -> Path:
     """``output`` ``.safetensors``: the sampling weights of a lit_gen checkpoint (file or sharded folder), with the
     method's class and hyperparameters (plain data, as JSON) in its metadata. ``.ckpt``: the checkpoint
     consolidated into one Lightning file (all weights, EMA included; no optimizer state). Returns the path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     output = Path(output)
     if output.suffix not in (".safetensors", ".ckpt"):
         raise ValueError(f"--output {str(output)!r}: lit-gen export writes a .safetensors or a .ckpt file")
+    check_new_file(output, "--output")  # before the work, not after it
     if output.suffix == ".ckpt":
         ckpt = consolidate(ckpt_path)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(ckpt, output)
-        return output
+        return atomic_write(output, lambda file: torch.save(ckpt, file))
     ckpt = read_checkpoint(ckpt_path)
     model = load_module(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters", {}))
     hparams.pop("_instantiator", None)
     metadata = {"lit_gen": json.dumps({**ckpt[TAG], "hyper_parameters": hparams, "global_step": ckpt.get("global_step")})}
     state = {k: v.detach().contiguous().cpu() for k, v in sampling_state_dict(model).items()}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(output), metadata=metadata)
-    return output
+    data = save(state, metadata=metadata)
+    return atomic_write(output, lambda file: file.write(data))
 
 
 def read_weights_metadata(path: str | Path) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from lit_gen.checkpoints import (
     read_weights_metadata,
 )
 from lit_gen.diffusion import slerp_grid
+from lit_gen.files import check_writable_folder
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import (
     captioned_grid,
@@ -137,6 +138,22 @@ def model_config(path: str | None) -> dict | None:
     return model
 
 
+def sampling_device(name: str) -> torch.device:
+    """``--device``: auto (a GPU when there is one), cpu, cuda, cuda:1, ...; one-line errors for a bad name or a
+    GPU this machine lacks."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this machine has no CUDA GPU (use --device cpu, or auto)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return device
+
+
 def load_model(cfg, device: torch.device):
     """The module to sample from: a checkpoint (``--ckpt_path``) or exported weights (``--weights``)."""
     if cfg.ckpt_path:
@@ -183,12 +200,12 @@ def sample_main(argv: list[str]) -> Path:
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
         raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and --invert "
                          "on one device")
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
+    device = sampling_device(cfg.device)
     model = load_model(cfg, device)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
     model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
     known = read_inpainting(model, cfg) if cfg.inpaint is not None else None
-    output = Path(cfg.output)
+    output = check_writable_folder(cfg.output, "--output")  # before the work, not after it
     if cfg.interpolate is not None:
         x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate
     elif cfg.invert is not None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision.utils import make_grid
+
+from lit_gen.files import atomic_write
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -117,16 +118,11 @@ def figure_to_array(fig) -> np.ndarray:
 def save_png(array_hwc: np.ndarray, path: str | Path) -> None:
     from PIL import Image
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array_hwc).save(path)
+    atomic_write(path, lambda file: Image.fromarray(array_hwc).save(file, format="PNG"))
 
 
 def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = None, **named: np.ndarray) -> None:
     """ADM evaluator format: ``arr_0`` the samples, ``arr_1`` the labels if any, and ``named`` arrays (e.g.
     ``captions``). Written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     arrays = [samples] if labels is None else [samples, labels]
-    np.savez(tmp, *arrays, **named)
-    os.replace(tmp, path)
+    atomic_write(path, lambda file: np.savez(file, *arrays, **named))

@@ -49,6 +49,10 @@ class SampleGrid(EveryNSteps):
         every_n_epochs: int = 0,
     ) -> None:
         super().__init__(every_n_steps, every_n_epochs)
+        if num_samples < 1 or trajectory_samples < 0 or trajectory_points < 0:
+            raise ValueError(f"samples: num_samples={num_samples} must be >= 1, trajectory_samples="
+                             f"{trajectory_samples} and trajectory_points={trajectory_points} >= 0 (every_n_steps: 0 "
+                             "turns the grids off)")
         self.num_samples = num_samples
         self.seed = seed
         self.trajectory_samples = trajectory_samples

@@ -224,3 +224,7 @@ class GenerativeModule(L.LightningModule):
         unknown = sorted(set(options) - allowed)
         if unknown:
             raise ValueError(f"{method} does not take sampling option(s) {unknown}; it takes {sorted(allowed)}")
+        # a count of steps is >= 1: 0 must not fall back to a default as "not given" does
+        for name, value in options.items():
+            if name.endswith("steps") and isinstance(value, int) and value < 1:
+                raise ValueError(f"{name}={value} must be >= 1 (leave it out for the model's default)")
