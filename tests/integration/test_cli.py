@@ -99,7 +99,7 @@ def test_fit_prints_the_global_batch_and_a_gpu_preset_on_a_cpu_fails_in_one_line
 
 def test_same_config_twice_and_test_subcommand(tmp_path):
     run = fit(DIGITS, tmp_path)
-    fit(DIGITS, tmp_path)  # the saved config.yaml must not make the second run abort
+    fit(DIGITS, tmp_path, "--ckpt_path=last", max_steps=3)  # the saved config.yaml must not make the resume abort
     cli_main(["test", *tiny_args(DIGITS, tmp_path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
     assert {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_kl", "test/bpd_decoder"} <= tags
