@@ -6,7 +6,6 @@ import argparse
 import os
 import shutil
 import sys
-import warnings
 from pathlib import Path
 
 from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
@@ -27,6 +26,7 @@ from lit_gen.checkpoints import (
     import_class,
     read_checkpoint,
 )
+from lit_gen.console import COMMANDS, check_command, check_config_files, one_line, silence_handled_messages
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.files import WriteError, check_writable_folder
 from lit_gen.methods.base import GenerativeModule
@@ -34,10 +34,7 @@ from lit_gen.preemption import Preempted
 from lit_gen.runs import RunConfig, RunLock, check_name, refuse_or_clear
 from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
 
-# The EMA copy (and DALL-E's frozen dVAE) stay in eval mode by design; Lightning warns about them on every fit.
-warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-# cli_main hands LightningCLI its arguments on purpose (sys.argv is the caller's, e.g. pytest's)
-warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended to run from within Python")
+silence_handled_messages()  # Lightning's messages about what lit_gen handles (each with its reason)
 
 DESCRIPTION = """Generative-model methods behind one command.
   lit-gen fit --config experiments/<method>/<dataset>.yaml     train (resume with --ckpt_path last)
@@ -47,6 +44,9 @@ DESCRIPTION = """Generative-model methods behind one command.
   lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
   lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one file
   lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO / FSDP"""
+
+
+USAGE = f"lit-gen {{{','.join(COMMANDS)}}} [options]   (lit-gen COMMAND --help lists a command's options)"
 
 
 class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -65,7 +65,8 @@ class LitGenCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "formatter_class": HelpFormatter},
+            parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "formatter_class": HelpFormatter,
+                           "usage": USAGE},
             seed_everything_default=0,
             auto_configure_optimizers=False,
             args=args,
@@ -119,6 +120,11 @@ class LitGenCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir=cfg.runs_dir, name=cfg.name, version="", default_hp_metric=False),
             )
+        callbacks = cfg.trainer.callbacks or []
+        if cfg.trainer.enable_progress_bar is not False and not any(
+                "ProgressBar" in str(getattr(c, "class_path", c)) for c in callbacks):
+            cfg.trainer.callbacks = [*callbacks, Namespace(class_path="lit_gen.console.StepProgressBar",
+                                                           init_args=Namespace())]
         if cfg.trainer.default_root_dir is None:
             cfg.trainer.default_root_dir = str(self.run_dir())
         if cfg.checkpoint.dirpath is None:
@@ -130,7 +136,7 @@ class LitGenCLI(LightningCLI):
         accumulation x ranks (rank 0 only)."""
         self._check_resume()
         if rank_zero_only.rank == 0:
-            run_dir, checkpoint_dir = self.run_dir(), Path(self.trainer.checkpoint_callback.dirpath)
+            run_dir, checkpoint_dir = self.run_dir(), Path(self._config().checkpoint.dirpath)
             if self.config_init["fit"]["ckpt_path"] is None:
                 refuse_or_clear(run_dir, checkpoint_dir, self._config().overwrite)
             self._created = not run_dir.exists()
@@ -230,22 +236,6 @@ class LitGenCLI(LightningCLI):
             self.config[subcommand].model.init_args[key] = value
 
 
-def _one_line(message: str) -> str:
-    """jsonargparse explains a bad subclass option as a list of union alternatives; keep the informative one."""
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if "Original Traceback" in message and lines:  # re-raised from a DataLoader worker: the error is the last line
-        return lines[-1].partition(": ")[2] or lines[-1]
-    for i, line in enumerate(lines):
-        if line.startswith("- Problem with given class_path"):
-            detail = [line[2:]]
-            for more in lines[i + 1 :]:
-                if more.startswith("- ") or more.startswith("Given value"):
-                    break
-                detail.append(more)
-            return " ".join(" ".join(detail).split())
-    return " ".join(" ".join(lines).split())
-
-
 STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
 
 
@@ -270,6 +260,7 @@ def cli_main(args: list[str] | None = None) -> None:
     """Entry point of ``lit-gen`` and ``python -m lit_gen``; user errors end in one line on stderr, exit 2."""
     argv = list(sys.argv[1:] if args is None else args)
     try:
+        check_command(argv)
         if argv and argv[0] == "sample":
             from lit_gen.sample import sample_main
 
@@ -281,6 +272,7 @@ def cli_main(args: list[str] | None = None) -> None:
 
             memory_main(argv[1:])
         else:
+            check_config_files(argv)
             LitGenCLI(args=args)
     except Preempted as stop:  # the last completed step is saved; tell the scheduler the job did not finish
         if rank_zero_only.rank == 0:
@@ -296,7 +288,7 @@ def cli_main(args: list[str] | None = None) -> None:
     except (ArgumentError, CheckpointError, FileNotFoundError, ValueError, MisconfigurationException) as err:
         if os.environ.get("LIT_GEN_DEBUG"):
             raise
-        message = _one_line(str(err))
+        message = one_line(str(err))
         if isinstance(err, MisconfigurationException) and "gpu" in message.lower():
             import torch
 
@@ -308,7 +300,7 @@ def cli_main(args: list[str] | None = None) -> None:
     except RuntimeError as err:  # torch's strict load_state_dict: weights of another architecture
         if os.environ.get("LIT_GEN_DEBUG") or not str(err).startswith(STATE_DICT_MISMATCH):
             raise
-        detail = _one_line(" ".join(line.strip() for line in str(err).splitlines()[:2]))
+        detail = one_line(" ".join(line.strip() for line in str(err).splitlines()[:2]))
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         print(f"lit-gen: error: the checkpoint's weights do not fit the model its config builds (written by "
               f"another lit_gen version or config?): {detail}", file=sys.stderr)

@@ -59,14 +59,16 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def check_writable_folder(folder: str | Path, what: str) -> Path:
-    """Raise :class:`WriteError` unless ``folder`` exists or can be made, is a folder, and takes a new file (tried
-    with an empty probe file, removed at once). ``what`` names the option, e.g. ``--output``."""
+    """Raise :class:`WriteError` unless ``folder`` can take a new file: it is a folder that takes one, or it does not
+    exist yet and its nearest existing parent is a folder that takes one (tried with an empty probe file, removed at
+    once; nothing is created). ``what`` names the option, e.g. ``--output``."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise WriteError(f"{what} {str(folder)!r} is a file, not a folder")
+    existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        shown = folder if existing == folder else existing
+        raise WriteError(f"{what} {str(folder)!r} cannot be written: {str(shown)!r} is a file, not a folder")
+    probe = existing / f".lit_gen_write_probe.{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".lit_gen_write_probe.{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as err:

@@ -46,6 +46,9 @@ def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, 
         ax.scatter(ref[:, 0], ref[:, 1], s=1, c="lightgray", label="data")
     pts = points.detach().float().cpu()
     ax.scatter(pts[:, 0], pts[:, 1], s=2, c="tab:blue", label="samples")
+    outside = int((~torch.isfinite(pts) | (pts.abs() > limit)).any(1).sum())
+    if outside:  # the axes stay fixed (plots compare across steps): say what they do not show
+        title = f"{title}\n{outside} of {len(pts)} outside [-{limit:g}, {limit:g}]^2"
     ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal", title=title)
     ax.legend(loc="upper right", fontsize=6)
     fig.tight_layout()

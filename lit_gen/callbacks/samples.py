@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_gen.callbacks.images import log_image
 from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.utils import sample_generators
-from lit_gen.visual import figure_to_array, image_grid, quiver_figure, save_png, scatter_figure
+from lit_gen.visual import captioned_grid, figure_to_array, image_grid, quiver_figure, save_png, scatter_figure
 
 
 class SampleGrid(EveryNSteps):
@@ -95,13 +95,17 @@ class SampleGrid(EveryNSteps):
                 quiver = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
                 log_image(trainer, "samples/score_field", figure_to_array(quiver), step)
         else:
-            grid = image_grid(out.x, nrow)
-            log_image(trainer, f"samples/grid{suffix}", grid, step)
+            if nrow is not None:  # one row per class, named above it
+                names = getattr(trainer.datamodule, "class_names", None)
+                labels = (torch.arange(len(out.x)) // nrow).tolist()
+                image = captioned_grid(out.x, [f"class {c}" + (f": {names[c]}" if names else "") for c in labels])
+            else:
+                image = (image_grid(out.x).permute(1, 2, 0) * 255).round().byte().numpy()
+            log_image(trainer, f"samples/grid{suffix}", image, step)
             if out.trajectory:
                 k = min(self.trajectory_samples, out.x.shape[0])
                 frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
                 log_image(trainer, "samples/trajectory", image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step)
-            image = (grid.permute(1, 2, 0) * 255).round().byte().numpy()
         if self.save_png and log_dir:
             save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}{suffix}.png")
 
