@@ -65,11 +65,11 @@ class Checkpoint(ModelCheckpoint):
         self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     # --- the fit's life ------------------------------------------------------------------------------
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        stop_signals.install()
-
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
+        # here, after Lightning's own handlers (registered once fit has started): they would forward the signal to
+        # other ranks and broadcast from inside the handler, racing with the ranks' agreement at the step's end
+        stop_signals.install()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
         super().on_train_batch_end(trainer, pl_module, *args, **kwargs)

@@ -105,3 +105,40 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     assert [p.name for p in pngs[:2]] == ["000000.png", "000001.png"] and len(pngs) == 11
     np.testing.assert_array_equal(np.asarray(Image.open(pngs[7])), one["arr_0"][7, ..., 0])
     assert not (tmp_path / "two" / ".shards").exists()
+
+
+def test_ddp_sigterm_to_every_rank_saves_one_step_and_exits_143(tmp_path):
+    """As SLURM preempts a job: SIGTERM to every process of a 2-process fit, in its sample grid or between steps; the
+    ranks agree on one step, save it once and exit 143; a resume continues from that step."""
+    import os
+    import re
+    import signal
+    import time
+
+    ready = tmp_path / "ready"
+    args = tiny_args("ddpm/digits.yaml", tmp_path, name="ddp", max_steps=1000)
+    args += ["--config", str(EXPERIMENTS / "trainer" / "ddp.yaml"), "--trainer.accelerator=cpu",
+             "--data.init_args.batch_size=16", "--trainer.max_epochs=-1", "--checkpoint.every_n_train_steps=1000",
+             "--samples.every_n_steps=3", "--trainer.callbacks+=tests.integration.tiny.SlowSteps",
+             "--trainer.callbacks.seconds=0.2", f"--trainer.callbacks.ready_file={ready}"]
+    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists(), "the run never reached step 3"
+        os.killpg(proc.pid, signal.SIGTERM)  # every rank, as a scheduler does
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, stderr[-3000:]
+    found = re.search(r"stopped by SIGTERM at global step (\d+)", stderr)
+    assert found, stderr[-3000:]
+    step = int(found.group(1))
+    assert torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)["global_step"] == step >= 3
+    _fit_ddp("ddpm/digits.yaml", tmp_path, "--ckpt_path=last", f"--trainer.max_steps={step + 2}",
+             "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", f"--trainer.callbacks.step={step}")
+    assert torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=True)["global_step"] == step + 2
