@@ -39,7 +39,7 @@ class StopSignals:
         self._immediate = True  # whether a signal inside one raises at once
 
     def install(self) -> None:
-        self.received = None
+        self.received, self._depth = None, 0  # a block an earlier fit left by an exception is over
         try:
             self._previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS}
         except ValueError:  # not the main thread: leave the process's handlers alone

@@ -41,7 +41,9 @@ def refuse_or_clear(run_dir: Path, checkpoint_dir: Path, overwrite: bool) -> Non
         shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
         raise ValueError(f"the run {str(run_dir)!r} already holds checkpoints ({shown}): resume it with --ckpt_path "
                          "last, start a new run with --name NEW_NAME, or delete them with --overwrite true")
-    shutil.rmtree(checkpoint_dir)
+    for name in found:  # only the checkpoints: --checkpoint.dirpath may name a folder that holds other files
+        path = checkpoint_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
     for stale in ("samples", "density"):
         shutil.rmtree(run_dir / stale, ignore_errors=True)
     for events in run_dir.glob("events.out.tfevents.*"):

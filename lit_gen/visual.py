@@ -27,6 +27,26 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     return make_grid(to_unit(x).cpu(), nrow=nrow or math.ceil(math.sqrt(x.shape[0])), padding=1, pad_value=0.5)
 
 
+def labelled_grid(x: torch.Tensor, row_labels: list[str]) -> np.ndarray:
+    """:func:`image_grid` with one row per label (``len(x) / len(row_labels)`` images each), the label written left
+    of its row, pixels kept exact (scaled up by a whole factor when rows are lower than the text); uint8 (H, W, 3)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    per_row = len(x) // len(row_labels)
+    grid = (image_grid(x, per_row).permute(1, 2, 0) * 255).round().byte().numpy()  # (H, W, 3): make_grid gives RGB
+    row_height = x.shape[-2] + 1  # image_grid pads by 1
+    scale = max(1, math.ceil(12 / row_height))
+    image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    font = ImageFont.load_default()
+    margin = 6 + max(int(font.getbbox(label)[2]) for label in row_labels)
+    canvas = Image.new("RGB", (image.width + margin, image.height), (255, 255, 255))
+    canvas.paste(image, (margin, 0))
+    draw = ImageDraw.Draw(canvas)
+    for r, label in enumerate(row_labels):
+        draw.text((3, r * row_height * scale + 1), label, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
 def _figure(size: tuple[float, float], columns: int = 0):
     """A matplotlib ``Figure`` on its own Agg canvas and its axes (a row of ``columns`` when > 0), made without
     pyplot: no global figure registry, and the user's matplotlib backend is left as it is."""

@@ -11,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lit_gen.callbacks.images import log_image
 from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.utils import sample_generators
-from lit_gen.visual import captioned_grid, figure_to_array, image_grid, quiver_figure, save_png, scatter_figure
+from lit_gen.visual import figure_to_array, image_grid, labelled_grid, quiver_figure, save_png, scatter_figure
 
 
 class SampleGrid(EveryNSteps):
@@ -95,10 +95,10 @@ class SampleGrid(EveryNSteps):
                 quiver = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
                 log_image(trainer, "samples/score_field", figure_to_array(quiver), step)
         else:
-            if nrow is not None:  # one row per class, named above it
+            if nrow is not None:  # one row per class, named left of it
                 names = getattr(trainer.datamodule, "class_names", None)
-                labels = (torch.arange(len(out.x)) // nrow).tolist()
-                image = captioned_grid(out.x, [f"class {c}" + (f": {names[c]}" if names else "") for c in labels])
+                rows = range(len(out.x) // nrow)
+                image = labelled_grid(out.x, [str(c) + (f" {names[c]}" if names else "") for c in rows])
             else:
                 image = (image_grid(out.x).permute(1, 2, 0) * 255).round().byte().numpy()
             log_image(trainer, f"samples/grid{suffix}", image, step)

@@ -99,5 +99,10 @@ def test_a_class_conditional_grid_names_each_row(tmp_path):
 
     cli_main(["fit", *tiny_args("cfg/digits.yaml", tmp_path), "--samples.num_samples=20"])
     grid = np.asarray(Image.open(sorted((tmp_path / "tiny" / "samples").glob("step_*.png"))[-1]))
-    # ten rows of two 8-pixel digits: an unlabelled grid is 10 x 9 + 1 = 91 pixels high; each label adds a strip
-    assert grid.shape[0] > 91 + 10 * 6, grid.shape
+    # ten rows of two 8-pixel digits (10 x 9 + 1 = 91 pixels), doubled to fit the label written left of each row
+    assert grid.shape[0] == 2 * 91, grid.shape
+    margin = grid.shape[1] - 2 * (2 * 9 + 1)
+    assert margin > 4
+    for row in range(10):  # dark text on white in every row's margin
+        band = grid[2 * 9 * row + 1 : 2 * 9 * (row + 1), :margin]
+        assert (band < 100).any() and (band > 200).any(), row
