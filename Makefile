@@ -18,7 +18,7 @@ install: $(STAMP)                     ## create .venv and install lit_gen with i
 train: install                        ## the main job: DDPM on the embedded digits (~13 min on 2 CPU cores)
 	$(BIN)/lit-gen fit --config experiments/ddpm/digits.yaml
 
-test: install                         ## the default test suite (556 tests, ~10 min on 2 cores)
+test: install                         ## the default test suite (620 tests, ~9 min on 2 cores)
 	$(BIN)/python -m pytest
 
 test-all: install                     ## the default suite plus the tests marked slow
