@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install train test test-all bench clean
+.PHONY: install train lint test test-all bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ install: $(STAMP)                     ## create .venv and install lit_gen with i
 
 train: install                        ## the main job: DDPM on the embedded digits (~13 min on 2 CPU cores)
 	$(BIN)/lit-gen fit --config experiments/ddpm/digits.yaml
+
+lint: install                         ## ruff: the rules of pyproject.toml, and the formatter's layout
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 test: install                         ## the default test suite (620 tests, ~9 min on 2 cores)
 	$(BIN)/python -m pytest

@@ -185,9 +185,8 @@ class LitGenCLI(LightningCLI):
                 self.model.init_weights = path
                 self.config_init[subcommand]["ckpt_path"] = None
             return
-        if subcommand == "fit" and self.datamodule is not None:  # before anything is written, not mid-fit
-            self.datamodule.check_resumable(ckpt.get(type(self.datamodule).__qualname__) or {})
         if layout == "file":
+            self._check_batch_size(ckpt, subcommand)
             return
         strategy, world = self.trainer.strategy, self.trainer.world_size
         fix = (f"make one file with lit-gen export --ckpt_path {path} --output model.ckpt and pass --ckpt_path "
@@ -199,6 +198,12 @@ class LitGenCLI(LightningCLI):
         if info.get("world_size") not in (None, world):
             raise CheckpointError(f"{path} was written by {info['world_size']} ranks, but this run has {world}: "
                                   f"a sharded checkpoint resumes on the same world size; to change it, {fix}")
+        self._check_batch_size(ckpt, subcommand)
+
+    def _check_batch_size(self, ckpt: dict, subcommand: str) -> None:
+        """A resume continues the same epoch only at the same batch size: checked before anything is written."""
+        if subcommand == "fit" and self.datamodule is not None:
+            self.datamodule.check_resumable(ckpt.get(type(self.datamodule).__qualname__) or {})
 
     def _parse_ckpt_path(self) -> None:
         """Fail in one line, before anything is written, on a missing, corrupt or foreign checkpoint; resolve

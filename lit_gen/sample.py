@@ -383,7 +383,7 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     save_npz(output / "latents.npz", latents.numpy().astype(np.float32))
     recon = _decode(model, latents, cfg, options)
     mse = ((recon.clamp(-1, 1) - x0) ** 2).mean().item()
-    print(f"reconstruction MSE {mse:.5f} (images in [-1, 1]) over {len(x0)} images", file=sys.stderr)
+    print(f"reconstruction MSE {mse:.6g} (images in [-1, 1]) over {len(x0)} images", file=sys.stderr)
     return recon
 
 

@@ -99,6 +99,10 @@ def tiny_ddpm(**kwargs) -> DDPM:
 def test_ddpm_loss_is_l_simple(prediction_type):
     torch.manual_seed(0)
     model = tiny_ddpm(prediction_type=prediction_type)
+    with torch.no_grad():  # the UNet's output convolution starts at zero: give it weights, so x_t and t matter
+        for p in model.net.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
     x0 = torch.rand(4, 1, 8, 8) * 2 - 1
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     loss = model.loss(model.net, {"x": x0}, g1)
@@ -108,6 +112,9 @@ def test_ddpm_loss_is_l_simple(prediction_type):
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
     target = {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction_type]
     torch.testing.assert_close(loss, ((model.net(x_t, t) - target) ** 2).mean())
+    # the oracle can tell: the net's output depends on x_t and on t
+    assert not torch.allclose(model.net(x_t, t), model.net(x0, t)) and not torch.allclose(model.net(x_t, t),
+                                                                                          model.net(x_t, t.flip(0)))
 
 
 def test_ddpm_sample_shapes_labels_and_options():
