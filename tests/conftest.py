@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +18,23 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "
 def subprocess_env() -> dict[str, str]:
     """This process's environment without rank variables, for a CLI or torchrun subprocess that starts its own job."""
     return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+
+
+def start_fit(args: list[str], ready: Path, timeout: float = 120, stderr=subprocess.PIPE,
+              **popen) -> subprocess.Popen:
+    """``python -m lit_gen fit ARGS`` in a subprocess (one thread, no rank variables), returned once it has touched
+    ``ready`` (``tests.integration.tiny.SlowSteps``' ready_file): a test can then signal a run inside its loop."""
+    proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, text=True,
+                            env=subprocess_env() | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=stderr, **popen)
+    deadline = time.monotonic() + timeout
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ready.exists():
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"the run never reached its training loop: {(err or '')[-2000:]}")
+    return proc
 
 
 @pytest.fixture(autouse=True)

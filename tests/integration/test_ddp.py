@@ -9,7 +9,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
+from tests.conftest import EXPERIMENTS, ROOT, start_fit, subprocess_env
 from tests.integration.tiny import tiny_args
 
 
@@ -113,7 +113,6 @@ def test_ddp_sigterm_to_every_rank_saves_one_step_and_exits_143(tmp_path):
     import os
     import re
     import signal
-    import time
 
     ready = tmp_path / "ready"
     args = tiny_args("ddpm/digits.yaml", tmp_path, name="ddp", max_steps=1000)
@@ -121,14 +120,8 @@ def test_ddp_sigterm_to_every_rank_saves_one_step_and_exits_143(tmp_path):
              "--data.init_args.batch_size=16", "--trainer.max_epochs=-1", "--checkpoint.every_n_train_steps=1000",
              "--samples.every_n_steps=3", "--trainer.callbacks+=tests.integration.tiny.SlowSteps",
              "--trainer.callbacks.seconds=0.2", f"--trainer.callbacks.ready_file={ready}"]
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = start_fit(args, ready, timeout=180, start_new_session=True)  # its own group: the ranks and no one else
     try:
-        deadline = time.monotonic() + 180
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists(), "the run never reached step 3"
         os.killpg(proc.pid, signal.SIGTERM)  # every rank, as a scheduler does
         _, stderr = proc.communicate(timeout=180)
     finally:

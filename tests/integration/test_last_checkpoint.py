@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from lit_gen.cli import LitGenCLI, cli_main
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import start_fit
 from tests.integration.tiny import tiny_args
 
 DIGITS = "ddpm/digits.yaml"
@@ -98,14 +95,8 @@ def test_a_signal_saves_the_final_step_and_exits_128_plus_signal(signum, tmp_pat
     args = [*tiny_args(DIGITS, tmp_path, max_steps=100_000), *EVERY_5, "--checkpoint.every_n_train_steps=1000",
             "--trainer.callbacks+=tests.integration.tiny.SlowSteps", "--trainer.callbacks.seconds=0.1",
             f"--trainer.callbacks.ready_file={ready}"]
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = start_fit(args, ready)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready.exists(), "the run never reached its training loop"
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -110,25 +110,17 @@ def test_a_signal_during_validation_stops_it_at_once(tmp_path, straight):
 def test_sigterm_during_a_long_sample_grid_saves_within_seconds(tmp_path):
     """As a scheduler sends it: SIGTERM to a separate process while its sample grid (1,000 steps of 256 samples, tens
     of seconds) is being drawn; the process saves step 3 and exits 143 within seconds, without finishing the grid."""
-    import subprocess
-    import sys
     import time
 
-    from tests.conftest import ROOT, subprocess_env
+    from tests.conftest import start_fit
 
     ready = tmp_path / "ready"
     args = [*tiny_args(DIGITS, tmp_path, max_steps=100), *EXTRA, "--model.init_args.num_timesteps=1000",
             "--samples.every_n_steps=3", "--samples.num_samples=256", "--samples.trajectory_samples=0",
             "--trainer.callbacks+=tests.integration.tiny.SlowSteps", "--trainer.callbacks.seconds=0",
             f"--trainer.callbacks.ready_file={ready}"]  # touched at the end of step 3, just before its grid
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env,
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = start_fit(args, ready)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert ready.exists(), "the run never reached step 3"
         time.sleep(1.0)  # well inside the grid
         signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)

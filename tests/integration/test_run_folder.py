@@ -4,11 +4,8 @@ commands write nothing into the run, and image folders with bad files are handle
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +14,9 @@ import torch
 import yaml
 
 from lit_gen.cli import cli_main
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import start_fit
 from tests.integration.fake_data import write_image_folder
+from tests.integration.test_cli import _digest
 from tests.integration.tiny import tiny_args
 
 DIGITS = "ddpm/digits.yaml"
@@ -28,11 +26,6 @@ QUIET = ["--samples.every_n_steps=0", "--checkpoint.every_n_train_steps=1000"]
 def _fit(runs: Path, *extra: str, name: str = "tiny", max_steps: int = 2) -> Path:
     cli_main(["fit", *tiny_args(DIGITS, runs, name, max_steps), *QUIET, *extra])
     return runs / name
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def _error(args: list[str], capsys, code: int = 2) -> str:
@@ -64,14 +57,8 @@ def test_a_run_in_use_by_a_live_fit_is_locked(tmp_path, capsys):
     args = [*tiny_args(DIGITS, tmp_path, max_steps=100_000), *QUIET, "--trainer.limit_train_batches=3",
             "--trainer.callbacks+=tests.integration.tiny.SlowSteps", "--trainer.callbacks.seconds=0.1",
             f"--trainer.callbacks.ready_file={ready}"]
-    env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_fit(args, ready, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert ready.exists(), "the first fit never reached its training loop"
         err = _error(["fit", *tiny_args(DIGITS, tmp_path, max_steps=2), *QUIET, "--ckpt_path=last"], capsys, code=1)
         assert "is in use by another lit-gen fit (pid" in err, err
     finally:
