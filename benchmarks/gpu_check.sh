@@ -19,7 +19,7 @@ fi
 export DEV SCALE WARM AMP MATMUL
 rm -rf "$OUT"; mkdir -p "$OUT"
 ROWS=()
-row() { ROWS+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); }
+row() { ROWS+=("$(printf '%-34s %-6s %s' "$1" "$2" "$3")"); echo "${ROWS[-1]}" >&2; }  # also as it comes
 
 check() {  # name, seconds, command...
   local name=$1 limit=$2; shift 2

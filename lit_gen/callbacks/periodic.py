@@ -3,7 +3,10 @@ fitting ends."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import lightning.pytorch as L
+import torch
 
 
 class EveryNSteps(L.Callback):
@@ -39,8 +42,18 @@ class EveryNSteps(L.Callback):
             return
         from lit_gen.callbacks.checkpoint import preemptible
 
-        with preemptible(trainer):  # a stop signal ends a grid at once; none starts after one
+        with preemptible(trainer), weights_autocast(pl_module):  # a stop signal ends a grid at once
             self.run(trainer, pl_module)
 
     def run(self, trainer: L.Trainer, pl_module) -> None:
         raise NotImplementedError
+
+
+def weights_autocast(module: torch.nn.Module):
+    """Autocast to the weights' own dtype when they are half precision (DeepSpeed's bf16 and fp16 convert the
+    weights themselves), so that float32 noise can meet them outside Lightning's steps; else nothing."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), torch.float32)
+    if dtype not in (torch.bfloat16, torch.float16):
+        return nullcontext()
+    device = next(module.parameters()).device.type
+    return torch.autocast(device, dtype=dtype)

@@ -97,7 +97,7 @@ class GaussianDiffusion(nn.Module):
         betas = make_betas(schedule, num_timesteps) if betas is None else betas.to(torch.float64)
         alphas = 1 - betas
         alpha_bar = torch.cumprod(alphas, 0)
-        alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar[:-1]])
+        alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
         # Ho et al. 2020, Eq. 7: beta_tilde_t = (1 - abar_{t-1}) / (1 - abar_t) * beta_t
         posterior_variance = betas * (1 - alpha_bar_prev) / (1 - alpha_bar)
         self.num_timesteps = len(betas)
@@ -235,7 +235,7 @@ class GaussianDiffusion(nn.Module):
             else:  # t ~ U{1, ..., T-1}, one per sample
                 t = torch.randint(1, T, (B,), device=x0.device, generator=generator)
             terms.append(term(t))
-        decoder, rest = terms[0], torch.stack(terms[1:]) if T > 1 else torch.zeros(1, B, dtype=torch.float64)
+        decoder, rest = terms[0], torch.stack(terms[1:]) if T > 1 else terms[0].new_zeros(1, B)
         prior = self.prior_bpd(x0).double()
         out = {"prior": prior, "decoder": decoder}
         if num_timesteps is None:

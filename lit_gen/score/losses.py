@@ -37,6 +37,7 @@ class ImportanceTime:
 
     def sample(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
         u = torch.rand(n, dtype=torch.float64, generator=generator, device=None if generator is None else generator.device)
+        u = u.to(self.cdf.device)  # the tables stay on the CPU
         i = torch.searchsorted(self.cdf, u).clamp(1, len(self.t) - 1)
         lo, hi = self.cdf[i - 1], self.cdf[i]
         frac = (u - lo) / (hi - lo).clamp(min=1e-300)

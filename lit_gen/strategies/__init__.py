@@ -68,6 +68,15 @@ class DeepSpeed(DeepSpeedStrategy):
     def _get_process_group_backend(self) -> str:
         return "gloo" if isinstance(self.accelerator, CPUAccelerator) else super()._get_process_group_backend()
 
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        # ZeRO-3 leaves the module where it was built and moves only the parameters it partitions: a buffer (the
+        # noise schedule's tables) would stay on the CPU beside CUDA parameters
+        for module in self.lightning_module.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.device != self.root_device:
+                    module._buffers[name] = buffer.to(self.root_device)
+
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
         offload = self.config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") not in (None, "none")
         if offload and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
