@@ -18,9 +18,8 @@ install: $(STAMP)                     ## create .venv and install lit_gen with i
 train: install                        ## the main job: DDPM on the embedded digits (~13 min on 2 CPU cores)
 	$(BIN)/lit-gen fit --config experiments/ddpm/digits.yaml
 
-lint: install                         ## ruff: the rules of pyproject.toml, and the formatter's layout
+lint: install                         ## ruff check: the rules of pyproject.toml (no formatter: see pyproject.toml)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
 
 test: install                         ## the default test suite (620 tests, ~9 min on 2 cores)
 	$(BIN)/python -m pytest

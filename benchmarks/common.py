@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the digits DDPM of experiments/ddpm/digits.yaml, built in Python."""
+"""Helpers shared by the benchmark scripts: the digits DDPM of experiments/ddpm/digits.yaml, built in
+Python."""
 
 from __future__ import annotations
 
@@ -37,9 +38,9 @@ def median_time(fn, repeats: int = 5) -> float:
 
 
 def print_table(header: list[str], rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = " | ".join(h.ljust(w) for h, w in zip(header, widths))
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    line = " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
     print(line)
     print("-|-".join("-" * w for w in widths))
     for row in rows:
-        print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths)))
+        print(" | ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))

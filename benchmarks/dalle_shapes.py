@@ -1,11 +1,14 @@
-"""DALL-E on the embedded shapes, measured by held-out evaluators: an attribute classifier (kind, colour, size,
-position; trained here on fresh renderings, never seen by the models) reads each generated image, and its
-attributes are compared with the prompt's. For P prompts drawn from the captions' grammar, N candidates each:
+"""DALL-E on the embedded shapes, measured by held-out evaluators: an attribute classifier (kind, colour,
+size, position; trained here on fresh renderings, never seen by the models) reads each generated image, and
+its attributes are compared with the prompt's. For P prompts drawn from the captions' grammar, N candidates
+each:
 
-- a random pick (candidate 0) and the CLIP-reranked best of N: accuracy of each attribute and of all four, and the
+- a random pick (candidate 0) and the CLIP-reranked best of N: accuracy of each attribute and of all four, and
+the
   mean CLIP score;
 - the KV cache: seconds per image with and without it (interleaved), and whether the codes are identical;
-- optionally dalle-pytorch (a bench extra, installed with --no-deps: see ``import_dalle_pytorch``) trained here on the
+- optionally dalle-pytorch (a bench extra, installed with --no-deps: see ``import_dalle_pytorch``) trained
+here on the
   same dVAE codes, captions, steps, width, depth, heads, batch and optimizer, sampled with the same top-k and
   reranked by the same CLIP.
 
@@ -29,21 +32,23 @@ from torch import nn
 from benchmarks.common import print_table
 from lit_gen.checkpoints import load_module
 from lit_gen.dalle.generation import candidate_generators
-from lit_gen.optim import WarmupCosineLR
 from lit_gen.data.shapes import COLOURS, POSITIONS, SHAPE_KINDS, SIZES, ShapeParams, render_shapes
+from lit_gen.optim import WarmupCosineLR
 from lit_gen.utils import sample_generators
 
-ATTRIBUTES = {"kind": len(SHAPE_KINDS), "colour": len(COLOURS), "size": len(SIZES), "position": len(POSITIONS)}
+ATTRIBUTES = {"kind": len(SHAPE_KINDS), "colour": len(COLOURS), "size": len(SIZES),
+              "position": len(POSITIONS)}
 
 
-# --- the held-out evaluator ----------------------------------------------------------------------------------------
+# --- the held-out evaluator ---------------------------------------------------------------------------------
 class AttributeNet(nn.Module):
     """A small CNN with one head per attribute."""
 
     def __init__(self) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 8 * 8, 256), nn.ReLU())
         self.heads = nn.ModuleDict({name: nn.Linear(256, k) for name, k in ATTRIBUTES.items()})
@@ -95,11 +100,12 @@ def attribute_hits(net: AttributeNet, x: torch.Tensor, params: ShapeParams) -> d
     return hits
 
 
-# --- dalle-pytorch ---------------------------------------------------------------------------------------------------
+# --- dalle-pytorch ------------------------------------------------------------------------------------------
 def import_dalle_pytorch():
-    """``dalle_pytorch`` 1.6.6 without the heavy imports it makes at import time (taming-transformers, OmegaConf and
-    pkg_resources, for VAEs and a version lookup the benchmark does not use): install it with
-    ``pip install --no-deps dalle-pytorch==1.6.6 einops axial-positional-embedding rotary-embedding-torch``."""
+    """``dalle_pytorch`` 1.6.6 without the heavy imports it makes at import time (taming-transformers,
+    OmegaConf and pkg_resources, for VAEs and a version lookup the benchmark does not use): install it with
+    ``pip install --no-deps dalle-pytorch==1.6.6 einops axial-positional-embedding
+    rotary-embedding-torch``."""
     for name in ("taming", "taming.models", "taming.models.vqgan", "omegaconf", "pkg_resources"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["taming.models.vqgan"].VQModel = sys.modules["taming.models.vqgan"].GumbelVQ = object
@@ -124,7 +130,8 @@ def dalle_pytorch_model(dp, lit, dim: int, depth: int, heads: int):
 
     vae = Codes(image_size=32, num_tokens=codec.num_codes, codebook_dim=16, num_layers=2, hidden_dim=8)
     vae.requires_grad_(False)
-    model = dp.DALLE(dim=dim, vae=vae, num_text_tokens=lit.tokenizer.vocab_size + 1, text_seq_len=lit.tokenizer.max_length,
+    model = dp.DALLE(dim=dim, vae=vae, num_text_tokens=lit.tokenizer.vocab_size + 1,
+                     text_seq_len=lit.tokenizer.max_length,
                      depth=depth, heads=heads, dim_head=dim // heads, loss_img_weight=7)
     return model
 
@@ -163,19 +170,21 @@ def train_dalle_pytorch(dp, lit, steps: int, batch: int, lr: float, path: Path):
             schedule.step()
             step += 1
             if step % 500 == 0:
-                print(f"dalle-pytorch step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} s)",
+                print(f"dalle-pytorch step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} "
+                      f"s)",
                       file=sys.stderr)
             if step >= steps:
                 break
     seconds = time.perf_counter() - start
-    print(f"dalle-pytorch training: {steps} steps in {seconds:.0f} s ({seconds / steps:.3f} s/step), last loss "
-          f"{loss.item():.3f}")
+    print(f"dalle-pytorch training: {steps} steps in {seconds:.0f} s ({seconds / steps:.3f} s/step), last "
+          f"loss {loss.item():.3f}")
     torch.save(model.state_dict(), path)
     return model.eval()
 
 
-# --- the measurement ---------------------------------------------------------------------------------------------------
-def evaluate(name: str, draw, clip, evaluator, params: ShapeParams, captions: list[str], n: int, batch: int) -> list:
+# --- the measurement ----------------------------------------------------------------------------------------
+def evaluate(name: str, draw, clip, evaluator, params: ShapeParams, captions: list[str], n: int,
+             batch: int) -> list:
     """Rows for ``draw(captions, start) -> (len * n) images`` (prompt-major): every candidate (the model's own
     accuracy, over P * n images), a random pick (candidate 0) and the reranked best."""
     alls, picks, bests, clip_all, clip_best, seconds = [], [], [], [], [], 0.0
@@ -195,16 +204,19 @@ def evaluate(name: str, draw, clip, evaluator, params: ShapeParams, captions: li
     every = ShapeParams(**{f.name: getattr(params, f.name).repeat_interleave(n, 0) for f in fields(params)})
     rows = []
     for label, images, clip_scores, truth in (
-            (f"all {n} candidates", alls, clip_all, every), ("random pick", picks, [c[:, 0] for c in clip_all], params),
+            (f"all {n} candidates", alls, clip_all, every),
+            ("random pick", picks, [c[:, 0] for c in clip_all], params),
             (f"best of {n} by CLIP", bests, clip_best, params)):
         hits = attribute_hits(evaluator, torch.cat(images), truth)
         rows.append([name, label, *(f"{hits[k].float().mean():.3f}" for k in [*ATTRIBUTES, "all four"]),
-                     f"{torch.cat([c.flatten() for c in clip_scores]).mean():.3f}", f"{seconds / (len(captions) * n):.4f}"])
+                     f"{torch.cat([c.flatten() for c in clip_scores]).mean():.3f}",
+                     f"{seconds / (len(captions) * n):.4f}"])
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dalle", required=True, help="a DALLE checkpoint trained on shapes")
     parser.add_argument("--clip", required=True, help="a CLIP checkpoint trained on shapes")
     parser.add_argument("--prompts", type=int, default=100)
@@ -212,7 +224,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="prompts per generation call")
     parser.add_argument("--top_k", type=int, default=None, help="top-k of both models (default: all codes)")
     parser.add_argument("--evaluator", default="runs/bench/shapes_attributes.pt")
-    parser.add_argument("--dalle_pytorch_steps", type=int, default=0, help="train dalle-pytorch this long (0: skip)")
+    parser.add_argument("--dalle_pytorch_steps", type=int, default=0, help="train dalle-pytorch this long "
+                                                                           "(0: skip)")
     parser.add_argument("--dalle_pytorch_path", default="runs/bench/dalle_pytorch_shapes.pt")
     parser.add_argument("--cache_prompts", type=int, default=32, help="prompts of the KV-cache timing")
     args = parser.parse_args()
@@ -221,7 +234,8 @@ def main() -> None:
     evaluator = train_attribute_net(Path(args.evaluator))
     held_out = ShapeParams.sample(2000, torch.Generator().manual_seed(4242))
     hits = attribute_hits(evaluator, render(held_out), held_out)
-    print("evaluator on fresh renderings: " + ", ".join(f"{k} {v.float().mean():.3f}" for k, v in hits.items()))
+    scores = ", ".join(f"{k} {v.float().mean():.3f}" for k, v in hits.items())
+    print(f"evaluator on fresh renderings: {scores}")
 
     lit, clip = load_module(args.dalle), load_module(args.clip)
     params = ShapeParams.sample(args.prompts, torch.Generator().manual_seed(2024))
@@ -229,7 +243,8 @@ def main() -> None:
     n = args.candidates
 
     def lit_draw(chunk, start):
-        return lit.sample(len(chunk), sample_generators(0, start, len(chunk)), captions=chunk, num_candidates=n,
+        return lit.sample(len(chunk), sample_generators(0, start, len(chunk)), captions=chunk,
+                          num_candidates=n,
                           top_k=args.top_k).x
 
     rows = evaluate("lit_gen", lit_draw, clip, evaluator, params, captions, n, args.batch)
@@ -237,7 +252,8 @@ def main() -> None:
     if args.dalle_pytorch_steps:
         dp = import_dalle_pytorch()
         torch.set_grad_enabled(True)
-        model = train_dalle_pytorch(dp, lit, args.dalle_pytorch_steps, 64, 5e-4, Path(args.dalle_pytorch_path))
+        model = train_dalle_pytorch(dp, lit, args.dalle_pytorch_steps, 64, 5e-4,
+                                    Path(args.dalle_pytorch_path))
         torch.set_grad_enabled(False)
         thres = 0.0 if args.top_k is None else 1 - args.top_k / lit.dvae.num_codes
 
@@ -261,7 +277,8 @@ def main() -> None:
             times[use_cache].append((time.perf_counter() - t0) / len(text))
     cached, plain = sorted(times[True])[1], sorted(times[False])[1]
     print_table(["generation", "s / image (median of 3)", "speed-up", "same codes"],
-                [["KV cache", f"{cached:.4f}", f"{plain / cached:.2f}x", str(bool(codes[True].equal(codes[False])))],
+                [["KV cache", f"{cached:.4f}", f"{plain / cached:.2f}x",
+                  str(bool(codes[True].equal(codes[False])))],
                  ["recompute", f"{plain:.4f}", "1.00x", ""]])
 
 

@@ -16,9 +16,9 @@ import torch
 
 from benchmarks.common import print_table
 from lit_gen.callbacks.fid import resolve_features
+from lit_gen.checkpoints import load_module
 from lit_gen.data import DigitsDataModule
 from lit_gen.metrics import frechet_distance, load_feature_net
-from lit_gen.checkpoints import load_module
 from lit_gen.utils import sample_generators
 
 
@@ -37,14 +37,16 @@ def bpd_of(model, data, max_batches: int) -> float:
     for i, batch in enumerate(data.test_dataloader()):
         if i == max_batches:
             break
-        nll = model.diffusion.nll_bpd(lambda x, t: model.sampling_net(x, t), batch["x"], model.prediction_type,
+        nll = model.diffusion.nll_bpd(lambda x, t: model.sampling_net(x, t), batch["x"],
+                                      model.prediction_type,
                                       model.variance, torch.Generator().manual_seed(i))
         values.append(nll["bpd"])
     return torch.cat(values).mean().item()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ddpm", required=True)
     parser.add_argument("--iddpm", required=True)
     parser.add_argument("--num_samples", type=int, default=500)
@@ -78,7 +80,8 @@ def main() -> None:
     print_table(["checkpoint", "sampler", "steps", f"fid_digits16_n{args.num_samples}", "ms / sample"], rows)
     print(f"\nBits/dim on {args.bpd_batches * 128} test digits (full bound, T = 1000 steps, lower is better)")
     print_table(["checkpoint", "bits/dim"], [["DDPM", f"{bpd_of(ddpm, data, args.bpd_batches):.3f}"],
-                                             ["Improved DDPM", f"{bpd_of(iddpm, data, args.bpd_batches):.3f}"]])
+                                             ["Improved DDPM",
+                                              f"{bpd_of(iddpm, data, args.bpd_batches):.3f}"]])
 
 
 if __name__ == "__main__":

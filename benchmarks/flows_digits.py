@@ -16,9 +16,9 @@ import torch
 
 from benchmarks.common import print_table
 from lit_gen.callbacks.fid import resolve_features
+from lit_gen.checkpoints import load_module
 from lit_gen.data import DigitsDataModule
 from lit_gen.metrics import frechet_distance, load_feature_net
-from lit_gen.checkpoints import load_module
 from lit_gen.utils import sample_generators
 
 
@@ -54,12 +54,14 @@ def inversion_error(model, data) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+")
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.7, 0.5])
-    parser.add_argument("--dequant_samples", type=int, default=4, help="noise draws per test image for bits/dim")
+    parser.add_argument("--dequant_samples", type=int, default=4, help="noise draws per test image for "
+                                                                       "bits/dim")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = DigitsDataModule(image_size=16, batch_size=128)
@@ -81,12 +83,14 @@ def main() -> None:
             fid, rate = fid_and_rate(model, metric, args.num_samples, args.batch, t)
             sample_rows.append([name, t, f"{fid:.3f}", f"{rate:.0f}"])
             print(sample_rows[-1], flush=True)
-    print(f"\nBits/dim on the {len(data.test_dataset)} test digits ({args.dequant_samples} dequantisation draws "
-          "each; lower is better) and the largest inversion round-trip error in 8-bit steps")
+    print(f"\nBits/dim on the {len(data.test_dataset)} test digits ({args.dequant_samples} dequantisation "
+          "draws each; lower is better) and the largest inversion round-trip error in 8-bit steps")
     print_table(["checkpoint", "params", "test bits/dim", "inversion error"], bpd_rows)
-    print(f"\nFréchet distance, digits16 features, {args.num_samples} samples vs {len(data.train_dataset)} training "
-          f"digits (held-out real digits score about 1.08), and sampling throughput at batch {args.batch}")
-    print_table(["checkpoint", "temperature", f"fid_digits16_n{args.num_samples}", "samples / s"], sample_rows)
+    print(f"\nFréchet distance, digits16 features, {args.num_samples} samples vs {len(data.train_dataset)} "
+          f"training digits (held-out real digits score about 1.08), and sampling throughput at batch "
+          f"{args.batch}")
+    print_table(["checkpoint", "temperature", f"fid_digits16_n{args.num_samples}", "samples / s"],
+                sample_rows)
 
 
 if __name__ == "__main__":

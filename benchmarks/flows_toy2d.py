@@ -168,9 +168,10 @@ def main() -> None:
                 f"{statistics.mean(times):.1f}", f"{statistics.mean(rates):,.0f}",
             ])
 
-    print(f"\nToy 2-D flows ({', '.join(f'{m}: {flow_args(m)}' for m in ('realnvp_toy2d', 'nsf_toy2d'))}), {args.steps} steps x batch {BATCH_SIZE}, Adam {LR} + cosine, "
-          f"clip {CLIP}; mean ± std over seeds {args.seeds}; {NUM_TEST:,} test points; {torch.get_num_threads()} "
-          f"threads; samples/s: {NUM_SAMPLES:,} samples, no grad")
+    print(f"\nToy 2-D flows ({', '.join(f'{m}: {flow_args(m)}' for m in ('realnvp_toy2d', 'nsf_toy2d'))}), "
+          f"{args.steps} steps x batch {BATCH_SIZE}, Adam {LR} + cosine, clip {CLIP}; mean ± std over seeds "
+          f"{args.seeds}; {NUM_TEST:,} test points; {torch.get_num_threads()} threads; samples/s: "
+          f"{NUM_SAMPLES:,} samples, no grad")
     header = ["dataset", "model", "params", "test NLL (nats)", "gap to true", "train s", "samples/s"]
     print_table(header, rows)
     for note in notes:

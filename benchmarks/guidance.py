@@ -5,8 +5,10 @@ distance to the training images in that net's features, and seconds per image; t
 (s = 1) and unconditional models at the same steps are the time references.
 
     python -m benchmarks.guidance --cfg runs/cfg_digits/checkpoints/last.ckpt \\
-        --ddpm runs/ddpm_digits/checkpoints/last.ckpt --classifier runs/classifier_digits/checkpoints/last.ckpt
-    python -m benchmarks.guidance --data shapes --image_size 16 --features shapes16 --cfg ... --ddpm ... --classifier ...
+        --ddpm runs/ddpm_digits/checkpoints/last.ckpt --classifier
+        runs/classifier_digits/checkpoints/last.ckpt
+    python -m benchmarks.guidance --data shapes --image_size 16 --features shapes16 --cfg ... --ddpm ...
+    --classifier ...
 
 The shapes checkpoints of the README's table are the digits configs run on 16x16 shapes (see the README).
 """
@@ -69,7 +71,8 @@ def real_accuracy(features, data) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="a class-conditional DDPM trained with p_uncond > 0")
     parser.add_argument("--ddpm", required=True, help="an unconditional DDPM of the same noise process")
     parser.add_argument("--classifier", required=True, help="a NoisyClassifier of that process")
@@ -84,10 +87,12 @@ def main() -> None:
     parser.add_argument("--time_scale", type=float, default=3.0, help="the s of the timing table")
     parser.add_argument("--time_repeats", type=int, default=3)
     parser.add_argument("--time_only", action="store_true",
-                        help="only the timing tables (time depends on the nets, not on how long they trained)")
+                        help="only the timing tables (time depends on the nets, not on how long they "
+                             "trained)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = (DigitsDataModule if args.data == "digits" else ShapesDataModule)(image_size=args.image_size, batch_size=500)
+    data = (DigitsDataModule if args.data == "digits" else ShapesDataModule)(image_size=args.image_size,
+                                                                             batch_size=500)
     data.setup("fit")
     features = load_feature_net(resolve_features(args.features))
     metric = frechet_distance(features)
@@ -104,7 +109,9 @@ def main() -> None:
 
 def sweep(args, cfg, ddpm, features, metric, data, K: int, ddim: dict) -> None:
     """Accuracy, Fréchet distance and time per image at every scale, for both kinds of guidance."""
-    run = lambda model, **o: evaluate(model, features, metric, args.num_samples, args.batch, K, **ddim, **o)  # noqa: E731
+    def run(model, **o):
+        return evaluate(model, features, metric, args.num_samples, args.batch, K, **ddim, **o)
+
     rows = []
     acc, fd, sec = evaluate(ddpm, features, metric, args.num_samples, args.batch, K, **ddim)
     reference = sec
@@ -112,21 +119,26 @@ def sweep(args, cfg, ddpm, features, metric, data, K: int, ddim: dict) -> None:
     print(rows[-1], flush=True)
     for s in args.scales:
         acc, fd, sec = run(cfg, guidance_scale=s)
-        rows.append(["classifier-free", f"{s:g}", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}", f"{sec / reference:.2f}"])
+        rows.append(["classifier-free", f"{s:g}", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}",
+                     f"{sec / reference:.2f}"])
         print(rows[-1], flush=True)
     for s in args.scales:
         acc, fd, sec = run(ddpm, classifier_ckpt=args.classifier, classifier_scale=s)
-        rows.append(["classifier (eps form)", f"{s:g}", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}", f"{sec / reference:.2f}"])
+        rows.append(["classifier (eps form)", f"{s:g}", f"{acc:.3f}", f"{fd:.2f}", f"{1000 * sec:.1f}",
+                     f"{sec / reference:.2f}"])
         print(rows[-1], flush=True)
-    print(f"\n{args.data}: DDIM-{args.steps}, {args.num_samples} samples, labels balanced; accuracy of the requested class "
-          f"under {features.name} (did not guide; real held-out images: {real_accuracy(features, data):.3f}); "
-          f"Fréchet distance in its features vs {len(data.train_dataset)} training images; time relative to the "
-          "unconditional DDPM at the same steps")
-    print_table(["guidance", "s", "accuracy", f"fid_{features.name}_n{args.num_samples}", "ms / image", "x unguided"], rows)
+    print(f"\n{args.data}: DDIM-{args.steps}, {args.num_samples} samples, labels balanced; accuracy of the "
+          f"requested class under {features.name} (did not guide; real held-out images: "
+          f"{real_accuracy(features, data):.3f}); Fréchet distance in its features vs "
+          f"{len(data.train_dataset)} training images; time relative to the unconditional DDPM at the same "
+          f"steps")
+    print_table(["guidance", "s", "accuracy", f"fid_{features.name}_n{args.num_samples}", "ms / image",
+                 "x unguided"], rows)
 
 
 def timing(args, cfg, ddpm, K: int, ddim: dict) -> None:
-    """Time per image, side by side: unguided and guided sampling of one batch, taken in turn; then diffusers."""
+    """Time per image, side by side: unguided and guided sampling of one batch, taken in turn; then
+    diffusers."""
     n, s = args.batch, args.time_scale
     labels = torch.arange(n) % K
     draw = lambda model, **o: lambda: model.sample(n, sample_generators(0, 0, n), **ddim, **o)  # noqa: E731
@@ -137,7 +149,8 @@ def timing(args, cfg, ddpm, K: int, ddim: dict) -> None:
             cfg, labels=labels, guidance_scale=s, guidance_batching="split"),
         f"classifier-free, s = {s:g}, one pass of 2B (joint: the CUDA default)": draw(
             cfg, labels=labels, guidance_scale=s, guidance_batching="joint"),
-        f"classifier, s = {s:g}": draw(ddpm, labels=labels, classifier_ckpt=args.classifier, classifier_scale=s),
+        f"classifier, s = {s:g}": draw(ddpm, labels=labels, classifier_ckpt=args.classifier,
+                                       classifier_scale=s),
     }, n, args.time_repeats)
     base = seconds["unconditional DDPM"]
     print(f"\nTime per image, DDIM-{args.steps}, batch {n}, median of {args.time_repeats} interleaved runs "
@@ -151,8 +164,8 @@ def side_by_side_with_diffusers(cfg, n: int, s: float, steps: int, repeats: int)
     """The same conditional net, x_T and timesteps, classifier-free guided DDIM (eta 0) two ways: lit_gen's
     GuidedDenoiser + DDIMSampler, and diffusers' DDIMScheduler with the guidance loop its pipelines write (one
     2B pass per step). Prints the largest difference of the images and the time per image of each. x0 is not
-    clipped in either: with clipping, diffusers keeps the raw eps for the direction term while lit_gen (as ADM)
-    recomputes eps from the clipped x0, a difference of convention, not of guidance."""
+    clipped in either: with clipping, diffusers keeps the raw eps for the direction term while lit_gen (as
+    ADM) recomputes eps from the clipped x0, a difference of convention, not of guidance."""
     from diffusers import DDIMScheduler
 
     from lit_gen.diffusion import DDIMSampler, sample_loop
@@ -186,9 +199,9 @@ def side_by_side_with_diffusers(cfg, n: int, s: float, steps: int, repeats: int)
                                        "lit_gen, joint (one pass of 2B)": lambda: ours("joint"),
                                        "lit_gen, split (two passes of B)": lambda: ours("split")}, n, repeats)
     base = seconds["diffusers DDIMScheduler + CFG loop (one pass of 2B)"]
-    print(f"\nSide by side with diffusers 0.{__import__('diffusers').__version__.split('.')[1]}: CFG s = {s:g}, "
-          f"DDIM-{steps} (diffusers' leading timesteps), batch {n}; largest image difference {diff:.2e} "
-          "(images in [-1, 1])")
+    print(f"\nSide by side with diffusers 0.{__import__('diffusers').__version__.split('.')[1]}: CFG s = "
+          f"{s:g}, DDIM-{steps} (diffusers' leading timesteps), batch {n}; largest image difference "
+          f"{diff:.2e} (images in [-1, 1])")
     print_table(["sampler", "ms / image", "x diffusers"],
                 [[name, f"{1000 * sec:.1f}", f"{sec / base:.2f}"] for name, sec in seconds.items()])
 

@@ -1,7 +1,8 @@
-"""Samplers against their cost on digits: Fréchet distance (digits16 features, vs the 1,437 training images) and
-seconds per image for EM, PC, the ODE by RK45, Heun and DPM-Solver++(2M) at NFE budgets, on the DDPM digits
-checkpoint (through its VP process) and on VP / sub-VP / VE score checkpoints; then bits/dim by the ODE next to
-Improved DDPM's bound on the same test digits, and, with --toy, NLL on 2-D data next to the true density.
+"""Samplers against their cost on digits: Fréchet distance (digits16 features, vs the 1,437 training images)
+and seconds per image for EM, PC, the ODE by RK45, Heun and DPM-Solver++(2M) at NFE budgets, on the DDPM
+digits checkpoint (through its VP process) and on VP / sub-VP / VE score checkpoints; then bits/dim by the ODE
+next to Improved DDPM's bound on the same test digits, and, with --toy, NLL on 2-D data next to the true
+density.
 
     python -m benchmarks.score_digits --ddpm runs/ddpm_digits/checkpoints/last.ckpt \\
         --score runs/sde_vp_digits/checkpoints/last.ckpt runs/sde_subvp_digits/checkpoints/last.ckpt \\
@@ -33,7 +34,8 @@ from lit_gen.utils import sample_generators
 def grid_for(sampler: str, nfe: int) -> dict | None:
     """The options that spend about ``nfe`` network calls per batch (None: the budget is too small)."""
     steps = {"em": nfe, "dpmpp2m": nfe, "pc": nfe // 2, "heun": (nfe + 1) // 2}[sampler]
-    return None if steps < 2 else {"sampler": sampler, "steps": steps, **({"n_corrector": 1} if sampler == "pc" else {})}
+    return None if steps < 2 else {"sampler": sampler, "steps": steps,
+                                   **({"n_corrector": 1} if sampler == "pc" else {})}
 
 
 ODE_TOLERANCES = [3e-2, 1e-2, 1e-3, 1e-4, 1e-5]
@@ -67,11 +69,16 @@ def ode_bpd(model, x: torch.Tensor, **options) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ddpm", required=True, help="the DDPM digits checkpoint (experiments/ddpm/digits.yaml)")
-    parser.add_argument("--score", nargs="*", default=[], help="ScoreSDE digits checkpoints (experiments/sde/*_digits)")
-    parser.add_argument("--iddpm", default=None, help="an Improved DDPM digits checkpoint, for its bound in bits/dim")
-    parser.add_argument("--toy", nargs="*", default=[], help="ScoreSDE toy2d checkpoints, for NLL vs the true density")
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ddpm", required=True, help="the DDPM digits checkpoint "
+                                                      "(experiments/ddpm/digits.yaml)")
+    parser.add_argument("--score", nargs="*", default=[], help="ScoreSDE digits checkpoints "
+                                                               "(experiments/sde/*_digits)")
+    parser.add_argument("--iddpm", default=None, help="an Improved DDPM digits checkpoint, for its bound in "
+                                                      "bits/dim")
+    parser.add_argument("--toy", nargs="*", default=[], help="ScoreSDE toy2d checkpoints, for NLL vs the "
+                                                             "true density")
     parser.add_argument("--nfe", type=int, nargs="+", default=[10, 20, 50, 100, 1000])
     parser.add_argument("--samplers", nargs="+", default=["em", "pc", "ode", "heun", "dpmpp2m"])
     parser.add_argument("--num_samples", type=int, default=500)
@@ -98,7 +105,8 @@ def main() -> None:
         model = ddpm if path == args.ddpm else load_module(path, "cpu")
         label = "DDPM (VP)" if path == args.ddpm else model.settings.sde
         for sampler in args.samplers:
-            budgets = ([{"sampler": "ode", "rtol": tol, "atol": tol} for tol in ODE_TOLERANCES] if sampler == "ode"
+            budgets = ([{"sampler": "ode", "rtol": tol,
+                         "atol": tol} for tol in ODE_TOLERANCES] if sampler == "ode"
                        else [o for o in (grid_for(sampler, n) for n in args.nfe) if o is not None])
             for options in budgets:
                 fd, sec, nfe = run(model, **options)
@@ -115,14 +123,16 @@ def main() -> None:
     for path in [args.ddpm, *args.score]:
         model = ddpm if path == args.ddpm else load_module(path, "cpu")
         bpd, nfe = ode_bpd(model, x)
-        rows.append(["DDPM (VP ODE)" if path == args.ddpm else f"{model.settings.sde} ODE", f"{bpd:.3f}", nfe])
+        rows.append(["DDPM (VP ODE)" if path == args.ddpm else f"{model.settings.sde} ODE", f"{bpd:.3f}",
+                     nfe])
     if args.iddpm:
         iddpm = load_module(args.iddpm, "cpu")
         net = iddpm.sampling_net
         with torch.no_grad():
             bound = iddpm.diffusion.nll_bpd(lambda y, t: net(y, t), x, iddpm.prediction_type, iddpm.variance,
                                             torch.Generator().manual_seed(0))["bpd"]
-        rows.append(["Improved DDPM bound (T steps)", f"{float(bound.mean()):.3f}", iddpm.diffusion.num_timesteps])
+        rows.append(["Improved DDPM bound (T steps)", f"{float(bound.mean()):.3f}",
+                     iddpm.diffusion.num_timesteps])
     print(f"\nbits/dim on {len(x)} test digits (uniform dequantisation, lit_gen.likelihood)")
     print_table(["model", "bits/dim", "NFE"], rows)
 
@@ -135,8 +145,10 @@ def main() -> None:
             pts = torch.cat([b["x"] for b in toy.test_dataloader()])[:1000]
             out = model.log_likelihood(pts)
             true = -TOY2D_LOG_PROBS["8gaussians"](pts).mean()
-            rows.append([model.settings.sde, f"{float(-out['log_p'].mean()):.3f}", f"{float(true):.3f}", out["nfe"]])
-        print("\nNLL (nats) on 1,000 test points of 8gaussians: model by the ODE (exact trace) vs the true density")
+            rows.append([model.settings.sde, f"{float(-out['log_p'].mean()):.3f}", f"{float(true):.3f}",
+                         out["nfe"]])
+        print("\nNLL (nats) on 1,000 test points of 8gaussians: model by the ODE (exact trace) vs the true "
+              "density")
         print_table(["sde", "model NLL", "true NLL", "NFE"], rows)
 
 

@@ -75,8 +75,8 @@ def main() -> None:
         plain = plain_run(args.steps, args.warmup)
         lit = lightning_run(args.steps, args.warmup)
         rows.append([r, f"{plain:.1f}", f"{lit:.1f}", f"{100 * (plain - lit) / plain:+.2f}%"])
-    print(f"\nDDPM training step, digits 16x16, batch 128, UNet 1.1M params, {torch.get_num_threads()} threads, "
-          f"{args.steps - args.warmup} timed steps")
+    print(f"\nDDPM training step, digits 16x16, batch 128, UNet 1.1M params, {torch.get_num_threads()} "
+          f"threads, {args.steps - args.warmup} timed steps")
     print_table(["repeat", "plain PyTorch img/s", "Lightning img/s", "Lightning overhead"], rows)
 
 

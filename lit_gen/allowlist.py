@@ -1,11 +1,11 @@
-"""What a file may name: the classes lit_gen imports or instantiates because a checkpoint, a safetensors file's
-metadata or a run's config.yaml says so.
+"""What a file may name: the classes lit_gen imports or instantiates because a checkpoint, a safetensors
+file's metadata or a run's config.yaml says so.
 
-A file's content must never choose code to run. Every place where it names a class (a method's ``class_path``, a
-net's ``class_path`` in the hyperparameters, an optimizer, an instantiator, a dotted string given to a callable
-argument) is checked here first, against an explicit allowlist, before anything is imported: lit_gen's own
-methods, networks and flows, torch's optimizers and learning-rate schedulers, and lit_gen's schedules. Anything else
-is refused in one line, naming the file, the key and the value.
+A file's content must never choose code to run. Every place where it names a class (a method's ``class_path``,
+a net's ``class_path`` in the hyperparameters, an optimizer, an instantiator, a dotted string given to a
+callable argument) is checked here first, against an explicit allowlist, before anything is imported:
+lit_gen's own methods, networks and flows, torch's optimizers and learning-rate schedulers, and lit_gen's
+schedules. Anything else is refused in one line, naming the file, the key and the value.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
-# packages whose classes of the kinds below a file may name (importing them runs only lit_gen's and torch's code)
+# packages whose classes of the kinds below a file may name (importing them runs only lit_gen's and torch's
+# code)
 ALLOWED_PACKAGES = ("lit_gen.methods", "lit_gen.nets", "lit_gen.flows", "lit_gen.optim", "torch.optim")
 # the only instantiator Lightning's hyperparameters may name (LightningCLI writes it)
 INSTANTIATORS = frozenset({"lightning.pytorch.cli.instantiate_module"})
@@ -73,22 +74,26 @@ def check_class_path(value: Any, source: str, key: str = "class_path") -> None:
     refused name."""
     if not isinstance(value, str) or value not in allowed_classes():
         raise UntrustedClassError(
-            f"{source} names {value!r} as its {key}, which lit_gen does not load from files: only lit_gen's methods, "
-            "networks and flows and torch's optimizers and LR schedulers may be named there (nothing was imported)")
+            f"{source} names {value!r} as its {key}, which lit_gen does not load from files: only lit_gen's "
+            "methods, networks and flows and torch's optimizers and LR schedulers may be named there "
+            "(nothing was imported)")
 
 
 def check_file_data(data: Any, source: str) -> None:
-    """Check every class a file's plain data names, at any depth: ``class_path`` / ``_class_path`` values, Lightning's
-    ``_instantiator``, and any dotted string whose first part is an importable module (jsonargparse would import it
-    for a callable argument such as ``optimizer``). Raise :class:`UntrustedClassError` at the first refused one."""
+    """Check every class a file's plain data names, at any depth: ``class_path`` / ``_class_path`` values,
+    Lightning's ``_instantiator``, and any dotted string whose first part is an importable module
+    (jsonargparse would import it for a callable argument such as ``optimizer``). Raise
+    :class:`UntrustedClassError` at the first
+    refused
+    one."""
     for key, value in _items(data, ""):
         name = key.rpartition(".")[2]
         if name in CLASS_KEYS:
             check_class_path(value, source, key)
         elif name == "_instantiator":
             if value not in INSTANTIATORS:
-                raise UntrustedClassError(f"{source} names {value!r} as its {key}, which lit_gen does not run; "
-                                          f"allowed: {sorted(INSTANTIATORS)} (nothing was imported)")
+                raise UntrustedClassError(f"{source} names {value!r} as its {key}, which lit_gen does not "
+                                          f"run; allowed: {sorted(INSTANTIATORS)} (nothing was imported)")
         elif isinstance(value, str) and DOTTED.fullmatch(value) and _importable(value.partition(".")[0]):
             check_class_path(value, source, key)
 

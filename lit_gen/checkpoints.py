@@ -2,8 +2,8 @@
 method loads another's checkpoint (a classifier for guidance) through :func:`load_module`.
 
 Checkpoints are read with ``torch.load(weights_only=True)``: tensors and plain data only, so a checkpoint from
-a colleague or a hub cannot run code when it is opened; one that would is refused in one line. lit_gen writes its
-hyperparameters as plain data (the parsed config), so its own checkpoints always pass.
+a colleague or a hub cannot run code when it is opened; one that would is refused in one line. lit_gen writes
+its hyperparameters as plain data (the parsed config), so its own checkpoints always pass.
 :func:`export_weights` / :func:`load_weights` write and read the sampling weights as safetensors, with the
 method's hyperparameters in the file's metadata.
 """
@@ -49,7 +49,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(unsafe_message(path, err)) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: {reason})") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: "
+                              f"{reason})") from None
     if not isinstance(ckpt, dict) or (layout == "file" and "state_dict" not in ckpt):
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
     if TAG not in ckpt or not isinstance(ckpt[TAG], dict):
@@ -60,7 +61,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return ckpt
 
 
-HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")  # what Lightning instantiates from a checkpoint
+# what Lightning instantiates from a checkpoint
+HPARAM_KEYS = ("hyper_parameters", "datamodule_hyper_parameters")
 
 
 # --- sharded checkpoints (DeepSpeed, FSDP) -----------------------------------------------------------------
@@ -77,10 +79,10 @@ def checkpoint_layout(path: str | Path) -> str:
     if (path / "meta.pt").is_file() and any(path.glob("*.distcp")):
         return "fsdp"
     if any(path.glob("*model_states.pt")) and (path.parent / "latest").is_file():
-        raise CheckpointError(f"{str(path)!r} is the inner folder of the DeepSpeed checkpoint {str(path.parent)!r}: "
-                              f"pass --ckpt_path {path.parent}")
-    raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint (a .ckpt file, or a DeepSpeed or FSDP "
-                          "checkpoint folder)")
+        raise CheckpointError(f"{str(path)!r} is the inner folder of the DeepSpeed checkpoint "
+                              f"{str(path.parent)!r}: pass --ckpt_path {path.parent}")
+    raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint (a .ckpt file, or a DeepSpeed or "
+                          "FSDP checkpoint folder)")
 
 
 def _deepspeed_states(path: Path) -> tuple[Path, str]:
@@ -88,13 +90,15 @@ def _deepspeed_states(path: Path) -> tuple[Path, str]:
     tag = (path / "latest").read_text().strip()
     files = sorted((path / tag).glob("*model_states.pt"))
     if not files:
-        raise CheckpointError(f"{str(path)!r}: the DeepSpeed checkpoint names tag {tag!r}, which has no model states")
+        raise CheckpointError(f"{str(path)!r}: the DeepSpeed checkpoint names tag {tag!r}, which has no "
+                              f"model states")
     return files[0], tag
 
 
 def consolidate(path: str | Path) -> dict[str, Any]:
     """A sharded checkpoint folder as one Lightning checkpoint: full fp32 weights (the EMA's included) and the
-    run's metadata, without optimizer state. Needs no process group; DeepSpeed's reader is used for its folders."""
+    run's metadata, without optimizer state. Needs no process group; DeepSpeed's reader is used for its
+    folders."""
     path = Path(path)
     layout = checkpoint_layout(path)
     meta = read_checkpoint(path)
@@ -108,7 +112,8 @@ def consolidate(path: str | Path) -> dict[str, Any]:
         # DeepSpeed prints its progress and unpickles its files in full unless made to read plain data
         quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
         with quiet[0], quiet[1], plain_data_loads(path):
-            state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag))  # the optimizer's fp32 weights
+            # the optimizer's fp32 weights
+            state.update(get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag))
         meta = {k: v for k, v in meta.items() if k not in DEEPSPEED_KEYS}
     else:
         import tempfile
@@ -128,15 +133,16 @@ def consolidate(path: str | Path) -> dict[str, Any]:
 
 
 # the only classes DeepSpeed's own checkpoint files hold beside plain data (ZeRO-1/2/3 optimizer states)
-DEEPSPEED_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum", "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+DEEPSPEED_GLOBALS = ("deepspeed.runtime.zero.config.ZeroStageEnum",
+                     "deepspeed.runtime.fp16.loss_scaler.LossScaler",
                      "deepspeed.utils.tensor_fragment.fragment_address")
 
 
 @contextlib.contextmanager
 def plain_data_loads(path: str | Path):
-    """Within the block, every ``torch.load`` reads plain data only (``weights_only=True``), whatever its caller
-    asks: DeepSpeed's readers ask for a full unpickling. Its own few plain classes are allowed; a file holding
-    anything else is refused with :func:`unsafe_message`."""
+    """Within the block, every ``torch.load`` reads plain data only (``weights_only=True``), whatever its
+    caller asks: DeepSpeed's readers ask for a full unpickling. Its own few plain classes are allowed; a file
+    holding anything else is refused with :func:`unsafe_message`."""
     load = torch.load
 
     def plain_load(*args, **kwargs):
@@ -146,7 +152,8 @@ def plain_data_loads(path: str | Path):
         except pickle.UnpicklingError as err:
             raise CheckpointError(unsafe_message(path, err)) from None
 
-    allowed = [import_class(name) for name in DEEPSPEED_GLOBALS]  # DeepSpeed's own modules (installed with it)
+    # DeepSpeed's own modules (installed with it)
+    allowed = [import_class(name) for name in DEEPSPEED_GLOBALS]
     torch.load = plain_load
     try:
         with torch.serialization.safe_globals(allowed):
@@ -158,8 +165,10 @@ def plain_data_loads(path: str | Path):
 # keys of a DeepSpeed model-states file that are DeepSpeed's, not Lightning's (the client state is the rest)
 DEEPSPEED_KEYS = frozenset({
     "module", "buffer_names", "optimizer", "param_shapes", "frozen_param_shapes", "frozen_param_fragments",
-    "shared_params", "lr_scheduler", "data_sampler", "random_ltd", "sparse_tensor_module_names", "skipped_steps",
-    "global_steps", "global_samples", "dp_world_size", "mp_world_size", "ds_config", "ds_version", "ds_checkpoint_version",
+    "shared_params", "lr_scheduler", "data_sampler", "random_ltd", "sparse_tensor_module_names",
+    "skipped_steps",
+    "global_steps", "global_samples", "dp_world_size", "mp_world_size", "ds_config", "ds_version",
+    "ds_checkpoint_version",
     "checkpoint_parallel_dimensions",
 })
 
@@ -169,7 +178,8 @@ def unsafe_message(path: str | Path, err: Exception) -> str:
     found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) ([\w.]+)", str(err))
     what = f"a pickled {found.group(1)}" if found else "pickled objects that are not tensors or plain data"
     return (f"refused to open {str(path)!r}: it holds {what}, and unpickling it could run arbitrary code "
-            "(lit_gen loads checkpoints with torch.load(weights_only=True); lit_gen's own checkpoints hold plain data)")
+            "(lit_gen loads checkpoints with torch.load(weights_only=True); lit_gen's own checkpoints hold "
+            "plain data)")
 
 
 def import_class(path: str) -> type:
@@ -186,8 +196,8 @@ def method_class(path: str, source: str = "the checkpoint") -> type:
 
     cls = allowed_classes().get(path) if isinstance(path, str) else None
     if cls is None or not issubclass(cls, GenerativeModule):
-        raise CheckpointError(f"{source} names the method {path!r}, which is not a method of this version of lit_gen "
-                              "(nothing was imported)")
+        raise CheckpointError(f"{source} names the method {path!r}, which is not a method of this version of "
+                              "lit_gen (nothing was imported)")
     return cls
 
 
@@ -206,14 +216,16 @@ def check_method(ckpt: dict[str, Any], expected: type, path: str | Path = "check
         )
 
 
-def load_module(path: str | Path, device: str | torch.device = "cpu", expected: type | None = None, ema: bool = True):
-    """The LightningModule of a lit_gen checkpoint, in eval mode on ``device``; with ``expected``, a checkpoint of
-    another method raises :class:`CheckpointError`. ``ema=False`` drops the EMA weights."""
+def load_module(path: str | Path, device: str | torch.device = "cpu", expected: type | None = None,
+                ema: bool = True):
+    """The LightningModule of a lit_gen checkpoint, in eval mode on ``device``; with ``expected``, a
+    checkpoint of another method raises :class:`CheckpointError`. ``ema=False`` drops the EMA weights."""
     ckpt = read_checkpoint(path)
     if expected is not None:
         check_method(ckpt, expected, path)
     source = path
-    if checkpoint_layout(path) != "file":  # a sharded folder: its weights gathered into one checkpoint, in memory
+    # a sharded folder: its weights gathered into one checkpoint, in memory
+    if checkpoint_layout(path) != "file":
         source = io.BytesIO()
         torch.save(consolidate(path), source)
         source.seek(0)
@@ -233,7 +245,8 @@ def load_frozen(path: str | Path, device: str | torch.device, expected: type):
 
 # --- weights export (safetensors) ------------------------------------------------------------------------
 def sampling_state_dict(model) -> dict[str, torch.Tensor]:
-    """The module's state dict with the sampling weights (EMA when there is one) as ``net.*`` and no ``ema.*``."""
+    """The module's state dict with the sampling weights (EMA when there is one) as ``net.*`` and no
+    ``ema.*``."""
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("ema.")}
     if model.ema is not None:
         state.update({f"net.{k}": v for k, v in model.ema.module.state_dict().items()})
@@ -241,9 +254,10 @@ def sampling_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def export_weights(ckpt_path: str | Path, output: str | Path) -> Path:
-    """``output`` ``.safetensors``: the sampling weights of a lit_gen checkpoint (file or sharded folder), with the
-    method's class and hyperparameters (plain data, as JSON) in its metadata. ``.ckpt``: the checkpoint
-    consolidated into one Lightning file (all weights, EMA included; no optimizer state). Returns the path."""
+    """``output`` ``.safetensors``: the sampling weights of a lit_gen checkpoint (file or sharded folder),
+    with the method's class and hyperparameters (plain data, as JSON) in its metadata. ``.ckpt``: the
+    checkpoint consolidated into one Lightning file (all weights, EMA included; no optimizer state). Returns
+    the path."""
     from safetensors.torch import save
 
     output = Path(output)
@@ -257,7 +271,8 @@ def export_weights(ckpt_path: str | Path, output: str | Path) -> Path:
     model = load_module(ckpt_path)
     hparams = dict(ckpt.get("hyper_parameters", {}))
     hparams.pop("_instantiator", None)
-    metadata = {"lit_gen": json.dumps({**ckpt[TAG], "hyper_parameters": hparams, "global_step": ckpt.get("global_step")})}
+    metadata = {"lit_gen": json.dumps({**ckpt[TAG], "hyper_parameters": hparams,
+                                       "global_step": ckpt.get("global_step")})}
     state = {k: v.detach().contiguous().cpu() for k, v in sampling_state_dict(model).items()}
     data = save(state, metadata=metadata)
     return atomic_write(output, lambda file: file.write(data))
@@ -274,7 +289,8 @@ def read_weights_metadata(path: str | Path) -> dict[str, Any]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except Exception as err:  # noqa: BLE001 - any parse failure means the file is unusable
-        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file ({type(err).__name__})") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable safetensors file "
+                              f"({type(err).__name__})") from None
     if TAG not in metadata:
         raise CheckpointError(f"{str(path)!r} was not written by lit-gen export (no {TAG!r} metadata)")
     try:
@@ -289,9 +305,10 @@ def read_weights_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu", config: dict[str, Any] | None = None):
-    """The LightningModule of a file written by :func:`export_weights`, in eval mode, sampling with its weights.
-    ``config``: a model section (``class_path`` and ``init_args``, as in a run's config.yaml) that replaces the
-    hyperparameters of the metadata (which still supply the values linked from the data: shape, classes)."""
+    """The LightningModule of a file written by :func:`export_weights`, in eval mode, sampling with its
+    weights. ``config``: a model section (``class_path`` and ``init_args``, as in a run's config.yaml) that
+    replaces the hyperparameters of the metadata (which still supply the values linked from the data: shape,
+    classes)."""
     from lightning.pytorch.cli import instantiate_module
     from safetensors.torch import load_file
 
@@ -303,7 +320,8 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu", config: d
         check_file_data(config, "--config's model section")
         hparams.update(config.get("init_args") or {})
         hparams["_class_path"] = config["class_path"]
-    cls = method_class(hparams["_class_path"] if "_class_path" in hparams else meta["class_path"], repr(str(path)))
+    cls = method_class(hparams["_class_path"] if "_class_path" in hparams else meta["class_path"],
+                       repr(str(path)))
     model = instantiate_module(cls, hparams) if "_class_path" in hparams else cls(**hparams)
     model.configure_model()
     model.ema = None  # the exported net.* weights are the EMA ones

@@ -1,4 +1,5 @@
-"""The ``lit-gen`` command: LightningCLI (fit / validate / test) plus ``lit-gen sample`` and ``lit-gen export``."""
+"""The ``lit-gen`` command: LightningCLI (fit / validate / test) plus ``lit-gen sample`` and ``lit-gen
+export``."""
 
 from __future__ import annotations
 
@@ -42,8 +43,9 @@ DESCRIPTION = """Generative-model methods behind one command.
   lit-gen sample --ckpt_path CKPT [--help]                      draw samples (samples.npz, grid.png); the
                                                                 checkpoint's method adds its sampling flags
   lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
-  lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one file
-  lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO / FSDP"""
+  lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one
+  file lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO /
+  FSDP"""
 
 
 USAGE = f"lit-gen {{{','.join(COMMANDS)}}} [options]   (lit-gen COMMAND --help lists a command's options)"
@@ -54,8 +56,9 @@ class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
 
 
 class LitGenCLI(LightningCLI):
-    """LightningCLI whose runs live in a fixed directory ``<runs_dir>/<name>/`` (TensorBoard logs, config.yaml,
-    checkpoints/, samples/), so ``--ckpt_path last`` finds the newest checkpoint of the same run."""
+    """LightningCLI whose runs live in a fixed directory ``<runs_dir>/<name>/`` (TensorBoard logs,
+    config.yaml, checkpoints/, samples/), so ``--ckpt_path last`` finds the newest checkpoint of the same
+    run."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
@@ -65,7 +68,8 @@ class LitGenCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_callback=RunConfig,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"exit_on_error": False, "description": DESCRIPTION, "formatter_class": HelpFormatter,
+            parser_kwargs={"exit_on_error": False, "description": DESCRIPTION,
+                           "formatter_class": HelpFormatter,
                            "usage": USAGE},
             seed_everything_default=0,
             auto_configure_optimizers=False,
@@ -79,11 +83,13 @@ class LitGenCLI(LightningCLI):
         return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--name", type=str, default="default", help="Run name: the run lives in <runs_dir>/<name>/.")
+        parser.add_argument("--name", type=str, default="default", help="Run name: the run lives in "
+                                                                        "<runs_dir>/<name>/.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Folder that holds the runs.")
         parser.add_argument("--overwrite", type=bool, default=False,
-                            help="fit: delete the run's checkpoints, sample grids and logs and start afresh (without "
-                                 "it, a fit into a run that holds checkpoints must resume with --ckpt_path last).")
+                            help="fit: delete the run's checkpoints, sample grids and logs and start afresh "
+                                 "(without it, a fit into a run that holds checkpoints must resume with "
+                                 "--ckpt_path last).")
         parser.add_lightning_class_args(Checkpoint, "checkpoint")
         parser.set_defaults(
             {
@@ -118,7 +124,8 @@ class LitGenCLI(LightningCLI):
         if cfg.trainer.logger in (None, True):
             cfg.trainer.logger = Namespace(
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
-                init_args=Namespace(save_dir=cfg.runs_dir, name=cfg.name, version="", default_hp_metric=False),
+                init_args=Namespace(save_dir=cfg.runs_dir, name=cfg.name, version="",
+                                    default_hp_metric=False),
             )
         callbacks = cfg.trainer.callbacks or []
         if cfg.trainer.enable_progress_bar is not False and not any(
@@ -131,9 +138,9 @@ class LitGenCLI(LightningCLI):
             cfg.checkpoint.dirpath = str(self.run_dir() / "checkpoints")
 
     def before_fit(self) -> None:
-        """Check the checkpoint against this run and the run folder (rank 0: a fresh fit into a run with checkpoints
-        is refused; the folder is locked and must take files), then say what one optimizer step sees: micro-batch x
-        accumulation x ranks (rank 0 only)."""
+        """Check the checkpoint against this run and the run folder (rank 0: a fresh fit into a run with
+        checkpoints is refused; the folder is locked and must take files), then say what one optimizer step
+        sees: micro-batch x accumulation x ranks (rank 0 only)."""
         self._check_resume()
         if rank_zero_only.rank == 0:
             run_dir, checkpoint_dir = self.run_dir(), Path(self._config().checkpoint.dirpath)
@@ -145,8 +152,8 @@ class LitGenCLI(LightningCLI):
         trainer, batch = self.trainer, getattr(self.datamodule, "batch_size", None)
         world, accumulate = trainer.world_size, trainer.accumulate_grad_batches
         if batch is not None and rank_zero_only.rank == 0 and batch % world == 0:
-            print(f"lit-gen: global batch {batch * accumulate} per optimizer step = micro-batch {batch // world} x "
-                  f"{accumulate} accumulation step(s) x {world} rank(s)", file=sys.stderr)
+            print(f"lit-gen: global batch {batch * accumulate} per optimizer step = micro-batch "
+                  f"{batch // world} x {accumulate} accumulation step(s) x {world} rank(s)", file=sys.stderr)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Run it; a fit that fails before its first step leaves no run folder it created behind."""
@@ -168,9 +175,9 @@ class LitGenCLI(LightningCLI):
         self._check_resume()
 
     def _check_resume(self) -> None:
-        """A sharded checkpoint folder needs the strategy and world size that wrote it (one-line error otherwise,
-        naming the way through ``lit-gen export``); a consolidated file (from export) restarts training from its
-        weights, EMA included, with fresh optimizer state."""
+        """A sharded checkpoint folder needs the strategy and world size that wrote it (one-line error
+        otherwise, naming the way through ``lit-gen export``); a consolidated file (from export) restarts
+        training from its weights, EMA included, with fresh optimizer state."""
         ckpt, subcommand = getattr(self, "_ckpt", None), self.subcommand
         if ckpt is None:
             return
@@ -179,9 +186,9 @@ class LitGenCLI(LightningCLI):
         if "consolidated_from" in info:
             if subcommand == "fit":
                 if rank_zero_only.rank == 0:
-                    print(f"lit-gen: {path} holds consolidated weights (from {info['consolidated_from']}): training "
-                          "starts from them, EMA included; the optimizer state, LR schedule and step count start "
-                          "afresh", file=sys.stderr)
+                    print(f"lit-gen: {path} holds consolidated weights (from {info['consolidated_from']}): "
+                          "training starts from them, EMA included; the optimizer state, LR schedule and "
+                          "step count start afresh", file=sys.stderr)
                 self.model.init_weights = path
                 self.config_init[subcommand]["ckpt_path"] = None
             return
@@ -189,19 +196,21 @@ class LitGenCLI(LightningCLI):
             self._check_batch_size(ckpt, subcommand)
             return
         strategy, world = self.trainer.strategy, self.trainer.world_size
-        fix = (f"make one file with lit-gen export --ckpt_path {path} --output model.ckpt and pass --ckpt_path "
-               "model.ckpt (the optimizer state is then reset)")
+        fix = (f"make one file with lit-gen export --ckpt_path {path} --output model.ckpt and pass "
+               "--ckpt_path model.ckpt (the optimizer state is then reset)")
         wanted = DeepSpeed if layout == "deepspeed" else FSDP
         if not isinstance(strategy, wanted):
             raise CheckpointError(f"{path} is a {layout} checkpoint folder, but this run's strategy is "
                                   f"{type(strategy).__name__}: use the same strategy preset, or {fix}")
         if info.get("world_size") not in (None, world):
-            raise CheckpointError(f"{path} was written by {info['world_size']} ranks, but this run has {world}: "
-                                  f"a sharded checkpoint resumes on the same world size; to change it, {fix}")
+            raise CheckpointError(f"{path} was written by {info['world_size']} ranks, but this run has "
+                                  f"{world}: a sharded checkpoint resumes on the same world size; to change "
+                                  f"it, {fix}")
         self._check_batch_size(ckpt, subcommand)
 
     def _check_batch_size(self, ckpt: dict, subcommand: str) -> None:
-        """A resume continues the same epoch only at the same batch size: checked before anything is written."""
+        """A resume continues the same epoch only at the same batch size: checked before anything is
+        written."""
         if subcommand == "fit" and self.datamodule is not None:
             self.datamodule.check_resumable(ckpt.get(type(self.datamodule).__qualname__) or {})
 
@@ -220,7 +229,8 @@ class LitGenCLI(LightningCLI):
             last = Path(cfg.checkpoint.dirpath or Path(cfg.runs_dir) / cfg.name / "checkpoints") / "last.ckpt"
             if not last.exists():
                 if subcommand != "fit":  # scoring a random model is never what was asked
-                    raise CheckpointError(f"--ckpt_path last: no {last} (fit the run first, or give a checkpoint path)")
+                    raise CheckpointError(f"--ckpt_path last: no {last} (fit the run first, or give a "
+                                          f"checkpoint path)")
                 print(f"lit-gen: no {last} yet, starting from scratch", file=sys.stderr)
                 cfg.ckpt_path = None
                 return
@@ -245,15 +255,17 @@ STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
 
 
 def export_main(argv: list[str]) -> None:
-    """``lit-gen export``: a checkpoint's sampling weights to a safetensors file, its config in the metadata."""
+    """``lit-gen export``: a checkpoint's sampling weights to a safetensors file, its config in the
+    metadata."""
     from jsonargparse import ArgumentParser
 
     parser = ArgumentParser(prog="lit-gen export", exit_on_error=False, description=(
-        "Write the sampling weights (EMA when the run kept one) of a checkpoint to a .safetensors file, with the "
-        "method's config in its metadata (sample from it with lit-gen sample --weights FILE); or consolidate a "
-        "DeepSpeed / FSDP checkpoint folder into one .ckpt file (every weight, EMA included, no optimizer state) "
-        "that lit-gen sample, test and fit load under any strategy."))
-    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit (file or folder).")
+        "Write the sampling weights (EMA when the run kept one) of a checkpoint to a .safetensors file, with "
+        "the method's config in its metadata (sample from it with lit-gen sample --weights FILE); or "
+        "consolidate a DeepSpeed / FSDP checkpoint folder into one .ckpt file (every weight, EMA included, "
+        "no optimizer state) that lit-gen sample, test and fit load under any strategy."))
+    parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit "
+                                                                     "(file or folder).")
     parser.add_argument("--output", type=str, required=True, help="The .safetensors or .ckpt file to write.")
     cfg = parser.parse_args(argv)
     path = export_weights(cfg.ckpt_path, cfg.output)

@@ -1,5 +1,7 @@
-"""What a user sees while lit_gen runs: Lightning's messages about things lit_gen already handles are silenced (each
-with its reason), and the progress bar of a job budgeted in steps counts steps against ``max_steps`` with an ETA."""
+"""What a user sees while lit_gen runs: Lightning's messages about things lit_gen already handles are silenced
+(each with its reason), and the progress bar of a job budgeted in steps counts steps against ``max_steps``
+with an
+ETA."""
 
 from __future__ import annotations
 
@@ -45,9 +47,9 @@ def silence_handled_messages() -> None:
 
 
 class StepProgressBar(TQDMProgressBar):
-    """Lightning's progress bar; when the trainer has a step budget (``max_steps`` > 0) the training bar counts
-    optimizer steps against it, with its ETA, across epochs (and from the resumed step), instead of restarting at
-    every epoch."""
+    """Lightning's progress bar; when the trainer has a step budget (``max_steps`` > 0) the training bar
+    counts optimizer steps against it, with its ETA, across epochs (and from the resumed step), instead of
+    restarting at every epoch."""
 
     def _budget(self, trainer) -> int | None:
         return trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
@@ -83,7 +85,7 @@ class StepProgressBar(TQDMProgressBar):
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
 
 
-# --- one-line errors ---------------------------------------------------------------------------------------------
+# --- one-line errors ----------------------------------------------------------------------------------------
 COMMANDS = ("fit", "validate", "test", "sample", "export", "memory")
 
 
@@ -94,7 +96,8 @@ def check_command(argv: list[str]) -> None:
 
 
 def check_config_files(argv: list[str]) -> None:
-    """Every ``--config FILE`` given: valid YAML holding a mapping, or one line naming the file, line and column."""
+    """Every ``--config FILE`` given: valid YAML holding a mapping, or one line naming the file, line and
+    column."""
     import yaml
 
     files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a in ("--config", "-c")]
@@ -108,19 +111,22 @@ def check_config_files(argv: list[str]) -> None:
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ValueError(f"--config {name!r} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+            raise ValueError(f"--config {name!r} is not valid YAML{where}: "
+                             f"{getattr(err, 'problem', err)}") from None
         if not data:
-            raise ValueError(f"--config {name!r} is empty: a config is a YAML mapping of sections (trainer:, model:, "
-                             "data:, ...), e.g. experiments/ddpm/digits.yaml")
+            raise ValueError(f"--config {name!r} is empty: a config is a YAML mapping of sections (trainer:, "
+                             "model:, data:, ...), e.g. experiments/ddpm/digits.yaml")
         if not isinstance(data, dict):
-            raise ValueError(f"--config {name!r} holds a {type(data).__name__}, not a mapping of sections (trainer:, "
-                             "model:, data:, ...)")
+            raise ValueError(f"--config {name!r} holds a {type(data).__name__}, not a mapping of sections "
+                             "(trainer:, model:, data:, ...)")
 
 
 def one_line(message: str) -> str:
-    """A parser or loader error as one readable line: the informative alternative of a union, without the types."""
+    """A parser or loader error as one readable line: the informative alternative of a union, without the
+    types."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    if "Original Traceback" in message and lines:  # re-raised from a DataLoader worker: the error is the last line
+    # re-raised from a DataLoader worker: the error is the last line
+    if "Original Traceback" in message and lines:
         return lines[-1].partition(": ")[2] or lines[-1]
     text = " ".join(" ".join(lines).split())
     for i, line in enumerate(lines):
@@ -136,7 +142,8 @@ def one_line(message: str) -> str:
 
 
 def _tidy(text: str) -> str:
-    """Drop jsonargparse's type names and echoed namespaces; join nested keys: ``key net.base_channels: ...``."""
+    """Drop jsonargparse's type names and echoed namespaces; join nested keys: ``key net.base_channels:
+    ...``."""
     text = re.sub(r"Type \S.*? expects (?:a function or a callable class|an? [^:]*?): ", "", text)
     text = re.sub(r"\. Got value: Namespace\(.*\)\.?$", ".", text)
     while True:

@@ -1,9 +1,10 @@
-"""Writing users' files safely (no Lightning imports here): every file lit_gen writes appears whole or not at all,
-and a folder that cannot take a file is found before the work that would fill it.
+"""Writing users' files safely (no Lightning imports here): every file lit_gen writes appears whole or not at
+all, and a folder that cannot take a file is found before the work that would fill it.
 
-:func:`atomic_write` writes to a temporary file in the destination's own folder, flushes it to disk (fsync) and
-renames it over the destination, so a crash, a signal or a full disk mid-write leaves the previous file intact. A
-temporary file elsewhere (``$TMPDIR``) would be moved across file systems by copying in place, which is not atomic.
+:func:`atomic_write` writes to a temporary file in the destination's own folder, flushes it to disk (fsync)
+and renames it over the destination, so a crash, a signal or a full disk mid-write leaves the previous file
+intact. A temporary file elsewhere (``$TMPDIR``) would be moved across file systems by copying in place, which
+is not atomic.
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def check_writable_folder(folder: str | Path, what: str) -> Path:
-    """Raise :class:`WriteError` unless ``folder`` can take a new file: it is a folder that takes one, or it does not
-    exist yet and its nearest existing parent is a folder that takes one (tried with an empty probe file, removed at
-    once; nothing is created). ``what`` names the option, e.g. ``--output``."""
+    """Raise :class:`WriteError` unless ``folder`` can take a new file: it is a folder that takes one, or it
+    does not exist yet and its nearest existing parent is a folder that takes one (tried with an empty probe
+    file, removed at once; nothing is created). ``what`` names the option, e.g. ``--output``."""
     folder = Path(folder)
     existing = next((p for p in (folder, *folder.absolute().parents) if p.exists()), None)
     if existing is None or not existing.is_dir():
@@ -77,8 +78,8 @@ def check_writable_folder(folder: str | Path, what: str) -> Path:
 
 
 def check_new_file(path: str | Path, what: str, suffixes: tuple[str, ...] = ()) -> Path:
-    """Raise :class:`WriteError` (or ValueError for a wrong suffix) unless ``path`` can be written: its folder takes
-    files and it is not a folder. An existing file is replaced (atomically)."""
+    """Raise :class:`WriteError` (or ValueError for a wrong suffix) unless ``path`` can be written: its folder
+    takes files and it is not a folder. An existing file is replaced (atomically)."""
     path = Path(path)
     if suffixes and path.suffix not in suffixes:
         raise ValueError(f"{what} {str(path)!r}: expected a file ending in {' or '.join(suffixes)}")

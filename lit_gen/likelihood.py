@@ -39,7 +39,8 @@ def mean_over_dims(x: torch.Tensor) -> torch.Tensor:
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
     """KL(N(mean1, exp(logvar1)) || N(mean2, exp(logvar2))) elementwise, in nats."""
-    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2) + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
+    return 0.5 * (logvar2 - logvar1 + torch.exp(logvar1 - logvar2)
+                  + (mean1 - mean2) ** 2 * torch.exp(-logvar2) - 1)
 
 
 def standard_normal_cdf(x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,8 @@ def dequantize_centred(x: torch.Tensor, generator: Generator = None) -> tuple[to
     return 2 * k / (NUM_BINS - 1) - 1 + (u - 0.5) * BIN_WIDTH, BIN_WIDTH
 
 
-def bits_per_dim(nll_nats: torch.Tensor | float, num_dims: int, bin_width: float = 1.0) -> torch.Tensor | float:
+def bits_per_dim(nll_nats: torch.Tensor | float, num_dims: int,
+                 bin_width: float = 1.0) -> torch.Tensor | float:
     """Bits per dimension, -log2 P(8-bit image) / D (an upper bound for a dequantised continuous model).
 
     Args:

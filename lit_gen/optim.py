@@ -20,7 +20,8 @@ class WarmupCosineLR(LRScheduler):
     """
 
     def __init__(
-        self, optimizer: Optimizer, warmup_steps: int = 0, total_steps: int | None = None, min_lr_ratio: float = 0.0
+        self, optimizer: Optimizer, warmup_steps: int = 0, total_steps: int | None = None,
+        min_lr_ratio: float = 0.0
     ) -> None:
         if warmup_steps < 0 or (total_steps is not None and total_steps < 1):
             raise ValueError(f"warmup_steps={warmup_steps} must be >= 0 and total_steps={total_steps} >= 1")

@@ -1,10 +1,11 @@
 """Stopping on SIGINT / SIGTERM within seconds, without losing a completed step (no Lightning imports here).
 
-A preempted job (SLURM, Kubernetes) gets a grace period of about 30 s between SIGTERM and SIGKILL. A training step
-is short and is always finished (its weights are then consistent), but a sample grid, an FID pass or a validation
-pass can take minutes: those run *interruptible*, and a signal received inside one raises :class:`Preempted` at
-once. A signal received during a step is acted on at the end of that step (the checkpoint callback raises
-:class:`Preempted` there). On its way out, the checkpoint callback saves the last completed step.
+A preempted job (SLURM, Kubernetes) gets a grace period of about 30 s between SIGTERM and SIGKILL. A training
+step is short and is always finished (its weights are then consistent), but a sample grid, an FID pass or a
+validation pass can take minutes: those run *interruptible*, and a signal received inside one raises
+:class:`Preempted` at once. A signal received during a step is acted on at the end of that step (the
+checkpoint callback raises :class:`Preempted` there). On its way out, the checkpoint callback saves the last
+completed step.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; SLURM / Kubernetes bef
 
 
 class Preempted(Exception):  # noqa: N818 - not an error: the job was asked to stop
-    """Training stopped by a signal; ``signum`` is the signal, ``step`` the last completed step (set when saved)."""
+    """Training stopped by a signal; ``signum`` is the signal, ``step`` the last completed step (set when
+    saved)."""
 
     def __init__(self, signum: signal.Signals) -> None:
         super().__init__(f"stopped by {signum.name}")
@@ -29,8 +31,8 @@ class Preempted(Exception):  # noqa: N818 - not an error: the job was asked to s
 
 class StopSignals:
     """The process's SIGINT / SIGTERM handlers while fitting. The first signal asks to stop; inside
-    :meth:`interruptible` it raises :class:`Preempted` at once; elsewhere the checkpoint callback stops at the end of
-    the step. A second signal raises ``KeyboardInterrupt`` at once."""
+    :meth:`interruptible` it raises :class:`Preempted` at once; elsewhere the checkpoint callback stops at the
+    end of the step. A second signal raises ``KeyboardInterrupt`` at once."""
 
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
@@ -52,9 +54,10 @@ class StopSignals:
 
     @contextmanager
     def interruptible(self, immediate: bool = True, agree: Callable[[bool], bool] | None = None):
-        """A block (sample grid, FID, validation) that a signal stops: raises :class:`Preempted` on entry when a
-        signal came before, and, if ``immediate``, from the signal handler while it runs. ``agree(stop)`` makes
-        the entry decision the same on every process (one collective), so no rank starts a block alone."""
+        """A block (sample grid, FID, validation) that a signal stops: raises :class:`Preempted` on entry when
+        a signal came before, and, if ``immediate``, from the signal handler while it runs. ``agree(stop)``
+        makes the entry decision the same on every process (one collective), so no rank starts a block
+        alone."""
         self.enter(immediate, agree)
         try:
             yield
@@ -79,7 +82,8 @@ class StopSignals:
         self.received = signal.Signals(signum)
         now = self._depth and self._immediate
         where = "now" if now else "once this step (or this pass) ends"
-        print(f"\nlit-gen: {self.received.name} received: saving last.ckpt {where} (send it again to abort at once)",
+        print(f"\nlit-gen: {self.received.name} received: saving last.ckpt {where} (send it again to abort "
+              f"at once)",
               file=sys.stderr)
         if now:
             raise Preempted(self.received)

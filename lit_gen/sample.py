@@ -43,41 +43,52 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     """The flags every method shares, plus those ``method`` declares in its ``SampleOptions`` dataclass."""
     parser = ArgumentParser(
         prog="lit-gen sample",
-        description="Sample from a checkpoint; writes OUTPUT/samples.npz (ADM evaluator format) and OUTPUT/grid.png."
-        + ("" if method else " The options of the checkpoint's method are listed by --ckpt_path CKPT --help."),
+        description="Sample from a checkpoint; writes OUTPUT/samples.npz (ADM evaluator format) and "
+                    "OUTPUT/grid.png."
+        + ("" if method else " The options of the checkpoint's method are listed by --ckpt_path CKPT "
+                             "--help."),
         exit_on_error=False,
     )
-    parser.add_argument("--ckpt_path", type=str | None, default=None, help="Checkpoint written by lit-gen fit.")
+    parser.add_argument("--ckpt_path", type=str | None, default=None,
+                        help="Checkpoint written by lit-gen fit.")
     parser.add_argument(
         "--weights", type=str | None, default=None,
-        help="Instead of --ckpt_path: a .safetensors file written by lit-gen export (its metadata holds the config).",
+        help="Instead of --ckpt_path: a .safetensors file written by lit-gen export (its metadata holds the "
+             "config).",
     )
     parser.add_argument(
         "--config", type=str | None, default=None,
-        help="With --weights: a run's config.yaml whose model section replaces the hyperparameters in the metadata.",
+        help="With --weights: a run's config.yaml whose model section replaces the hyperparameters in the "
+             "metadata.",
     )
     parser.add_argument(
         "--num_samples", type=int | None, default=None,
-        help="How many samples (default 64; with --text or --text_file: how many prompts, default one per prompt).",
+        help="How many samples (default 64; with --text or --text_file: how many prompts, default one per "
+             "prompt).",
     )
     parser.add_argument(
         "--text", type=list[str] | str | None, default=None,
-        help='Prompts of a text-to-image model (DALLE), cycled over the samples: "a small red circle" or [..., ...].',
+        help='Prompts of a text-to-image model (DALLE), cycled over the samples: "a small red circle" or '
+             '[..., ...].',
     )
-    parser.add_argument("--text_file", type=str | None, default=None, help="Instead of --text: one prompt per line.")
-    parser.add_argument("--seed", type=int, default=0, help="Sample i depends only on (seed, i), not on the batch.")
+    parser.add_argument("--text_file", type=str | None, default=None, help="Instead of --text: one prompt "
+                                                                           "per line.")
+    parser.add_argument("--seed", type=int, default=0, help="Sample i depends only on (seed, i), not on the "
+                                                            "batch.")
     parser.add_argument("--output", type=str, default="samples", help="Output folder.")
     parser.add_argument("--batch_size", type=int, default=64, help="Samples per forward pass.")
     parser.add_argument(
         "--labels", type=list[int] | int | None, default=None,
-        help="Class labels, cycled over the samples: 3 or [3, 5] (conditional or classifier-guided models; default: "
-        "balanced over the classes).",
+        help="Class labels, cycled over the samples: 3 or [3, 5] (conditional or classifier-guided models; "
+        "default: balanced over the classes).",
     )
-    parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has them.")
+    parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has "
+                                                               "them.")
     parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument(
         "--devices", type=int, default=1,
-        help="Processes (CPU) or GPUs per node to shard the samples over, by index: the same samples as one process.",
+        help="Processes (CPU) or GPUs per node to shard the samples over, by index: the same samples as one "
+             "process.",
     )
     parser.add_argument("--num_nodes", type=int, default=1, help="Nodes for --devices (torchrun / SLURM).")
     parser.add_argument(
@@ -86,20 +97,23 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     )
     parser.add_argument(
         "--interpolate", type=int | None, default=None,
-        help="Decode an N x N grid of latents slerped between 4 drawn from --seed (diffusion: deterministic DDIM).",
+        help="Decode an N x N grid of latents slerped between 4 drawn from --seed (diffusion: deterministic "
+             "DDIM).",
     )
     parser.add_argument(
         "--invert", type=str | None, default=None,
-        help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents (DDIM or the flow) and reconstruct.",
+        help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents (DDIM or the flow) and "
+             "reconstruct.",
     )
     parser.add_argument(
         "--inpaint", type=str | None, default=None,
-        help="An npz of images (arr_0: uint8 N x H x W x C), cycled over the samples, to fill in where --mask is 0 "
-        "(score samplers: pc, em, ode, ...).",
+        help="An npz of images (arr_0: uint8 N x H x W x C), cycled over the samples, to fill in where "
+        "--mask is 0 (score samplers: pc, em, ode, ...).",
     )
     parser.add_argument(
         "--mask", type=str | None, default=None,
-        help="An npz (arr_0: H x W, H x W x C, N x H x W or N x H x W x C; nonzero = known pixel) for --inpaint.",
+        help="An npz (arr_0: H x W, H x W x C, N x H x W or N x H x W x C; nonzero = known pixel) for "
+             "--inpaint.",
     )
     if method is not None and method.sample_options:
         parser.add_class_arguments(method.SampleOptions, None, as_group=True)
@@ -114,7 +128,8 @@ def method_of(argv: list[str]) -> type | None:
         pre.add_argument(flag)
     args = pre.parse_known_args([a for a in argv if a not in ("-h", "--help")])[0]
     if args.ckpt_path and args.weights:
-        raise ValueError("give --ckpt_path (a checkpoint) or --weights (an exported .safetensors file), not both")
+        raise ValueError("give --ckpt_path (a checkpoint) or --weights (an exported .safetensors file), not "
+                         "both")
     if args.ckpt_path:
         return checkpoint_class(read_checkpoint(args.ckpt_path))
     if args.weights:
@@ -133,14 +148,15 @@ def model_config(path: str | None) -> dict | None:
         raise FileNotFoundError(f"--config file not found: {path!r}")
     model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
     if not isinstance(model, dict) or "class_path" not in model:
-        raise ValueError(f"--config {path!r} has no model section with a class_path (a run's config.yaml has one)")
+        raise ValueError(f"--config {path!r} has no model section with a class_path (a run's config.yaml has "
+                         f"one)")
     check_file_data(model, f"--config {path!r}")  # the classes it names, before anything imports them
     return model
 
 
 def sampling_device(name: str) -> torch.device:
-    """``--device``: auto (a GPU when there is one), cpu, cuda, cuda:1, ...; one-line errors for a bad name or a
-    GPU this machine lacks."""
+    """``--device``: auto (a GPU when there is one), cpu, cuda, cuda:1, ...; one-line errors for a bad name or
+    a GPU this machine lacks."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -158,18 +174,20 @@ def load_model(cfg, device: torch.device):
     """The module to sample from: a checkpoint (``--ckpt_path``) or exported weights (``--weights``)."""
     if cfg.ckpt_path:
         if cfg.config is not None:
-            raise ValueError("--config goes with --weights; a checkpoint (--ckpt_path) carries its own config")
+            raise ValueError("--config goes with --weights; a checkpoint (--ckpt_path) carries its own "
+                             "config")
         return load_module(cfg.ckpt_path, device, ema=cfg.ema)
     if cfg.weights:
         return load_weights(cfg.weights, device, model_config(cfg.config))
-    raise ValueError("lit-gen sample needs --ckpt_path CKPT (written by lit-gen fit) or --weights FILE (lit-gen export)")
+    raise ValueError("lit-gen sample needs --ckpt_path CKPT (written by lit-gen fit) or --weights FILE "
+                     "(lit-gen export)")
 
 
 def sample_main(argv: list[str]) -> Path:
     method = method_of(argv)
     if method is not None and not method.generates:
-        raise ValueError(f"{method.__name__} is not a generative model; lit-gen sample needs a checkpoint of one "
-                         "(a NoisyClassifier guides a diffusion model through --classifier_ckpt)")
+        raise ValueError(f"{method.__name__} is not a generative model; lit-gen sample needs a checkpoint of "
+                         "one (a NoisyClassifier guides a diffusion model through --classifier_ckpt)")
     cfg = build_parser(method).parse_args(argv)
     if isinstance(cfg.labels, int):
         cfg.labels = [cfg.labels]
@@ -188,18 +206,21 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError(f"devices={cfg.devices} and num_nodes={cfg.num_nodes} must be >= 1")
     takes_text = "captions" in inspect.signature(method.sample).parameters if method is not None else False
     if cfg.text and not takes_text:
-        raise ValueError(f"--text / --text_file prompt a text-to-image model; {method.__name__ if method else 'this'} "
-                         "checkpoint is not one (train DALLE: experiments/dalle/)")
+        raise ValueError(f"--text / --text_file prompt a text-to-image model; "
+                         f"{method.__name__ if method else 'this'} checkpoint is not one (train DALLE: "
+                         f"experiments/dalle/)")
     if takes_text and not cfg.text:
-        raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or --text_file FILE")
+        raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or "
+                         f"--text_file FILE")
     if takes_text and (cfg.interpolate is not None or cfg.invert or cfg.inpaint):
-        raise ValueError("a text-to-image model draws from prompts only, without --interpolate, --invert or --inpaint")
+        raise ValueError("a text-to-image model draws from prompts only, without --interpolate, --invert or "
+                         "--inpaint")
     if cfg.num_samples < cfg.devices * cfg.num_nodes:
-        raise ValueError(f"num_samples={cfg.num_samples} is fewer than the {cfg.devices * cfg.num_nodes} ranks of "
-                         "--devices x --num_nodes: every rank draws at least one sample")
+        raise ValueError(f"num_samples={cfg.num_samples} is fewer than the {cfg.devices * cfg.num_nodes} "
+                         "ranks of --devices x --num_nodes: every rank draws at least one sample")
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
-        raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and --invert "
-                         "on one device")
+        raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and "
+                         "--invert on one device")
     device = sampling_device(cfg.device)
     model = load_model(cfg, device)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
@@ -220,7 +241,8 @@ def sample_main(argv: list[str]) -> Path:
             x, labels, extra = draw(model, cfg, options, known)
         if extra:
             write_captioned(output, x, cfg.png, **extra)
-            print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
+            print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}",
+                  file=sys.stderr)
             return output
         nrow = None
     write_samples(output, x, labels, nrow, cfg.png)
@@ -234,17 +256,19 @@ def _uint8_images(path: Path, flag: str, shape: tuple[int, ...]) -> np.ndarray:
     images = np.load(path)["arr_0"]
     expected = (*shape[1:], shape[0])
     if images.dtype != np.uint8 or images.shape[1:] != expected:
-        raise ValueError(f"{flag} expects uint8 images of shape N x {expected}, got {images.dtype} {images.shape}")
+        raise ValueError(f"{flag} expects uint8 images of shape N x {expected}, got {images.dtype} "
+                         f"{images.shape}")
     return images
 
 
 def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_known (N, C, H, W) in [-1, 1], mask (N or 1, C, H, W) of 0/1) from --inpaint and --mask."""
     if "inpaint" not in inspect.signature(model.sample).parameters:
-        raise ValueError(f"{type(model).__name__} cannot inpaint; --inpaint needs a score model or a diffusion model "
-                         "with a sampler of lit_gen.score")
+        raise ValueError(f"{type(model).__name__} cannot inpaint; --inpaint needs a score model or a "
+                         "diffusion model with a sampler of lit_gen.score")
     c, h, w = model.data_shape
-    known = torch.from_numpy(_uint8_images(Path(cfg.inpaint), "--inpaint", model.data_shape)).permute(0, 3, 1, 2)
+    known = torch.from_numpy(_uint8_images(Path(cfg.inpaint), "--inpaint", model.data_shape)).permute(0, 3, 1,
+                                                                                                      2)
     path = Path(cfg.mask)
     if not path.is_file():
         raise FileNotFoundError(f"--mask file not found: {str(path)!r}")
@@ -255,8 +279,8 @@ def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     elif mask.ndim == 3 and mask.shape[1:] == (h, w):
         mask = mask[..., None]
     if mask.ndim != 4 or mask.shape[1:3] != (h, w) or mask.shape[3] not in (1, c):
-        raise ValueError(f"--mask must have shape H x W, H x W x C, N x H x W or N x H x W x C with H, W, C = {h, w, c}, "
-                         f"got {mask.shape}")
+        raise ValueError(f"--mask must have shape H x W, H x W x C, N x H x W or N x H x W x C with H, W, C "
+                         f"= {h, w, c}, got {mask.shape}")
     mask = torch.from_numpy(mask != 0).permute(0, 3, 1, 2).float().expand(-1, c, -1, -1)
     return known.float() / 127.5 - 1, mask
 
@@ -283,7 +307,8 @@ def read_prompts(cfg) -> list[str] | None:
 
 
 def labels_of(model, cfg, options: dict, indices: list[int]) -> torch.Tensor | None:
-    """The requested label of each sample index: ``--labels`` cycled, else balanced over the classes (i mod K)."""
+    """The requested label of each sample index: ``--labels`` cycled, else balanced over the classes (i mod
+    K)."""
     if cfg.labels:
         return torch.tensor([cfg.labels[i % len(cfg.labels)] for i in indices])
     k = model.label_classes(options)
@@ -291,7 +316,8 @@ def labels_of(model, cfg, options: dict, indices: list[int]) -> torch.Tensor | N
 
 
 def draw_indices(model, cfg, options: dict, indices: list[int], known=None, progress: bool = True):
-    """The samples of ``indices`` (one batch): sample i from the generator of (seed, i); returns the output."""
+    """The samples of ``indices`` (one batch): sample i from the generator of (seed, i); returns the
+    output."""
     extra = {}
     if known is not None:  # images and masks cycled over the samples
         images, mask = known
@@ -309,7 +335,8 @@ def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarra
     """The samples, their labels, and ``captions`` / ``scores`` of a text-to-image model ({} otherwise)."""
     xs, ys, nfe, captions, scores = [], [], [], [], []
     for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="batches", unit="batch"):
-        out = draw_indices(model, cfg, options, list(range(start, min(start + cfg.batch_size, cfg.num_samples))), known)
+        out = draw_indices(model, cfg, options,
+                           list(range(start, min(start + cfg.batch_size, cfg.num_samples))), known)
         xs.append(out.x.cpu())
         if out.labels is not None:
             ys.append(out.labels.cpu())
@@ -320,13 +347,15 @@ def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarra
         if out.scores is not None:
             scores.append(out.scores.cpu())
     if nfe:
-        print(f"NFE (network evaluations per batch): {nfe[0]}" + (f" to {max(nfe)}" if max(nfe) != nfe[0] else ""),
+        print(f"NFE (network evaluations per batch): "
+              f"{nfe[0]}" + (f" to {max(nfe)}" if max(nfe) != nfe[0] else ""),
               file=sys.stderr)
     extra = {"captions": captions, "scores": torch.cat(scores) if scores else None} if captions else {}
     return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None), extra
 
 
-def draw_sharded(model, cfg, options: dict, output: Path) -> tuple[torch.Tensor, np.ndarray | None, dict] | None:
+def draw_sharded(model, cfg, options: dict,
+                 output: Path) -> tuple[torch.Tensor, np.ndarray | None, dict] | None:
     """:func:`draw` over ``--devices`` x ``--num_nodes`` processes (None on every rank but 0)."""
     from lit_gen.shards import sample_sharded
 
@@ -370,13 +399,15 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     """Invert the images of ``--invert`` to latents (written to latents.npz) and decode them again;
     returns originals and reconstructions interleaved row by row."""
     if not hasattr(model, "invert"):
-        raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion model or a flow")
+        raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion "
+                         f"model or a flow")
     images = _uint8_images(Path(cfg.invert), "--invert", model.data_shape)
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
     options = model.deterministic_options(options)
     encoder_options = {k: v for k, v in options.items() if k in INVERT_OPTIONS}
     latents = torch.cat([
-        model.invert(chunk, labels=labels_of(model, cfg, options, list(range(s, s + len(chunk)))), progress=True,
+        model.invert(chunk, labels=labels_of(model, cfg, options, list(range(s, s + len(chunk)))),
+                     progress=True,
                      **encoder_options).cpu()
         for s in range(0, len(x0), cfg.batch_size) if len(chunk := x0[s : s + cfg.batch_size])
     ])
@@ -389,8 +420,8 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
 
 def write_captioned(output: Path, x: torch.Tensor, png: bool, captions: list[str],
                     scores: torch.Tensor | None = None) -> None:
-    """``samples.npz`` with ``arr_0`` (uint8 images), ``captions`` (the prompt of each) and ``clip_scores`` (when
-    reranked); ``grid.png`` with one row per prompt, the prompt above it."""
+    """``samples.npz`` with ``arr_0`` (uint8 images), ``captions`` (the prompt of each) and ``clip_scores``
+    (when reranked); ``grid.png`` with one row per prompt, the prompt above it."""
     named = {"captions": np.array(captions)}
     if scores is not None:
         named["clip_scores"] = scores.numpy().astype(np.float32)
@@ -399,7 +430,8 @@ def write_captioned(output: Path, x: torch.Tensor, png: bool, captions: list[str
     if png:
         _write_pngs(output, images)
     shown = min(len(x), 256)
-    save_png(captioned_grid(x[:shown], captions[:shown], None if scores is None else scores[:shown]), output / "grid.png")
+    save_png(captioned_grid(x[:shown], captions[:shown], None if scores is None else scores[:shown]),
+             output / "grid.png")
 
 
 def _write_pngs(output: Path, images: np.ndarray) -> None:

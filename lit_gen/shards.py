@@ -1,11 +1,12 @@
-"""``lit-gen sample --devices N [--num_nodes M]``: sampling over several processes or devices, sharded by sample
-index through Lightning's predict loop. Rank r draws samples r, r + W, r + 2W, ... (W ranks in all, each with at
-least one sample); sample i depends only on (seed, i), so the result equals a one-process run. Prediction does
-not pad (a rank may run one batch fewer; the model is whole on every rank and no collective runs between batches).
-Each rank writes its shard; rank 0 puts them in index order, keeping each sample once.
+"""``lit-gen sample --devices N [--num_nodes M]``: sampling over several processes or devices, sharded by
+sample index through Lightning's predict loop. Rank r draws samples r, r + W, r + 2W, ... (W ranks in all,
+each with at least one sample); sample i depends only on (seed, i), so the result equals a one-process run.
+Prediction does not pad (a rank may run one batch fewer; the model is whole on every rank and no collective
+runs between batches). Each rank writes its shard; rank 0 puts them in index order, keeping each sample once.
 
-A draw returns rows of fields ("x", and "labels", "captions", "scores" where the model gives them): one row per
-sample, or several (a text-to-image model keeps its best candidates for each prompt), those of a sample together."""
+A draw returns rows of fields ("x", and "labels", "captions", "scores" where the model gives them): one row
+per sample, or several (a text-to-image model keeps its best candidates for each prompt), those of a sample
+together."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class SampleIndices(Dataset):
 
 
 class ShardedSampler(L.LightningModule):
-    """Wraps the model to sample from: ``predict_step`` draws the samples of a batch of indices with ``draw``."""
+    """Wraps the model to sample from: ``predict_step`` draws the samples of a batch of indices with
+    ``draw``."""
 
     def __init__(self, model: torch.nn.Module, draw: DrawFn) -> None:
         super().__init__()
@@ -61,8 +63,8 @@ class ShardWriter(BasePredictionWriter):
 
 
 def in_index_order(batches: list[Rows], num_samples: int) -> Rows:
-    """The rows of ``batches`` for samples 0 .. num_samples - 1 in index order, each sample's rows once (should a
-    sampler pad with a sample another batch drew, the first batch's rows are kept)."""
+    """The rows of ``batches`` for samples 0 .. num_samples - 1 in index order, each sample's rows once
+    (should a sampler pad with a sample another batch drew, the first batch's rows are kept)."""
     kept: list[tuple[int, int, int]] = []  # (sample index, batch, row)
     seen: set[int] = set()
     for b, batch in enumerate(batches):
@@ -84,8 +86,8 @@ def in_index_order(batches: list[Rows], num_samples: int) -> Rows:
 
 def sample_sharded(model, draw: DrawFn, num_samples: int, batch_size: int, devices: int, num_nodes: int,
                    accelerator: str, output: Path) -> Rows | None:
-    """Draw ``num_samples`` over ``devices`` x ``num_nodes`` processes; returns the rows in index order on rank 0
-    (:func:`in_index_order`) and None on the other ranks."""
+    """Draw ``num_samples`` over ``devices`` x ``num_nodes`` processes; returns the rows in index order on
+    rank 0 (:func:`in_index_order`) and None on the other ranks."""
     folder = output / ".shards"
     trainer = L.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy="ddp", logger=False,

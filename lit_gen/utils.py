@@ -6,7 +6,8 @@ import torch
 
 
 def append_dims(a: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Append trailing singleton dims to ``a`` (shape (B,)) so it broadcasts against a tensor of ``ndim`` dims."""
+    """Append trailing singleton dims to ``a`` (shape (B,)) so it broadcasts against a tensor of ``ndim``
+    dims."""
     if a.ndim > ndim:
         raise ValueError(f"append_dims: tensor has {a.ndim} dims, more than the target {ndim}")
     return a.reshape(*a.shape, *([1] * (ndim - a.ndim)))
@@ -21,16 +22,18 @@ def check_choice(name: str, value, allowed) -> None:
 Generator = torch.Generator | list[torch.Generator] | None
 
 
-def randn(shape: tuple[int, ...], generator: Generator, device: torch.device | str, dtype=torch.float32) -> torch.Tensor:
+def randn(shape: tuple[int, ...], generator: Generator, device: torch.device | str,
+          dtype=torch.float32) -> torch.Tensor:
     """Standard normal noise of ``shape`` on ``device``.
 
-    ``generator`` may be one generator or a list with one generator per sample (shape[0]); with a list, sample i
-    depends only on generator i, so an image does not depend on the batch it was drawn in (as in EDM).
+    ``generator`` may be one generator or a list with one generator per sample (shape[0]); with a list, sample
+    i depends only on generator i, so an image does not depend on the batch it was drawn in (as in EDM).
     """
     if isinstance(generator, (list, tuple)):
         if len(generator) != shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} samples")
-        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device, dtype=dtype) for g in generator]).to(
+        return torch.stack([torch.randn(shape[1:], generator=g, device=g.device,
+                                        dtype=dtype) for g in generator]).to(
             device
         )
     gen_device = generator.device if generator is not None else device
@@ -50,8 +53,10 @@ def rand(
     return torch.rand(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
-def sample_generators(seed: int, start: int, count: int, device: torch.device | str = "cpu") -> list[torch.Generator]:
-    """One generator per sample index ``start .. start+count-1``, seeded from (seed, index) without collisions."""
+def sample_generators(seed: int, start: int, count: int,
+                      device: torch.device | str = "cpu") -> list[torch.Generator]:
+    """One generator per sample index ``start .. start+count-1``, seeded from (seed, index) without
+    collisions."""
     import numpy as np
 
     gens = []

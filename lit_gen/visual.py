@@ -24,16 +24,20 @@ def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
 
 def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """(B, C, H, W) in [-1, 1] -> one (C, H', W') grid in [0, 1]."""
-    return make_grid(to_unit(x).cpu(), nrow=nrow or math.ceil(math.sqrt(x.shape[0])), padding=1, pad_value=0.5)
+    return make_grid(to_unit(x).cpu(), nrow=nrow or math.ceil(math.sqrt(x.shape[0])), padding=1,
+                     pad_value=0.5)
 
 
 def labelled_grid(x: torch.Tensor, row_labels: list[str]) -> np.ndarray:
-    """:func:`image_grid` with one row per label (``len(x) / len(row_labels)`` images each), the label written left
-    of its row, pixels kept exact (scaled up by a whole factor when rows are lower than the text); uint8 (H, W, 3)."""
+    """:func:`image_grid` with one row per label (``len(x) / len(row_labels)`` images each), the label written
+    left of its row, pixels kept exact (scaled up by a whole factor when rows are lower than the text); uint8
+    (H,
+    W, 3)."""
     from PIL import Image, ImageDraw, ImageFont
 
     per_row = len(x) // len(row_labels)
-    grid = (image_grid(x, per_row).permute(1, 2, 0) * 255).round().byte().numpy()  # (H, W, 3): make_grid gives RGB
+    # (H, W, 3): make_grid gives RGB
+    grid = (image_grid(x, per_row).permute(1, 2, 0) * 255).round().byte().numpy()
     row_height = x.shape[-2] + 1  # image_grid pads by 1
     scale = max(1, math.ceil(12 / row_height))
     image = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
@@ -48,8 +52,8 @@ def labelled_grid(x: torch.Tensor, row_labels: list[str]) -> np.ndarray:
 
 
 def _figure(size: tuple[float, float], columns: int = 0):
-    """A matplotlib ``Figure`` on its own Agg canvas and its axes (a row of ``columns`` when > 0), made without
-    pyplot: no global figure registry, and the user's matplotlib backend is left as it is."""
+    """A matplotlib ``Figure`` on its own Agg canvas and its axes (a row of ``columns`` when > 0), made
+    without pyplot: no global figure registry, and the user's matplotlib backend is left as it is."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -58,7 +62,8 @@ def _figure(size: tuple[float, float], columns: int = 0):
     return fig, (fig.subplots(1, columns, squeeze=False) if columns else fig.subplots())
 
 
-def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, title: str = "", limit: float = 5.0):
+def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, title: str = "",
+                   limit: float = 5.0):
     """A matplotlib figure of 2-D samples, over reference data if given."""
     fig, ax = _figure((4, 4))
     if reference is not None:
@@ -75,9 +80,11 @@ def scatter_figure(points: torch.Tensor, reference: torch.Tensor | None = None, 
     return fig
 
 
-def quiver_figure(points: torch.Tensor, vectors: torch.Tensor, reference: torch.Tensor | None = None, title: str = "",
+def quiver_figure(points: torch.Tensor, vectors: torch.Tensor, reference: torch.Tensor | None = None,
+                  title: str = "",
                   limit: float = 5.0):
-    """A matplotlib quiver plot of a 2-D vector field (a score field) at ``points`` (N, 2), over reference data."""
+    """A matplotlib quiver plot of a 2-D vector field (a score field) at ``points`` (N, 2), over reference
+    data."""
     fig, ax = _figure((4, 4))
     if reference is not None:
         ref = reference.detach().float().cpu()
@@ -93,7 +100,7 @@ def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: st
     """Side-by-side heatmaps of 2-D densities, each an (N, N) array of p on the grid
     [-limit, limit]^2 (rows: y, columns: x), e.g. data histogram, model density, true density."""
     fig, axes = _figure((3.2 * len(panels), 3.4), len(panels))
-    for ax, (name, density) in zip(axes[0], panels):
+    for ax, (name, density) in zip(axes[0], panels, strict=True):
         ax.imshow(density, origin="lower", extent=(-limit, limit, -limit, limit), cmap="viridis")
         ax.set(title=name, aspect="equal")
         ax.tick_params(labelsize=6)
@@ -144,7 +151,8 @@ def save_png(array_hwc: np.ndarray, path: str | Path) -> None:
     atomic_write(path, lambda file: Image.fromarray(array_hwc).save(file, format="PNG"))
 
 
-def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = None, **named: np.ndarray) -> None:
+def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = None,
+             **named: np.ndarray) -> None:
     """ADM evaluator format: ``arr_0`` the samples, ``arr_1`` the labels if any, and ``named`` arrays (e.g.
     ``captions``). Written atomically."""
     arrays = [samples] if labels is None else [samples, labels]

@@ -16,14 +16,17 @@ DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "
 
 
 def subprocess_env() -> dict[str, str]:
-    """This process's environment without rank variables, for a CLI or torchrun subprocess that starts its own job."""
+    """This process's environment without rank variables, for a CLI or torchrun subprocess that starts its own
+    job."""
     return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
 
 
 def start_fit(args: list[str], ready: Path, timeout: float = 120, stderr=subprocess.PIPE,
               **popen) -> subprocess.Popen:
-    """``python -m lit_gen fit ARGS`` in a subprocess (one thread, no rank variables), returned once it has touched
-    ``ready`` (``tests.integration.tiny.SlowSteps``' ready_file): a test can then signal a run inside its loop."""
+    """``python -m lit_gen fit ARGS`` in a subprocess (one thread, no rank variables), returned once it has
+    touched ``ready`` (``tests.integration.tiny.SlowSteps``' ready_file): a test can then signal a run inside
+    its
+    loop."""
     proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, text=True,
                             env=subprocess_env() | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=stderr, **popen)
@@ -48,17 +51,22 @@ def clean_dist_env(monkeypatch):
 
 
 def pytest_runtest_setup(item):
-    """A run given a wall-clock deadline (``LIT_GEN_TEST_DEADLINE``, Unix seconds; `.ci/run` sets one for the slow
-    set) starts no test after it, so a slower CI machine reports the rest as skipped instead of running out of time."""
+    """A run given a wall-clock deadline (``LIT_GEN_TEST_DEADLINE``, Unix seconds; `.ci/run` sets one for the
+    slow set) starts no test after it, so a slower CI machine reports the rest as skipped instead of running
+    out of
+    time."""
     deadline = os.environ.get("LIT_GEN_TEST_DEADLINE")
     if deadline and time.time() > float(deadline):
-        pytest.skip(f"past the run's deadline (LIT_GEN_TEST_DEADLINE={deadline}); run it with `pytest {item.nodeid}`")
+        pytest.skip(f"past the run's deadline (LIT_GEN_TEST_DEADLINE={deadline}); run it with `pytest "
+                    f"{item.nodeid}`")
 
 
-LAST = {"test_every_method_fits_and_resumes_exactly_under_every_preset": 1, "test_gpu_check_script_runs_every_check": 2}
+LAST = {"test_every_method_fits_and_resumes_exactly_under_every_preset": 1,
+        "test_gpu_check_script_runs_every_check": 2}
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest slow tests run last: the preset sweep, then the CPU run of the GPU script. Under `.ci/run`'s deadline
-    a slower machine then skips some presets' sweeps, not the other scaling checks."""
-    items.sort(key=lambda item: LAST.get(getattr(item, "originalname", item.name), 0))  # stable: file order otherwise
+    """The longest slow tests run last: the preset sweep, then the CPU run of the GPU script. Under
+    `.ci/run`'s deadline a slower machine then skips some presets' sweeps, not the other scaling checks."""
+    # stable: file order otherwise
+    items.sort(key=lambda item: LAST.get(getattr(item, "originalname", item.name), 0))

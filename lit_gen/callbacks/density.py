@@ -71,7 +71,8 @@ class DensityPlot(EveryNSteps):
         data = trainer.datamodule
         if data is not None and hasattr(data, "sample"):
             points = data.sample(self.num_data_points, torch.Generator().manual_seed(0)).numpy()
-            hist, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=n, range=[[-self.limit, self.limit]] * 2)
+            hist, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=n,
+                                        range=[[-self.limit, self.limit]] * 2)
             panels.append(("data", hist))
         model_p = log_p.nan_to_num(neginf=-1e30).exp().view(n, n).numpy()
         panels.append(("model", model_p))

@@ -1,5 +1,5 @@
-"""Sample quality during fit: Fréchet distance and KID of fixed-seed samples, logged from a validation-time hook
-with ``pl_module.log``, so ``ModelCheckpoint(monitor=...)`` and ``EarlyStopping`` can use them."""
+"""Sample quality during fit: Fréchet distance and KID of fixed-seed samples, logged from a validation-time
+hook with ``pl_module.log``, so ``ModelCheckpoint(monitor=...)`` and ``EarlyStopping`` can use them."""
 
 from __future__ import annotations
 
@@ -28,14 +28,14 @@ def resolve_features(features: str) -> Path:
 class FIDMonitor(L.Callback):
     """At the end of every ``every_n_validations``-th validation (so at ``trainer.val_check_interval``), draw
     ``num_samples`` fixed-seed samples and log, with ``pl_module.log``, their Fréchet distance
-    ``val/fid_<features>_n<N>`` and kernel distance ``val/kid_<features>_n<N>`` (KID, unbiased even at small N;
-    Bińkowski et al. 2018) to the training images. Monitor either with ``ModelCheckpoint`` / ``EarlyStopping``
-    (see ``experiments/trainer/fid_best3.yaml``). Every rank draws an equal share (the same number of forwards,
-    so no rank waits in a collective); torchmetrics gathers the statistics.
+    ``val/fid_<features>_n<N>`` and kernel distance ``val/kid_<features>_n<N>`` (KID, unbiased even at small
+    N; Bińkowski et al. 2018) to the training images. Monitor either with ``ModelCheckpoint`` /
+    ``EarlyStopping`` (see ``experiments/trainer/fid_best3.yaml``). Every rank draws an equal share (the same
+    number of forwards, so no rank waits in a collective); torchmetrics gathers the statistics.
 
     Args:
-        features: a feature-network file (``python -m lit_gen.metrics train``), a shipped name (``digits16``), or
-            ``inception``: Inception-v3 pool features (2048, the standard FID; needs ``weights_path``).
+        features: a feature-network file (``python -m lit_gen.metrics train``), a shipped name (``digits16``),
+            or ``inception``: Inception-v3 pool features (2048, the standard FID; needs ``weights_path``).
         weights_path: with ``features: inception``, torch-fidelity's ``pt_inception-2015-12-05`` weights file.
         num_samples: generated images per evaluation (the metrics' names carry it).
         batch_size: samples per forward pass.
@@ -62,14 +62,16 @@ class FIDMonitor(L.Callback):
     ) -> None:
         super().__init__()
         if num_samples < 2 or batch_size < 1 or every_n_validations < 1:
-            raise ValueError(f"FIDMonitor needs num_samples >= 2, batch_size >= 1 and every_n_validations >= 1; got "
-                             f"{num_samples}, {batch_size}, {every_n_validations}")
+            raise ValueError(f"FIDMonitor needs num_samples >= 2, batch_size >= 1 and every_n_validations >= "
+                             f"1; got {num_samples}, {batch_size}, {every_n_validations}")
         if features == "inception" and weights_path is None:
-            raise ValueError("features='inception' needs weights_path: the pt_inception-2015-12-05 weights file")
+            raise ValueError("features='inception' needs weights_path: the pt_inception-2015-12-05 weights "
+                             "file")
         self.features = features
         self.weights_path = weights_path
         self.stem = "inception" if features == "inception" else resolve_features(features).stem
-        self.num_samples, self.batch_size, self.real_batch_size, self.seed = num_samples, batch_size, real_batch_size, seed
+        self.num_samples, self.batch_size, self.seed = num_samples, batch_size, seed
+        self.real_batch_size = real_batch_size
         self.sample_options = sample_options or {}
         self.kid_subset_size = min(1000, num_samples) if kid_subset_size is None else kid_subset_size
         self.every_n_validations, self.progress = every_n_validations, progress
@@ -97,7 +99,8 @@ class FIDMonitor(L.Callback):
         if self._validations % self.every_n_validations:
             return
         fid, kid = self.evaluate(trainer, pl_module)
-        pl_module.log(self.name, fid, sync_dist=False)  # the same value on every rank (torchmetrics synced it)
+        # the same value on every rank (torchmetrics synced it)
+        pl_module.log(self.name, fid, sync_dist=False)
         pl_module.log(self.kid_name, kid, sync_dist=False)
 
     @torch.no_grad()
@@ -109,12 +112,14 @@ class FIDMonitor(L.Callback):
                                        disable=not (self.progress and trainer.is_global_zero))
         if fid.real_features_num_samples == 0:  # real statistics once, sharded over ranks
             dataset = trainer.datamodule.train_dataset
-            loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)), batch_size=self.real_batch_size)
+            loader = DataLoader(Subset(dataset, range(rank, len(dataset), world)),
+                                batch_size=self.real_batch_size)
             for batch in bar(loader, len(loader), f"{self.stem} features of the training images"):
                 x = batch["x"].to(pl_module.device)
                 fid.update(x, real=True)
                 kid.update(x, real=True)
-            # torchmetrics gathers list states element by element: every rank makes as many updates (empty ones
+            # torchmetrics gathers list states element by element: every rank makes as many updates (empty
+            # ones
             # where its share ran out), or the ranks disagree on the gathered sizes
             most = math.ceil(math.ceil(len(dataset) / world) / self.real_batch_size)
             for _ in range(most - len(loader)):

@@ -10,14 +10,15 @@ import torch
 
 
 class EveryNSteps(L.Callback):
-    """Calls :meth:`run` every ``every_n_steps`` optimizer steps, at the end of every ``every_n_epochs``-th epoch,
-    and when fitting ends (unless that step was just done). Both 0 turn it off. Every rank calls :meth:`run` (a
-    sharded model needs all ranks in a forward pass)."""
+    """Calls :meth:`run` every ``every_n_steps`` optimizer steps, at the end of every ``every_n_epochs``-th
+    epoch, and when fitting ends (unless that step was just done). Both 0 turn it off. Every rank calls
+    :meth:`run` (a sharded model needs all ranks in a forward pass)."""
 
     def __init__(self, every_n_steps: int, every_n_epochs: int = 0) -> None:
         super().__init__()
         if every_n_steps < 0 or every_n_epochs < 0:
-            raise ValueError(f"every_n_steps={every_n_steps} and every_n_epochs={every_n_epochs} must be >= 0 (0: off)")
+            raise ValueError(f"every_n_steps={every_n_steps} and every_n_epochs={every_n_epochs} must be >= "
+                             f"0 (0: off)")
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs
         self._last_step = -1

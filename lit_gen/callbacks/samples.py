@@ -1,4 +1,5 @@
-"""Sample grids (images) or scatter plots (2-D data) and denoising trajectories in TensorBoard while fitting."""
+"""Sample grids (images) or scatter plots (2-D data) and denoising trajectories in TensorBoard while
+fitting."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ class SampleGrid(EveryNSteps):
     Every rank samples (a sharded model needs all ranks in the forward pass); only rank 0 writes.
 
     Args:
-        every_n_steps: interval in optimizer steps (0: none by steps; with every_n_epochs also 0, the callback is off).
+        every_n_steps: interval in optimizer steps (0: none by steps; with every_n_epochs also 0, the callback
+            is off).
         num_samples: images in the grid (points in the scatter plot for 2-D data).
         seed: seed of the per-sample generators, fixed so grids compare across steps.
         trajectory_samples: how many samples to show along the denoising trajectory (0: none).
@@ -51,8 +53,8 @@ class SampleGrid(EveryNSteps):
         super().__init__(every_n_steps, every_n_epochs)
         if num_samples < 1 or trajectory_samples < 0 or trajectory_points < 0:
             raise ValueError(f"samples: num_samples={num_samples} must be >= 1, trajectory_samples="
-                             f"{trajectory_samples} and trajectory_points={trajectory_points} >= 0 (every_n_steps: 0 "
-                             "turns the grids off)")
+                             f"{trajectory_samples} and trajectory_points={trajectory_points} >= 0 "
+                             "(every_n_steps: 0 turns the grids off)")
         self.num_samples = num_samples
         self.seed = seed
         self.trajectory_samples = trajectory_samples
@@ -67,7 +69,8 @@ class SampleGrid(EveryNSteps):
         num_classes = getattr(pl_module, "num_classes", 0)
         per_row = max(1, self.num_samples // num_classes) if num_classes else None
         n = per_row * num_classes if num_classes else self.num_samples
-        labels = torch.arange(num_classes).repeat_interleave(per_row) if num_classes else None  # row c: class c
+        # row c: class c
+        labels = torch.arange(num_classes).repeat_interleave(per_row) if num_classes else None
         for suffix, extra in variants:
             gens = sample_generators(self.seed, 0, n)
             points = self.trajectory_points if self.trajectory_samples and not suffix else 0
@@ -75,7 +78,8 @@ class SampleGrid(EveryNSteps):
             out = pl_module.sample(n, gens, labels=labels, trajectory_points=points, progress=progress,
                                    **self.sample_options, **extra)
             field = None
-            if out.x.ndim == 2 and not suffix and hasattr(pl_module, "score_field"):  # every rank: same forwards
+            # every rank: same forwards
+            if out.x.ndim == 2 and not suffix and hasattr(pl_module, "score_field"):
                 grid = torch.linspace(-4.5, 4.5, 21, device=pl_module.device)
                 xy = torch.cartesian_prod(grid, grid)  # (441, 2)
                 field = (xy, *pl_module.score_field(xy))
@@ -105,7 +109,8 @@ class SampleGrid(EveryNSteps):
             if out.trajectory:
                 k = min(self.trajectory_samples, out.x.shape[0])
                 frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
-                log_image(trainer, "samples/trajectory", image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step)
+                log_image(trainer, "samples/trajectory",
+                          image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step)
         if self.save_png and log_dir:
             save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}{suffix}.png")
 

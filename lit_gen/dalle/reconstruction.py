@@ -1,5 +1,5 @@
-"""Decoder distributions p(x | z) of the discrete VAE, on lit_gen's [-1, 1] image scale. Each gives a density, so
-the reconstruction loss is a negative log-likelihood and the ELBO reports in bits/dim through
+"""Decoder distributions p(x | z) of the discrete VAE, on lit_gen's [-1, 1] image scale. Each gives a density,
+so the reconstruction loss is a negative log-likelihood and the ELBO reports in bits/dim through
 :mod:`lit_gen.likelihood` (the density's scale fixes the bin width of one 8-bit value)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import math
 import torch
 
 from lit_gen.likelihood import BIN_WIDTH
+
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """fp16 / bf16 up to fp32 (the NLL is summed over every pixel); fp32 and fp64 as they are."""
@@ -55,9 +56,9 @@ class Laplace(Reconstruction):
 
 
 class LogitLaplace(Reconstruction):
-    """The logit-Laplace distribution of DALL-E (Ramesh et al. 2021, App. A.3, Eq. 2) on y = (1 - 2 eps) x01 + eps,
-    x01 = (x + 1) / 2:  f(y | mu, b) = exp(-|logit(y) - mu| / b) / (2 b y (1 - y)); the network predicts mu and
-    ln b for each channel, and the reconstruction is x01 = (sigmoid(mu) - eps) / (1 - 2 eps)."""
+    """The logit-Laplace distribution of DALL-E (Ramesh et al. 2021, App. A.3, Eq. 2) on y = (1 - 2 eps) x01 +
+    eps, x01 = (x + 1) / 2:  f(y | mu, b) = exp(-|logit(y) - mu| / b) / (2 b y (1 - y)); the network predicts
+    mu and ln b for each channel, and the reconstruction is x01 = (sigmoid(mu) - eps) / (1 - 2 eps)."""
 
     channels_per_channel = 2
     bin_width = (1 - 2 * LOGIT_LAPLACE_EPS) / 255
@@ -68,7 +69,8 @@ class LogitLaplace(Reconstruction):
     def nll(self, out, x):
         mu, log_b = _wide(out).chunk(2, dim=1)
         y = self._y(x)
-        log_f = -(torch.logit(y) - mu).abs() * torch.exp(-log_b) - math.log(2) - log_b - torch.log(y) - torch.log1p(-y)
+        log_f = (-(torch.logit(y) - mu).abs() * torch.exp(-log_b) - math.log(2) - log_b
+                 - torch.log(y) - torch.log1p(-y))
         return -log_f.flatten(1).sum(1)
 
     def mean(self, out):
@@ -78,7 +80,8 @@ class LogitLaplace(Reconstruction):
 
 
 def reconstruction(kind: str, scale: float) -> Reconstruction:
-    """``logit_laplace`` (the paper's), ``mse`` (a Gaussian of std ``scale``) or ``l1`` (a Laplace of scale ``scale``)."""
+    """``logit_laplace`` (the paper's), ``mse`` (a Gaussian of std ``scale``) or ``l1`` (a Laplace of scale
+    ``scale``)."""
     if kind == "logit_laplace":
         return LogitLaplace()
     if kind in ("mse", "l1"):

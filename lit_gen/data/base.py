@@ -79,10 +79,10 @@ def split_indices(n: int, fractions: Sequence[float], generator: torch.Generator
 
 
 class ResumableSampler(DistributedSampler):
-    """A DistributedSampler (order from (seed, epoch) only) that can start epoch ``e`` after its first ``skip``
-    indices on this rank (``resume_at(e, skip)``): the part of the epoch a resumed run has already trained on.
-    Every iteration in epoch ``e`` skips them (Lightning may create an iterator before the one it trains on);
-    the next epoch starts from the beginning."""
+    """A DistributedSampler (order from (seed, epoch) only) that can start epoch ``e`` after its first
+    ``skip`` indices on this rank (``resume_at(e, skip)``): the part of the epoch a resumed run has already
+    trained on. Every iteration in epoch ``e`` skips them (Lightning may create an iterator before the one it
+    trains on); the next epoch starts from the beginning."""
 
     _resume: tuple[int, int] | None = None  # (epoch, indices to skip)
 
@@ -209,7 +209,8 @@ class GenerativeDataModule(pl.LightningDataModule):
     # --- mid-epoch resume ----------------------------------------------------------------------
     # Lightning saves state_dict() in every checkpoint and hands it back to load_state_dict() on resume. It is
     # the number of training batches of the current epoch already done (read from the trainer, so the
-    # fetcher's prefetching does not count); a resumed run's sampler skips their indices (without loading them)
+    # fetcher's prefetching does not count); a resumed run's sampler skips their indices (without loading
+    # them)
     # and the run draws exactly what an uninterrupted one draws.
 
     _train_sampler: ResumableSampler | None = None
@@ -219,23 +220,28 @@ class GenerativeDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is None or self._train_sampler is None:
             return {}
-        return {"epoch": trainer.current_epoch, "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
+        return {"epoch": trainer.current_epoch,
+                "batches": trainer.fit_loop.epoch_loop.batch_progress.current.processed,
                 "batch_size": self.batch_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         trainer = getattr(self, "trainer", None)
-        if not state or (trainer is not None and trainer.state.fn != "fit"):  # only fitting continues an epoch
+        # only fitting continues an epoch
+        if not state or (trainer is not None and trainer.state.fn != "fit"):
             return
         self.check_resumable(state)
         self._resume = (state["epoch"], state["batches"] * self.per_rank_batch_size)
-        if self._train_sampler is not None:  # the loader exists already (Lightning may build it before restoring)
+        # the loader exists already (Lightning may build it before restoring)
+        if self._train_sampler is not None:
             self._train_sampler.resume_at(*self._resume)
 
     def check_resumable(self, state: dict[str, int]) -> None:
-        """Raise a one-line ValueError if a checkpoint's DataModule ``state`` cannot be continued by this one."""
+        """Raise a one-line ValueError if a checkpoint's DataModule ``state`` cannot be continued by this
+        one."""
         if state.get("batch_size", self.batch_size) != self.batch_size:
-            raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it at "
-                             f"batch_size={self.batch_size} would not continue the same epoch (use the same one)")
+            raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it "
+                             f"at batch_size={self.batch_size} would not continue the same epoch (use the "
+                             f"same one)")
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         sampler = self._distributed_sampler(dataset, False) if self.world_size > 1 else None
@@ -255,9 +261,9 @@ def dataset_captions(dataset: Dataset, name: str = "the training set") -> list[s
     if captions is None and len(dataset) and "caption" in dataset[0]:
         captions = [dataset[i]["caption"] for i in range(len(dataset))]
     if not captions:
-        raise ValueError(f"{name} ({type(dataset).__name__}) has no captions: a text-to-image model needs a captioned "
-                         "DataModule (ShapesDataModule, CaptionedImageFolderDataModule, or a labelled set with "
-                         "class_captions)")
+        raise ValueError(f"{name} ({type(dataset).__name__}) has no captions: a text-to-image model needs a "
+                         "captioned DataModule (ShapesDataModule, CaptionedImageFolderDataModule, or a "
+                         "labelled set with class_captions)")
     return list(captions)
 
 

@@ -1,6 +1,6 @@
-"""Reading users' image files: every file is checked when the data set is built (unreadable ones are skipped and
-reported with a count), 16-bit images are scaled to 8 bits instead of clipped, and an image that still fails to
-decode mid-fit names its file."""
+"""Reading users' image files: every file is checked when the data set is built (unreadable ones are skipped
+and reported with a count), 16-bit images are scaled to 8 bits instead of clipped, and an image that still
+fails to decode mid-fit names its file."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 
 import numpy as np
 
-HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey PNG / TIFF (I: 32-bit ints read from them)
+# 16-bit grey PNG / TIFF (I: 32-bit ints read from them)
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class UnreadableImageError(ValueError):
@@ -27,7 +28,8 @@ def is_image(name: str) -> bool:
 
 
 def has_images(root: str) -> bool:
-    """Whether ``root`` or one of its sub-folders holds a file with an image extension (stops at the first)."""
+    """Whether ``root`` or one of its sub-folders holds a file with an image extension (stops at the
+    first)."""
     return any(is_image(name) for _, _, names in os.walk(root) for name in names)
 
 
@@ -49,8 +51,9 @@ def load_image(path: str):
 
 
 def readable(paths: list[str], root: str) -> list[bool]:
-    """Check every file (``PIL.Image.verify``: headers and, for PNG, every chunk's checksum) and report the bad ones
-    on stderr with a count; returns one flag per path. Raises a one-line ValueError when none is readable."""
+    """Check every file (``PIL.Image.verify``: headers and, for PNG, every chunk's checksum) and report the
+    bad ones on stderr with a count; returns one flag per path. Raises a one-line ValueError when none is
+    readable."""
     from PIL import Image
 
     ok, bad = [], []

@@ -20,8 +20,8 @@ SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
 class VisionDictDataset(Dataset):
-    """Items ``{"x": transform(image)[, "y": label][, "caption": str]}`` of a torchvision dataset, restricted to
-    ``indices``.
+    """Items ``{"x": transform(image)[, "y": label][, "caption": str]}`` of a torchvision dataset, restricted
+    to ``indices``.
 
     Args:
         base: A dataset of ``(image, target)`` pairs.
@@ -103,8 +103,9 @@ class VisionDataModule(GenerativeDataModule):
         if image_size < 1:
             raise ValueError(f"image_size={image_size} must be >= 1")
         if class_captions is not None and ("{}" not in class_captions or not self.num_classes):
-            raise ValueError(f"class_captions={class_captions!r} needs a labelled set and one '{{}}' for the class "
-                             f"name (e.g. 'a photo of a {{}}'); {type(self).__name__} has {self.num_classes} classes")
+            raise ValueError(f"class_captions={class_captions!r} needs a labelled set and one '{{}}' for the "
+                             f"class name (e.g. 'a photo of a {{}}'); {type(self).__name__} has "
+                             f"{self.num_classes} classes")
         self.class_captions = class_captions
         self.root = root
         self.download = download
@@ -253,7 +254,8 @@ class FashionMNISTDataModule(MNISTDataModule):
     dataset_name = "FashionMNIST"
     torchvision_class = "FashionMNIST"
     folder = "FashionMNIST/raw"
-    class_names = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+    class_names = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
+                   "ankle boot")
 
 
 class CIFAR10DataModule(_TrainTestDataModule):
@@ -331,13 +333,14 @@ def _check_folder(root: str, num_channels: int, name: str) -> None:
 
 
 class FlatImageFolder(Dataset):
-    """``(PIL image, 0)`` for every readable image file directly in ``root`` (sorted by name): an unlabelled folder."""
+    """``(PIL image, 0)`` for every readable image file directly in ``root`` (sorted by name): an unlabelled
+    folder."""
 
     def __init__(self, root: str) -> None:
         paths = sorted(e.path for e in os.scandir(root) if e.is_file() and is_image(e.name))
         if not paths:
             raise FileNotFoundError(f"no images in {root}")
-        self.paths = [path for path, ok in zip(paths, readable(paths, root)) if ok]
+        self.paths = [path for path, ok in zip(paths, readable(paths, root), strict=True) if ok]
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -353,7 +356,7 @@ def _readable_image_folder(root: str) -> Dataset:
 
     folder = ImageFolder(root, loader=load_image)
     keep = readable([path for path, _ in folder.samples], root)
-    folder.samples = [sample for sample, ok in zip(folder.samples, keep) if ok]
+    folder.samples = [sample for sample, ok in zip(folder.samples, keep, strict=True) if ok]
     folder.imgs, folder.targets = folder.samples, [target for _, target in folder.samples]
     return folder
 
@@ -389,8 +392,9 @@ class ImageFolderDataModule(VisionDataModule):
     ) -> None:
         _check_folder(root, num_channels, "ImageFolder")
         if not has_images(root):  # found at once, before a fit writes anything
-            raise FileNotFoundError(f"ImageFolder root={root!r} holds no images ({', '.join(image_extensions())}): put them "
-                             "in it directly, or in one sub-folder per class")
+            raise FileNotFoundError(f"ImageFolder root={root!r} holds no images "
+                             f"({', '.join(image_extensions())}): put them in it directly, or in one "
+                             f"sub-folder per class")
         self.num_channels = num_channels
         self.class_names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
         self.num_classes = len(self.class_names)
@@ -416,19 +420,20 @@ class ImageFolderDataModule(VisionDataModule):
             return _readable_image_folder(self.root) if self.class_names else FlatImageFolder(self.root)
         except FileNotFoundError:  # no images where they should be
             raise FileNotFoundError(
-                f"ImageFolder root={self.root!r} holds no images ({', '.join(image_extensions())}): put them in it "
-                "directly, or in one sub-folder per class"
+                f"ImageFolder root={self.root!r} holds no images ({', '.join(image_extensions())}): put them "
+                "in it directly, or in one sub-folder per class"
             ) from None
 
 
 class CaptionedImages(Dataset):
-    """``(PIL image, index)`` for each line ``<file name><TAB><caption>`` of a captions file, images in ``root``.
-    Every listed image must exist and every caption be non-empty (one-line errors naming the line)."""
+    """``(PIL image, index)`` for each line ``<file name><TAB><caption>`` of a captions file, images in
+    ``root``. Every listed image must exist and every caption be non-empty (one-line errors naming the
+    line)."""
 
     def __init__(self, root: str, captions_file: str) -> None:
         if not os.path.isfile(captions_file):
-            raise FileNotFoundError(f"captions file not found: {captions_file!r} (one '<image file><TAB><caption>' "
-                                    "per line)")
+            raise FileNotFoundError(f"captions file not found: {captions_file!r} (one '<image "
+                                    "file><TAB><caption>' per line)")
         self.paths, self.captions = [], []
         with open(captions_file, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -446,8 +451,8 @@ class CaptionedImages(Dataset):
         if not self.paths:
             raise ValueError(f"captions file {captions_file!r} lists no images")
         keep = readable(self.paths, root)
-        self.paths = [p for p, ok in zip(self.paths, keep) if ok]
-        self.captions = [c for c, ok in zip(self.captions, keep) if ok]
+        self.paths = [p for p, ok in zip(self.paths, keep, strict=True) if ok]
+        self.captions = [c for c, ok in zip(self.captions, keep, strict=True) if ok]
         self.targets = list(range(len(self.paths)))  # the index: captions are looked up by it
 
     def __len__(self) -> int:
@@ -458,7 +463,8 @@ class CaptionedImages(Dataset):
 
 
 class CaptionedImageFolderDataModule(VisionDataModule):
-    """Users' own text-image pairs: images in ``root`` and a captions file of ``<image file><TAB><caption>`` lines.
+    """Users' own text-image pairs: images in ``root`` and a captions file of ``<image file><TAB><caption>``
+    lines.
 
     Args:
         root: Directory with the images.

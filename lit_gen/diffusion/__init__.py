@@ -1,4 +1,5 @@
-"""Pure-torch diffusion math: schedules, the Gaussian noise process, samplers, guidance (no Lightning imports)."""
+"""Pure-torch diffusion math: schedules, the Gaussian noise process, samplers, guidance (no Lightning
+imports)."""
 
 from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output, output_from_eps, training_target
 from lit_gen.diffusion.guidance import ClassifierGuidance, GuidedDenoiser, drop_labels

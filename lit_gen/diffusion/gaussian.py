@@ -6,25 +6,27 @@ dtype of ``x`` when gathered, so mixed precision never degrades the schedule.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
 
+from lit_gen.diffusion.schedules import make_betas
 from lit_gen.likelihood import (
     LOG2,
     discretized_gaussian_log_likelihood,
     mean_over_dims,
     normal_kl,
 )
-from lit_gen.diffusion.schedules import make_betas
 from lit_gen.utils import append_dims
 
 PredictionType = Literal["eps", "x0", "v"]
 
 
 def split_prediction(
-    model_output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+    model_output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+    prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(eps, x0) from a model output for any Gaussian perturbation x_t = alpha x0 + sigma eps, alpha and sigma
     broadcastable against x_t (VP: alpha^2 + sigma^2 = 1; sub-VP and VE too).
@@ -43,7 +45,8 @@ def split_prediction(
         x0 = (alpha * x_t - sigma * model_output) / norm
         eps = (sigma * x_t + alpha * model_output) / norm
     else:
-        raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', 'x0']")
+        raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
+                         f"'x0']")
     return eps, x0
 
 
@@ -56,7 +59,8 @@ def eps_x0_from_output(
     return split_prediction(model_output, x_t, abar.sqrt(), (1 - abar).sqrt(), prediction_type)
 
 
-def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
     """The model output in ``prediction_type`` that corresponds to ``eps`` at x_t (the inverse of
     :func:`eps_x0_from_output` in its eps argument)."""
     a = append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim).sqrt()  # sqrt(abar)
@@ -67,10 +71,12 @@ def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Ten
         return (x_t - s * eps) / a
     if prediction_type == "v":
         return (eps - s * x_t) / a
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', 'x0']")
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
+                     f"'x0']")
 
 
-def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor,
+                    prediction_type: str) -> torch.Tensor:
     """What the network regresses for a given parameterisation."""
     if prediction_type == "eps":
         return eps
@@ -79,7 +85,8 @@ def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tens
     if prediction_type == "v":
         a = append_dims(alpha_bar_t.to(x0.dtype), x0.ndim)
         return a.sqrt() * eps - (1 - a).sqrt() * x0
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', 'x0']")
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
+                     f"'x0']")
 
 
 class GaussianDiffusion(nn.Module):
@@ -92,7 +99,8 @@ class GaussianDiffusion(nn.Module):
         betas: explicit betas (T,) instead of a named schedule (used for respacing).
     """
 
-    def __init__(self, schedule: str = "linear", num_timesteps: int = 1000, betas: torch.Tensor | None = None) -> None:
+    def __init__(self, schedule: str = "linear", num_timesteps: int = 1000,
+                 betas: torch.Tensor | None = None) -> None:
         super().__init__()
         betas = make_betas(schedule, num_timesteps) if betas is None else betas.to(torch.float64)
         alphas = 1 - betas
@@ -111,7 +119,8 @@ class GaussianDiffusion(nn.Module):
         clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]]) if len(betas) > 1 else betas
         self.register_buffer("posterior_log_variance_clipped", torch.log(clipped), persistent=False)
         # Ho et al. 2020, Eq. 7: mu_tilde = c1 x0 + c2 x_t
-        self.register_buffer("posterior_mean_coef1", betas * alpha_bar_prev.sqrt() / (1 - alpha_bar), persistent=False)
+        self.register_buffer("posterior_mean_coef1", betas * alpha_bar_prev.sqrt() / (1 - alpha_bar),
+                             persistent=False)
         self.register_buffer(
             "posterior_mean_coef2", (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar), persistent=False
         )
@@ -121,7 +130,8 @@ class GaussianDiffusion(nn.Module):
         beta_k = 1 - abar_{t_k} / abar_{t_{k-1}} (Nichol & Dhariwal 2021, Sec. 4)."""
         alpha_bar = self.alpha_bar[timesteps]
         prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
-        return GaussianDiffusion(self.schedule, len(timesteps), betas=1 - alpha_bar / prev).to(alpha_bar.device)
+        return GaussianDiffusion(self.schedule, len(timesteps),
+                                 betas=1 - alpha_bar / prev).to(alpha_bar.device)
 
     @staticmethod
     def _at(buffer: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -137,8 +147,10 @@ class GaussianDiffusion(nn.Module):
         self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean, variance and clipped log-variance of q(x_{t-1} | x_t, x0) (Ho et al. 2020, Eqs. 6-7)."""
-        mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t, x_t) * x_t
-        return mean, self._at(self.posterior_variance, t, x_t), self._at(self.posterior_log_variance_clipped, t, x_t)
+        mean = self._at(self.posterior_mean_coef1, t, x_t) * x0 + self._at(self.posterior_mean_coef2, t,
+                                                                           x_t) * x_t
+        return mean, self._at(self.posterior_variance, t, x_t), self._at(self.posterior_log_variance_clipped,
+                                                                         t, x_t)
 
     def split_output(
         self, model_output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, prediction_type: str
@@ -146,9 +158,11 @@ class GaussianDiffusion(nn.Module):
         """(eps, x0) from a network output at integer steps t (B,)."""
         return eps_x0_from_output(model_output, x_t, self.alpha_bar[t], prediction_type)
 
-    def model_log_variance(self, t: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None, variance: str) -> torch.Tensor:
+    def model_log_variance(self, t: torch.Tensor, x: torch.Tensor, v: torch.Tensor | None,
+                           variance: str) -> torch.Tensor:
         """log Sigma_theta(x_t, t): ``learned`` interpolates log beta and log beta_tilde with v in [-1, 1]
-        (Nichol & Dhariwal 2021, Eq. 15); ``small`` is beta_tilde, ``large`` is beta (Ho et al. 2020, Sec. 3.2)."""
+        (Nichol & Dhariwal 2021, Eq. 15); ``small`` is beta_tilde, ``large`` is beta (Ho et al. 2020, Sec.
+        3.2)."""
         min_log = self._at(self.posterior_log_variance_clipped, t, x)
         # for "large", t = 0 uses beta_tilde_1 as in improved-diffusion, so the decoder is well defined
         max_log = self._at(torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log(), t, x)
@@ -159,7 +173,8 @@ class GaussianDiffusion(nn.Module):
             return min_log
         if variance == "large":
             return max_log
-        raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', 'small']")
+        raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', "
+                         f"'small']")
 
     def p_mean_logvar(
         self,
@@ -210,17 +225,22 @@ class GaussianDiffusion(nn.Module):
         num_timesteps: int | None = None,
         progress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """The bound L_T + sum_{t>=1} L_{t-1} + L_0 per sample (B,), in bits/dim, with its parts ``prior``, ``kl``
-        (t >= 1) and ``decoder`` (t = 0). By default every term (T forward passes). With ``num_timesteps`` K, the
-        unbiased estimate L_T + L_0 + (T - 1) mean_k L_{t_k} from K steps t_k ~ U{1, ..., T-1} per sample (K + 1
-        passes), plus ``var``: the variance of that estimate over the draw of t (from the K terms; needs K >= 2)."""
+        """The bound L_T + sum_{t>=1} L_{t-1} + L_0 per sample (B,), in bits/dim, with its parts ``prior``,
+        ``kl`` (t >= 1) and ``decoder`` (t = 0). By default every term (T forward passes). With
+        ``num_timesteps`` K, the unbiased estimate L_T + L_0 + (T - 1) mean_k L_{t_k} from K steps t_k ~ U{1,
+        ..., T-1} per sample (K + 1 passes), plus ``var``: the variance of that estimate over the draw of t
+        (from the K terms;
+        needs K
+        >=
+        2)."""
         from tqdm.auto import tqdm
 
         from lit_gen.utils import randn
 
         B, T = x0.shape[0], self.num_timesteps
         if num_timesteps is not None and not 2 <= num_timesteps:
-            raise ValueError(f"num_timesteps={num_timesteps}: the estimate needs at least 2 random steps per sample")
+            raise ValueError(f"num_timesteps={num_timesteps}: the estimate needs at least 2 random steps per "
+                             f"sample")
 
         def term(t: torch.Tensor) -> torch.Tensor:
             x_t = self.q_sample(x0, t, randn(x0.shape, generator, x0.device, x0.dtype))
@@ -246,6 +266,7 @@ class GaussianDiffusion(nn.Module):
         out["bpd"] = prior + out["kl"] + decoder
         return out
 
-    def sample_timesteps(self, batch_size: int, device: torch.device, generator: torch.Generator | None = None):
+    def sample_timesteps(self, batch_size: int, device: torch.device,
+                         generator: torch.Generator | None = None):
         """t ~ U{0, ..., T-1} (Ho et al. 2020, Algorithm 1)."""
         return torch.randint(0, self.num_timesteps, (batch_size,), device=device, generator=generator)

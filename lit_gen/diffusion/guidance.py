@@ -11,7 +11,8 @@ with classifier-free guidance and/or the eps form of classifier guidance applied
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 
@@ -23,11 +24,14 @@ ClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) 
 
 
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None):
-    """Replace each label by ``null_label`` with probability ``p_uncond`` (condition dropout for classifier-free
-    guidance, Ho & Salimans 2022, Algorithm 1). Draws from ``generator``, else from the (per-step seeded) global RNG."""
+    """Replace each label by ``null_label`` with probability ``p_uncond`` (condition dropout for
+    classifier-free guidance, Ho & Salimans 2022, Algorithm 1). Draws from ``generator``, else from the
+    (per-step seeded)
+    global RNG."""
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
-    drop = torch.rand(y.shape, generator=generator, device=y.device if generator is None else generator.device)
+    drop = torch.rand(y.shape, generator=generator,
+                      device=y.device if generator is None else generator.device)
     return torch.where(drop.to(y.device) < p_uncond, torch.full_like(y, null_label), y)
 
 
@@ -41,7 +45,8 @@ def eps_coefficient(alpha_bar_t: torch.Tensor, prediction_type: str, ndim: int) 
         return -(1 - a).sqrt() / a.sqrt()
     if prediction_type == "v":  # eps = sqrt(1 - abar) x_t + sqrt(abar) v
         return 1 / a.sqrt()
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', 'x0']")
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
+                     f"'x0']")
 
 
 class ClassifierGuidance:
@@ -73,9 +78,10 @@ class GuidedDenoiser:
     variance the prediction channels come first and the conditional model's variance channels are kept).
 
     Classifier-free guidance: eps = eps_u + s (eps_c - eps_u), with eps_c and eps_u from one batched 2B
-    forward pass (Ho & Salimans 2022, Eq. 6), or two passes of B (``guidance_batching``). As the output is affine in eps at fixed (x_t, t), the same
-    combination of the outputs is exactly this combination in eps space, for x0 and v prediction too.
-    s = 0 and s = 1 call the network once, unconditionally and conditionally.
+    forward pass (Ho & Salimans 2022, Eq. 6), or two passes of B (``guidance_batching``). As the output is
+    affine in eps at fixed (x_t, t), the same combination of the outputs is exactly this combination in eps
+    space, for x0 and v prediction too. s = 0 and s = 1 call the network once, unconditionally and
+    conditionally.
 
     Args:
         net: ``net(x_t, t, y)``; ``y`` = ``null_label`` is the unconditional model.
@@ -90,9 +96,9 @@ class GuidedDenoiser:
         guidance_rescale: phi of Lin et al. 2024, Sec. 3.4: the guided eps is rescaled to the conditional
             eps's standard deviation per sample, mixed as phi * rescaled + (1 - phi) * guided (0: off).
         classifier: classifier guidance, or None.
-        guidance_batching: ``joint``: one 2B forward pass (best on GPUs); ``split``: two passes of B (on CPUs, where
-            a pass costs more than twice as much at twice the batch); ``auto``: joint on CUDA, split elsewhere. The
-            outputs agree to float rounding.
+        guidance_batching: ``joint``: one 2B forward pass (best on GPUs); ``split``: two passes of B (on CPUs,
+            where a pass costs more than twice as much at twice the batch); ``auto``: joint on CUDA, split
+            elsewhere. The outputs agree to float rounding.
         classifier_form: ``eps``: eps - sqrt(1 - abar_t) s grad log p(y|x_t) (Algorithm 2, any sampler);
             ``mean``: the ancestral sampler shifts its mean by Sigma s grad (Algorithm 1) through
             :meth:`mean_gradient`, and the output is left alone.
@@ -117,15 +123,18 @@ class GuidedDenoiser:
             raise ValueError(f"guidance_batching={guidance_batching!r} is not supported; choose one of "
                              "['auto', 'joint', 'split']")
         if classifier_form not in ("eps", "mean"):
-            raise ValueError(f"classifier_form={classifier_form!r} is not supported; choose one of ['eps', 'mean']")
+            raise ValueError(f"classifier_form={classifier_form!r} is not supported; choose one of ['eps', "
+                             f"'mean']")
         if guidance_interval is not None and not 0 <= guidance_interval[0] <= guidance_interval[1]:
-            raise ValueError(f"guidance_interval={tuple(guidance_interval)} must be (t_lo, t_hi) with 0 <= t_lo <= t_hi")
+            raise ValueError(f"guidance_interval={tuple(guidance_interval)} must be (t_lo, t_hi) with 0 <= "
+                             f"t_lo <= t_hi")
         if not 0 <= guidance_rescale <= 1:
             raise ValueError(f"guidance_rescale={guidance_rescale} must be in [0, 1]")
         self.net, self.diffusion, self.prediction_type = net, diffusion, prediction_type
         self.learned_variance = learned_variance
         self.labels, self.null_label = labels, null_label
-        self.guidance_scale, self.guidance_interval, self.guidance_rescale = guidance_scale, guidance_interval, guidance_rescale
+        self.guidance_scale, self.guidance_interval = guidance_scale, guidance_interval
+        self.guidance_rescale = guidance_rescale
         self.classifier, self.classifier_form = classifier, classifier_form
         self.guidance_batching = guidance_batching
 
@@ -150,7 +159,8 @@ class GuidedDenoiser:
         inside = self._guided_here(t)
         if not inside.any():
             return self.net(x_t, t, y)
-        joint = self.guidance_batching == "joint" or (self.guidance_batching == "auto" and x_t.device.type == "cuda")
+        batching = self.guidance_batching
+        joint = batching == "joint" or (batching == "auto" and x_t.device.type == "cuda")
         if joint:  # one 2B pass
             out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null])).chunk(2)
         else:
@@ -162,7 +172,8 @@ class GuidedDenoiser:
         pred = torch.where(append_dims(inside, x_t.ndim), pred, pred_c)
         return pred if var_c is None else torch.cat([pred, var_c], dim=1)
 
-    def _rescale(self, pred: torch.Tensor, pred_c: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _rescale(self, pred: torch.Tensor, pred_c: torch.Tensor, x_t: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
         # Lin et al. 2024, Sec. 3.4, in eps space: match the guided eps's std to the conditional one's
         abar = self.diffusion.alpha_bar[t]
         eps = eps_x0_from_output(pred, x_t, abar, self.prediction_type)[0]

@@ -3,7 +3,7 @@ L_vlb (Nichol & Dhariwal 2021, Eq. 16)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

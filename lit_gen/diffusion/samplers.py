@@ -7,8 +7,9 @@ changes the model output, never the sampler.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -29,14 +30,17 @@ class StepOutput:
 def timestep_subsequence(num_timesteps: int, num_steps: int, spacing: str = "linear") -> torch.Tensor:
     """K of the T steps in descending order, always ending on t = 0 (so the last update lands on x0).
 
-    linear: evenly spaced over [0, T-1]; quadratic: t_i ~ (c i)^2 as used for CIFAR-10 in Song et al. 2021, Sec. D.2.
+    linear: evenly spaced over [0, T-1]; quadratic: t_i ~ (c i)^2 as used for CIFAR-10 in Song et al. 2021,
+        Sec. D.2.
     """
     if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"steps={num_steps} must be between 1 and the model's {num_timesteps} diffusion steps")
+        raise ValueError(f"steps={num_steps} must be between 1 and the model's {num_timesteps} diffusion "
+                         f"steps")
     if spacing == "linear":
         ts = torch.linspace(0, num_timesteps - 1, num_steps, dtype=torch.float64).round().long()
     elif spacing == "quadratic":
-        ts = (torch.linspace(0, (0.8 * num_timesteps) ** 0.5, num_steps, dtype=torch.float64) ** 2).round().long()
+        ts = (torch.linspace(0, (0.8 * num_timesteps) ** 0.5, num_steps,
+                             dtype=torch.float64) ** 2).round().long()
         # the first gaps are below one step: push repeats up so the steps stay distinct
         idx = torch.arange(num_steps)
         ts = torch.cummax(ts - idx, 0).values + idx
@@ -84,7 +88,8 @@ class DiffusionSampler(nn.Module):
         alpha_bar_t = self.diffusion.alpha_bar[timesteps]  # (K,) float64
         self.register_buffer("timesteps", timesteps, persistent=False)  # (K,) descending
         self.register_buffer("alpha_bar_t", alpha_bar_t, persistent=False)
-        self.register_buffer("alpha_bar_prev", torch.cat([alpha_bar_t[1:], alpha_bar_t.new_ones(1)]), persistent=False)
+        self.register_buffer("alpha_bar_prev", torch.cat([alpha_bar_t[1:], alpha_bar_t.new_ones(1)]),
+                             persistent=False)
         # the process on the kept steps, ascending (respaced index k = K - 1 - i for loop index i)
         self.process = self.diffusion.respaced(timesteps.flip(0))
 
@@ -92,11 +97,14 @@ class DiffusionSampler(nn.Module):
         """The eps / x0 / v channels (a learned variance's v channels follow them)."""
         return model_output.chunk(2, dim=1)[0] if self.learned_variance else model_output
 
-    def predict_from_level(self, model_output: torch.Tensor, alpha_bar: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def predict_from_level(self, model_output: torch.Tensor, alpha_bar: torch.Tensor,
+                           x: torch.Tensor) -> torch.Tensor:
         """eps from a model output for a point x at noise level alpha_bar (no clipping)."""
-        return eps_x0_from_output(self._prediction(model_output), x, alpha_bar.expand(x.shape[0]), self.prediction_type)[0]
+        return eps_x0_from_output(self._prediction(model_output), x, alpha_bar.expand(x.shape[0]),
+                                  self.prediction_type)[0]
 
-    def predict(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, model_output: torch.Tensor, index: int,
+                x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0) at step ``index``; with clipping, eps is recomputed from the clipped x0."""
         abar = self.alpha_bar_t[index].expand(x_t.shape[0])
         eps, x0 = eps_x0_from_output(self._prediction(model_output), x_t, abar, self.prediction_type)
@@ -113,8 +121,8 @@ class DiffusionSampler(nn.Module):
         self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
         mean_gradient: torch.Tensor | None = None,
     ) -> StepOutput:
-        """x_t -> x_{t'} from the model output at step ``index``; ``mean_gradient`` (s grad log p(y | x_t)) shifts
-        the mean by Sigma times it, on samplers with ``has_mean``."""
+        """x_t -> x_{t'} from the model output at step ``index``; ``mean_gradient`` (s grad log p(y | x_t))
+        shifts the mean by Sigma times it, on samplers with ``has_mean``."""
         raise NotImplementedError
 
 
@@ -137,7 +145,8 @@ class DDPMSampler(DiffusionSampler):
         variance: Literal["small", "large", "learned"] = "small",
     ) -> None:
         if variance not in ("small", "large", "learned"):
-            raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', 'small']")
+            raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', "
+                             f"'small']")
         self.variance = variance
         super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 
@@ -167,7 +176,8 @@ class DDIMSampler(DiffusionSampler):
     eta = 1 over all T steps has the DDPM posterior variance.
 
     Args:
-        eta: scale of the noise, sigma_t = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 - abar_t/abar_prev).
+        eta: scale of the noise, sigma_t = eta * sqrt((1 - abar_prev)/(1 - abar_t)) * sqrt(1 -
+            abar_t/abar_prev).
     """
 
     def __init__(
@@ -222,16 +232,19 @@ def sample_loop(
     trajectory_points: int = 0,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Run ``sampler`` from x_T; ``denoise_fn(x_t, t)`` returns the network output at integer steps t (B,)
-    (e.g. a :class:`~lit_gen.diffusion.guidance.GuidedDenoiser`; its ``mean_gradient``, if any, goes to the step).
+    (e.g. a :class:`~lit_gen.diffusion.guidance.GuidedDenoiser`; its ``mean_gradient``, if any, goes to the
+    step).
 
     Returns the final sample and, if ``trajectory_points`` > 0, that many predicted-x0 snapshots
     taken at evenly spaced steps (the denoising trajectory).
     """
     x = x_T
     num = len(sampler.timesteps)
-    keep = set(torch.linspace(0, num - 1, trajectory_points).round().long().tolist()) if trajectory_points else set()
+    keep = set(torch.linspace(0, num - 1,
+                              trajectory_points).round().long().tolist()) if trajectory_points else set()
     trajectory = []
-    for i, t in enumerate(tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress, leave=False)):
+    for i, t in enumerate(tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress,
+                               leave=False)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         model_output = denoise_fn(x, t_batch)
         mean_gradient = denoise_fn.mean_gradient(x, t_batch) if hasattr(denoise_fn, "mean_gradient") else None
@@ -251,7 +264,8 @@ def invert_loop(
     if sampler.eta != 0:
         raise ValueError(f"DDIM inversion is deterministic only with eta=0, got eta={sampler.eta}")
     x = x0
-    for i in tqdm(reversed(range(len(sampler.timesteps))), desc="inverting", disable=not progress, leave=False):
+    for i in tqdm(reversed(range(len(sampler.timesteps))), desc="inverting", disable=not progress,
+                  leave=False):
         t_batch = torch.full((x.shape[0],), int(sampler.timesteps[i]), device=x.device, dtype=torch.long)
         abar_from, abar_to = sampler.alpha_bar_prev[i], sampler.alpha_bar_t[i]
         eps = sampler.predict_from_level(denoise_fn(x, t_batch), abar_from, x)
@@ -269,7 +283,8 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, alpha: float | torch.Tensor) -> to
     alpha = append_dims(alpha.expand(z0.shape[0]) if alpha.ndim == 0 else alpha, z0.ndim)
     sin = torch.sin(theta)
     linear = (1 - alpha) * z0 + alpha * z1  # parallel latents: the sphere degenerates to the line
-    return torch.where(sin.abs() < 1e-6, linear, (torch.sin((1 - alpha) * theta) * z0 + torch.sin(alpha * theta) * z1) / sin)
+    return torch.where(sin.abs() < 1e-6, linear,
+                       (torch.sin((1 - alpha) * theta) * z0 + torch.sin(alpha * theta) * z1) / sin)
 
 
 def slerp_grid(corners: torch.Tensor, n: int) -> torch.Tensor:
@@ -278,6 +293,7 @@ def slerp_grid(corners: torch.Tensor, n: int) -> torch.Tensor:
     a = torch.linspace(0, 1, n, dtype=corners.dtype, device=corners.device)
     left = slerp(corners[0:1].expand(n, *corners.shape[1:]), corners[2:3].expand(n, *corners.shape[1:]), a)
     right = slerp(corners[1:2].expand(n, *corners.shape[1:]), corners[3:4].expand(n, *corners.shape[1:]), a)
-    rows = [slerp(left[i : i + 1].expand(n, *corners.shape[1:]), right[i : i + 1].expand(n, *corners.shape[1:]), a)
+    rows = [slerp(left[i : i + 1].expand(n, *corners.shape[1:]),
+                  right[i : i + 1].expand(n, *corners.shape[1:]), a)
             for i in range(n)]
     return torch.cat(rows)

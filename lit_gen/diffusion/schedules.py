@@ -20,7 +20,8 @@ def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float =
 
 
 def cosine_alpha_bar(t: torch.Tensor, s: float = 0.008) -> torch.Tensor:
-    """Nichol & Dhariwal 2021, Eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t + s)/(1 + s) * pi/2), t in [0, 1]."""
+    """Nichol & Dhariwal 2021, Eq. 17: alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t + s)/(1 + s) * pi/2), t in
+    [0, 1]."""
     f = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     return f / math.cos(s / (1 + s) * math.pi / 2) ** 2
 

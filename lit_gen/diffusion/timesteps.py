@@ -24,7 +24,8 @@ class UniformTimesteps(nn.Module):
         return t, (1.0 / (self.num_timesteps * p[t])).float()
 
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
-        """Record per-sample losses L_t (gathered from every rank under DDP). Uniform sampling ignores them."""
+        """Record per-sample losses L_t (gathered from every rank under DDP). Uniform sampling ignores
+        them."""
 
 
 class LossAwareTimesteps(UniformTimesteps):
@@ -54,7 +55,7 @@ class LossAwareTimesteps(UniformTimesteps):
     @torch.no_grad()
     def update(self, t: torch.Tensor, losses: torch.Tensor) -> None:
         history = self.loss_history.shape[1]
-        for step, loss in zip(t.tolist(), losses.detach().double().tolist()):
+        for step, loss in zip(t.tolist(), losses.detach().double().tolist(), strict=True):
             n = int(self.loss_counts[step])
             if n == history:  # a queue: drop the oldest
                 self.loss_history[step, :-1] = self.loss_history[step, 1:].clone()

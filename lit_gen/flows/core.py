@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 
-
 def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
     """(B, ...) -> (B,) sum over every dim but the first."""
     return x.flatten(1).sum(1)

@@ -154,8 +154,8 @@ class AffineCoupling(MaskedCoupling):
             mask: Binary mask broadcastable to the input, 1 where the input passes unchanged.
             conditioner: Network from the kept part to (log s, t) of the transformed part, 2 C_b channels
                 (see ``coupling_channels``).
-            scale_fn: ``sigmoid`` (Glow, s = sigmoid(h + 2)), ``tanh`` (RealNVP's code, log s = scale * tanh(h))
-                or ``exp`` (log s = h).
+            scale_fn: ``sigmoid`` (Glow, s = sigmoid(h + 2)), ``tanh`` (RealNVP's code, log s = scale *
+                tanh(h)) or ``exp`` (log s = h).
         """
         check_choice("scale_fn", scale_fn, {"sigmoid", "tanh", "exp"})
         super().__init__(mask, conditioner)

@@ -42,7 +42,8 @@ class StandardNormal(nn.Module):
         """
         super().__init__()
         self.shape = tuple(shape)
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # follows the module's device/dtype
+        # follows the module's device/dtype
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return sum_except_batch(-0.5 * (LOG_2PI + z**2))  # (B,)
@@ -76,7 +77,8 @@ class StandardLogistic(nn.Module):
         return -sum_except_batch(F.softplus(z) + F.softplus(-z))  # (B,)
 
     def from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        # z = T * logit(Phi(eps)), the logistic inverse CDF of a normal CDF, in log space so the tails stay finite
+        # z = T * logit(Phi(eps)), the logistic inverse CDF of a normal CDF, in log space so the tails stay
+        # finite
         return temperature * (torch.special.log_ndtr(eps) - torch.special.log_ndtr(-eps))
 
     def to_noise(self, z: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ from lit_gen.utils import Generator, randn
 
 
 class Split(nn.Module):
-    """Factor out the last ``num_channels // 2`` channels of a (B, C, H, W) tensor (Dinh et al. 2017, Sec. 3.6).
+    """Factor out the last ``num_channels // 2`` channels of a (B, C, H, W) tensor (Dinh et al. 2017, Sec.
+    3.6).
 
     With ``learn_prior`` the factored half z has the prior N(mean(h), exp(log_std(h))^2) given the kept
     half h (a ``ConditionalGaussian``, Kingma & Dhariwal 2018); otherwise N(0, I).
@@ -34,7 +35,8 @@ class Split(nn.Module):
 
         Args:
             num_channels: Channels C of the input; C - C // 2 are kept, C // 2 factored out.
-            learn_prior: Give the factored half a learned conditional Gaussian prior (Glow) instead of N(0, I).
+            learn_prior: Give the factored half a learned conditional Gaussian prior (Glow) instead of N(0,
+                I).
         """
         super().__init__()
         if num_channels < 2:
@@ -60,7 +62,8 @@ class Split(nn.Module):
         return torch.cat([h, z], dim=1)  # (B, C, H, W)
 
     def from_noise(self, h: torch.Tensor, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """cat(h, z) with z = mean(h) + temperature * std(h) * eps, eps (B, C // 2, H, W) standard normal noise."""
+        """cat(h, z) with z = mean(h) + temperature * std(h) * eps, eps (B, C // 2, H, W) standard normal
+        noise."""
         mean, log_std = self.prior_params(h)
         return self.inverse(h, mean + temperature * log_std.exp() * eps)
 
@@ -78,7 +81,8 @@ class Flow(nn.Module):
     preprocessed (see ``lit_gen.flows.preprocess``); densities are in nats on that scale.
     """
 
-    fsdp_methods = ("log_prob", "sample", "to_noise")  # entry points besides forward: FSDP gathers weights for them
+    # entry points besides forward: FSDP gathers weights for them
+    fsdp_methods = ("log_prob", "sample", "to_noise")
 
     def __init__(
         self,
@@ -142,9 +146,10 @@ class Flow(nn.Module):
         return h
 
     def to_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """The standard normal noise (B, D) that ``sample(noise=...)`` at temperature 1 maps to x: every latent
-        z_i standardised by its own prior (learned conditional priors included), flattened and concatenated
-        in the order z_1, ..., z_L. A bijection of x whose distribution under the model is N(0, I)."""
+        """The standard normal noise (B, D) that ``sample(noise=...)`` at temperature 1 maps to x: every
+        latent z_i standardised by its own prior (learned conditional priors included), flattened and
+        concatenated in the order z_1, ..., z_L. A bijection of x whose distribution under the model is N(0,
+        I)."""
         noise = []
         h = x
         for i, level in enumerate(self.levels):
@@ -197,7 +202,8 @@ class Flow(nn.Module):
         n = noise.shape[0]
         noise = noise.reshape(n, -1)
         if noise.shape[1] != self.num_dims:
-            raise ValueError(f"noise has {noise.shape[1]} dimensions per sample, the flow has {self.num_dims}")
+            raise ValueError(f"noise has {noise.shape[1]} dimensions per sample, the flow has "
+                             f"{self.num_dims}")
         end = noise.shape[1]  # the noise is consumed from the end: the top latent z_L comes last
 
         def take(shape: tuple[int, ...]) -> torch.Tensor:

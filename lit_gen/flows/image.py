@@ -166,7 +166,8 @@ class Glow(Flow):
                 mask = channel_mask(C, 0)  # keep the first half x_a, transform the second x_b
                 c_a, c_b = coupling_channels(mask, C)
                 if coupling == "affine":
-                    layers.append(AffineCoupling(mask, GlowConditioner(c_a, 2 * c_b, hidden_channels), scale_fn))
+                    layers.append(AffineCoupling(mask, GlowConditioner(c_a, 2 * c_b, hidden_channels),
+                                                 scale_fn))
                 elif coupling == "additive":
                     layers.append(AdditiveCoupling(mask, GlowConditioner(c_a, c_b, hidden_channels)))
                 else:

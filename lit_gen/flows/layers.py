@@ -150,7 +150,8 @@ class InvertibleConv1x1(FlowLayer):
         """
         super().__init__()
         self.lu_decomposed = lu_decomposed
-        w_init = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]  # random rotation (Glow Sec. 3.2)
+        # random rotation (Glow Sec. 3.2)
+        w_init = torch.linalg.qr(torch.randn(num_channels, num_channels))[0]
         if lu_decomposed:
             P, L, U = torch.linalg.lu(w_init)
             s = torch.diagonal(U)
@@ -210,7 +211,8 @@ class InvertibleConv1x1(FlowLayer):
 
 
 class Permutation(FlowLayer):
-    """A fixed permutation of the channels: reversal (Dinh et al. 2017) or a random shuffle (Glow Sec. 3.2)."""
+    """A fixed permutation of the channels: reversal (Dinh et al. 2017) or a random shuffle (Glow Sec.
+    3.2)."""
 
     def __init__(self, num_channels: int, kind: Literal["reverse", "shuffle"] = "reverse", seed: int = 0):
         """Build the permutation.

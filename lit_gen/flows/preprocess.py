@@ -1,4 +1,5 @@
-"""Preprocessing of 8-bit images for continuous flows (dequantisation and bits/dim live in ``lit_gen.likelihood``).
+"""Preprocessing of 8-bit images for continuous flows (dequantisation and bits/dim live in
+``lit_gen.likelihood``).
 
 Scales. lit_gen stores an 8-bit value k in {0, ..., 255} as x = 2k/255 - 1 in [-1, 1]. A flow is a
 continuous density, so it is fitted to dequantised data and its density is converted to the probability
@@ -41,13 +42,15 @@ from lit_gen.flows.core import sum_except_batch
 from lit_gen.likelihood import bits_per_dim, dequantize  # noqa: F401  (re-exported for flows)
 from lit_gen.utils import Generator
 
+
 def _check_alpha(alpha: float) -> None:
     if not 0.0 < alpha < 0.5:
         raise ValueError(f"logit alpha={alpha} must lie in (0, 0.5)")
 
 
 def logit_transform(y: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor, torch.Tensor]:
-    """s = logit(alpha + (1 - 2 alpha) (y + 1) / 2) (after Dinh et al. 2017, Sec. 4.1) and log|det ds/dy| (B,).
+    """s = logit(alpha + (1 - 2 alpha) (y + 1) / 2) (after Dinh et al. 2017, Sec. 4.1) and log|det ds/dy|
+    (B,).
 
     Args:
         y: Dequantised data (B, ...) in [-1, 1).
@@ -71,7 +74,8 @@ def logit_inverse(s: torch.Tensor, alpha: float = 0.05) -> tuple[torch.Tensor, t
 
 
 def preprocess(
-    x: torch.Tensor, logit_alpha: float | None = None, generator: Generator = None, offset: float | None = None
+    x: torch.Tensor, logit_alpha: float | None = None, generator: Generator = None,
+    offset: float | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dequantise (and optionally logit-transform) 8-bit data for a flow.
 

@@ -63,7 +63,8 @@ class NICE(Flow):
         for i in range(num_coupling_layers):
             mask = alternating_mask(dim, i % 2)
             d_a, d_b = coupling_channels(mask, dim)
-            layers.append(AdditiveCoupling(mask, MLPConditioner(d_a, d_b, hidden_features, num_hidden_layers)))
+            layers.append(AdditiveCoupling(mask,
+                                           MLPConditioner(d_a, d_b, hidden_features, num_hidden_layers)))
         layers.append(DiagonalScaling((dim,)))
         base = StandardNormal((dim,)) if prior == "gaussian" else StandardLogistic((dim,))
         super().__init__(data_shape, [FlowSequence(layers)], [], base)

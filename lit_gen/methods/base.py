@@ -70,7 +70,8 @@ class GenerativeModule(L.LightningModule):
     """
 
     SampleOptions: type = NoSampleOptions
-    # init arguments that only change evaluation: given with --ckpt_path, they override the checkpoint's values
+    # init arguments that only change evaluation: given with --ckpt_path, they override the checkpoint's
+    # values
     evaluation_args: frozenset[str] = frozenset()
     generates = True  # False for a helper model (a noisy classifier): no sampling, no sample grids
     sample_options: frozenset[str] = frozenset()
@@ -107,11 +108,13 @@ class GenerativeModule(L.LightningModule):
             sharded = shards_parameters(strategy)
             self.net = self.build_net()
             # sharded: a second network made (and so sharded) like net holds the average of each rank's shard
-            self.ema = EMA(self.net, self.ema_decay, average=self.build_net() if sharded else None) if self.ema_decay > 0 else None
+            self.ema = EMA(self.net, self.ema_decay,
+                           average=self.build_net() if sharded else None) if self.ema_decay > 0 else None
             if isinstance(strategy, FSDP):
                 for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
                     strategy.shard(net)
-        if self.init_weights is not None:  # before the strategy wraps the model (ZeRO-1/2 copy the weights then)
+        # before the strategy wraps the model (ZeRO-1/2 copy the weights then)
+        if self.init_weights is not None:
             load_full_state_dict(self, consolidate(self.init_weights)["state_dict"])
             self.init_weights = None
 
@@ -176,7 +179,8 @@ class GenerativeModule(L.LightningModule):
 
     def eval_generator(self, batch_idx: int) -> torch.Generator:
         """A fixed generator per validation/test batch, so val/test losses compare across epochs."""
-        return torch.Generator(device=self.device).manual_seed(self.seed + 7919 * batch_idx + self.global_rank)
+        seed = self.seed + 7919 * batch_idx + self.global_rank
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -223,7 +227,8 @@ class GenerativeModule(L.LightningModule):
     def check_options(options: dict, allowed: set[str], method: str) -> None:
         unknown = sorted(set(options) - allowed)
         if unknown:
-            raise ValueError(f"{method} does not take sampling option(s) {unknown}; it takes {sorted(allowed)}")
+            raise ValueError(f"{method} does not take sampling option(s) {unknown}; it takes "
+                             f"{sorted(allowed)}")
         # a count of steps is >= 1: 0 must not fall back to a default as "not given" does
         for name, value in options.items():
             if name.endswith("steps") and isinstance(value, int) and value < 1:

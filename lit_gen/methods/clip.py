@@ -21,10 +21,11 @@ def clip_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 class CLIP(GenerativeModule):
-    """Contrastive text and image encoders; its own byte-level BPE is fitted on the training captions and saved in
-    the checkpoint. Used by ``lit-gen sample --clip_ckpt`` to rerank a DALLE's candidates.
+    """Contrastive text and image encoders; its own byte-level BPE is fitted on the training captions and
+    saved in the checkpoint. Used by ``lit-gen sample --clip_ckpt`` to rerank a DALLE's candidates.
 
-    Logged: ``train/loss``, ``train/acc`` (image -> caption retrieval within the batch), ``train/logit_scale``;
+    Logged: ``train/loss``, ``train/acc`` (image -> caption retrieval within the batch),
+        ``train/logit_scale``;
     ``val/loss``, ``val/acc``.
 
     Args:
@@ -70,7 +71,8 @@ class CLIP(GenerativeModule):
 
     def build_net(self) -> nn.Module:
         h, tok = self.hparams, self.tokenizer
-        return CLIPNet(self.data_shape, tok.num_tokens, tok.max_length, tok.vocab_size, h.dim, h.depth, h.heads,
+        return CLIPNet(self.data_shape, tok.num_tokens, tok.max_length, tok.vocab_size, h.dim, h.depth,
+                       h.heads,
                        h.channels, h.stages, h.embed_dim)
 
     def setup(self, stage: str) -> None:
@@ -102,5 +104,5 @@ class CLIP(GenerativeModule):
             return (net.encode_image(images.float()) * text).sum(-1)
 
     def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:
-        raise ValueError("CLIP scores image-caption pairs; it reranks a DALLE's samples: lit-gen sample --ckpt_path "
-                         "DALLE.ckpt --clip_ckpt CLIP.ckpt")
+        raise ValueError("CLIP scores image-caption pairs; it reranks a DALLE's samples: lit-gen sample "
+                         "--ckpt_path DALLE.ckpt --clip_ckpt CLIP.ckpt")

@@ -1,6 +1,6 @@
-"""DALL-E's stage 2 (Ramesh et al. 2021, Sec. 2.2): an autoregressive transformer over [BPE text; dVAE image codes],
-sampled with temperature / top-k / top-p, classifier-free guidance on the text, an optional image prefix and a KV
-cache, and reranked with a CLIP."""
+"""DALL-E's stage 2 (Ramesh et al. 2021, Sec. 2.2): an autoregressive transformer over [BPE text; dVAE image
+codes], sampled with temperature / top-k / top-p, classifier-free guidance on the text, an optional image
+prefix and a KV cache, and reranked with a CLIP."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from lit_gen.utils import sample_generators
 
 
 class TokenCache:
-    """The dVAE codes of each training image, computed once: keyed by a digest of the image's 8-bit pixels (so a
-    random flip is a different image), valid as long as the frozen dVAE is."""
+    """The dVAE codes of each training image, computed once: keyed by a digest of the image's 8-bit pixels (so
+    a random flip is a different image), valid as long as the frozen dVAE is."""
 
     def __init__(self) -> None:
         self.codes: dict[bytes, torch.Tensor] = {}
@@ -44,10 +44,10 @@ class TokenCache:
 
 
 class DALLE(GenerativeModule):
-    """Text-to-image transformer on a frozen dVAE (``dvae_ckpt``, a DiscreteVAE checkpoint; its weights are kept in
-    this model's checkpoints, so sampling needs only them). Its byte-level BPE is fitted on the training captions
-    and saved in the checkpoint. Captions are dropped (replaced by the all-padding null caption) with probability
-    ``caption_dropout``, which classifier-free guidance needs.
+    """Text-to-image transformer on a frozen dVAE (``dvae_ckpt``, a DiscreteVAE checkpoint; its weights are
+    kept in this model's checkpoints, so sampling needs only them). Its byte-level BPE is fitted on the
+    training captions and saved in the checkpoint. Captions are dropped (replaced by the all-padding null
+    caption) with probability ``caption_dropout``, which classifier-free guidance needs.
 
     The loss is the weighted mean of the text and image cross-entropies (the paper weighs them 1:7). Logged:
     ``train/loss``, ``train/text_loss``, ``train/image_loss`` (nats per token), and the same under ``val/``.
@@ -56,8 +56,8 @@ class DALLE(GenerativeModule):
         data_shape: (C, H, W); linked from the DataModule by the CLI; must be the dVAE's.
         num_classes: unused; linked from the DataModule.
         dvae_ckpt: the DiscreteVAE checkpoint (file, or a sharded folder) whose codes the transformer models.
-        dvae_hparams: filled from ``dvae_ckpt`` when the model is made (leave unset): the dVAE's architecture, so a
-            checkpoint of this model rebuilds it without the dVAE file.
+        dvae_hparams: filled from ``dvae_ckpt`` when the model is made (leave unset): the dVAE's architecture,
+            so a checkpoint of this model rebuilds it without the dVAE file.
         vocab_size: BPE vocabulary to learn from the captions.
         text_len: T, tokens per caption (longer captions are truncated with a warning).
         dim: transformer width.
@@ -86,8 +86,8 @@ class DALLE(GenerativeModule):
             top_k: keep the k most likely codes (DALLE-pytorch's ``filter_thres`` t keeps k = ceil((1 - t) K):
                 its 0.5 is k = K / 2); default: all.
             top_p: nucleus sampling: keep the smallest set of codes whose probability reaches p; default: off.
-            guidance_scale: classifier-free guidance on the text, logits_null + s (logits_text - logits_null); 1
-                (default) is plain conditional sampling. Needs a model trained with caption_dropout > 0.
+            guidance_scale: classifier-free guidance on the text, logits_null + s (logits_text - logits_null);
+                1 (default) is plain conditional sampling. Needs a model trained with caption_dropout > 0.
             num_candidates: images drawn per prompt (candidate j of prompt i depends only on (seed, i, j)).
             keep: best candidates kept per prompt, by CLIP score (needs clip_ckpt when < num_candidates).
             clip_ckpt: a CLIP checkpoint that scores and reranks the candidates.
@@ -141,24 +141,26 @@ class DALLE(GenerativeModule):
         self.save_hyperparameters(ignore=["dvae_hparams"])
         self.hparams["dvae_hparams"] = dvae_hparams
         if tuple(dvae_hparams["data_shape"]) != tuple(data_shape):
-            raise ValueError(f"the dVAE {dvae_ckpt} was trained on images of shape {tuple(dvae_hparams['data_shape'])},"
-                             f" but the data here have shape {tuple(data_shape)}: use the same data set and image_size")
+            raise ValueError(f"the dVAE {dvae_ckpt} was trained on images of shape "
+                             f"{tuple(dvae_hparams['data_shape'])}, but the data here have shape "
+                             f"{tuple(data_shape)}: use the same data set and image_size")
         if min(text_loss_weight, image_loss_weight) < 0 or text_loss_weight + image_loss_weight <= 0:
-            raise ValueError(f"loss weights text={text_loss_weight}, image={image_loss_weight} must be >= 0 and not "
-                             "both 0")
+            raise ValueError(f"loss weights text={text_loss_weight}, image={image_loss_weight} must be >= 0 "
+                             "and not both 0")
         if not 0 <= caption_dropout < 1:
             raise ValueError(f"caption_dropout={caption_dropout} must be in [0, 1)")
         self.data_shape = tuple(data_shape)
         self.tokenizer = BPETokenizer(vocab_size, text_len)
-        self.dvae = DVAECodec(dvae_hparams).requires_grad_(False)  # its sampling weights (EMA's, if it had one)
+        # its sampling weights (EMA's, if it had one)
+        self.dvae = DVAECodec(dvae_hparams).requires_grad_(False)
         self._dvae_loaded = False
         self.token_cache = TokenCache()
         self.preview_captions: list[str] = []
 
     # --- the frozen dVAE ----------------------------------------------------------------------------------
     def _load_dvae(self) -> None:
-        """Its sampling weights from ``dvae_ckpt``, once, when fitting from scratch (a checkpoint of this model
-        holds them already)."""
+        """Its sampling weights from ``dvae_ckpt``, once, when fitting from scratch (a checkpoint of this
+        model holds them already)."""
         if self._dvae_loaded or self.hparams.dvae_ckpt is None:
             return
         frozen = load_frozen(self.hparams.dvae_ckpt, "cpu", DiscreteVAE)
@@ -171,8 +173,10 @@ class DALLE(GenerativeModule):
 
     def build_net(self) -> nn.Module:
         h, tok = self.hparams, self.tokenizer
-        return DALLETransformer(tok.num_tokens, tok.max_length, self.dvae.num_codes, self.grid, h.dim, h.depth,
-                                h.heads, h.attention, h.final_conv, h.conv_kernel, h.dropout, h.gradient_checkpointing)
+        return DALLETransformer(tok.num_tokens, tok.max_length, self.dvae.num_codes, self.grid, h.dim,
+                                h.depth,
+                                h.heads, h.attention, h.final_conv, h.conv_kernel, h.dropout,
+                                h.gradient_checkpointing)
 
     def setup(self, stage: str) -> None:
         if stage != "fit":
@@ -189,7 +193,8 @@ class DALLE(GenerativeModule):
         self._dvae_loaded = True
 
     # --- training -----------------------------------------------------------------------------------------
-    def _losses(self, net: nn.Module, batch: dict, dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _losses(self, net: nn.Module, batch: dict,
+                dropout: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         text = self.tokenizer.encode(batch["caption"])  # (B, T)
         if dropout > 0:  # the null caption, for classifier-free guidance (global RNG: seeded per step)
             drop = torch.rand(text.shape[0], device=text.device) < dropout
@@ -217,15 +222,17 @@ class DALLE(GenerativeModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         with eval_mode(self.sampling_net) as net:
             loss, text_loss, image_loss = self._losses(net, batch, 0.0)
-        self.log_dict({"test/loss": loss, "test/text_loss": text_loss, "test/image_loss": image_loss}, sync_dist=True)
+        self.log_dict({"test/loss": loss, "test/text_loss": text_loss, "test/image_loss": image_loss},
+                      sync_dist=True)
 
     # --- generation ---------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, text: torch.Tensor, generators: list[torch.Generator], temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, guidance_scale: float = 1.0,
-                 prefix: torch.Tensor | None = None, use_cache: bool = True, progress: bool = False) -> torch.Tensor:
-        """Image codes (B, N) for captions (B, T), token by token; row i draws with ``generators[i]``; ``prefix``
-        (B, n) codes start every row."""
+                 prefix: torch.Tensor | None = None, use_cache: bool = True,
+                 progress: bool = False) -> torch.Tensor:
+        """Image codes (B, N) for captions (B, T), token by token; row i draws with ``generators[i]``;
+        ``prefix`` (B, n) codes start every row."""
         B, T, N = text.shape[0], self.tokenizer.max_length, self.grid[0] * self.grid[1]
         guided = guidance_scale != 1.0
         V_text = self.tokenizer.num_tokens
@@ -267,20 +274,24 @@ class DALLE(GenerativeModule):
         if o["top_p"] is not None and not 0 < o["top_p"] <= 1:
             raise ValueError(f"top_p={o['top_p']} must be in (0, 1]")
         if o["guidance_scale"] != 1.0 and self.hparams.caption_dropout == 0:
-            raise ValueError(f"guidance_scale={o['guidance_scale']} needs a model trained with caption_dropout > 0 "
-                             "(it never saw the null caption)")
+            raise ValueError(f"guidance_scale={o['guidance_scale']} needs a model trained with "
+                             "caption_dropout > 0 (it never saw the null caption)")
         if not 1 <= o["keep"] <= o["num_candidates"]:
             raise ValueError(f"keep={o['keep']} must be between 1 and num_candidates={o['num_candidates']}")
         if o["keep"] < o["num_candidates"] and o["clip_ckpt"] is None:
-            raise ValueError(f"keeping {o['keep']} of {o['num_candidates']} candidates needs a reranker: give clip_ckpt")
+            raise ValueError(f"keeping {o['keep']} of {o['num_candidates']} candidates needs a reranker: "
+                             f"give clip_ckpt")
         if not 0 <= o["prefix_rows"] <= self.grid[0]:
-            raise ValueError(f"prefix_rows={o['prefix_rows']} must be between 0 and the grid's {self.grid[0]} rows")
+            raise ValueError(f"prefix_rows={o['prefix_rows']} must be between 0 and the grid's "
+                             f"{self.grid[0]} rows")
         if o["prefix_rows"] and o["prefix_image"] is None:
             raise ValueError("prefix_rows needs prefix_image (an npz of images)")
 
     def _options(self, options: dict) -> dict:
-        defaults = {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0, "num_candidates": 1,
-                    "keep": None, "clip_ckpt": None, "prefix_image": None, "prefix_rows": 0, "use_cache": True}
+        defaults = {"temperature": 1.0, "top_k": None, "top_p": None, "guidance_scale": 1.0,
+                    "num_candidates": 1,
+                    "keep": None, "clip_ckpt": None, "prefix_image": None, "prefix_rows": 0,
+                    "use_cache": True}
         o = {**defaults, **{k: v for k, v in options.items() if v is not None}}
         if o["keep"] is None:
             o["keep"] = 1 if o["clip_ckpt"] is not None else o["num_candidates"]
@@ -291,8 +302,8 @@ class DALLE(GenerativeModule):
         if path not in cache:
             clip = load_frozen(path, self.device, CLIP)
             if clip.data_shape != self.data_shape:
-                raise ValueError(f"CLIP {path} was trained on images of shape {clip.data_shape}, this model makes "
-                                 f"{self.data_shape}")
+                raise ValueError(f"CLIP {path} was trained on images of shape {clip.data_shape}, this model "
+                                 f"makes {self.data_shape}")
             cache[path] = clip
         return cache[path]
 
@@ -307,11 +318,12 @@ class DALLE(GenerativeModule):
         return codes[:, :rows].flatten(1)
 
     def sample(self, num_samples: int, generators: list[torch.Generator] | None = None, labels=None,
-               progress: bool = False, trajectory_points: int = 0, latents=None, captions: list[str] | None = None,
+               progress: bool = False, trajectory_points: int = 0, latents=None,
+               captions: list[str] | None = None,
                prompt_indices: list[int] | None = None, **options) -> SampleOutput:
-        """``keep`` images for each of ``num_samples`` prompts (``captions``; default: validation captions), each the
-        best by CLIP of ``num_candidates`` candidates; candidate j of prompt i draws from (the seed of
-        ``generators[i]``, j). Returns the images, their captions and (with a CLIP) their scores."""
+        """``keep`` images for each of ``num_samples`` prompts (``captions``; default: validation captions),
+        each the best by CLIP of ``num_candidates`` candidates; candidate j of prompt i draws from (the seed
+        of ``generators[i]``, j). Returns the images, their captions and (with a CLIP) their scores."""
         self.check_sample_options(options, labels)
         if latents is not None:
             raise ValueError("DALLE has no latents to interpolate or invert")
@@ -325,13 +337,15 @@ class DALLE(GenerativeModule):
         if generators is None:
             generators = sample_generators(self.seed, 0, num_samples)
         n = o["num_candidates"]
-        text = self.tokenizer.encode(captions).to(self.device).repeat_interleave(n, 0)  # (P n, T): prompt-major
+        # (P n, T): prompt-major
+        text = self.tokenizer.encode(captions).to(self.device).repeat_interleave(n, 0)
         gens = [g for gen in generators for g in candidate_generators(gen, n, self.device)]
         prefix = None
         if o["prefix_rows"]:
             prompts = torch.tensor(prompt_indices if prompt_indices is not None else range(num_samples))
             prefix = self._prefix(o["prefix_image"], o["prefix_rows"], prompts).repeat_interleave(n, 0)
-        codes = self.generate(text, gens, o["temperature"], o["top_k"], o["top_p"], o["guidance_scale"], prefix,
+        codes = self.generate(text, gens, o["temperature"], o["top_k"], o["top_p"], o["guidance_scale"],
+                              prefix,
                               o["use_cache"], progress)
         with gathered(self.dvae):
             x = self.dvae.decode(codes.view(-1, *self.grid))  # (P n, C, H, W), fp32
@@ -349,7 +363,8 @@ class DALLE(GenerativeModule):
 def _dvae_hparams(path: str | None) -> dict:
     """The DiscreteVAE hyperparameters of the checkpoint at ``path`` (one-line errors for anything else)."""
     if path is None:
-        raise ValueError("DALLE needs dvae_ckpt: a DiscreteVAE checkpoint (train one with experiments/dalle/dvae_*.yaml)")
+        raise ValueError("DALLE needs dvae_ckpt: a DiscreteVAE checkpoint (train one with "
+                         "experiments/dalle/dvae_*.yaml)")
     if not Path(path).exists():
         raise FileNotFoundError(f"dvae_ckpt not found: {path!r} (train the dVAE first: lit-gen fit --config "
                                 "experiments/dalle/dvae_shapes.yaml)")

@@ -3,8 +3,9 @@ ancestral steps (or any sampler of lit_gen.diffusion on the same checkpoint)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -29,7 +30,8 @@ from lit_gen.score import SOLVERS, DiscreteVPSDE, ScoreModel
 from lit_gen.score.options import SOLVER_KEYS, SolverOptions, solver_from_options, solver_sample, time_grid
 from lit_gen.utils import randn
 
-# A network class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the rest.
+# A network class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the
+# rest.
 NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
 
 
@@ -61,9 +63,9 @@ class DDPM(ClassifierGuided, GenerativeModule):
         clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
         sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
         sampling_steps: default number of sampling steps (None: all T).
-        bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T passes
-            per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per image (K + 1
-            passes), with test/bpd_se, the standard error of that estimate over the draw of t.
+        bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T
+            passes per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per
+            image (K + 1 passes), with test/bpd_se, the standard error of that estimate over the draw of t.
         optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
         ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
@@ -78,8 +80,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
 
         Args:
             sampler: ``ddpm`` (ancestral, respaced with ``steps``) or ``ddim``, or any sampler of
-                ``lit_gen.score`` on the model's VP process (``pc``, ``em``, ``ancestral``, ``euler``, ``heun``,
-                ``ode``, ``dpmpp2m``, ...; their options are listed there).
+                ``lit_gen.score`` on the model's VP process (``pc``, ``em``, ``ancestral``, ``euler``,
+                ``heun``, ``ode``, ``dpmpp2m``, ...; their options are listed there).
             steps: sampling steps, a subsequence of the T training steps (default: the model's).
             eta: DDIM noise scale: 0 deterministic, 1 the DDPM posterior variance.
             spacing: how the steps are spread: ``linear`` or ``quadratic``.
@@ -89,8 +91,9 @@ class DDPM(ClassifierGuided, GenerativeModule):
                 conditional model elsewhere (Kynkäänniemi et al. 2024). Default: every step.
             guidance_rescale: phi in [0, 1] of Lin et al. 2024: rescale the guided eps to the conditional
                 eps's spread (default 0: off).
-            guidance_batching: the two passes of classifier-free guidance as ``joint`` (one forward of 2B, best on
-                GPUs), ``split`` (two of B, faster on CPUs) or ``auto`` (joint on CUDA, split elsewhere; default).
+            guidance_batching: the two passes of classifier-free guidance as ``joint`` (one forward of 2B,
+                best on GPUs), ``split`` (two of B, faster on CPUs) or ``auto`` (joint on CUDA, split
+                elsewhere; default).
             classifier_ckpt: a NoisyClassifier checkpoint for classifier guidance (Dhariwal & Nichol 2021),
                 trained for this model's noise process.
             classifier_scale: classifier guidance scale s (default 1 with a classifier).
@@ -142,14 +145,17 @@ class DDPM(ClassifierGuided, GenerativeModule):
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
         if guidance_scale != 1 and not class_conditional:
-            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True (an unconditional "
-                             "model has nothing to guide towards; 1 means no guidance)")
+            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True (an "
+                             "unconditional model has nothing to guide towards; 1 means no guidance)")
         if variance == "learned" and loss_type == "simple":
-            raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', not 'simple'")
+            raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', "
+                             "not 'simple'")
         if bound_timesteps is not None and bound_timesteps < 2:
-            raise ValueError(f"bound_timesteps={bound_timesteps}: use None (the full bound) or K >= 2 random steps")
+            raise ValueError(f"bound_timesteps={bound_timesteps}: use None (the full bound) or K >= 2 random "
+                             f"steps")
         if timestep_sampler not in ("uniform", "loss-aware"):
-            raise ValueError(f"timestep_sampler={timestep_sampler!r} is not supported; choose 'loss-aware' or 'uniform'")
+            raise ValueError(f"timestep_sampler={timestep_sampler!r} is not supported; choose 'loss-aware' "
+                             f"or 'uniform'")
         self.data_shape = tuple(data_shape)
         self.num_classes = num_classes if class_conditional else 0
         self.prediction_type = prediction_type
@@ -158,14 +164,16 @@ class DDPM(ClassifierGuided, GenerativeModule):
         out_channels = self.data_shape[0] * (2 if variance == "learned" else 1)
         self.net_factory, self.out_channels = net, out_channels
         self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
-        self.timesteps = (LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps)(num_timesteps)
+        sampler_class = LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps
+        self.timesteps = sampler_class(num_timesteps)
 
     def build_net(self) -> nn.Module:
         return self.net_factory(self.data_shape, self.num_classes, self.out_channels)
 
     def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
         """The terms of :func:`~lit_gen.diffusion.losses.diffusion_loss_terms` at t drawn by the timestep
-        sampler (uniformly when a ``generator`` is given, as in validation), ``loss`` weighted by 1 / (T p_t)."""
+        sampler (uniformly when a ``generator`` is given, as in validation), ``loss`` weighted by 1 / (T
+        p_t)."""
         x0 = batch["x"]  # (B, *data_shape)
         y = batch.get("y") if self.num_classes else None
         if generator is None:
@@ -206,8 +214,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        """test/loss and the negative log-likelihood bound in bits/dim with its parts: all T terms, or the unbiased
-        estimate of ``bound_timesteps``, whose variance over t is summed for test/bpd_se."""
+        """test/loss and the negative log-likelihood bound in bits/dim with its parts: all T terms, or the
+        unbiased estimate of ``bound_timesteps``, whose variance over t is summed for test/bpd_se."""
         with eval_mode(self.sampling_net) as net:
             generator = self.eval_generator(batch_idx)
             self.log("test/loss", self.loss(net, batch, generator), sync_dist=True)
@@ -220,10 +228,12 @@ class DDPM(ClassifierGuided, GenerativeModule):
             var = nll.pop("var")  # (B,) float64: each image's estimate's variance over t
             self._bound_var += torch.stack([var.sum(), var.new_tensor(float(var.numel()))])
         for name, value in nll.items():
-            self.log("test/bpd" if name == "bpd" else f"test/bpd_{name}", value.mean().float(), sync_dist=True)
+            self.log("test/bpd" if name == "bpd" else f"test/bpd_{name}", value.mean().float(),
+                     sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
-        self._bound_var = torch.zeros(2, dtype=torch.float64, device=self.device)  # (sum of variances, images)
+        # (sum of variances, images)
+        self._bound_var = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def on_test_epoch_end(self) -> None:
         if self.hparams.get("bound_timesteps"):
@@ -248,19 +258,21 @@ class DDPM(ClassifierGuided, GenerativeModule):
         **options,
     ) -> SampleOutput:
         """Sample with the options of :class:`SampleOptions` (sampler, steps, guidance, ...), from ``latents``
-        x_T when given (e.g. from :meth:`invert` or an interpolation). ``labels`` (B,) are the requested classes
-        of a conditional or classifier-guided model (default: balanced over the classes); ``inpaint`` =
-        (x_known, mask) fills in where mask is 0 (samplers of lit_gen.score)."""
+        x_T when given (e.g. from :meth:`invert` or an interpolation). ``labels`` (B,) are the requested
+        classes of a conditional or classifier-guided model (default: balanced over the classes); ``inpaint``
+        = (x_known, mask) fills in where mask is 0 (samplers of lit_gen.score)."""
         x_T = randn((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
         if self.uses_solver(options):  # a sampler of lit_gen.score on the model's VP process
             with eval_mode(self.sampling_net) as net:
                 model, classes = self.score_model(net, num_samples, labels, options)
-                x, trajectory = solver_sample(model, options, self.solver_defaults(), x_T, generators, progress,
+                x, trajectory = solver_sample(model, options, self.solver_defaults(), x_T, generators,
+                                              progress,
                                               trajectory_points, _to_device(inpaint, self.device))
             return SampleOutput(x, classes, trajectory, nfe=model.nfe)
         if inpaint is not None:
-            raise ValueError("inpainting runs on the samplers of lit_gen.score (pc, em, ancestral, euler, heun, ode, "
-                             f"dpmpp2m); {options.get('sampler') or self.hparams.sampler!r} does not support it")
+            raise ValueError("inpainting runs on the samplers of lit_gen.score (pc, em, ancestral, euler, "
+                             f"heun, ode, dpmpp2m); {options.get('sampler') or self.hparams.sampler!r} does "
+                             f"not support it")
         sampler = self.make_sampler(options)
         with eval_mode(self.sampling_net) as net:
             denoiser, classes, _ = self.guided_denoiser(net, sampler, num_samples, labels, options)
@@ -268,7 +280,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
         return SampleOutput(x, classes, trajectory, nfe=len(sampler.timesteps))  # one (batched) call per step
 
     def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
-        """Build the sampler and the guided model function (loading and checking a classifier) without sampling."""
+        """Build the sampler and the guided model function (loading and checking a classifier) without
+        sampling."""
         n = 1 if labels is None else len(labels)
         if self.uses_solver(options):
             self.score_model(self.sampling_net, n, labels, options)
@@ -282,7 +295,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
         self.check_options(options, self.sample_options, type(self).__name__)
         name = options.get("sampler") or self.hparams.sampler
         if name not in SOLVERS and name not in SAMPLERS:
-            raise ValueError(f"sampler {name!r} is not supported; choose one of {sorted(SAMPLERS) + sorted(SOLVERS)}")
+            raise ValueError(f"sampler {name!r} is not supported; choose one of "
+                             f"{sorted(SAMPLERS) + sorted(SOLVERS)}")
         return name in SOLVERS
 
     @property
@@ -291,12 +305,13 @@ class DDPM(ClassifierGuided, GenerativeModule):
         return DiscreteVPSDE(self.diffusion.alpha_bar)
 
     def solver_defaults(self) -> dict:
-        return {"sampler": self.hparams.sampler, "steps": self.hparams.sampling_steps or self.diffusion.num_timesteps,
+        return {"sampler": self.hparams.sampler,
+                "steps": self.hparams.sampling_steps or self.diffusion.num_timesteps,
                 "denoise": True}
 
     def score_model(self, net: nn.Module, num_samples: int, labels: torch.Tensor | None, options: dict):
-        """The model function for a sampler of lit_gen.score: classifier-free guidance inside, classifier guidance
-        added to the score (Song et al. 2021, Eq. 14); returns it and the requested labels."""
+        """The model function for a sampler of lit_gen.score: classifier-free guidance inside, classifier
+        guidance added to the score (Song et al. 2021, Eq. 14); returns it and the requested labels."""
         name = options.get("sampler")
         for key in ("eta", "guidance_rescale"):
             if options.get(key):
@@ -307,32 +322,38 @@ class DDPM(ClassifierGuided, GenerativeModule):
                            self.hparams.clip_denoised, gradient)
         return model, classes
 
-    def guided_denoiser(self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None,
-                        options: dict) -> tuple[GuidedDenoiser, torch.Tensor | None, ClassifierGuidance | None]:
-        """The model function of ``net`` with the guidance that ``options`` ask for, the requested labels (None for
-        an unguided unconditional model), and the classifier guidance. ``sampler`` None: a sampler of
-        lit_gen.score, which adds the classifier's gradient to the score itself (it is not in the denoiser)."""
+    def guided_denoiser(
+        self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None, options: dict
+    ) -> tuple[GuidedDenoiser, torch.Tensor | None, ClassifierGuidance | None]:
+        """The model function of ``net`` with the guidance that ``options`` ask for, the requested labels
+        (None for an unguided unconditional model), and the classifier guidance. ``sampler`` None: a sampler
+        of lit_gen.score, which adds the classifier's gradient to the score itself (it is not in the
+        denoiser)."""
         scale = options.get("guidance_scale")
         scale = self.hparams.guidance_scale if scale is None else scale
-        cfg = {k: options.get(k) for k in ("guidance_interval", "guidance_rescale") if options.get(k) is not None}
+        cfg = {k: options.get(k) for k in ("guidance_interval",
+                                           "guidance_rescale") if options.get(k) is not None}
         if not self.num_classes and (scale != 1 or cfg):
             given = {"guidance_scale": scale, **cfg} if scale != 1 else cfg
-            raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; this "
-                             f"{type(self).__name__} is unconditional (guide it with --classifier_ckpt instead)")
+            raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; "
+                             f"this {type(self).__name__} is unconditional (guide it with --classifier_ckpt "
+                             f"instead)")
         classifier = self._classifier(options)
         num_classes = self.num_classes or (classifier.num_classes if classifier is not None else 0)
         classes = self._labels(num_samples, labels, num_classes)
         form = options.get("classifier_form") or "auto"
         if form not in ("auto", "mean", "eps"):
-            raise ValueError(f"classifier_form={form!r} is not supported; choose one of ['auto', 'eps', 'mean']")
+            raise ValueError(f"classifier_form={form!r} is not supported; choose one of ['auto', 'eps', "
+                             f"'mean']")
         if sampler is None:
             if form == "mean":
-                raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm'; {options.get('sampler')!r} "
-                                 "adds the classifier's gradient to the score")
+                raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm'; "
+                                 f"{options.get('sampler')!r} adds the classifier's gradient to the score")
         elif form == "auto":
             form = "mean" if sampler.has_mean else "eps"
         elif form == "mean" and not sampler.has_mean:
-            raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm', not {type(sampler).__name__}")
+            raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm', not "
+                             f"{type(sampler).__name__}")
         guidance = None
         if classifier is not None:
             s = options.get("classifier_scale")
@@ -360,10 +381,12 @@ class DDPM(ClassifierGuided, GenerativeModule):
         if sampler_args and name != "ddim":
             raise ValueError(f"eta={options['eta']} is a DDIM option; the {name!r} sampler does not take it")
         sampler = make_sampler(
-            name, self.diffusion, prediction_type=self.prediction_type, clip_denoised=self.hparams.clip_denoised,
+            name, self.diffusion, prediction_type=self.prediction_type,
+            clip_denoised=self.hparams.clip_denoised,
             variance=self.variance, **sampler_args,
         )
-        sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps, options.get("spacing") or "linear")
+        sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps,
+                              options.get("spacing") or "linear")
         return sampler
 
     def deterministic_options(self, options: dict) -> dict:

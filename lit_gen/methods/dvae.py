@@ -1,4 +1,5 @@
-"""DALL-E's stage 1: a discrete VAE (Ramesh et al. 2021, Sec. 2.1) that turns an image into a grid of codes."""
+"""DALL-E's stage 1: a discrete VAE (Ramesh et al. 2021, Sec. 2.1) that turns an image into a grid of
+codes."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def dvae_net(hparams: dict) -> DiscreteVAENet:
     """The network of a DiscreteVAE with these hyperparameters."""
     h = hparams
     return DiscreteVAENet(tuple(h["data_shape"]), h["num_codes"], h["channels"], h["num_downsamples"],
-                          h["res_blocks"], h["code_dim"], reconstruction(h["recon_loss"], h["recon_scale"]).channels_per_channel)
+                          h["res_blocks"], h["code_dim"],
+                          reconstruction(h["recon_loss"], h["recon_scale"]).channels_per_channel)
 
 
 class DVAECodec(nn.Module):
@@ -69,8 +71,8 @@ class DVAECodec(nn.Module):
 
 class DiscreteVAE(GenerativeModule):
     """Encoder logits over ``num_codes`` codes per grid position, relaxed with Gumbel-softmax at a temperature
-    annealed from ``tau_start`` to ``tau_end``; the loss is -ELBO with the KL to the uniform prior weighted by a
-    ramp to ``kl_weight`` (the paper: tau 1 -> 1/16, KL weight 0 -> 6.6), per image dimension.
+    annealed from ``tau_start`` to ``tau_end``; the loss is -ELBO with the KL to the uniform prior weighted by
+    a ramp to ``kl_weight`` (the paper: tau 1 -> 1/16, KL weight 0 -> 6.6), per image dimension.
 
     Logged: ``train/loss``, ``train/recon`` (nats/dim), ``train/kl`` (nats per code position), ``train/tau``,
     ``train/kl_weight``; ``val/recon_mse`` of the hard (argmax) codes, ``val/elbo_bpd``, and over the whole
@@ -132,7 +134,8 @@ class DiscreteVAE(GenerativeModule):
         if num_codes < 2:
             raise ValueError(f"num_codes={num_codes} must be >= 2")
         if not 0 < tau_end <= tau_start:
-            raise ValueError(f"tau_start={tau_start} and tau_end={tau_end} must satisfy 0 < tau_end <= tau_start")
+            raise ValueError(f"tau_start={tau_start} and tau_end={tau_end} must satisfy 0 < tau_end <= "
+                             f"tau_start")
         if kl_weight < 0:
             raise ValueError(f"kl_weight={kl_weight} must be >= 0")
         self.data_shape = tuple(data_shape)
@@ -178,7 +181,8 @@ class DiscreteVAE(GenerativeModule):
         """-ELBO in bits/dim per image with one hard code sample z ~ q(z | x) on dequantised data."""
         y, _ = dequantize_centred(x, generator)
         logits = net.logits(y)
-        z = nn.functional.one_hot(categorical_sample(logits, generator), self.num_codes).permute(0, 3, 1, 2).float()
+        z = nn.functional.one_hot(categorical_sample(logits, generator), self.num_codes).permute(0, 3, 1,
+                                                                                                 2).float()
         recon, kl = self._elbo_terms(net, y, z, logits)
         return bits_per_dim(recon + kl, self.num_dims, self.recon.bin_width)
 
@@ -199,11 +203,13 @@ class DiscreteVAE(GenerativeModule):
             self._shown = torch.cat([x[:8], x_hat[:8]])
 
     def on_validation_epoch_end(self) -> None:
-        counts = self.trainer.strategy.reduce(self.code_counts.clone(), reduce_op="sum")  # over every rank's data
+        # over every rank's data
+        counts = self.trainer.strategy.reduce(self.code_counts.clone(), reduce_op="sum")
         perplexity, dead = codebook_usage(counts)
         self.log_dict({"val/perplexity": perplexity, "val/dead_codes": float(dead)}, sync_dist=False)
         if self._shown is not None and self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            log_image(self.trainer, "val/reconstructions", image_grid(self._shown, nrow=len(self._shown) // 2),
+            log_image(self.trainer, "val/reconstructions",
+                      image_grid(self._shown, nrow=len(self._shown) // 2),
                       self.global_step)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -212,5 +218,5 @@ class DiscreteVAE(GenerativeModule):
         self.log("test/elbo_bpd", bpd.mean(), sync_dist=True)
 
     def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:
-        raise ValueError("DiscreteVAE is DALL-E's image tokenizer, not a sampler: train a DALLE transformer on it "
-                         "(model.init_args.dvae_ckpt) and sample that")
+        raise ValueError("DiscreteVAE is DALL-E's image tokenizer, not a sampler: train a DALLE transformer "
+                         "on it (model.init_args.dvae_ckpt) and sample that")

@@ -3,8 +3,8 @@ log-density, bits/dim on 8-bit images, sampling at a temperature."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
@@ -49,7 +49,8 @@ class NormalizingFlow(GenerativeModule):
         """Sampling options of a normalizing flow.
 
         Args:
-            temperature: scale of the prior's spread (default: the model's; 1 samples its density, 0 its mode).
+            temperature: scale of the prior's spread (default: the model's; 1 samples its density, 0 its
+                mode).
         """
 
         temperature: float | None = None
@@ -141,7 +142,8 @@ class NormalizingFlow(GenerativeModule):
                 break
         x = torch.cat(xs)[:per_rank].to(self.device)
         generator = torch.Generator(device=self.device).manual_seed(self.seed + self.global_rank)
-        # under ZeRO-3 / FSDP a layer's weights are gathered copies in forward: initialise a whole copy instead
+        # under ZeRO-3 / FSDP a layer's weights are gathered copies in forward: initialise a whole copy
+        # instead
         sharded = shards_parameters(self.trainer.strategy)
         net = self.build_net().to(self.device) if sharded else self.net
         if sharded:
@@ -177,7 +179,8 @@ class NormalizingFlow(GenerativeModule):
         temperature = self.hparams.temperature if temperature is None else temperature
         self.check_temperature(temperature)
         noise = None if latents is None else latents.to(self.device)
-        with eval_mode(self.sampling_net) as flow, gathered(flow):  # sampling runs the layers' inverse, not forward
+        # sampling runs the layers' inverse, not forward
+        with eval_mode(self.sampling_net) as flow, gathered(flow):
             s = flow.sample(num_samples, generators, temperature, noise=noise)
         x = postprocess(s, self.logit_alpha) if self.dequantize else s
         return SampleOutput(x)

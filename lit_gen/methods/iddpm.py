@@ -30,6 +30,7 @@ class ImprovedDDPM(DDPM):
         **kwargs,
     ) -> None:
         super().__init__(
-            beta_schedule=beta_schedule, variance=variance, loss_type=loss_type, timestep_sampler=timestep_sampler,
+            beta_schedule=beta_schedule, variance=variance, loss_type=loss_type,
+            timestep_sampler=timestep_sampler,
             **kwargs,
         )

@@ -16,17 +16,18 @@ from lit_gen.score.sde import sigma_max_from_data
 
 
 class NCSN(ScoreSDE):
-    """The noise levels sigma_1 > ... > sigma_L are the VE SDE's on a grid of L times, t_i = (L - i) / (L - 1), so an
-    NCSN checkpoint also runs every VE sampler of ``lit_gen.score`` (between the levels the network sees
-    fractional level indices). The network sees the level index (L - 1) t and predicts the noise: s(x, sigma) =
-    -net(x, sigma) / sigma (NCSNv2's output scaling), and DSM with lambda = sigma^2 is ||net(x + sigma z) - z||^2.
+    """The noise levels sigma_1 > ... > sigma_L are the VE SDE's on a grid of L times, t_i = (L - i) / (L -
+    1), so an NCSN checkpoint also runs every VE sampler of ``lit_gen.score`` (between the levels the network
+    sees fractional level indices). The network sees the level index (L - 1) t and predicts the noise: s(x,
+    sigma) = -net(x, sigma) / sigma (NCSNv2's output scaling), and DSM with lambda = sigma^2 is ||net(x +
+    sigma z) - z||^2.
 
     Args:
         data_shape: shape of one sample; linked from the DataModule by the CLI.
         num_classes: linked from the DataModule; the network is unconditional.
         net: the network, built as ``net(data_shape, 0, C)``.
-        sigma_begin: sigma_1 (1 in the paper); None sets it to the largest distance between two training points
-            at the start of fitting (NCSNv2, Technique 1), saved with the checkpoint.
+        sigma_begin: sigma_1 (1 in the paper); None sets it to the largest distance between two training
+            points at the start of fitting (NCSNv2, Technique 1), saved with the checkpoint.
         sigma_end: sigma_L (0.01 in the paper).
         num_scales: L, the number of noise levels (10 in the paper).
         clip_denoised: clamp the final denoised sample to [-1, 1] (images).
@@ -59,12 +60,14 @@ class NCSN(ScoreSDE):
         seed: int = 0,
     ) -> None:
         if sigma_begin is not None and not sigma_begin > sigma_end > 0:
-            raise ValueError(f"NCSN needs sigma_begin > sigma_end > 0, got sigma_begin={sigma_begin}, sigma_end={sigma_end}")
+            raise ValueError(f"NCSN needs sigma_begin > sigma_end > 0, got sigma_begin={sigma_begin}, "
+                             f"sigma_end={sigma_end}")
         if step_lr <= 0 or n_steps_each < 1:
             raise ValueError(f"step_lr={step_lr} must be > 0 and n_steps_each={n_steps_each} >= 1")
         super().__init__(
             data_shape, num_classes, net, sde="ve", sigma_min=sigma_end,
-            sigma_max=sigma_begin if sigma_begin is not None else 2 * sigma_end, num_scales=num_scales, t_eps=1e-5,
+            sigma_max=sigma_begin if sigma_begin is not None else 2 * sigma_end, num_scales=num_scales,
+            t_eps=1e-5,
             sampling_eps=0.0, clip_denoised=clip_denoised, sampler=sampler, sampling_steps=sampling_steps,
             optimizer=optimizer, lr_scheduler=lr_scheduler, ema_decay=ema_decay, seed=seed,
         )
@@ -75,8 +78,8 @@ class NCSN(ScoreSDE):
             self.set_sigma_begin(sigma_max_from_data(self._training_points()))
 
     def _training_points(self, limit: int = 2000) -> torch.Tensor:
-        """Up to ``limit`` training points drawn with the run's seed: the same on every rank (each must build the
-        same SDE) and in every run of the config."""
+        """Up to ``limit`` training points drawn with the run's seed: the same on every rank (each must build
+        the same SDE) and in every run of the config."""
         dataset = self.trainer.datamodule.train_dataset
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:limit]
         return torch.stack([dataset[int(i)]["x"] for i in order])
@@ -92,7 +95,8 @@ class NCSN(ScoreSDE):
     def sample_time(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """A noise level per sample, uniform over the L levels: t_i = i / (L - 1)."""
         L = self.settings.num_scales
-        i = torch.randint(0, L, (n,), generator=generator, device=None if generator is None else generator.device)
+        i = torch.randint(0, L, (n,), generator=generator,
+                          device=None if generator is None else generator.device)
         return (i.double() / (L - 1)).to(self.device)
 
     def sampling_defaults(self) -> dict:

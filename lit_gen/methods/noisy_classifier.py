@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +74,8 @@ class NoisyClassifier(GenerativeModule):
         """log p(y | x_t, t) up to a constant, (B, K), with the EMA weights when there are any."""
         return self.sampling_net(x_t, t)
 
-    def _noisy(self, x0: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _noisy(self, x0: torch.Tensor, t: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         return self.diffusion.q_sample(x0, t, randn(x0.shape, generator, x0.device, x0.dtype))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -97,7 +99,8 @@ class NoisyClassifier(GenerativeModule):
         losses, accs = [], []
         with eval_mode(self.sampling_net) as net:
             for lo, hi in self.buckets():
-                t = torch.randint(lo, hi + 1, (x0.shape[0],), generator=generator, device=generator.device).to(x0.device)
+                t = torch.randint(lo, hi + 1, (x0.shape[0],), generator=generator,
+                                  device=generator.device).to(x0.device)
                 logits = net(self._noisy(x0, t, generator), t)
                 losses.append(F.cross_entropy(logits, y))
                 accs.append((logits.argmax(-1) == y).float().mean())
@@ -113,9 +116,10 @@ class NoisyClassifier(GenerativeModule):
         )
         if not same:
             raise ValueError(
-                f"classifier {path} was trained for the noise process ({mine.schedule}, T={mine.num_timesteps}), "
-                f"but the diffusion model uses ({theirs.schedule}, T={theirs.num_timesteps}); train a classifier "
-                "with the model's beta_schedule and num_timesteps"
+                f"classifier {path} was trained for the noise process ({mine.schedule}, "
+                f"T={mine.num_timesteps}), but the diffusion model uses ({theirs.schedule}, "
+                f"T={theirs.num_timesteps}); train a classifier with the model's beta_schedule and "
+                f"num_timesteps"
             )
 
     def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:
@@ -126,8 +130,9 @@ class NoisyClassifier(GenerativeModule):
 
 
 class ClassifierGuided:
-    """For a generative method that a :class:`NoisyClassifier` can guide: the classifier of ``classifier_ckpt``
-    (loaded once, frozen, checked against :meth:`classifier_process`) and the requested labels."""
+    """For a generative method that a :class:`NoisyClassifier` can guide: the classifier of
+    ``classifier_ckpt`` (loaded once, frozen, checked against :meth:`classifier_process`) and the requested
+    labels."""
 
     num_classes: int = 0
 
@@ -139,10 +144,13 @@ class ClassifierGuided:
         """The frozen classifier of ``classifier_ckpt``, loaded once, checked against this model."""
         path = options.get("classifier_ckpt")
         if path is None:
-            if options.get("classifier_scale") is not None or options.get("classifier_form") not in (None, "auto"):
-                raise ValueError("classifier_scale and classifier_form need a classifier: give classifier_ckpt")
+            if options.get("classifier_scale") is not None or options.get("classifier_form") not in (None,
+                                                                                                     "auto"):
+                raise ValueError("classifier_scale and classifier_form need a classifier: give "
+                                 "classifier_ckpt")
             return None
-        cache = self.__dict__.setdefault("_classifiers", {})  # loaded for guidance, never saved with the model
+        # loaded for guidance, never saved with the model
+        cache = self.__dict__.setdefault("_classifiers", {})
         if path not in cache:
             classifier = load_frozen(path, self.device, NoisyClassifier)
             classifier.check_process(self.classifier_process(), path)
@@ -162,8 +170,9 @@ class ClassifierGuided:
         num_classes = self.num_classes if num_classes is None else num_classes
         if not num_classes:
             if labels is not None:
-                raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional; train it "
-                                 "with class_conditional: true, or guide it with a classifier (classifier_ckpt)")
+                raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional; train "
+                                 "it with class_conditional: true, or guide it with a classifier "
+                                 "(classifier_ckpt)")
             return None
         if labels is None:
             labels = torch.arange(num_samples) % num_classes

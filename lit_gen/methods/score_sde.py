@@ -1,5 +1,6 @@
-"""Score SDEs (Song et al. 2021): a noise-predicting network trained by continuous-time denoising score matching
-on a VP, sub-VP or VE SDE, sampled by any solver of ``lit_gen.score`` and evaluated by the exact ODE likelihood."""
+"""Score SDEs (Song et al. 2021): a noise-predicting network trained by continuous-time denoising score
+matching on a VP, sub-VP or VE SDE, sampled by any solver of ``lit_gen.score`` and evaluated by the exact ODE
+likelihood."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             (50 for CIFAR-10; NCSNv2, Technique 1).
         num_scales: N, the discretisation of the SDE (the network sees (N - 1) t).
         t_eps: the small-t cutoff of training and of the likelihood integral (1e-5 in the paper).
-        sampling_eps: the small-t cutoff of sampling (default 1e-3 for VP / sub-VP, 1e-5 for VE, as in the paper).
+        sampling_eps: the small-t cutoff of sampling (default 1e-3 for VP / sub-VP, 1e-5 for VE, as in the
+            paper).
         weighting: ``paper`` (lambda = sigma^2) or ``likelihood`` (lambda = g^2).
         importance_sampling: with ``likelihood``, draw t ~ g^2 / sigma^2 instead of uniformly.
         clip_denoised: clamp predicted x0 to [-1, 1] where a sampler uses it (images; off for 2-D data).
@@ -64,7 +66,8 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         predictor: default predictor of ``pc``.
         snr: default signal-to-noise ratio of the Langevin corrector (0.16 for VE, 0.01 for VP in the paper).
         n_corrector: default corrector steps per grid point of ``pc``.
-        likelihood_trace: divergence of the test-time ODE likelihood: ``rademacher``, ``gaussian`` or ``exact``.
+        likelihood_trace: divergence of the test-time ODE likelihood: ``rademacher``, ``gaussian`` or
+            ``exact``.
         n_probes: Hutchinson probes averaged per divergence.
         ode_rtol: RK45 relative tolerance of the likelihood.
         ode_atol: RK45 absolute tolerance of the likelihood.
@@ -117,9 +120,11 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
         )
         if weighting not in ("paper", "likelihood"):
-            raise ValueError(f"weighting={weighting!r} is not supported; choose one of ['likelihood', 'paper']")
+            raise ValueError(f"weighting={weighting!r} is not supported; choose one of ['likelihood', "
+                             f"'paper']")
         if importance_sampling and weighting != "likelihood":
-            raise ValueError("importance_sampling=True samples t for the likelihood weighting: set weighting='likelihood'")
+            raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
+                             "weighting='likelihood'")
         self.data_shape = tuple(data_shape)
         self.num_classes = 0
         self.net_factory = net
@@ -133,7 +138,8 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         """The SDE of the settings, for sampling (t_min = sampling_eps) and for training and the
         likelihood (t_min = t_eps)."""
         h = self.settings
-        self.sde = make_sde(h.sde, h.num_scales, h.sampling_eps, h.beta_min, h.beta_max, h.sigma_min, h.sigma_max)
+        self.sde = make_sde(h.sde, h.num_scales, h.sampling_eps, h.beta_min, h.beta_max, h.sigma_min,
+                            h.sigma_max)
         self.likelihood_sde = copy.copy(self.sde)
         if not 0 < h.t_eps < self.sde.T:
             raise ValueError(f"t_eps={h.t_eps} must lie in (0, {self.sde.T})")
@@ -145,10 +151,12 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         """t (B,) float64 on [t_eps, T]: uniform, or importance-sampled for the likelihood weighting."""
         if self.importance is not None:
             return self.importance.sample(n, self.device, generator)
-        u = torch.rand(n, dtype=torch.float64, generator=generator, device=None if generator is None else generator.device)
+        u = torch.rand(n, dtype=torch.float64, generator=generator,
+                       device=None if generator is None else generator.device)
         return (self.settings.t_eps + (self.sde.T - self.settings.t_eps) * u).to(self.device)
 
-    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, net: nn.Module, x0: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
         t = self.sample_time(x0.shape[0], generator)
         z = randn(x0.shape, generator, x0.device, x0.dtype)
         mean, std = self.sde.marginal_prob(x0, t)
@@ -179,15 +187,16 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         self.log("test/nfe", float(out["nfe"]), sync_dist=True, prog_bar=True)
 
     def score_model(self, net: nn.Module, sde=None, guidance=None) -> ScoreModel:
-        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps", clip_denoised=self.settings.clip_denoised,
+        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps",
+                          clip_denoised=self.settings.clip_denoised,
                           guidance=guidance)
 
     def classifier_process(self) -> GaussianDiffusion:
         """A VP model's N-step discretisation (DDPM's betas): the process a guiding classifier must know. The
         classifier sees the model time (N - 1) t, where alpha(t)^2 is within 2% of DDPM's alpha_bar."""
         if self.settings.sde != "vp":
-            raise ValueError(f"classifier guidance needs a VP score model (a NoisyClassifier knows DDPM's process); "
-                             f"this one is sde={self.settings.sde!r}")
+            raise ValueError(f"classifier guidance needs a VP score model (a NoisyClassifier knows DDPM's "
+                             f"process); this one is sde={self.settings.sde!r}")
         return GaussianDiffusion(betas=self.sde.discrete_betas)
 
     def guidance(self, num_samples: int, labels: torch.Tensor | None, options: dict):
@@ -198,10 +207,12 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             return None, None
         classes = self._labels(num_samples, labels, classifier.num_classes)
         scale = options.get("classifier_scale")
-        return ClassifierGuidance(classifier.logits, classes, 1.0 if scale is None else scale).gradient, classes
+        return ClassifierGuidance(classifier.logits, classes,
+                                  1.0 if scale is None else scale).gradient, classes
 
     def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
-        """The ODE likelihood of x (B, ...): ``bpd`` for 8-bit images, ``log_p`` (nats) for vectors, and ``nfe``."""
+        """The ODE likelihood of x (B, ...): ``bpd`` for 8-bit images, ``log_p`` (nats) for vectors, and
+        ``nfe``."""
         h = self.settings
         model = self.score_model(net or self.sampling_net, self.likelihood_sde)
         options = dict(trace=h.likelihood_trace, n_probes=h.n_probes, rtol=h.ode_rtol, atol=h.ode_atol)
@@ -227,10 +238,13 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
         **options,
     ) -> SampleOutput:
-        """Sample with the options of :class:`ScoreSampleOptions` from x_T ~ prior (or ``latents``); ``labels``
-        (B,) are the classes a guiding classifier asks for; ``inpaint`` = (x_known, mask) fills in where mask is 0."""
+        """Sample with the options of :class:`ScoreSampleOptions` from x_T ~ prior (or ``latents``);
+        ``labels`` (B,) are the classes a guiding classifier asks for; ``inpaint`` = (x_known, mask) fills in
+        where mask
+        is 0."""
         self.check_options(options, self.sample_options, type(self).__name__)
-        x_T = self.sde.prior_sampling((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
+        x_T = self.sde.prior_sampling((num_samples, *self.data_shape), generators,
+                                      self.device) if latents is None else latents
         with eval_mode(self.sampling_net) as net:
             gradient, classes = self.guidance(num_samples, labels, options)
             model = self.score_model(net, guidance=gradient)
@@ -240,8 +254,8 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
 
     @torch.no_grad()
     def score_field(self, x: torch.Tensor, t: float | None = None) -> tuple[torch.Tensor, float]:
-        """The EMA network's score at points x (N, *data_shape) and time t (default: 0.1 of the way up from t_min,
-        where the field still shows every mode), and t."""
+        """The EMA network's score at points x (N, *data_shape) and time t (default: 0.1 of the way up from
+        t_min, where the field still shows every mode), and t."""
         t = self.sde.t_min + 0.1 * (self.sde.T - self.sde.t_min) if t is None else t
         with eval_mode(self.sampling_net) as net:
             tb = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
@@ -254,20 +268,25 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         time_grid(self.sde, options, self.sampling_defaults())
 
     def deterministic_options(self, options: dict) -> dict:
-        """Encoding and decoding run the probability-flow ODE (default RK45) without the final denoising step."""
+        """Encoding and decoding run the probability-flow ODE (default RK45) without the final denoising
+        step."""
         name = options.get("sampler") or "ode"
         if name not in DETERMINISTIC:
-            raise ValueError(f"latent interpolation and inversion need an ODE sampler {sorted(DETERMINISTIC)}, got {name!r}")
+            raise ValueError(f"latent interpolation and inversion need an ODE sampler "
+                             f"{sorted(DETERMINISTIC)}, got {name!r}")
         return {**options, "sampler": name, "denoise": False}
 
     @torch.no_grad()
-    def invert(self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False, **options) -> torch.Tensor:
-        """Encode x0 (at t_min) to the latent x_T by the probability-flow ODE, on the sampling grid run upwards."""
+    def invert(self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False,
+               **options) -> torch.Tensor:
+        """Encode x0 (at t_min) to the latent x_T by the probability-flow ODE, on the sampling grid run
+        upwards."""
         options = self.deterministic_options(options)
         solver = solver_from_options(options, self.sampling_defaults())
         times = time_grid(self.sde, options, self.sampling_defaults()).flip(0)
         with eval_mode(self.sampling_net) as net:
-            return solve(self.score_model(net), solver, x0.to(self.device), times, denoise=False, progress=progress)[0]
+            return solve(self.score_model(net), solver, x0.to(self.device), times, denoise=False,
+                         progress=progress)[0]
 
 
 def _to_device(inpaint, device):

@@ -28,7 +28,8 @@ class ClassifierFeatures(nn.Module):
         return self.classifier.features(x.float())
 
 
-def save_feature_net(classifier: ImageClassifier, config: dict, path: str | Path, val_accuracy: float) -> None:
+def save_feature_net(classifier: ImageClassifier, config: dict, path: str | Path,
+                     val_accuracy: float) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": config, "state_dict": classifier.state_dict(), "val_accuracy": val_accuracy}, path)
 
@@ -53,16 +54,18 @@ def frechet_distance(features: nn.Module) -> FrechetInceptionDistance:
     return FrechetInceptionDistance(feature=features, reset_real_features=False, normalize=True)
 
 
-def kernel_distance(features: nn.Module, subset_size: int = 1000, subsets: int = 100) -> KernelInceptionDistance:
+def kernel_distance(features: nn.Module, subset_size: int = 1000,
+                    subsets: int = 100) -> KernelInceptionDistance:
     """torchmetrics' KID (Bińkowski et al. 2018: the unbiased MMD^2 estimate with a cubic polynomial kernel,
-    averaged over random subsets) on ``features`` (images in [-1, 1]); real features are kept across ``reset``."""
+    averaged over random subsets) on ``features`` (images in [-1, 1]); real features are kept across
+    ``reset``."""
     return KernelInceptionDistance(feature=features, subsets=subsets, subset_size=subset_size,
                                    reset_real_features=False, normalize=True)
 
 
 class InceptionFeatures(nn.Module):
-    """Inception-v3 pool features (2048) of images in [-1, 1], with torch-fidelity's FID weights read from a file
-    (nothing is downloaded); the standard FID's feature extractor, as torchmetrics runs it."""
+    """Inception-v3 pool features (2048) of images in [-1, 1], with torch-fidelity's FID weights read from a
+    file (nothing is downloaded); the standard FID's feature extractor, as torchmetrics runs it."""
 
     def __init__(self, weights_path: str | Path) -> None:
         super().__init__()
@@ -73,7 +76,8 @@ class InceptionFeatures(nn.Module):
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
         except ImportError as err:  # torch-fidelity missing
-            raise ImportError("Inception features need torch-fidelity: pip install 'lit_gen[inception]'") from err
+            raise ImportError("Inception features need torch-fidelity: pip install "
+                              "'lit_gen[inception]'") from err
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                       feature_extractor_weights_path=str(weights_path))
         self.num_features, self.name = 2048, "inception"
@@ -81,7 +85,8 @@ class InceptionFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # torch-fidelity's extractor takes uint8 RGB images and resizes them to 299 itself
         x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-        return self.net((((x.float() + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)).reshape(x.shape[0], -1)
+        return self.net((((x.float() + 1) / 2).clamp(0, 1) * 255).round().to(torch.uint8)).reshape(x.shape[0],
+                                                                                                   -1)
 
 
 def inception_features(weights_path: str | Path) -> InceptionFeatures:
@@ -89,12 +94,15 @@ def inception_features(weights_path: str | Path) -> InceptionFeatures:
 
 
 def inception_frechet_distance(weights_path: str | Path) -> FrechetInceptionDistance:
-    """The standard Inception-v3 FID on images in [-1, 1] (torch-fidelity's weights, read from ``weights_path``)."""
+    """The standard Inception-v3 FID on images in [-1, 1] (torch-fidelity's weights, read from
+    ``weights_path``)."""
     return frechet_distance(InceptionFeatures(weights_path))
 
 
-def train_feature_net(data, steps: int = 1500, lr: float = 2e-3, seed: int = 0) -> tuple[ImageClassifier, float, dict]:
-    """Train an :class:`ImageClassifier` on a labelled DataModule; returns it, its validation accuracy and config."""
+def train_feature_net(data, steps: int = 1500, lr: float = 2e-3,
+                      seed: int = 0) -> tuple[ImageClassifier, float, dict]:
+    """Train an :class:`ImageClassifier` on a labelled DataModule; returns it, its validation accuracy and
+    config."""
     torch.manual_seed(seed)
     data.setup("fit")
     config = {"data_shape": tuple(data.data_shape), "num_classes": data.num_classes}
@@ -106,7 +114,8 @@ def train_feature_net(data, steps: int = 1500, lr: float = 2e-3, seed: int = 0) 
     step, bar = 0, tqdm(total=steps, desc="feature net", unit="step")
     while step < steps:
         for batch in data.train_dataloader():
-            x = batch["x"] + 0.05 * torch.randn_like(batch["x"])  # light noise: features robust to sample noise
+            # light noise: features robust to sample noise
+            x = batch["x"] + 0.05 * torch.randn_like(batch["x"])
             loss = nn.functional.cross_entropy(net(x), batch["y"])
             opt.zero_grad()
             loss.backward()

@@ -19,7 +19,8 @@ class ImageClassifier(nn.Module):
     """
 
     def __init__(
-        self, data_shape: tuple[int, ...], num_classes: int, width: int = 32, num_levels: int = 3, feature_dim: int = 64
+        self, data_shape: tuple[int, ...], num_classes: int, width: int = 32, num_levels: int = 3,
+        feature_dim: int = 64
     ) -> None:
         super().__init__()
         layers, ch = [], data_shape[0]

@@ -31,8 +31,10 @@ class CLIPNet(nn.Module):
         embed_dim: Size of the joint embedding.
     """
 
-    def __init__(self, data_shape: tuple[int, ...], num_text_tokens: int, text_len: int, pad_from: int, dim: int = 128,
-                 depth: int = 2, heads: int = 4, channels: int = 32, stages: int = 3, embed_dim: int = 64) -> None:
+    def __init__(self, data_shape: tuple[int, ...], num_text_tokens: int, text_len: int, pad_from: int,
+                 dim: int = 128,
+                 depth: int = 2, heads: int = 4, channels: int = 32, stages: int = 3,
+                 embed_dim: int = 64) -> None:
         super().__init__()
         self.pad_from = pad_from
         self.token_emb, self.pos_emb = nn.Embedding(num_text_tokens, dim), nn.Embedding(text_len, dim)
@@ -44,7 +46,8 @@ class CLIPNet(nn.Module):
             layers += [nn.Conv2d(width, 2 * width, 3, 2, 1), nn.GroupNorm(8, 2 * width), nn.GELU(),
                        nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.GroupNorm(8, 2 * width), nn.GELU()]
             width *= 2
-        self.image_encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, embed_dim))
+        self.image_encoder = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                           nn.Linear(width, embed_dim))
         # shape (1,), not (): DeepSpeed ZeRO-3 cannot partition a 0-dim parameter
         self.log_logit_scale = nn.Parameter(torch.full((1,), math.log(1 / 0.07)))
 
@@ -54,7 +57,8 @@ class CLIPNet(nn.Module):
             state_dict[key] = state_dict[key].view(1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    fsdp_methods = ("encode_text", "encode_image")  # reranking's entry points: FSDP gathers the weights for them
+    # reranking's entry points: FSDP gathers the weights for them
+    fsdp_methods = ("encode_text", "encode_image")
 
     def encode_text(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, E) unit vectors of captions (B, T): the mean of the non-padding tokens' final states."""
@@ -68,7 +72,8 @@ class CLIPNet(nn.Module):
     def _text(self, ids: torch.Tensor) -> torch.Tensor:
         keep = ids < self.pad_from  # (B, T)
         h = self.token_emb(ids) + self.pos_emb(torch.arange(ids.shape[1], device=ids.device))
-        mask = keep[:, None, None, :] | torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)  # (B, 1, T, T)
+        # (B, 1, T, T)
+        mask = keep[:, None, None, :] | torch.eye(ids.shape[1], dtype=torch.bool, device=ids.device)
         for block in self.text_blocks:
             h = block(h, mask)
         h = self.text_norm(h)
@@ -79,7 +84,7 @@ class CLIPNet(nn.Module):
         return F.normalize(self.image_encoder(x), dim=-1)
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (B_images, B_texts): scaled cosine similarity of every image with every caption; and the scale
-        (returned here, where ZeRO-3 and FSDP have gathered it)."""
+        """Logits (B_images, B_texts): scaled cosine similarity of every image with every caption; and the
+        scale (returned here, where ZeRO-3 and FSDP have gathered it)."""
         scale = self.log_logit_scale.clamp(max=MAX_LOGIT_SCALE).exp()  # (1,)
         return scale * self._image(x) @ self._text(ids).T, scale.detach().squeeze(0)

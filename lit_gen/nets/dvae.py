@@ -1,6 +1,6 @@
-"""The discrete VAE's encoder and decoder (DALL-E's dVAE, Ramesh et al. 2021, Sec. 2.1, scaled down): residual conv
-stacks that downsample an image by 2**num_downsamples to a grid of logits over ``num_codes`` codes, and upsample a
-(relaxed) one-hot grid back to an image."""
+"""The discrete VAE's encoder and decoder (DALL-E's dVAE, Ramesh et al. 2021, Sec. 2.1, scaled down): residual
+conv stacks that downsample an image by 2**num_downsamples to a grid of logits over ``num_codes`` codes, and
+upsample a (relaxed) one-hot grid back to an image."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ class _ResBlock(nn.Module):
 
 
 class DiscreteVAENet(nn.Module):
-    """Encoder ``logits(x)`` (B, C, H, W) -> (B, K, H/f, W/f) and decoder ``decode(z)`` (B, K, h, w) soft or hard
-    one-hot codes -> (B, C * out_per_channel, H, W); f = 2**num_downsamples.
+    """Encoder ``logits(x)`` (B, C, H, W) -> (B, K, H/f, W/f) and decoder ``decode(z)`` (B, K, h, w) soft or
+    hard one-hot codes -> (B, C * out_per_channel, H, W); f = 2**num_downsamples.
 
     Args:
         data_shape: (C, H, W) of the images.
@@ -34,21 +34,26 @@ class DiscreteVAENet(nn.Module):
         out_per_channel: Decoder maps per image channel (2 for the logit-Laplace's mu and ln b).
     """
 
-    def __init__(self, data_shape: tuple[int, ...], num_codes: int = 512, channels: int = 64, num_downsamples: int = 2,
+    def __init__(self, data_shape: tuple[int, ...], num_codes: int = 512, channels: int = 64,
+                 num_downsamples: int = 2,
                  res_blocks: int = 1, code_dim: int = 64, out_per_channel: int = 1) -> None:
         super().__init__()
         c, h, w = data_shape
         if h % 2**num_downsamples or w % 2**num_downsamples:
-            raise ValueError(f"image size {h}x{w} is not divisible by 2**num_downsamples={2**num_downsamples}")
+            raise ValueError(f"image size {h}x{w} is not divisible by "
+                             f"2**num_downsamples={2**num_downsamples}")
         self.num_codes, self.data_shape = num_codes, tuple(data_shape)
         self.grid = (h // 2**num_downsamples, w // 2**num_downsamples)
         enc: list[nn.Module] = [nn.Conv2d(c, channels, 3, padding=1)]
         dec: list[nn.Module] = [nn.Conv2d(code_dim, channels, 1)]
         for _ in range(num_downsamples):
             enc += [*(_ResBlock(channels) for _ in range(res_blocks)), nn.Conv2d(channels, channels, 4, 2, 1)]
-            dec += [*(_ResBlock(channels) for _ in range(res_blocks)), nn.ConvTranspose2d(channels, channels, 4, 2, 1)]
-        enc += [*(_ResBlock(channels) for _ in range(res_blocks)), nn.ReLU(), nn.Conv2d(channels, num_codes, 1)]
-        dec += [*(_ResBlock(channels) for _ in range(res_blocks)), nn.ReLU(), nn.Conv2d(channels, c * out_per_channel, 1)]
+            dec += [*(_ResBlock(channels) for _ in range(res_blocks)),
+                    nn.ConvTranspose2d(channels, channels, 4, 2, 1)]
+        enc += [*(_ResBlock(channels) for _ in range(res_blocks)), nn.ReLU(),
+                nn.Conv2d(channels, num_codes, 1)]
+        dec += [*(_ResBlock(channels) for _ in range(res_blocks)), nn.ReLU(),
+                nn.Conv2d(channels, c * out_per_channel, 1)]
         self.encoder, self.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
         self.codebook = nn.Parameter(torch.randn(num_codes, code_dim) / code_dim**0.5)  # (K, D)
 
@@ -58,7 +63,8 @@ class DiscreteVAENet(nn.Module):
         return self.encoder(x)  # (B, K, h, w)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """``z`` (B, K, h, w): a relaxed or hard one-hot grid; its code embeddings mixed by z feed the decoder."""
+        """``z`` (B, K, h, w): a relaxed or hard one-hot grid; its code embeddings mixed by z feed the
+        decoder."""
         return self.decoder(torch.einsum("bkhw,kd->bdhw", z.to(self.codebook.dtype), self.codebook))
 
     def decode_indices(self, codes: torch.Tensor) -> torch.Tensor:

@@ -23,14 +23,15 @@ class EMA(nn.Module):
         warmup: ramp the decay up as above.
         average: a network built like ``net`` to hold the average (its values are overwritten with ``net``'s);
             default: a deep copy of ``net``. Under ZeRO-3 and FSDP both are sharded alike, and every rank
-            averages only the shard it stores (:func:`~lit_gen.strategies.local_shards`): no communication, and
-            the gathered average is the average of the gathered weights.
+            averages only the shard it stores (:func:`~lit_gen.strategies.local_shards`): no communication,
+            and the gathered average is the average of the gathered weights.
 
-    Half-precision weights (DeepSpeed in bf16 or fp16 casts the average's too) are averaged in an fp32 copy beside
-    them, and the module holds the rounded average.
+    Half-precision weights (DeepSpeed in bf16 or fp16 casts the average's too) are averaged in an fp32 copy
+    beside them, and the module holds the rounded average.
     """
 
-    def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True, average: nn.Module | None = None):
+    def __init__(self, net: nn.Module, decay: float = 0.9999, warmup: bool = True,
+                 average: nn.Module | None = None):
         super().__init__()
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay={decay} must be in [0, 1)")
@@ -53,7 +54,8 @@ class EMA(nn.Module):
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         super()._load_from_state_dict(*args, **kwargs)
-        self._master = None  # made again from the loaded average at the next update (one rounding, not one a step)
+        # made again from the loaded average at the next update (one rounding, not one a step)
+        self._master = None
 
     def current_decay(self) -> float:
         n = int(self.num_updates)
@@ -64,7 +66,8 @@ class EMA(nn.Module):
         decay = self.current_decay()
         ema_params = local_shards(self.module)
         if self._master is None and any(e.dtype in (torch.float16, torch.bfloat16) for e in ema_params):
-            # DeepSpeed in bf16/fp16 casts every parameter, the average's too: in bf16 a step of (1 - d) = 1e-4 of
+            # DeepSpeed in bf16/fp16 casts every parameter, the average's too: in bf16 a step of (1 - d) =
+            # 1e-4 of
             # the difference rounds away. Average in fp32 beside it; the module gets the rounded average.
             self._master = [e.float() for e in ema_params]
         if self._master is None:

@@ -29,8 +29,8 @@ class MLPDenoiser(nn.Module):
     """Residual MLP denoiser: ``forward(x, t, y=None)`` with x (B, *data_shape), t (B,), y (B,) or None.
 
     The input is flattened; the output has shape (B, *data_shape) by default, or (B, out_channels,
-    *data_shape[1:]) when ``out_channels`` is given (``out_channels`` plays the role of output channels, so for
-    vector data (D,) it is (B, out_channels); pass 2*D for a learned variance).
+    *data_shape[1:]) when ``out_channels`` is given (``out_channels`` plays the role of output channels, so
+    for vector data (D,) it is (B, out_channels); pass 2*D for a learned variance).
     """
 
     def __init__(
@@ -49,7 +49,8 @@ class MLPDenoiser(nn.Module):
             data_shape: Shape of one sample, e.g. (2,) for 2-D toy data. Injected by the method.
             num_classes: Number of class labels; 0 for an unconditional net. Label index ``num_classes`` is
                 the NULL label (used when ``y`` is None and for classifier-free guidance).
-            out_channels: Output size along dim 1; None means ``data_shape[0]`` (output shaped like the input).
+            out_channels: Output size along dim 1; None means ``data_shape[0]`` (output shaped like the
+                input).
             hidden_dim: Width of the hidden layers.
             num_layers: Number of residual blocks (two linear layers each).
             time_embed_dim: Width of the sinusoidal time embedding.

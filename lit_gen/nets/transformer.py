@@ -1,10 +1,10 @@
-"""DALL-E's decoder-only transformer over [text; image] tokens (Ramesh et al. 2021, Sec. 2.2, App. B.1), scaled
-down, with the paper's attention patterns as boolean masks for ``scaled_dot_product_attention`` (no special
-install) and a KV cache that every pattern supports.
+"""DALL-E's decoder-only transformer over [text; image] tokens (Ramesh et al. 2021, Sec. 2.2, App. B.1),
+scaled down, with the paper's attention patterns as boolean masks for ``scaled_dot_product_attention`` (no
+special install) and a KV cache that every pattern supports.
 
-The input sequence is ``[bos, t_1 .. t_T, i_0 .. i_{N-2}]`` (S = T + N positions); position p predicts target p of
-``[t_1 .. t_T, i_0 .. i_{N-1}]``. Text and image tokens have their own embeddings; text positions are 1-D, image
-positions a row plus a column embedding of an h x w grid."""
+The input sequence is ``[bos, t_1 .. t_T, i_0 .. i_{N-2}]`` (S = T + N positions); position p predicts target
+p of ``[t_1 .. t_T, i_0 .. i_{N-1}]``. Text and image tokens have their own embeddings; text positions are
+1-D, image positions a row plus a column embedding of an h x w grid."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ MASK_KINDS = ("full", "row", "column", "conv")
 def attention_mask(kind: str, text_len: int, grid: tuple[int, int], kernel: int = 3) -> torch.Tensor:
     """(S, S) booleans, True where query position q may attend to key position k; S = text_len + h * w.
 
-    Every position attends to itself; text positions (the first ``text_len + 1``, bos included) attend causally
-    to text; the query at position p >= text_len predicts image token j = p - text_len at (row_j, col_j) and
-    attends to all text and, among the image tokens b < j already given, to:
+    Every position attends to itself; text positions (the first ``text_len + 1``, bos included) attend
+    causally to text; the query at position p >= text_len predicts image token j = p - text_len at (row_j,
+    col_j) and attends to all text and, among the image tokens b < j already given, to:
 
     - ``full``: all of them;
     - ``row``: the previous w (a row's width: the strided "row" pattern of Child et al. 2019, which holds the
@@ -76,7 +76,8 @@ class _Block(nn.Module):
         self.heads, self.dropout = heads, dropout
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim),
+                                 nn.Dropout(dropout))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
         B, L, D = h.shape  # L new positions; mask (L, S_seen + L)
@@ -89,7 +90,8 @@ class _Block(nn.Module):
             else:
                 cache.keys.append(k)
                 cache.values.append(v)
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
         h = h + self.proj(a.transpose(1, 2).reshape(B, L, D))
         return h + self.mlp(self.norm2(h))
 
@@ -127,7 +129,8 @@ class DALLETransformer(nn.Module):
         self.layer_kinds = [kinds[i % len(kinds)] for i in range(depth)]
         if final_conv:
             self.layer_kinds[-1] = "conv"
-        self.num_text_tokens, self.text_len, self.num_image_tokens = num_text_tokens, text_len, num_image_tokens
+        self.num_text_tokens, self.text_len = num_text_tokens, text_len
+        self.num_image_tokens = num_image_tokens
         self.grid = tuple(grid)
         self.seq_len = text_len + grid[0] * grid[1]
         self.gradient_checkpointing = gradient_checkpointing
@@ -137,40 +140,48 @@ class DALLETransformer(nn.Module):
         self.row_emb, self.col_emb = nn.Embedding(grid[0], dim), nn.Embedding(grid[1], dim)
         self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_text_tokens + num_image_tokens)  # one logit space: text, then image codes
-        # in first-use order: a set's order follows PYTHONHASHSEED, which differs between processes, and DDP copies
+        # one logit space: text, then image codes
+        self.head = nn.Linear(dim, num_text_tokens + num_image_tokens)
+        # in first-use order: a set's order follows PYTHONHASHSEED, which differs between processes, and DDP
+        # copies
         # buffers from rank 0 by position (same-shaped masks would land under another name on the other ranks)
         for kind in dict.fromkeys(self.layer_kinds):
-            self.register_buffer(f"mask_{kind}", attention_mask(kind, text_len, self.grid, conv_kernel), persistent=False)
+            self.register_buffer(f"mask_{kind}", attention_mask(kind, text_len, self.grid, conv_kernel),
+                                 persistent=False)
         nn.init.normal_(self.bos, std=0.02)
 
-    fsdp_methods = ("forward_positions",)  # generation's entry point besides forward: FSDP gathers weights for it
+    # generation's entry point besides forward: FSDP gathers weights for it
+    fsdp_methods = ("forward_positions",)
 
     def fsdp_units(self) -> list[nn.Module]:
         return list(self.blocks)
 
     def embed(self, ids: torch.Tensor, start: int) -> torch.Tensor:
-        """Embeddings (B, L, dim) of input ids (B, L) at sequence positions start .. start + L - 1 (text ids at
-        positions 1..T, image codes after; the id at position 0 is ignored: bos)."""
+        """Embeddings (B, L, dim) of input ids (B, L) at sequence positions start .. start + L - 1 (text ids
+        at positions 1..T, image codes after; the id at position 0 is ignored: bos)."""
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)
-        text = self.text_emb(ids.clamp(max=self.num_text_tokens - 1)) + self.text_pos(pos.clamp(max=self.text_len))
+        text = self.text_emb(ids.clamp(max=self.num_text_tokens - 1))
+        text = text + self.text_pos(pos.clamp(max=self.text_len))
         b = (pos - self.text_len - 1).clamp(min=0)
         image = (self.image_emb(ids.clamp(max=self.num_image_tokens - 1)) + self.row_emb(b // self.grid[1])
                  + self.col_emb(b % self.grid[1]))
         out = torch.where((pos <= self.text_len)[None, :, None], text, image)
         return torch.where((pos == 0)[None, :, None], self.bos.to(out.dtype), out)
 
-    def forward_positions(self, ids: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, L, V_text + K) at positions start .. start + L - 1 given the ids there; with ``cache``, the
-        keys and values of positions < start come from it (and these positions' are added)."""
+    def forward_positions(self, ids: torch.Tensor, start: int = 0,
+                          cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, L, V_text + K) at positions start .. start + L - 1 given the ids there; with ``cache``,
+        the keys and values of positions < start come from it (and these positions' are added)."""
         return self._positions(ids, start, cache)
 
     def _positions(self, ids: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
-        # forward's and forward_positions' body: each entry point (gathering FSDP weights) calls it, not the other
+        # forward's and forward_positions' body: each entry point (gathering FSDP weights) calls it, not the
+        # other
         return self.transform(self.embed(ids, start), start, cache)
 
     def transform(self, h: torch.Tensor, start: int = 0, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits (B, L, V_text + K) of input embeddings ``h`` (B, L, dim) at positions start .. start + L - 1."""
+        """Logits (B, L, V_text + K) of input embeddings ``h`` (B, L, dim) at positions start .. start + L -
+        1."""
         if cache is not None and cache.length != start:
             raise ValueError(f"the cache holds {cache.length} positions, but the input starts at {start}")
         end = start + h.shape[1]

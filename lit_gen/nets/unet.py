@@ -222,7 +222,8 @@ class _Trunk(nn.Module):
         """(h after the middle block, the skips, the embedding, whether to checkpoint activations)."""
         if x.ndim != 4 or x.shape[1] != self.data_shape[0]:
             raise ValueError(
-                f"{type(self).__name__} expects x of shape (B, {self.data_shape[0]}, H, W), got {tuple(x.shape)}"
+                f"{type(self).__name__} expects x of shape (B, {self.data_shape[0]}, H, W), got "
+                f"{tuple(x.shape)}"
             )
         use_ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         emb = self.embed(t, y, x.shape[0])  # (B, 4ch)
@@ -282,7 +283,8 @@ class UNet(_Trunk):
                 second GroupNorm (AdaGN, Dhariwal & Nichol 2021) instead of adding it.
         """
         super().__init__(
-            data_shape, num_classes, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout,
+            data_shape, num_classes, base_channels, channel_mults, num_res_blocks, attention_resolutions,
+            dropout,
             num_heads, num_groups, time_scale, gradient_checkpointing, adaptive_norm,
         )
         self.out_channels = out_channels if out_channels is not None else self.data_shape[0]
@@ -343,8 +345,11 @@ class AttentionPool2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C = x.shape[:2]
         tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
-        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + self.positions.to(x.dtype)  # (B, HW+1, C)
-        heads = lambda z: z.reshape(B, z.shape[1], self.num_heads, -1).transpose(1, 2)  # noqa: E731 (B, h, N, d)
+        # (B, HW+1, C)
+        tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + self.positions.to(x.dtype)
+        def heads(z):  # (B, h, N, d)
+            return z.reshape(B, z.shape[1], self.num_heads, -1).transpose(1, 2)
+
         k, v = self.kv(tokens).chunk(2, dim=-1)
         # only the mean token's output is used, so it alone queries
         out = F.scaled_dot_product_attention(heads(self.q(tokens[:, :1])), heads(k), heads(v))  # (B, h, 1, d)
@@ -359,7 +364,8 @@ class EncoderUNet(_Trunk):
         data_shape: (C, H, W) of the images. Injected by the method from the data.
         num_classes: number of labels K of the output logits.
         base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout, num_heads, num_groups,
-            time_scale, gradient_checkpointing, adaptive_norm: as in :class:`UNet` (ADM's classifier uses AdaGN).
+            time_scale, gradient_checkpointing, adaptive_norm: as in :class:`UNet` (ADM's classifier uses
+            AdaGN).
     """
 
     def __init__(
@@ -380,7 +386,8 @@ class EncoderUNet(_Trunk):
         if num_classes < 1:
             raise ValueError(f"a classifier needs labelled data, but num_classes={num_classes}")
         super().__init__(
-            data_shape, 0, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout, num_heads,
+            data_shape, 0, base_channels, channel_mults, num_res_blocks, attention_resolutions, dropout,
+            num_heads,
             num_groups, time_scale, gradient_checkpointing, adaptive_norm,
         )
         self.num_labels = num_classes

@@ -1,14 +1,16 @@
-"""Pure-torch score-based modelling (Song & Ermon 2019; Song et al. 2021): SDEs, the model adapter, DSM losses,
-the solver-owned samplers and the probability-flow ODE likelihood (no Lightning imports)."""
+"""Pure-torch score-based modelling (Song & Ermon 2019; Song et al. 2021): SDEs, the model adapter, DSM
+losses, the solver-owned samplers and the probability-flow ODE likelihood (no Lightning imports)."""
 
 from lit_gen.score.likelihood import divergence, ode_bits_per_dim, ode_log_likelihood
 from lit_gen.score.losses import ImportanceTime, dsm_loss
 from lit_gen.score.model import ScoreModel
-from lit_gen.score.sde import SDE, SDES, DiscreteVPSDE, SubVPSDE, VESDE, VPSDE, make_sde
+from lit_gen.score.sde import SDE, SDES, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, make_sde
 from lit_gen.score.solvers import DETERMINISTIC, SOLVERS, make_solver, solve, solver_options
 
 __all__ = [
-    "DETERMINISTIC", "SDE", "SDES", "SOLVERS", "DiscreteVPSDE", "ImportanceTime", "ScoreModel", "SubVPSDE", "VESDE",
-    "VPSDE", "divergence", "dsm_loss", "make_sde", "make_solver", "ode_bits_per_dim", "ode_log_likelihood", "solve",
+    "DETERMINISTIC", "SDE", "SDES", "SOLVERS", "DiscreteVPSDE", "ImportanceTime", "ScoreModel", "SubVPSDE",
+    "VESDE",
+    "VPSDE", "divergence", "dsm_loss", "make_sde", "make_solver", "ode_bits_per_dim", "ode_log_likelihood",
+    "solve",
     "solver_options",
 ]

@@ -23,7 +23,8 @@ from lit_gen.utils import Generator, rand, randn
 Trace = Literal["rademacher", "gaussian", "exact"]
 
 
-def probes(shape: tuple[int, ...], kind: str, n: int, generator: Generator, device, dtype) -> list[torch.Tensor]:
+def probes(shape: tuple[int, ...], kind: str, n: int, generator: Generator, device,
+           dtype) -> list[torch.Tensor]:
     """``n`` probe vectors with E[v v^T] = I: Rademacher (+-1) or standard Gaussian."""
     if kind == "rademacher":
         return [2 * (rand(shape, generator, device, dtype) < 0.5).to(dtype) - 1 for _ in range(n)]
@@ -37,7 +38,8 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, vs: list[torch.Tensor] | No
     ``drift`` was computed from ``x`` with autograd on."""
     if vs is None:
         flat = drift.flatten(1)
-        rows = [torch.autograd.grad(flat[:, i].sum(), x, retain_graph=True)[0].flatten(1)[:, i] for i in range(flat.shape[1])]
+        rows = [torch.autograd.grad(flat[:, i].sum(), x,
+                                    retain_graph=True)[0].flatten(1)[:, i] for i in range(flat.shape[1])]
         return torch.stack(rows, 1).sum(1)
     total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for v in vs:
@@ -71,7 +73,8 @@ def ode_log_likelihood(
     if n_probes < 1:
         raise ValueError(f"n_probes={n_probes} must be >= 1")
     with torch.inference_mode(False):
-        vs = None if trace == "exact" else probes(tuple(x.shape), trace, n_probes, generator, x.device, x.dtype)
+        vs = None if trace == "exact" else probes(tuple(x.shape), trace, n_probes, generator, x.device,
+                                                  x.dtype)
     nfe_before = model.nfe
 
     def dynamics(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
@@ -88,16 +91,18 @@ def ode_log_likelihood(
     start = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     with torch.no_grad():
         # step_t: land on T instead of stepping past it and interpolating back
-        solution = odeint(dynamics, start, span, rtol=rtol, atol=atol, method="dopri5", options={"step_t": span})
+        solution = odeint(dynamics, start, span, rtol=rtol, atol=atol, method="dopri5",
+                          options={"step_t": span})
         z, integral = solution[0][-1], solution[1][-1]
     prior = sde.prior_logp(z)
     return {"log_p": prior + integral, "prior_logp": prior, "z": z, "nfe": model.nfe - nfe_before}
 
 
 def ode_bits_per_dim(model: ScoreModel, x: torch.Tensor, generator: Generator = None, **options) -> dict:
-    """Bits/dim of 8-bit data x on lit_gen's [-1, 1] scale: uniform dequantisation in each value's bin of width
-    2/255, the ODE likelihood of the dequantised point, and :func:`~lit_gen.likelihood.bits_per_dim` (an upper
-    bound of -log2 P(8-bit image) / D, never negative in expectation). ``options`` go to :func:`ode_log_likelihood`."""
+    """Bits/dim of 8-bit data x on lit_gen's [-1, 1] scale: uniform dequantisation in each value's bin of
+    width 2/255, the ODE likelihood of the dequantised point, and :func:`~lit_gen.likelihood.bits_per_dim` (an
+    upper bound of -log2 P(8-bit image) / D, never negative in expectation). ``options`` go to
+    :func:`ode_log_likelihood`."""
     y, bin_width = dequantize_centred(x, generator)
     out = ode_log_likelihood(model, y, generator=generator, **options)
     out["bpd"] = bits_per_dim(-out["log_p"], x[0].numel(), bin_width)

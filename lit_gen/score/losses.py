@@ -1,9 +1,10 @@
 """Continuous-time denoising score matching (Song et al. 2021, Eq. 7) for a network that predicts the noise.
 
-With x_t = alpha x0 + sigma z and score = -eps / sigma, ||s - grad log p_t(x_t | x0)||^2 = ||eps - z||^2 / sigma^2,
-so the weightings read:
+With x_t = alpha x0 + sigma z and score = -eps / sigma, ||s - grad log p_t(x_t | x0)||^2 = ||eps - z||^2 /
+sigma^2, so the weightings read:
 
-- ``paper``: lambda(t) = sigma^2 ~ 1 / E||grad log p_t(x_t | x0)||^2, the loss ||eps - z||^2 (as DDPM's L_simple
+- ``paper``: lambda(t) = sigma^2 ~ 1 / E||grad log p_t(x_t | x0)||^2, the loss ||eps - z||^2 (as DDPM's
+L_simple
   and NCSN's lambda = sigma^2);
 - ``likelihood``: lambda(t) = g(t)^2, the loss g^2 / sigma^2 ||eps - z||^2, which bounds the negative
   log-likelihood (Song et al. 2021b, "Maximum Likelihood Training of Score-Based Diffusion Models", Thm. 1);
@@ -29,14 +30,17 @@ class ImportanceTime:
     """Draws t on [t_eps, T] with density ~ g(t)^2 / sigma(t)^2 by the inverse CDF on a log-spaced grid."""
 
     def __init__(self, sde: SDE, t_eps: float, grid: int = 4096) -> None:
-        t = torch.logspace(torch.log10(torch.tensor(t_eps)), torch.log10(torch.tensor(sde.T)), grid, dtype=torch.float64)
+        t = torch.logspace(torch.log10(torch.tensor(t_eps)), torch.log10(torch.tensor(sde.T)), grid,
+                           dtype=torch.float64)
         w = sde.g2(t) / sde.sigma(t) ** 2
-        cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum((w[1:] + w[:-1]) / 2 * t.diff(), 0)])
+        cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
+                         torch.cumsum((w[1:] + w[:-1]) / 2 * t.diff(), 0)])
         self.t, self.cdf, self.Z = t, cdf / cdf[-1], float(cdf[-1])
         self.weight = self.Z / (sde.T - t_eps)  # lambda(t) / (p(t) (T - t_eps)) in units of ||eps - z||^2
 
     def sample(self, n: int, device, generator: torch.Generator | None = None) -> torch.Tensor:
-        u = torch.rand(n, dtype=torch.float64, generator=generator, device=None if generator is None else generator.device)
+        u = torch.rand(n, dtype=torch.float64, generator=generator,
+                       device=None if generator is None else generator.device)
         u = u.to(self.cdf.device)  # the tables stay on the CPU
         i = torch.searchsorted(self.cdf, u).clamp(1, len(self.t) - 1)
         lo, hi = self.cdf[i - 1], self.cdf[i]

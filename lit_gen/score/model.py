@@ -4,7 +4,7 @@ the network was trained. The adapter counts the network calls (NFE)."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -13,7 +13,8 @@ from lit_gen.score.sde import SDE
 from lit_gen.utils import append_dims
 
 NetFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, model_time (B,)) -> output
-GradientFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, model_time (B,)) -> s grad log p(y | x)
+# (x, model_time (B,)) -> s grad log p(y | x)
+GradientFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class ScoreModel:
@@ -43,7 +44,8 @@ class ScoreModel:
         self.nfe = 0  # network calls so far (one per batch)
 
     def _coefficients(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return (append_dims(self.sde.alpha(t).to(x.dtype), x.ndim), append_dims(self.sde.sigma(t).to(x.dtype), x.ndim))
+        return (append_dims(self.sde.alpha(t).to(x.dtype), x.ndim),
+                append_dims(self.sde.sigma(t).to(x.dtype), x.ndim))
 
     def eps_x0(self, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0) at x (B, ...), time t (B,) float64, guidance included; one network call."""

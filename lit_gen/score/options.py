@@ -55,7 +55,8 @@ SOLVER_KEYS = ("predictor", "snr", "n_corrector", "step_lr", "n_steps_each", "rt
 
 def solver_from_options(options: dict, defaults: dict, sde=None):
     """The sampler named in ``options`` (else ``defaults``) with its options: those given are checked against
-    what it takes; ``defaults`` fill in only the ones it takes. With ``sde``, also checked against the process."""
+    what it takes; ``defaults`` fill in only the ones it takes. With ``sde``, also checked against the
+    process."""
     name = options.get("sampler") or defaults["sampler"]
     if name not in SOLVERS:
         make_solver(name)  # the one-line error naming the samplers
@@ -69,7 +70,8 @@ def solver_from_options(options: dict, defaults: dict, sde=None):
 
 
 def time_grid(sde, options: dict, defaults: dict) -> torch.Tensor:
-    """The grid of ``options`` (``steps``, ``spacing``); the adaptive ``ode`` defaults to the two end points."""
+    """The grid of ``options`` (``steps``, ``spacing``); the adaptive ``ode`` defaults to the two end
+    points."""
     name = options.get("sampler") or defaults["sampler"]
     steps = options.get("steps") or (2 if name == "ode" else defaults["steps"])
     return sde.time_grid(steps, options.get("spacing") or ("logsnr" if name == "dpmpp2m" else "linear"))

@@ -71,31 +71,37 @@ class SDE:
         t = _time(t)
         return append_dims(self.alpha(t).to(x0.dtype), x0.ndim) * x0, self.sigma(t).to(x0.dtype)
 
-    def prior_sampling(self, shape: tuple[int, ...], generator: Generator = None, device="cpu", dtype=torch.float32):
+    def prior_sampling(self, shape: tuple[int, ...], generator: Generator = None, device="cpu",
+                       dtype=torch.float32):
         """x_T ~ N(0, prior_std^2 I)."""
         return self.prior_std * randn(shape, generator, device, dtype)
 
     def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; 0, prior_std^2 I) per sample (B,), in nats."""
         d = z[0].numel()
-        return -0.5 * d * math.log(2 * math.pi * self.prior_std**2) - z.flatten(1).pow(2).sum(1) / (2 * self.prior_std**2)
+        var = self.prior_std**2
+        return -0.5 * d * math.log(2 * math.pi * var) - z.flatten(1).pow(2).sum(1) / (2 * var)
 
-    def discretize(self, x: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward step from t_prev < t to t as x_t = x_prev + f_i + G_i z: returns (f_i (B, ...), G_i (B,)).
-        Euler-Maruyama here; VP and VE override it with their exact steps (Song et al. 2021, appendix E.2)."""
+    def discretize(self, x: torch.Tensor, t: torch.Tensor,
+                   t_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward step from t_prev < t to t as x_t = x_prev + f_i + G_i z: returns (f_i (B, ...), G_i
+        (B,)). Euler-Maruyama here; VP and VE override it with their exact steps (Song et al. 2021, appendix
+        E.2)."""
         t, dt = _time(t), _time(t) - _time(t_prev)
         drift, g = self.sde(x, t)
         return drift * append_dims(dt.to(x.dtype), x.ndim), g * dt.sqrt().to(x.dtype)
 
-    def reverse_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor, probability_flow: bool = False):
+    def reverse_drift(self, x: torch.Tensor, t: torch.Tensor, score: torch.Tensor,
+                      probability_flow: bool = False):
         """Drift of the reverse-time SDE, f x - g^2 score (Eq. 6), or of the probability-flow ODE,
         f x - g^2 score / 2 (Eq. 13), in forward time (integrate it from T down to t_min)."""
         drift, g = self.sde(x, t)
         return drift - append_dims(g**2 * (0.5 if probability_flow else 1.0), x.ndim) * score
 
     def time_grid(self, steps: int, spacing: str = "linear") -> torch.Tensor:
-        """``steps`` times (float64) from T down to t_min: ``linear`` in t, ``quadratic`` (denser near t_min), or
-        ``logsnr``: uniform in lambda = log(alpha / sigma), DPM-Solver's choice (Lu et al. 2022, Sec. 3.3)."""
+        """``steps`` times (float64) from T down to t_min: ``linear`` in t, ``quadratic`` (denser near t_min),
+        or ``logsnr``: uniform in lambda = log(alpha / sigma), DPM-Solver's choice (Lu et al. 2022, Sec.
+        3.3)."""
         if steps < 2:
             raise ValueError(f"steps={steps} must be >= 2 (the grid runs from T down to t_min)")
         u = torch.linspace(1, 0, steps, dtype=torch.float64)
@@ -104,12 +110,13 @@ class SDE:
         if spacing == "quadratic":
             u = u**2
         elif spacing != "linear":
-            raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'logsnr', 'quadratic']")
+            raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'logsnr', "
+                             f"'quadratic']")
         return self.t_min + (self.T - self.t_min) * u
 
     def _times_of_log_snr(self, u: torch.Tensor) -> torch.Tensor:
-        """Times whose lambda is spread uniformly, u = 1 at lambda(T) down to u = 0 at lambda(t_min), by bisection
-        (lambda decreases in t)."""
+        """Times whose lambda is spread uniformly, u = 1 at lambda(T) down to u = 0 at lambda(t_min), by
+        bisection (lambda decreases in t)."""
         lo_t, hi_t = torch.tensor(self.t_min, dtype=torch.float64), torch.tensor(self.T, dtype=torch.float64)
         if self.t_min == 0:
             lo_t = torch.tensor(1e-12, dtype=torch.float64)
@@ -132,20 +139,23 @@ class SDE:
 
 
 class VPSDE(SDE):
-    """Variance preserving: dx = -beta(t)/2 x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max - beta_min)
-    (Song et al. 2021, Eq. 11), the continuous limit of DDPM. Its N-step discretisation has DDPM's betas,
-    beta_i = beta_min / N + i / (N - 1) (beta_max - beta_min) / N (1e-4 ... 0.02 for the defaults).
+    """Variance preserving: dx = -beta(t)/2 x dt + sqrt(beta(t)) dw, beta(t) = beta_min + t (beta_max -
+    beta_min) (Song et al. 2021, Eq. 11), the continuous limit of DDPM. Its N-step discretisation has DDPM's
+    betas, beta_i = beta_min / N + i / (N - 1) (beta_max - beta_min) / N (1e-4 ... 0.02 for the defaults).
 
     Args:
         beta_min: beta(0) (0.1 in the paper).
         beta_max: beta(1) (20 in the paper).
         num_scales: N, discretisation steps.
-        t_min: small-t cutoff of samplers and likelihood (1e-3 for sampling, 1e-5 for likelihood in the paper).
+        t_min: small-t cutoff of samplers and likelihood (1e-3 for sampling, 1e-5 for likelihood in the
+            paper).
     """
 
-    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, num_scales: int = 1000, t_min: float = 1e-3):
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, num_scales: int = 1000,
+                 t_min: float = 1e-3):
         if not 0 < beta_min < beta_max:
-            raise ValueError(f"VP SDE needs 0 < beta_min < beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+            raise ValueError(f"VP SDE needs 0 < beta_min < beta_max, got beta_min={beta_min}, "
+                             f"beta_max={beta_max}")
         if t_min <= 0:
             raise ValueError(f"t_min={t_min} must be > 0: the VP and sub-VP scores are singular at t = 0")
         super().__init__(num_scales, t_min)
@@ -176,7 +186,8 @@ class VPSDE(SDE):
         return (-torch.expm1(2 * self.log_alpha(t))).sqrt()
 
     def discretize(self, x, t, t_prev):
-        """The DDPM step: beta_i = 1 - (alpha(t) / alpha(t_prev))^2, x_t = sqrt(1 - beta_i) x_prev + sqrt(beta_i) z."""
+        """The DDPM step: beta_i = 1 - (alpha(t) / alpha(t_prev))^2, x_t = sqrt(1 - beta_i) x_prev +
+        sqrt(beta_i) z."""
         beta = -torch.expm1(2 * (self.log_alpha(t) - self.log_alpha(t_prev)))  # (B,)
         return append_dims(((1 - beta).sqrt() - 1).to(x.dtype), x.ndim) * x, beta.sqrt().to(x.dtype)
 
@@ -216,9 +227,11 @@ class VESDE(SDE):
         t_min: small-t cutoff (1e-5 in the paper).
     """
 
-    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000, t_min: float = 1e-5):
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, num_scales: int = 1000,
+                 t_min: float = 1e-5):
         if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"VE SDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+            raise ValueError(f"VE SDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, "
+                             f"sigma_max={sigma_max}")
         super().__init__(num_scales, t_min)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.prior_std = self.sigma_max
@@ -241,21 +254,23 @@ class VESDE(SDE):
         return torch.zeros_like(x), g.to(x.dtype)
 
     def __repr__(self):
-        return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N}, t_min={self.t_min})"
+        return (f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max}, N={self.N}, "
+                f"t_min={self.t_min})")
 
 
 class DiscreteVPSDE(SDE):
-    """The VP process of a DDPM checkpoint, read from its alpha_bar (N,): step n sits at t_n = (n + 1) / N, and
-    log alpha(t) = log(alpha_bar) / 2 is interpolated linearly in t between the steps (and to 0 at t = 0), as
-    in DPM-Solver's discrete ``NoiseScheduleVP`` (Lu et al. 2022, appendix D). Every VP sampler and ODE solver
-    then runs on DDPM / Improved DDPM checkpoints; the network sees the (fractional) step N t - 1.
+    """The VP process of a DDPM checkpoint, read from its alpha_bar (N,): step n sits at t_n = (n + 1) / N,
+    and log alpha(t) = log(alpha_bar) / 2 is interpolated linearly in t between the steps (and to 0 at t = 0),
+    as in DPM-Solver's discrete ``NoiseScheduleVP`` (Lu et al. 2022, appendix D). Every VP sampler and ODE
+    solver then runs on DDPM / Improved DDPM checkpoints; the network sees the (fractional) step N t - 1.
     """
 
     def __init__(self, alpha_bar: torch.Tensor) -> None:
         alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float64).cpu()
         super().__init__(len(alpha_bar), 1.0 / len(alpha_bar))
         self.alpha_bar = alpha_bar
-        self._t = torch.linspace(0, 1, self.N + 1, dtype=torch.float64)  # knots t_0 = 0, t_{n+1} = (n + 1) / N
+        # knots t_0 = 0, t_{n+1} = (n + 1) / N
+        self._t = torch.linspace(0, 1, self.N + 1, dtype=torch.float64)
         self._log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * alpha_bar.log()])
 
     def _segment(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,9 +322,11 @@ class DiscreteVPSDE(SDE):
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
-def sigma_max_from_data(x: torch.Tensor, max_points: int = 2000, generator: torch.Generator | None = None) -> float:
-    """The largest Euclidean distance between two training points (NCSNv2, Technique 1: sigma_1 that large lets
-    Langevin move between any two modes), on at most ``max_points`` of them (a lower bound above that)."""
+def sigma_max_from_data(x: torch.Tensor, max_points: int = 2000,
+                        generator: torch.Generator | None = None) -> float:
+    """The largest Euclidean distance between two training points (NCSNv2, Technique 1: sigma_1 that large
+    lets Langevin move between any two modes), on at most ``max_points`` of them (a lower bound above
+    that)."""
     x = x.flatten(1).double()
     if len(x) > max_points:
         x = x[torch.randperm(len(x), generator=generator)[:max_points]]

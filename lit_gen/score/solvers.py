@@ -53,7 +53,8 @@ class Solver:
 
 # --- predictors ----------------------------------------------------------------------------------------
 class EulerMaruyama(Solver):
-    """Euler-Maruyama on the reverse SDE (Song et al. 2021, Eq. 6): x <- x + (f x - g^2 score) dt + g sqrt(|dt|) z."""
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, Eq. 6): x <- x + (f x - g^2 score) dt + g
+    sqrt(|dt|) z."""
 
     def step(self, model, x, t, t_next, generator):
         if t_next is None:
@@ -66,7 +67,8 @@ class EulerMaruyama(Solver):
 
 
 class ReverseDiffusion(Solver):
-    """The reverse of the SDE's own discretisation (Song et al. 2021, Eq. 46): x <- x - f_i + G_i^2 score + G_i z."""
+    """The reverse of the SDE's own discretisation (Song et al. 2021, Eq. 46): x <- x - f_i + G_i^2 score +
+    G_i z."""
 
     def step(self, model, x, t, t_next, generator):
         if t_next is None:
@@ -80,8 +82,9 @@ class ReverseDiffusion(Solver):
 class Ancestral(Solver):
     """Ancestral sampling from q(x_next | x_t, x0 = E[x0 | x_t]) for any of the Gaussian kernels: with
     x_t = a x_next + b z, a = alpha_t / alpha_next, b^2 = sigma_t^2 - a^2 sigma_next^2, the posterior has mean
-    (a sigma_next^2 x_t + alpha_next b^2 x0) / sigma_t^2 and variance sigma_next^2 b^2 / sigma_t^2. On a DDPM grid
-    it is DDPM's ancestral step (Ho et al. 2020, Eqs. 6-7); on VE it is SMLD's (Song et al. 2021, Eq. 47)."""
+    (a sigma_next^2 x_t + alpha_next b^2 x0) / sigma_t^2 and variance sigma_next^2 b^2 / sigma_t^2. On a DDPM
+    grid it is DDPM's ancestral step (Ho et al. 2020, Eqs. 6-7); on VE it is SMLD's (Song et al. 2021, Eq.
+    47)."""
 
     def step(self, model, x, t, t_next, generator):
         if t_next is None:
@@ -110,9 +113,9 @@ class LangevinCorrector(Solver):
     """Langevin MCMC at fixed t with the step size set by a signal-to-noise ratio (Song et al. 2021,
     Algorithm 5): step = 2 alpha_i (snr ||z|| / ||score||)^2.
 
-    The norms are averaged over the batch, as in score_sde: per-sample norms give an unbounded step to a sample
-    that sits at a mode (||score|| ~ 0), which in low dimension blows the chain up. PC samples therefore depend
-    on the other samples of their batch (the other samplers' do not).
+    The norms are averaged over the batch, as in score_sde: per-sample norms give an unbounded step to a
+    sample that sits at a mode (||score|| ~ 0), which in low dimension blows the chain up. PC samples
+    therefore depend on the other samples of their batch (the other samplers' do not).
 
     Args:
         snr: the target signal-to-noise ratio r (0.16 for VE on CIFAR-10, 0.01 for VP in the paper).
@@ -181,9 +184,11 @@ class AnnealedLangevin(Solver):
 
     def check(self, sde) -> None:
         # the step sizes a_i ~ sigma_i^2 assume x_t = x0 + sigma z; on VP / sub-VP they blow up or stall
-        if not torch.allclose(sde.alpha(torch.tensor([0.5, 1.0], dtype=torch.float64)), torch.ones(2, dtype=torch.float64)):
-            raise ValueError(f"annealed Langevin ('langevin') is NCSN's sampler for a variance-exploding process; "
-                             f"{sde!r} is not one: use 'pc' (Langevin corrector with snr) or another sampler")
+        if not torch.allclose(sde.alpha(torch.tensor([0.5, 1.0], dtype=torch.float64)),
+                              torch.ones(2, dtype=torch.float64)):
+            raise ValueError(f"annealed Langevin ('langevin') is NCSN's sampler for a variance-exploding "
+                             f"process; {sde!r} is not one: use 'pc' (Langevin corrector with snr) or "
+                             f"another sampler")
 
     def step(self, model, x, t, t_next, generator):
         tb = _at(t, x)
@@ -220,8 +225,8 @@ class Heun(Solver):
 
 
 class RK45(Solver):
-    """Adaptive Dormand-Prince RK45 (torchdiffeq's ``dopri5``) on the probability-flow ODE between grid points;
-    the error control sets the NFE, which the model counts.
+    """Adaptive Dormand-Prince RK45 (torchdiffeq's ``dopri5``) on the probability-flow ODE between grid
+    points; the error control sets the NFE, which the model counts.
 
     Args:
         rtol: relative tolerance (1e-5 in score_sde).
@@ -243,7 +248,8 @@ class RK45(Solver):
 
         span = torch.tensor([t, t_next], dtype=torch.float64, device=x.device)
         # step_t: land on the end point instead of stepping past it (t < t_min is outside the SDE's domain)
-        return odeint(drift, x, span, rtol=self.rtol, atol=self.atol, method="dopri5", options={"step_t": span})[-1]
+        return odeint(drift, x, span, rtol=self.rtol, atol=self.atol, method="dopri5",
+                      options={"step_t": span})[-1]
 
 
 class DPMSolverPP(Solver):
@@ -311,7 +317,8 @@ def make_solver(name: str, **options) -> Solver:
     given = {k: v for k, v in options.items() if v is not None}
     for key in sorted(set(given) - solver_options(name)):
         takers = sorted(n for n in SOLVERS if key in solver_options(n))
-        raise ValueError(f"{key}={given[key]!r} is an option of the {takers} sampler(s); {name!r} does not take it")
+        raise ValueError(f"{key}={given[key]!r} is an option of the {takers} sampler(s); {name!r} does not "
+                         f"take it")
     return SOLVERS[name](**given)
 
 
@@ -327,15 +334,16 @@ def solve(
     trajectory_points: int = 0,
     inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run ``solver`` over the grid ``times`` (K,) from x_T; returns the sample and, with ``trajectory_points``,
-    that many snapshots of x along the way.
+    """Run ``solver`` over the grid ``times`` (K,) from x_T; returns the sample and, with
+    ``trajectory_points``, that many snapshots of x along the way.
 
     ``inpaint`` = (x_known, mask), mask 1 where x is known: after every step the known part is replaced by a
     draw of the forward process at the new time (Song et al. 2021, appendix I.2), and by x_known at the end.
     """
     times = torch.as_tensor(times, dtype=torch.float64)
     num = len(times)
-    keep = set(torch.linspace(0, num - 1, trajectory_points).round().long().tolist()) if trajectory_points else set()
+    keep = set(torch.linspace(0, num - 1,
+                              trajectory_points).round().long().tolist()) if trajectory_points else set()
     solver.check(model.sde)
     solver.reset(times)
     x, trajectory = x_T, []

@@ -2,7 +2,8 @@
 
 - :class:`DeepSpeed`: Lightning's ``DeepSpeedStrategy`` (ZeRO 1/2/3, CPU offload) on CUDA as before, and on a
   CPU accelerator too (Lightning's refuses one; DeepSpeed's CPU accelerator needs nothing more).
-- :class:`FSDP`: PyTorch's FSDP2 (``fully_shard``) over all ranks, through Lightning's ``ModelParallelStrategy``;
+- :class:`FSDP`: PyTorch's FSDP2 (``fully_shard``) over all ranks, through Lightning's
+``ModelParallelStrategy``;
   ``reshard_after_forward=False`` keeps the gathered weights from forward to backward (ZeRO-2-like "grad-op").
 
 Both shard the networks that :meth:`GenerativeModule.configure_model` builds; see :func:`local_shards` for the
@@ -25,13 +26,13 @@ from torch import nn
 class DeepSpeed(DeepSpeedStrategy):
     """``DeepSpeedStrategy`` that accepts a CPU accelerator (processes talk over gloo), for tests and CPU-only
     machines; on CUDA it is Lightning's strategy unchanged. Takes the same arguments (``stage``,
-    ``offload_optimizer``, ``offload_parameters``, ``config``, ...), and ZeRO-3's limits on gathered weights, which
-    Lightning does not pass (None keeps DeepSpeed's default):
+    ``offload_optimizer``, ``offload_parameters``, ``config``, ...), and ZeRO-3's limits on gathered weights,
+    which Lightning does not pass (None keeps DeepSpeed's default):
 
     Args:
         max_live_parameters: ``stage3_max_live_parameters``, parameters gathered at once (default 1e9).
-        max_reuse_distance: ``stage3_max_reuse_distance``: a layer's weights stay gathered after its forward if
-            it runs again (backward) within this many parameters (default 1e9, so a smaller network stays
+        max_reuse_distance: ``stage3_max_reuse_distance``: a layer's weights stay gathered after its forward
+            if it runs again (backward) within this many parameters (default 1e9, so a smaller network stays
             gathered from forward to backward; lower it to trade memory for a second gather in backward).
         prefetch_bucket_size: ``stage3_prefetch_bucket_size``, parameters gathered ahead (default 5e7).
         param_persistence_threshold: ``stage3_param_persistence_threshold``: smaller parameters are never
@@ -44,13 +45,16 @@ class DeepSpeed(DeepSpeedStrategy):
                  prefetch_bucket_size: int | None = None, param_persistence_threshold: int | None = None,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        stage3 = {"stage3_max_live_parameters": max_live_parameters, "stage3_max_reuse_distance": max_reuse_distance,
+        stage3 = {"stage3_max_live_parameters": max_live_parameters,
+                  "stage3_max_reuse_distance": max_reuse_distance,
                   "stage3_prefetch_bucket_size": prefetch_bucket_size,
                   "stage3_param_persistence_threshold": param_persistence_threshold}
         for key, value in stage3.items():
             if value is not None and value < 0:
-                raise ValueError(f"{key.removeprefix('stage3_')}={value}: must be a number of parameters >= 0")
-        self.config.setdefault("zero_optimization", {}).update({k: int(v) for k, v in stage3.items() if v is not None})
+                raise ValueError(f"{key.removeprefix('stage3_')}={value}: must be a number of parameters >= "
+                                 f"0")
+        self.config.setdefault("zero_optimization",
+                               {}).update({k: int(v) for k, v in stage3.items() if v is not None})
 
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):
@@ -66,11 +70,13 @@ class DeepSpeed(DeepSpeedStrategy):
         self._init_deepspeed_distributed()
 
     def _get_process_group_backend(self) -> str:
-        return "gloo" if isinstance(self.accelerator, CPUAccelerator) else super()._get_process_group_backend()
+        return "gloo" if isinstance(self.accelerator,
+                                    CPUAccelerator) else super()._get_process_group_backend()
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
-        # ZeRO-3 leaves the module where it was built and moves only the parameters it partitions: a buffer (the
+        # ZeRO-3 leaves the module where it was built and moves only the parameters it partitions: a buffer
+        # (the
         # noise schedule's tables) would stay on the CPU beside CUDA parameters
         for module in self.lightning_module.modules():
             for name, buffer in module._buffers.items():
@@ -78,9 +84,11 @@ class DeepSpeed(DeepSpeedStrategy):
                     module._buffers[name] = buffer.to(self.root_device)
 
     def _setup_model_and_optimizer(self, model, optimizer, lr_scheduler=None):
-        offload = self.config.get("zero_optimization", {}).get("offload_optimizer", {}).get("device") not in (None, "none")
+        offload = self.config.get("zero_optimization", {}).get("offload_optimizer",
+                                                               {}).get("device") not in (None, "none")
         if offload and type(optimizer) in (torch.optim.Adam, torch.optim.AdamW):
-            optimizer = _cpu_adam(optimizer)  # the offloaded step runs on the CPU: DeepSpeed's vectorised Adam
+            # the offloaded step runs on the CPU: DeepSpeed's vectorised Adam
+            optimizer = _cpu_adam(optimizer)
             if lr_scheduler is not None:
                 lr_scheduler.optimizer = optimizer
         self.config.setdefault("zero_force_ds_cpu_optimizer", False)  # other optimizers run offloaded too
@@ -99,8 +107,8 @@ class DeepSpeed(DeepSpeedStrategy):
 
     @contextmanager
     def _local_device_rank(self):
-        """Lightning gives ``deepspeed.initialize`` the root device's index as ``device_rank``: None for a CPU,
-        which DeepSpeed reads as "not distributed" (world size 1). On CPU, give it the local rank."""
+        """Lightning gives ``deepspeed.initialize`` the root device's index as ``device_rank``: None for a
+        CPU, which DeepSpeed reads as "not distributed" (world size 1). On CPU, give it the local rank."""
         if not isinstance(self.accelerator, CPUAccelerator):
             yield
             return
@@ -116,14 +124,16 @@ class DeepSpeed(DeepSpeedStrategy):
 
 
 def _cpu_adam(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    """DeepSpeed's CPU Adam with the param groups and hyperparameters of a torch Adam / AdamW (same update)."""
+    """DeepSpeed's CPU Adam with the param groups and hyperparameters of a torch Adam / AdamW (same
+    update)."""
     from deepspeed.ops.adam import DeepSpeedCPUAdam
 
     d = optimizer.defaults
     if d.get("amsgrad"):
         return optimizer
     return DeepSpeedCPUAdam(optimizer.param_groups, lr=d["lr"], betas=d["betas"], eps=d["eps"],
-                            weight_decay=d["weight_decay"], adamw_mode=isinstance(optimizer, torch.optim.AdamW))
+                            weight_decay=d["weight_decay"],
+                            adamw_mode=isinstance(optimizer, torch.optim.AdamW))
 
 
 class FSDP(ModelParallelStrategy):
@@ -139,12 +149,14 @@ class FSDP(ModelParallelStrategy):
 
     strategy_name = "lit_gen_fsdp"
 
-    def __init__(self, reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True, **kwargs: Any):
+    def __init__(self, reshard_after_forward: bool = True, save_distributed_checkpoint: bool = True,
+                 **kwargs: Any):
         super().__init__(save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
         self.reshard_after_forward = reshard_after_forward
 
     def setup_environment(self) -> None:
-        # pure data parallelism: one data-parallel group of all ranks (the parent's "auto" means tensor parallel)
+        # pure data parallelism: one data-parallel group of all ranks (the parent's "auto" means tensor
+        # parallel)
         if self._data_parallel_size == "auto":
             self._data_parallel_size = self.num_nodes * self.num_processes
         if self._tensor_parallel_size == "auto":
@@ -152,8 +164,9 @@ class FSDP(ModelParallelStrategy):
         super().setup_environment()
 
     def shard(self, net: nn.Module) -> nn.Module:
-        """Apply ``fully_shard`` to ``net``'s units (``net.fsdp_units()``, e.g. a UNet's blocks), then to ``net``;
-        methods other than ``forward`` that the methods call (``net.fsdp_methods``) gather the weights too."""
+        """Apply ``fully_shard`` to ``net``'s units (``net.fsdp_units()``, e.g. a UNet's blocks), then to
+        ``net``; methods other than ``forward`` that the methods call (``net.fsdp_methods``) gather the
+        weights too."""
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
         mesh = self.device_mesh["data_parallel"]
@@ -168,7 +181,8 @@ class FSDP(ModelParallelStrategy):
 
 def step_applied(strategy) -> bool:
     """Whether the optimizer step just taken changed the weights: DeepSpeed accumulates gradients itself, so
-    Lightning calls its step on every micro-batch and only the last of each group (without overflow) updates."""
+    Lightning calls its step on every micro-batch and only the last of each group (without overflow)
+    updates."""
     if isinstance(strategy, DeepSpeedStrategy):
         return strategy.deepspeed_engine.was_step_applied()
     return True
@@ -248,9 +262,9 @@ def load_full_state_dict(module: nn.Module, state: dict[str, torch.Tensor]) -> N
 
 
 def end_process_group() -> None:
-    """Destroy the default process group, if this process joined one. A process that exits without it may abort
-    while the interpreter finalises (gloo's worker threads still hold tensors: "terminate called without an
-    active exception", pytorch/pytorch#190489), failing a run that had finished."""
+    """Destroy the default process group, if this process joined one. A process that exits without it may
+    abort while the interpreter finalises (gloo's worker threads still hold tensors: "terminate called without
+    an active exception", pytorch/pytorch#190489), failing a run that had finished."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

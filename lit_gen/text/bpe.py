@@ -1,8 +1,9 @@
 """A byte-level BPE (HF ``tokenizers``) trained on a data set's captions, stored in its module's state dict (a
 uint8 buffer holding the tokenizer's JSON), so it travels in every checkpoint, export and sharded folder.
 
-Token ids: ``0 .. vocab_size - 1`` for BPE tokens, and ``vocab_size + i`` for padding at position i (DALL-E pads
-each position with its own token, Ramesh et al. 2021, App. B.2), so ``num_tokens = vocab_size + max_length``."""
+Token ids: ``0 .. vocab_size - 1`` for BPE tokens, and ``vocab_size + i`` for padding at position i (DALL-E
+pads each position with its own token, Ramesh et al. 2021, App. B.2), so ``num_tokens = vocab_size +
+max_length``."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ from torch import nn
 
 
 class BPETokenizer(nn.Module):
-    """Byte-level BPE with lower-casing, trained by :meth:`fit`; :meth:`encode` pads or truncates to ``max_length``.
+    """Byte-level BPE with lower-casing, trained by :meth:`fit`; :meth:`encode` pads or truncates to
+    ``max_length``.
 
     Args:
         vocab_size: Size of the BPE vocabulary to learn (an upper bound: a small corpus may need fewer).
         max_length: Tokens per caption after padding or truncation.
-        truncate: What :meth:`encode` does with a caption longer than ``max_length``: ``warn`` (truncate and say
-            so) or ``error`` (a one-line ValueError).
+        truncate: What :meth:`encode` does with a caption longer than ``max_length``: ``warn`` (truncate and
+            say so) or ``error`` (a one-line ValueError).
     """
 
     def __init__(self, vocab_size: int = 512, max_length: int = 16, truncate: str = "warn") -> None:
@@ -52,7 +54,8 @@ class BPETokenizer(nn.Module):
         tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=self.vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        trainer = trainers.BpeTrainer(vocab_size=self.vocab_size,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
         tokenizer.train_from_iterator(list(texts), trainer)
         self._set(tokenizer.to_str())
@@ -65,7 +68,8 @@ class BPETokenizer(nn.Module):
     @property
     def tokenizer(self):
         if not self.is_fitted:
-            raise RuntimeError("the tokenizer has not been fitted (BPETokenizer.fit on the training captions)")
+            raise RuntimeError("the tokenizer has not been fitted (BPETokenizer.fit on the training "
+                               "captions)")
         if self._tokenizer is None:
             from tokenizers import Tokenizer
 
@@ -80,17 +84,18 @@ class BPETokenizer(nn.Module):
         self._tokenizer = None
 
     def encode(self, texts: list[str]) -> torch.Tensor:
-        """(B, max_length) token ids; a caption shorter than ``max_length`` is padded with position-wise ids, a
-        longer one truncated (with a warning) or refused, by ``truncate``. An empty caption is refused."""
+        """(B, max_length) token ids; a caption shorter than ``max_length`` is padded with position-wise ids,
+        a longer one truncated (with a warning) or refused, by ``truncate``. An empty caption is refused."""
         ids = torch.empty(len(texts), self.max_length, dtype=torch.long)
-        for row, (text, encoding) in enumerate(zip(texts, self.tokenizer.encode_batch(list(texts)), strict=True)):
+        encodings = self.tokenizer.encode_batch(list(texts))
+        for row, (text, encoding) in enumerate(zip(texts, encodings, strict=True)):
             if not text.strip():
                 raise ValueError("empty caption: a prompt needs at least one non-blank character")
             tokens = encoding.ids
             if len(tokens) > self.max_length:
                 kept = self.tokenizer.decode(tokens[: self.max_length])
-                message = (f"caption {text!r} is {len(tokens)} tokens long, more than max_length={self.max_length}; "
-                           f"it would be cut to {kept!r}")
+                message = (f"caption {text!r} is {len(tokens)} tokens long, more than "
+                           f"max_length={self.max_length}; it would be cut to {kept!r}")
                 if self.truncate == "error":
                     raise ValueError(message)
                 warnings.warn(message + " (truncated)", stacklevel=2)
@@ -100,8 +105,10 @@ class BPETokenizer(nn.Module):
         return ids.to(self.json.device)
 
     def null(self, batch: int) -> torch.Tensor:
-        """(B, max_length) ids of the empty caption (all padding): the null condition of classifier-free guidance."""
-        return (self.vocab_size + torch.arange(self.max_length, device=self.json.device)).expand(batch, -1).clone()
+        """(B, max_length) ids of the empty caption (all padding): the null condition of classifier-free
+        guidance."""
+        return (self.vocab_size + torch.arange(self.max_length, device=self.json.device)).expand(batch,
+                                                                                                 -1).clone()
 
     def decode(self, ids: torch.Tensor) -> list[str]:
         """Captions of (B, L) ids, padding dropped."""

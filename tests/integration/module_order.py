@@ -1,5 +1,6 @@
-"""Prints, for one shipped config per method, a digest of its module's parameter and buffer names in registration
-order: the order in which DDP and Lightning copy them from rank 0 to the other ranks, by position.
+"""Prints, for one shipped config per method, a digest of its module's parameter and buffer names in
+registration order: the order in which DDP and Lightning copy them from rank 0 to the other ranks, by
+position.
 
     PYTHONHASHSEED=1 python -m tests.integration.module_order
 

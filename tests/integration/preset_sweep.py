@@ -2,11 +2,11 @@
 
     python -m torch.distributed.run --nproc_per_node 2 -m tests.integration.preset_sweep PRESET OUT CONFIG...
 
-For each config: a 4-step run (2 epochs of 2 batches, a checkpoint at the epoch boundary, step 2), and a second
-run resumed from that checkpoint to step 4. Rank 0 writes ``OUT/results.json``: per config, the largest difference
-between the consolidated weights (EMA included) of the two runs' last checkpoints (relative to each tensor's
-scale, at least 1), or the error. One job per preset keeps the
-start-up (torch, Lightning, DeepSpeed, process group) out of the per-config cost.
+For each config: a 4-step run (2 epochs of 2 batches, a checkpoint at the epoch boundary, step 2), and a
+second run resumed from that checkpoint to step 4. Rank 0 writes ``OUT/results.json``: per config, the largest
+difference between the consolidated weights (EMA included) of the two runs' last checkpoints (relative to each
+tensor's scale, at least 1), or the error. One job per preset keeps the start-up (torch, Lightning, DeepSpeed,
+process group) out of the per-config cost.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import torch
 import torch.distributed as dist
 
 from lit_gen.strategies import end_process_group
-
 from tests.conftest import EXPERIMENTS
 from tests.integration.tiny import tiny_args
 
@@ -52,14 +51,16 @@ def main(preset: str, out: str, configs: list[str]) -> None:
         runs = out_dir / config.replace("/", "_").removesuffix(".yaml")
         try:
             fit(config, preset, runs, "straight", 4, "--checkpoint.every_n_train_steps=2")
-            fit(config, preset, runs, "resumed", 4, f"--ckpt_path={runs}/straight/checkpoints/step0000002.ckpt",
+            fit(config, preset, runs, "resumed", 4,
+                f"--ckpt_path={runs}/straight/checkpoints/step0000002.ckpt",
                 "--checkpoint.every_n_train_steps=0",
                 "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", "--trainer.callbacks.step=2")
             dist.barrier()
             result = {"difference": difference(runs / "straight/checkpoints/last.ckpt",
                                                runs / "resumed/checkpoints/last.ckpt")}
         except Exception as err:  # noqa: BLE001 - record it and go on with the next config
-            result = {"error": f"{type(err).__name__}: {err}"[:2000], "traceback": traceback.format_exc()[-3000:]}
+            result = {"error": f"{type(err).__name__}: {err}"[:2000],
+                      "traceback": traceback.format_exc()[-3000:]}
         results[config] = result
         if dist.get_rank() == 0:
             (out_dir / "results.json").write_text(json.dumps(results, indent=1))

@@ -23,7 +23,8 @@ from tests.integration.tiny import dvae_for, method_configs, tiny_args
 DIGITS = "ddpm/digits.yaml"
 
 
-def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps: int = 2, monkeypatch=None) -> Path:
+def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps: int = 2,
+        monkeypatch=None) -> Path:
     data_args = fake_data_args(config, runs_dir, monkeypatch) if monkeypatch else []
     cli_main(["fit", *tiny_args(config, runs_dir, name, max_steps), *data_args, *extra])
     return runs_dir / name
@@ -31,10 +32,12 @@ def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps:
 
 @pytest.mark.parametrize("config", method_configs())
 def test_config_instantiates(config, tmp_path, monkeypatch):
-    data_args = fake_data_args(config, tmp_path, monkeypatch) if "folder" in config else []  # a root must exist
+    # a root must exist
+    data_args = fake_data_args(config, tmp_path, monkeypatch) if "folder" in config else []
     if "transformer" in config:  # DALL-E's transformer reads its dVAE's architecture from the dVAE checkpoint
         data_args.append(f"--model.init_args.dvae_ckpt={dvae_for(config, tiny=False)}")
-    cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path), *data_args], run=False)
+    cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path), *data_args],
+                    run=False)
     assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
     assert Path(cli.trainer.logger.log_dir) == tmp_path / cli.config.name
 
@@ -42,7 +45,8 @@ def test_config_instantiates(config, tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset", sorted(p.name for p in (EXPERIMENTS / "trainer").glob("*.yaml")))
 def test_trainer_presets_parse(preset, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", "--config", str(EXPERIMENTS / DIGITS), "--config", str(EXPERIMENTS / "trainer" / preset),
+        cli_main(["fit", "--config", str(EXPERIMENTS / DIGITS), "--config",
+                  str(EXPERIMENTS / "trainer" / preset),
                   "--print_config"])
     assert exit_info.value.code in (0, None)
     assert "strategy" in capsys.readouterr().out
@@ -61,7 +65,8 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
         assert not (run / "samples").exists()
         return
     if config.startswith(("dalle/dvae", "dalle/clip")):  # DALL-E's helpers: a tokenizer of images, a reranker
-        expected = {"val/recon_mse", "val/elbo_bpd", "val/perplexity", "val/dead_codes"} if "dvae" in config else {
+        expected = {"val/recon_mse", "val/elbo_bpd", "val/perplexity",
+                    "val/dead_codes"} if "dvae" in config else {
             "val/loss", "val/acc", "train/logit_scale"}
         assert expected <= scalars, scalars
         assert ("val/reconstructions" in images) == ("dvae" in config), images
@@ -69,7 +74,8 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
         return
     grids = sorted((run / "samples").glob("step_*.png"))
     assert grids
-    if config.startswith("cfg/"):  # one grid row per class: 10 rows (5 for shapes) of 8x8 digits or 32x32 images
+    # one grid row per class: 10 rows (5 for shapes) of 8x8 digits or 32x32 images
+    if config.startswith("cfg/"):
         from PIL import Image
 
         rows, size = 5 if "shapes" in config else 10, 8 if "digits" in config else 32
@@ -94,7 +100,8 @@ def test_fit_prints_the_global_batch_and_a_gpu_preset_on_a_cpu_fails_in_one_line
     if torch.cuda.is_available():
         return
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["fit", *tiny_args(DIGITS, tmp_path, "gpu"), "--config", str(EXPERIMENTS / "trainer" / "gpu.yaml")])
+        cli_main(["fit", *tiny_args(DIGITS, tmp_path, "gpu"), "--config",
+                  str(EXPERIMENTS / "trainer" / "gpu.yaml")])
     assert exit_info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
     assert len(lines) == 1 and "no CUDA GPU" in lines[0] and "--trainer.accelerator cpu" in lines[0], lines
@@ -103,7 +110,8 @@ def test_fit_prints_the_global_batch_and_a_gpu_preset_on_a_cpu_fails_in_one_line
 
 def test_same_config_twice_and_test_subcommand(tmp_path):
     run = fit(DIGITS, tmp_path)
-    fit(DIGITS, tmp_path, "--ckpt_path=last", max_steps=3)  # the saved config.yaml must not make the resume abort
+    # the saved config.yaml must not make the resume abort
+    fit(DIGITS, tmp_path, "--ckpt_path=last", max_steps=3)
     cli_main(["test", *tiny_args(DIGITS, tmp_path), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
     tags = set(EventAccumulator(str(run)).Reload().Tags()["scalars"])
     assert {"test/loss", "test/bpd", "test/bpd_prior", "test/bpd_kl", "test/bpd_decoder"} <= tags
@@ -162,7 +170,8 @@ def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
     fit(config, tmp_path, *extra, "--trainer.max_epochs=3", *stop, name="resumed")
     assert _state(tmp_path / "resumed/checkpoints/last.ckpt")["global_step"] == 4
     fit(config, tmp_path, *extra, "--trainer.max_epochs=3", "--ckpt_path=last", name="resumed")
-    a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
+    a = _state(tmp_path / "straight/checkpoints/last.ckpt")
+    b = _state(tmp_path / "resumed/checkpoints/last.ckpt")
     assert a["global_step"] == b["global_step"] == 12
     assert a["lr_scheduler"] == b["lr_scheduler"]
     assert a["state_dict"].keys() == b["state_dict"].keys()
@@ -175,21 +184,24 @@ def test_resume_matches_uninterrupted_run(config, specific, tmp_path):
 
 
 def test_resume_mid_epoch_matches_uninterrupted_run(tmp_path, capsys):
-    """Preempted at step 7, two batches into the second 5-batch epoch (1,437 digits, 256 a batch), resumed from
-    last.ckpt: the loader skips the 2 batches already trained on, and the run ends bit-identical to an
+    """Preempted at step 7, two batches into the second 5-batch epoch (1,437 digits, 256 a batch), resumed
+    from last.ckpt: the loader skips the 2 batches already trained on, and the run ends bit-identical to an
     uninterrupted one."""
-    extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=null", "--data.init_args.batch_size=256",
+    extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=null",
+             "--data.init_args.batch_size=256",
              "--samples.every_n_steps=0", "--model.init_args.ema_decay=0.9", "--trainer.max_epochs=3"]
     fit(DIGITS, tmp_path, *extra, name="straight")
     stop = ["--trainer.callbacks+=tests.integration.tiny.StopAfterSteps", "--trainer.callbacks.steps=7"]
     fit(DIGITS, tmp_path, *extra, *stop, name="resumed")
     ckpt = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=True)
-    assert ckpt["global_step"] == 7 and ckpt["DigitsDataModule"] == {"epoch": 1, "batches": 2, "batch_size": 256}
+    assert ckpt["global_step"] == 7 and ckpt["DigitsDataModule"] == {"epoch": 1, "batches": 2,
+                                                                     "batch_size": 256}
     with pytest.raises(SystemExit):  # another batch size would not continue the same epoch
         fit(DIGITS, tmp_path, *extra, "--data.init_args.batch_size=128", "--ckpt_path=last", name="resumed")
     assert "batch_size=256" in capsys.readouterr().err
     fit(DIGITS, tmp_path, *extra, "--ckpt_path=last", name="resumed")
-    a, b = _state(tmp_path / "straight/checkpoints/last.ckpt"), _state(tmp_path / "resumed/checkpoints/last.ckpt")
+    a = _state(tmp_path / "straight/checkpoints/last.ckpt")
+    b = _state(tmp_path / "resumed/checkpoints/last.ckpt")
     assert a["global_step"] == b["global_step"] == 15
     for key in a["state_dict"]:
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)
@@ -224,7 +236,8 @@ def test_checkpoint_rebuilds_module_and_samples(tmp_path):
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.mark.parametrize(
@@ -261,13 +274,15 @@ def test_sample_errors(tmp_path, capsys):
     for args, expected in [
         (["--ckpt_path", str(tmp_path / "nope.ckpt")], "nope.ckpt"),
         (["--ckpt_path", ckpt, "--sampler", "bogus"], "bogus"),
-        (["--ckpt_path", ckpt, "--sampler", "ode", "--snr", "0.1"], "snr=0.1 is an option of the ['pc'] sampler(s); 'ode' does not take it"),
+        (["--ckpt_path", ckpt, "--sampler", "ode", "--snr", "0.1"], "snr=0.1 is an option of the ['pc'] "
+                                                                    "sampler(s); 'ode' does not take it"),
         (["--ckpt_path", ckpt, "--sampler", "pc", "--eta", "0.5"], "eta"),
         (["--ckpt_path", ckpt, "--sampler", "heun", "--steps", "1"], "steps=1"),
         (["--ckpt_path", ckpt, "--inpaint", str(tmp_path / "x.npz")], "--inpaint and --mask"),
         (["--ckpt_path", ckpt, "--steps", "5000"], "5000"),
         (["--ckpt_path", ckpt, "--sampler", "ddpm", "--eta", "0.5"], "eta"),
-        (["--ckpt_path", ckpt, "--num_samples", "1", "--devices", "2"], "num_samples=1 is fewer than the 2 ranks"),
+        (["--ckpt_path", ckpt, "--num_samples", "1", "--devices", "2"], "num_samples=1 is fewer than the 2 "
+                                                                        "ranks"),
     ]:
         with pytest.raises(SystemExit):
             cli_main(["sample", *args, "--output", str(tmp_path / "out")])
@@ -279,12 +294,14 @@ def test_bf16_mixed_precision_and_no_ema(tmp_path):
     run = fit(DIGITS, tmp_path, "--trainer.precision=bf16-mixed", "--model.init_args.ema_decay=0")
     ckpt = run / "checkpoints" / "last.ckpt"
     assert not any(k.startswith("ema.") for k in torch.load(ckpt, weights_only=False)["state_dict"])
-    cli_main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "2", "--steps", "3", "--output", str(tmp_path / "s")])
+    cli_main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "2", "--steps", "3", "--output",
+              str(tmp_path / "s")])
     assert np.load(tmp_path / "s" / "samples.npz")["arr_0"].shape == (2, 8, 8, 1)
 
 
 def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
-    """Lightning writes checkpoints inside an fsspec transaction: a write that dies leaves last.ckpt intact."""
+    """Lightning writes checkpoints inside an fsspec transaction: a write that dies leaves last.ckpt
+    intact."""
     from fsspec.implementations.local import LocalFileOpener
 
     run = fit(DIGITS, tmp_path)
@@ -308,17 +325,20 @@ def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
 
 def test_sample_interpolation_and_inversion(tmp_path, capsys):
     ckpt = str(fit(DIGITS, tmp_path) / "checkpoints" / "last.ckpt")
-    cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--steps", "5", "--output", str(tmp_path / "i")])
+    cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--steps", "5", "--output",
+              str(tmp_path / "i")])
     grid = np.load(tmp_path / "i" / "samples.npz")["arr_0"]
     assert grid.shape == (9, 8, 8, 1)
-    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"), "--num_samples", "4",
+    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"), "--num_samples",
+              "4",
               "--steps", "10", "--output", str(tmp_path / "r")])
     assert np.load(tmp_path / "r" / "latents.npz")["arr_0"].shape == (4, 1, 8, 8)
     assert np.load(tmp_path / "r" / "samples.npz")["arr_0"].shape == (4, 8, 8, 1)
     mse = float(re.search(r"reconstruction MSE ([\d.e+-]+)", capsys.readouterr().err).group(1))
     original = np.load(tmp_path / "i" / "samples.npz")["arr_0"][:4].astype(np.float64) / 127.5 - 1
     decoded = np.load(tmp_path / "r" / "samples.npz")["arr_0"].astype(np.float64) / 127.5 - 1
-    assert abs(mse - ((decoded - original) ** 2).mean()) < 2e-2  # the printed value is the images' (before rounding)
+    # the printed value is the images' (before rounding)
+    assert abs(mse - ((decoded - original) ** 2).mean()) < 2e-2
     with pytest.raises(SystemExit):
         cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--sampler", "ddpm", "--output",
                   str(tmp_path / "bad")])

@@ -1,6 +1,7 @@
-"""What a user sees (issue 24, items 10 and 11): no Lightning message about what lit_gen handles, a progress bar in
-steps against max_steps, every command in the usage line and its errors, readable one-line errors for bad configs,
-scatter plots that say what they do not show, and class grids that say which row is which class."""
+"""What a user sees (issue 24, items 10 and 11): no Lightning message about what lit_gen handles, a progress
+bar in steps against max_steps, every command in the usage line and its errors, readable one-line errors for
+bad configs, scatter plots that say what they do not show, and class grids that say which row is which
+class."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from lit_gen.cli import cli_main
 from lit_gen.console import COMMANDS, SILENCED, one_line
-from lit_gen.visual import figure_to_array, scatter_figure
+from lit_gen.visual import scatter_figure
 from tests.conftest import ROOT, subprocess_env
 from tests.integration.tiny import tiny_args
 
@@ -29,7 +30,8 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 def test_a_fit_and_its_mid_epoch_resume_print_no_handled_warning_and_count_steps(tmp_path):
     # 11-batch epochs under log_every_n_steps 25 (the main job's shape); then a resume inside an epoch
     args = [*tiny_args(DIGITS, tmp_path, max_steps=3), "--trainer.limit_train_batches=11",
-            "--trainer.log_every_n_steps=25", "--trainer.enable_progress_bar=true", "--samples.every_n_steps=0"]
+            "--trainer.log_every_n_steps=25", "--trainer.enable_progress_bar=true",
+            "--samples.every_n_steps=0"]
     first = _run(["fit", *args])
     assert first.returncode == 0, first.stderr[-3000:]
     second = _run(["fit", *args, "--trainer.max_steps=5", "--ckpt_path=last"])
@@ -78,11 +80,12 @@ def test_a_bad_nested_value_reads_as_its_key_and_value(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert 'key "net.base_channels"' in err and "abc" in err, err
     assert "typing.Callable" not in err and "Namespace(" not in err, err
-    message = ('Problem with given class_path \'lit_gen.methods.DDPM\': Parser key "net": Type typing.Callable[[tuple'
-               '[int, ...], int, int], torch.nn.modules.module.Module] expects a function or a callable class: Parser '
-               'key "base_channels": Expected a <class \'int\'>. Got value: abc. Got value: Namespace(class_path=\'x\')')
-    assert one_line(message) == ("Problem with given class_path 'lit_gen.methods.DDPM': key \"net.base_channels\": "
-                                 "Expected a <class 'int'>. Got value: abc.")
+    message = ('Problem with given class_path \'lit_gen.methods.DDPM\': Parser key "net": Type '
+               'typing.Callable[[tuple[int, ...], int, int], torch.nn.modules.module.Module] expects a '
+               'function or a callable class: Parser key "base_channels": Expected a <class \'int\'>. Got '
+               'value: abc. Got value: Namespace(class_path=\'x\')')
+    assert one_line(message) == ("Problem with given class_path 'lit_gen.methods.DDPM': key "
+                                 "\"net.base_channels\": Expected a <class 'int'>. Got value: abc.")
 
 
 def test_a_scatter_plot_says_how_many_points_it_does_not_show():
@@ -99,7 +102,8 @@ def test_a_class_conditional_grid_names_each_row(tmp_path):
 
     cli_main(["fit", *tiny_args("cfg/digits.yaml", tmp_path), "--samples.num_samples=20"])
     grid = np.asarray(Image.open(sorted((tmp_path / "tiny" / "samples").glob("step_*.png"))[-1]))
-    # ten rows of two 8-pixel digits (10 x 9 + 1 = 91 pixels), doubled to fit the label written left of each row
+    # ten rows of two 8-pixel digits (10 x 9 + 1 = 91 pixels), doubled to fit the label written left of each
+    # row
     assert grid.shape[0] == 2 * 91, grid.shape
     margin = grid.shape[1] - 2 * (2 * 9 + 1)
     assert margin > 4

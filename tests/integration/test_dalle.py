@@ -1,5 +1,5 @@
-"""DALL-E through the CLI: the three stages fitted tiny, sampling with reranking, prefixes and guidance, candidate
-independence, the cache in generation, loss weights, and the one-line errors."""
+"""DALL-E through the CLI: the three stages fitted tiny, sampling with reranking, prefixes and guidance,
+candidate independence, the cache in generation, loss weights, and the one-line errors."""
 
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ from lit_gen.utils import sample_generators
 from tests.conftest import ROOT, subprocess_env
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_dvae_checkpoint
 
-TRANSFORMER, CLIP_CONFIG, DVAE = "dalle/transformer_shapes.yaml", "dalle/clip_shapes.yaml", "dalle/dvae_shapes.yaml"
+TRANSFORMER, CLIP_CONFIG = "dalle/transformer_shapes.yaml", "dalle/clip_shapes.yaml"
+DVAE = "dalle/dvae_shapes.yaml"
 PROMPT = "a small red circle at the top left"
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("dalle")
-    return {"dalle": fit_tiny(TRANSFORMER, root, "dalle"), "clip": fit_tiny(CLIP_CONFIG, root, "clip"), "root": str(root)}
+    return {"dalle": fit_tiny(TRANSFORMER, root, "dalle"), "clip": fit_tiny(CLIP_CONFIG, root, "clip"),
+            "root": str(root)}
 
 
 def test_generation_with_the_cache_equals_recomputation_and_candidates_do_not_depend_on_the_batch(runs):
@@ -62,10 +64,12 @@ def test_sample_with_reranking_writes_captions_scores_and_a_grid(runs, tmp_path)
     assert data["arr_0"].shape == (4, 32, 32, 3) and data["arr_0"].dtype == np.uint8
     assert data["captions"].tolist() == [PROMPT] * 2 + ["a large blue square at the center"] * 2
     scores = data["clip_scores"]
-    assert scores.shape == (4,) and scores[0] >= scores[1] and scores[2] >= scores[3]  # best first, per prompt
+    # best first, per prompt
+    assert scores.shape == (4,) and scores[0] >= scores[1] and scores[2] >= scores[3]
     assert (out / "grid.png").is_file()
     # reranking keeps the top CLIP scores of the candidates: the same run without keeping shows all four
-    cli_main(["sample", "--ckpt_path", runs["dalle"], "--text", PROMPT, "--num_candidates", "4", "--keep", "4",
+    cli_main(["sample", "--ckpt_path", runs["dalle"], "--text", PROMPT, "--num_candidates", "4", "--keep",
+              "4",
               "--clip_ckpt", runs["clip"], "--output", str(tmp_path / "all"), "--guidance_scale", "1.5"])
     every = np.load(tmp_path / "all" / "samples.npz")["clip_scores"]
     np.testing.assert_allclose(np.sort(every)[::-1][:2], scores[:2], rtol=1e-5)
@@ -79,7 +83,8 @@ def test_image_prefix_keeps_the_first_rows_of_codes(runs, tmp_path):
     expected = model.dvae.encode(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)[:, :2]
     generate, drawn_codes = model.generate, []
     model.generate = lambda *a, **k: drawn_codes.append(generate(*a, **k)) or drawn_codes[-1]
-    out = model.sample(1, sample_generators(0, 0, 1), captions=[PROMPT], prefix_image=str(tmp_path / "prefix.npz"),
+    out = model.sample(1, sample_generators(0, 0, 1), captions=[PROMPT],
+                       prefix_image=str(tmp_path / "prefix.npz"),
                        prefix_rows=2, num_candidates=2)
     assert out.x.shape == (2, 3, 32, 32)
     assert drawn_codes[0][:, : 2 * model.grid[1]].equal(expected.flatten(1).expand(2, -1))  # both candidates
@@ -91,27 +96,33 @@ def test_image_prefix_keeps_the_first_rows_of_codes(runs, tmp_path):
 
 @pytest.mark.slow  # a 2-process sampling job (~1 min)
 def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
-    """lit-gen sample --devices 2 with prompts and CLIP reranking: the images, captions and scores of a one-process
-    run, in prompt order (5 prompts, batches of 2: one rank runs a batch of 2 and one of 1, the other one batch; 2 kept
-    of 3 candidates)."""
+    """lit-gen sample --devices 2 with prompts and CLIP reranking: the images, captions and scores of a
+    one-process run, in prompt order (5 prompts, batches of 2: one rank runs a batch of 2 and one of 1, the
+    other one batch; 2 kept of 3 candidates)."""
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("\n".join([PROMPT, "a large blue square at the center", "a small green triangle at the bottom"]))
+    prompts.write_text("\n".join([PROMPT, "a large blue square at the center",
+                                  "a small green triangle at the bottom"]))
     common = ["sample", "--ckpt_path", runs["dalle"], "--text_file", str(prompts), "--num_samples", "5",
-              "--batch_size", "2", "--num_candidates", "3", "--keep", "2", "--clip_ckpt", runs["clip"], "--device", "cpu"]
+              "--batch_size", "2", "--num_candidates", "3", "--keep", "2", "--clip_ckpt", runs["clip"],
+              "--device", "cpu"]
     env = subprocess_env()
     env["OMP_NUM_THREADS"] = "1"
     for devices, name in ((2, "two"), (1, "one")):  # both with one thread each, so only the sharding differs
         proc = subprocess.run([sys.executable, "-m", "lit_gen", *common, "--devices", str(devices),
-                               "--output", str(tmp_path / name)], cwd=ROOT, env=env, capture_output=True, text=True,
+                               "--output", str(tmp_path / name)], cwd=ROOT, env=env, capture_output=True,
+                               text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = np.load(tmp_path / "one" / "samples.npz"), np.load(tmp_path / "two" / "samples.npz")
     assert one["arr_0"].shape == (10, 32, 32, 3)
     texts = prompts.read_text().split("\n")
-    expected = [texts[i % 3] for i in range(5) for _ in range(2)]  # prompts cycled over the samples, 2 kept each
+    # prompts cycled over the samples, 2 kept each
+    expected = [texts[i % 3] for i in range(5) for _ in range(2)]
     assert two["captions"].tolist() == one["captions"].tolist() == expected
-    # the same codes; the decoder's batches differ in size (6 rows here, 3 in a rank's last batch), which may round a
-    # pixel to the next uint8 value. (This test caught rank 1 attending with rank 0's masks under other names: see
+    # the same codes; the decoder's batches differ in size (6 rows here, 3 in a rank's last batch), which may
+    # round a
+    # pixel to the next uint8 value. (This test caught rank 1 attending with rank 0's masks under other
+    # names: see
     # test_parameters_and_buffers_come_in_the_same_order_in_every_process.)
     assert np.abs(two["arr_0"].astype(int) - one["arr_0"].astype(int)).max() <= 1
     np.testing.assert_allclose(two["clip_scores"], one["clip_scores"], rtol=1e-4, atol=1e-5)
@@ -131,14 +142,17 @@ def test_one_line_errors(runs, tmp_path, capsys):
     fails(["sample", "--ckpt_path", runs["dalle"], "--text", PROMPT, "--num_candidates", "4", "--keep", "2"],
           "clip_ckpt")
     # a dVAE trained on other images (16x16) does not fit a transformer on 32x32 shapes
-    fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "mismatch"), f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint((3, 16, 16))}"],
+    fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "mismatch"),
+           f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint((3, 16, 16))}"],
           "(3, 16, 16)", "(3, 32, 32)")
-    fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "missing"), "--model.init_args.dvae_ckpt=nope.ckpt"], "nope.ckpt")
+    fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "missing"), "--model.init_args.dvae_ckpt=nope.ckpt"],
+          "nope.ckpt")
     fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "other"), f"--model.init_args.dvae_ckpt={runs['clip']}"],
           "CLIP", "DiscreteVAE")
     # a prompt longer than text_len is truncated with a warning
     with pytest.warns(UserWarning, match="max_length=12"):
-        load_module(runs["dalle"]).sample(1, captions=[PROMPT + " and a tiny green cross at the bottom right"])
+        load_module(runs["dalle"]).sample(1, captions=[PROMPT + " and a tiny green cross at the bottom "
+                                                                "right"])
 
 
 def test_dvae_test_reports_elbo_bits_per_dim(tmp_path):
@@ -147,5 +161,6 @@ def test_dvae_test_reports_elbo_bits_per_dim(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     value = EventAccumulator(str(Path(tmp_path) / "dvae")).Reload().Scalars("test/elbo_bpd")[-1].value
-    # an untrained 16-code dVAE with the shapes config's Gaussian decoder (std 0.1): a loose bound, never negative
+    # an untrained 16-code dVAE with the shapes config's Gaussian decoder (std 0.1): a loose bound, never
+    # negative
     assert 0 < value < 100

@@ -1,8 +1,10 @@
-"""Flows through the CLI: test/bpd, ``lit-gen sample --temperature``, latent interpolation and exact inversion."""
+"""Flows through the CLI: test/bpd, ``lit-gen sample --temperature``, latent interpolation and exact
+inversion."""
 
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -42,7 +44,9 @@ def test_sample_at_temperatures(glow_run, tmp_path, capsys):
     assert warm.shape == cold.shape == (4, 8, 8, 1) and warm.dtype == np.uint8
     assert (cold == cold[:1]).all() and not (warm == warm[:1]).all()  # T = 0: the same image four times
     np.testing.assert_array_equal(sample("--temperature", "0.7", "--batch_size", "3"), warm)
-    for args, expected in [(["--steps", "5"], "unrecognized arguments: --steps 5"), (["--temperature", "-0.5"], "temperature=-0.5")]:
+    for args, expected in [(["--steps", "5"],
+                            "unrecognized arguments: --steps 5"), (["--temperature", "-0.5"],
+                                                                   "temperature=-0.5")]:
         with pytest.raises(SystemExit):
             cli_main(["sample", "--ckpt_path", ckpt, *args, "--output", str(tmp_path / "bad")])
         assert expected in capsys.readouterr().err
@@ -55,7 +59,8 @@ def test_interpolation_and_exact_inversion(glow_run, tmp_path, capsys):
     cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--output", str(tmp_path / "i")])
     grid = np.load(tmp_path / "i" / "samples.npz")["arr_0"]
     assert grid.shape == (9, 8, 8, 1)
-    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"), "--num_samples", "9",
+    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"), "--num_samples",
+              "9",
               "--output", str(tmp_path / "r")])
     assert np.load(tmp_path / "r" / "latents.npz")["arr_0"].shape == (9, 1, 8, 8)
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "samples.npz")["arr_0"], grid)  # exact round trip

@@ -21,13 +21,15 @@ def ckpts(tmp_path_factory) -> dict[str, str]:
         "cfg": fit_tiny("cfg/digits.yaml", runs, "cfg"),
         "ddpm": fit_tiny("ddpm/digits.yaml", runs, "ddpm"),
         "classifier": fit_tiny("classifier/digits.yaml", runs, "classifier"),
-        "cosine_classifier": fit_tiny("classifier/digits.yaml", runs, "cos", "--model.init_args.beta_schedule=cosine"),
+        "cosine_classifier": fit_tiny("classifier/digits.yaml", runs, "cos",
+                                      "--model.init_args.beta_schedule=cosine"),
     }
 
 
 def _sample(tmp_path: Path, ckpt: str, *args: str) -> dict:
     out = tmp_path / "out"
-    cli_main(["sample", "--ckpt_path", ckpt, "--num_samples", "6", "--steps", "3", "--output", str(out), *args])
+    cli_main(["sample", "--ckpt_path", ckpt, "--num_samples", "6", "--steps", "3", "--output", str(out),
+              *args])
     return dict(np.load(out / "samples.npz"))
 
 
@@ -44,7 +46,8 @@ def test_classifier_free_guidance_with_requested_and_balanced_labels(ckpts, tmp_
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_classifier_guidance_of_an_unconditional_model(ckpts, tmp_path, sampler):
-    guided = _sample(tmp_path, ckpts["ddpm"], "--classifier_ckpt", ckpts["classifier"], "--classifier_scale", "2",
+    guided = _sample(tmp_path, ckpts["ddpm"], "--classifier_ckpt", ckpts["classifier"], "--classifier_scale",
+                     "2",
                      "--labels", "[1, 7]", "--sampler", sampler)
     assert guided["arr_1"].tolist() == [1, 7] * 3
     plain = _sample(tmp_path, ckpts["ddpm"], "--sampler", sampler)
@@ -55,7 +58,8 @@ def test_sample_help_lists_the_methods_declared_options(ckpts, capsys):
     with pytest.raises(SystemExit):
         cli_main(["sample", "--ckpt_path", ckpts["cfg"], "--help"])
     text = capsys.readouterr().out
-    for flag in ("--guidance_scale", "--guidance_interval", "--classifier_ckpt", "--classifier_form", "--eta"):
+    for flag in ("--guidance_scale", "--guidance_interval", "--classifier_ckpt", "--classifier_form",
+                 "--eta"):
         assert flag in text
     assert "0 unconditional, 1 conditional" in " ".join(text.split())
 

@@ -17,7 +17,8 @@ from tests.integration.tiny import tiny_args
 
 DIGITS = "ddpm/digits.yaml"
 # checkpoints every 5 steps, epochs of 3 steps, no sample grids: the stop falls between two checkpoints
-EVERY_5 = ["--checkpoint.every_n_train_steps=5", "--trainer.limit_train_batches=3", "--samples.every_n_steps=0",
+EVERY_5 = ["--checkpoint.every_n_train_steps=5", "--trainer.limit_train_batches=3",
+           "--samples.every_n_steps=0",
            "--trainer.max_epochs=-1"]
 
 
@@ -53,20 +54,24 @@ def test_max_steps_between_two_intervals(tmp_path):
 
 
 def test_a_callback_setting_should_stop(tmp_path):
-    cli = _fit(tmp_path, "--trainer.callbacks+=tests.integration.tiny.StopAtStep", "--trainer.callbacks.step=6",
+    cli = _fit(tmp_path, "--trainer.callbacks+=tests.integration.tiny.StopAtStep",
+               "--trainer.callbacks.step=6",
                max_steps=100)
     assert _assert_last_is_final(tmp_path, cli) == 6
 
 
 def test_early_stopping(tmp_path):
-    # val/loss can only fall below +inf: EarlyStopping stops at the first validation, the end of epoch 1 (step 3)
+    # val/loss can only fall below +inf: EarlyStopping stops at the first validation, the end of epoch 1
+    # (step 3)
     cli = _fit(tmp_path, "--checkpoint.every_n_train_steps=2", "--trainer.callbacks+=EarlyStopping",
-               "--trainer.callbacks.monitor=val/loss", "--trainer.callbacks.stopping_threshold=1e9", max_steps=100)
+               "--trainer.callbacks.monitor=val/loss", "--trainer.callbacks.stopping_threshold=1e9",
+               max_steps=100)
     assert _assert_last_is_final(tmp_path, cli) == 3
 
 
 def test_max_time(tmp_path):
-    cli = _fit(tmp_path, "--trainer.max_time={seconds: 2}", "--trainer.callbacks+=tests.integration.tiny.SlowSteps",
+    cli = _fit(tmp_path, "--trainer.max_time={seconds: 2}",
+               "--trainer.callbacks+=tests.integration.tiny.SlowSteps",
                "--trainer.callbacks.seconds=0.3", max_steps=1000)
     step = _assert_last_is_final(tmp_path, cli)
     assert 1 <= step < 1000  # stopped by the clock, not by max_steps
@@ -92,7 +97,8 @@ def test_a_nan_loss_leaves_the_newest_completed_checkpoint(tmp_path, monkeypatch
 @pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
 def test_a_signal_saves_the_final_step_and_exits_128_plus_signal(signum, tmp_path):
     ready = tmp_path / "ready"
-    args = [*tiny_args(DIGITS, tmp_path, max_steps=100_000), *EVERY_5, "--checkpoint.every_n_train_steps=1000",
+    args = [*tiny_args(DIGITS, tmp_path, max_steps=100_000), *EVERY_5,
+            "--checkpoint.every_n_train_steps=1000",
             "--trainer.callbacks+=tests.integration.tiny.SlowSteps", "--trainer.callbacks.seconds=0.1",
             f"--trainer.callbacks.ready_file={ready}"]
     proc = start_fit(args, ready)
@@ -114,6 +120,7 @@ def test_retention_keeps_last_and_the_newest_k(tmp_path):
     names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step0000006.ckpt", "step0000007.ckpt", "step0000008.ckpt"]
     # a resumed run goes on pruning the same set
-    _fit(tmp_path, "--checkpoint.every_n_train_steps=1", "--checkpoint.save_top_k=3", "--ckpt_path=last", max_steps=10)
+    _fit(tmp_path, "--checkpoint.every_n_train_steps=1", "--checkpoint.save_top_k=3", "--ckpt_path=last",
+         max_steps=10)
     names = sorted(p.name for p in (tmp_path / "tiny" / "checkpoints").iterdir())
     assert names == ["last.ckpt", "step0000008.ckpt", "step0000009.ckpt", "step0000010.ckpt"]

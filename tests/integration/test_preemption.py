@@ -1,6 +1,6 @@
-"""Every kind of stop resumes bit-identically (issue 24, items 2 and 3): ``max_steps`` inside an epoch, a signal during
-a step, during a sample grid and during validation. A signal stops a grid or validation at once, draws no end-of-fit
-grid, saves the last completed step and exits with 128 + the signal."""
+"""Every kind of stop resumes bit-identically (issue 24, items 2 and 3): ``max_steps`` inside an epoch, a
+signal during a step, during a sample grid and during validation. A signal stops a grid or validation at once,
+draws no end-of-fit grid, saves the last completed step and exits with 128 + the signal."""
 
 from __future__ import annotations
 
@@ -17,13 +17,14 @@ from tests.integration.tiny import tiny_args
 
 DIGITS = "ddpm/digits.yaml"
 # epochs of 5 steps, validation at each epoch's end, no step checkpoints: a stop at step 3 is inside epoch 0
-EXTRA = ["--trainer.max_epochs=-1", "--trainer.limit_train_batches=5", "--checkpoint.every_n_train_steps=1000",
+EXTRA = ["--trainer.max_epochs=-1", "--trainer.limit_train_batches=5",
+         "--checkpoint.every_n_train_steps=1000",
          "--samples.every_n_steps=0", "--model.init_args.ema_decay=0.9"]
 
 
 class SignalAt(L.Callback):
-    """Sends ``signum`` to this process at the start of training step ``step`` (1-based), or at the first validation
-    batch after it (``during: validation``)."""
+    """Sends ``signum`` to this process at the start of training step ``step`` (1-based), or at the first
+    validation batch after it (``during: validation``)."""
 
     def __init__(self, step: int, during: str = "step", signum: int = int(signal.SIGTERM)) -> None:
         self.step, self.during, self.signum = step, during, signum
@@ -103,13 +104,16 @@ def test_a_signal_during_a_sample_grid_stops_it_at_once(tmp_path, straight, monk
 def test_a_signal_during_validation_stops_it_at_once(tmp_path, straight):
     # validation after step 5 (the end of epoch 0); the signal comes at its first batch
     _stopped(tmp_path, "run", 8, "--trainer.callbacks+=tests.integration.test_preemption.SignalAt",
-             "--trainer.callbacks.step=5", "--trainer.callbacks.during=validation", "--trainer.limit_val_batches=3")
+             "--trainer.callbacks.step=5", "--trainer.callbacks.during=validation",
+             "--trainer.limit_val_batches=3")
     _assert_resumes_exactly(tmp_path, "run", 5, straight)
 
 
 def test_sigterm_during_a_long_sample_grid_saves_within_seconds(tmp_path):
-    """As a scheduler sends it: SIGTERM to a separate process while its sample grid (1,000 steps of 256 samples, tens
-    of seconds) is being drawn; the process saves step 3 and exits 143 within seconds, without finishing the grid."""
+    """As a scheduler sends it: SIGTERM to a separate process while its sample grid (1,000 steps of 256
+    samples, tens of seconds) is being drawn; the process saves step 3 and exits 143 within seconds, without
+    finishing the
+    grid."""
     import time
 
     from tests.conftest import start_fit

@@ -1,6 +1,7 @@
-"""A run's folder is its user's data (issue 24, items 4-9): a fit never mixes its checkpoints with another's, two fits
-never share a folder, checkpoint writes are atomic and a failed one stops the fit in one line, refused and evaluation
-commands write nothing into the run, and image folders with bad files are handled up front."""
+"""A run's folder is its user's data (issue 24, items 4-9): a fit never mixes its checkpoints with another's,
+two fits never share a folder, checkpoint writes are atomic and a failed one stops the fit in one line,
+refused and evaluation commands write nothing into the run, and image folders with bad files are handled up
+front."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _error(args: list[str], capsys, code: int = 2) -> str:
     return err[0]
 
 
-# --- 4: a reused run name ---------------------------------------------------------------------------------------
+# --- 4: a reused run name -----------------------------------------------------------------------------------
 def test_a_fresh_fit_into_a_run_with_checkpoints_is_refused_and_overwrite_starts_afresh(tmp_path, capsys):
     run = _fit(tmp_path, max_steps=3)
     before = _digest(run)
@@ -59,7 +60,8 @@ def test_a_run_in_use_by_a_live_fit_is_locked(tmp_path, capsys):
             f"--trainer.callbacks.ready_file={ready}"]
     proc = start_fit(args, ready, stderr=subprocess.DEVNULL)
     try:
-        err = _error(["fit", *tiny_args(DIGITS, tmp_path, max_steps=2), *QUIET, "--ckpt_path=last"], capsys, code=1)
+        err = _error(["fit", *tiny_args(DIGITS, tmp_path, max_steps=2), *QUIET, "--ckpt_path=last"], capsys,
+                     code=1)
         assert "is in use by another lit-gen fit (pid" in err, err
     finally:
         proc.kill()
@@ -74,7 +76,7 @@ def test_a_run_name_outside_the_runs_folder_is_refused(name, tmp_path, capsys):
     assert not (tmp_path / "runs").exists() and not (tmp_path / "escape").exists()
 
 
-# --- 5: atomic writes, failed writes --------------------------------------------------------------------------
+# --- 5: atomic writes, failed writes ------------------------------------------------------------------------
 def test_checkpoints_are_replaced_atomically_even_with_tmpdir_elsewhere(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", "/dev/shm" if os.path.isdir("/dev/shm") else str(tmp_path / "elsewhere"))
     run = _fit(tmp_path, "--checkpoint.every_n_train_steps=1", max_steps=1)
@@ -82,7 +84,8 @@ def test_checkpoints_are_replaced_atomically_even_with_tmpdir_elsewhere(tmp_path
     inode = last.stat().st_ino
     _fit(tmp_path, "--checkpoint.every_n_train_steps=1", "--ckpt_path=last", max_steps=2)
     assert last.stat().st_ino != inode  # a new file renamed over the old one, not rewritten in place
-    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step0000001.ckpt", "step0000002.ckpt"]
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt", "step0000001.ckpt",
+                                                             "step0000002.ckpt"]
 
 
 def test_a_failed_checkpoint_write_stops_the_fit_at_once_in_one_line(tmp_path, capsys, monkeypatch):
@@ -97,11 +100,13 @@ def test_a_failed_checkpoint_write_stops_the_fit_at_once_in_one_line(tmp_path, c
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", disk_full)
-    err = _error(["fit", *tiny_args(DIGITS, tmp_path, max_steps=10), *QUIET, "--checkpoint.every_n_train_steps=1",
+    err = _error(["fit", *tiny_args(DIGITS, tmp_path, max_steps=10), *QUIET,
+                  "--checkpoint.every_n_train_steps=1",
                   "--ckpt_path=last"], capsys, code=1)
     assert "could not write" in err and "step0000003.ckpt" in err and "No space left on device" in err, err
     assert (run / "checkpoints" / "last.ckpt").read_bytes() == before  # the old file is whole
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]  # no temporary file left
+    # no temporary file left
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
 def test_an_unwritable_checkpoint_folder_is_found_before_training(tmp_path, capsys):
@@ -111,12 +116,13 @@ def test_an_unwritable_checkpoint_folder_is_found_before_training(tmp_path, caps
     assert "cannot be written" in err or "is a file" in err, err
 
 
-# --- 6, 7: refused and evaluation commands write nothing --------------------------------------------------------
+# --- 6, 7: refused and evaluation commands write nothing ----------------------------------------------------
 def test_refused_and_evaluation_commands_leave_the_run_as_it_was(tmp_path, capsys):
     run = _fit(tmp_path, max_steps=3)
     before = _digest(run)
     config = str(run / "config.yaml")
-    _error(["fit", *tiny_args(DIGITS, tmp_path), *QUIET, "--data.init_args.batch_size=4", "--ckpt_path=last"], capsys)
+    _error(["fit", *tiny_args(DIGITS, tmp_path), *QUIET, "--data.init_args.batch_size=4", "--ckpt_path=last"],
+           capsys)
     cli_main(["test", "--config", config, "--ckpt_path=last", "--trainer.limit_test_batches=1"])
     after = _digest(run)
     assert after["config.yaml"] == before["config.yaml"]
@@ -124,7 +130,8 @@ def test_refused_and_evaluation_commands_leave_the_run_as_it_was(tmp_path, capsy
                                                                         if "tfevents" not in k}
 
 
-@pytest.mark.parametrize("bad", ["--model.init_args.ema_decay=1.5", "--model.init_args.optimizer.init_args.lr=-1",
+@pytest.mark.parametrize("bad",
+                         ["--model.init_args.ema_decay=1.5", "--model.init_args.optimizer.init_args.lr=-1",
                                  "--samples.num_samples=0", "--data.init_args.root={empty}"])
 def test_settings_that_fail_leave_no_run_folder(bad, tmp_path, capsys):
     args = tiny_args(DIGITS, tmp_path / "runs")
@@ -141,7 +148,7 @@ def test_test_with_ckpt_path_last_and_no_checkpoint_is_refused(tmp_path, capsys)
     assert "no " in err and "last.ckpt" in err, err
 
 
-# --- 8: image folders -------------------------------------------------------------------------------------------
+# --- 8: image folders ---------------------------------------------------------------------------------------
 def test_bad_images_are_skipped_with_a_count_and_16_bit_images_keep_their_range(tmp_path, capsys):
     from PIL import Image
 
@@ -181,7 +188,8 @@ def test_an_image_that_fails_mid_fit_is_named_and_the_last_step_saved(tmp_path, 
         return real(path)
 
     monkeypatch.setattr(vision, "load_image", breaks_later)
-    args = [*tiny_args("ddpm/folder64.yaml", tmp_path / "runs", max_steps=100), *QUIET, f"--data.init_args.root={root}",
+    args = [*tiny_args("ddpm/folder64.yaml", tmp_path / "runs", max_steps=100), *QUIET,
+            f"--data.init_args.root={root}",
             "--trainer.limit_train_batches=null"]
     err = _error(["fit", *args], capsys)
     assert "cannot read the image" in err and str(root) in err, err
@@ -189,18 +197,20 @@ def test_an_image_that_fails_mid_fit_is_named_and_the_last_step_saved(tmp_path, 
     assert ckpt["global_step"] >= 1
 
 
-# --- 9: sample and export outputs -------------------------------------------------------------------------------
+# --- 9: sample and export outputs ---------------------------------------------------------------------------
 def test_sample_and_export_check_their_output_before_the_work(tmp_path, capsys):
     run = _fit(tmp_path)
     ckpt = str(run / "checkpoints" / "last.ckpt")
     (tmp_path / "a_file").write_text("x")
     for args, expected, code in [
         (["sample", "--ckpt_path", ckpt, "--output", str(tmp_path / "a_file")], "is a file, not a folder", 1),
-        (["sample", "--ckpt_path", ckpt, "--output", str(tmp_path / "a_file" / "sub")], "cannot be written", 1),
+        (["sample", "--ckpt_path", ckpt, "--output", str(tmp_path / "a_file" / "sub")], "cannot be written",
+         1),
         (["sample", "--ckpt_path", ckpt, "--steps", "0"], "steps=0 must be >= 1", 2),
         (["sample", "--ckpt_path", ckpt, "--device", "cuda:7"], "--device 'cuda:7'", 2),
         (["sample", "--ckpt_path", ckpt, "--device", "toaster"], "is not a device", 2),
-        (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "a_file" / "m.safetensors")], "is a file, not a folder", 1),
+        (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "a_file" / "m.safetensors")],
+         "is a file, not a folder", 1),
     ]:
         err = _error(args, capsys, code)
         assert expected in err, (args, err)

@@ -84,7 +84,8 @@ def test_export_to_safetensors_samples_like_the_checkpoint(tmp_path, capsys):
     np.testing.assert_array_equal(a["arr_0"], c["arr_0"])
     np.testing.assert_array_equal(b["arr_1"], np.full(6, 3))
     # the config's model section replaces the metadata's hyperparameters
-    model = load_weights(weights, config={"class_path": "lit_gen.methods.DDPM", "init_args": {"sampling_steps": 7}})
+    model = load_weights(weights,
+                         config={"class_path": "lit_gen.methods.DDPM", "init_args": {"sampling_steps": 7}})
     assert model.hparams.sampling_steps == 7 and model.ema is None
 
 
@@ -93,7 +94,8 @@ def test_export_and_weights_errors(tmp_path, capsys):
     ckpt = str(run / "checkpoints" / "last.ckpt")
     capsys.readouterr()
     for args, expected in [
-        (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "m.pt")], "writes a .safetensors or a .ckpt file"),
+        (["export", "--ckpt_path", ckpt, "--output", str(tmp_path / "m.pt")],
+         "writes a .safetensors or a .ckpt file"),
         (["sample", "--weights", str(tmp_path / "none.safetensors")], "weights file not found"),
         (["sample", "--weights", ckpt], "is not a readable safetensors file"),
         (["sample", "--ckpt_path", ckpt, "--weights", ckpt], "not both"),

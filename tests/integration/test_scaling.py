@@ -1,6 +1,7 @@
 """Every method under every trainer preset on 2 CPU processes (DeepSpeed ZeRO 1/2/3 with and without offload,
 FSDP2, DDP, bf16, accumulation), launched with torchrun as a user would; sharded checkpoints, EMA under
-sharding, loss equivalence across strategies, accumulation equivalence, uneven sampling work, and 2 "nodes"."""
+sharding, loss equivalence across strategies, accumulation equivalence, uneven sampling work, and 2
+"nodes"."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ from lit_gen.checkpoints import consolidate
 from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
 from tests.integration.tiny import method_configs, tiny_args
 
-# the sharded strategies first (ddp, bf16 and accumulate are also fitted elsewhere): a deadline skips the last ones
+# the sharded strategies first (ddp, bf16 and accumulate are also fitted elsewhere): a deadline skips the
+# last ones
 PRESETS = sorted((p.stem for p in (EXPERIMENTS / "trainer").glob("*.yaml")
-                  if p.stem not in ("cpu", "gpu", "fid_best3")),  # gpu needs CUDA; fid_best3 is a callback set
+                  # gpu needs CUDA; fid_best3 is a callback set
+                  if p.stem not in ("cpu", "gpu", "fid_best3")),
                  key=lambda p: (not p.startswith(("deepspeed", "fsdp")), p))
 SHARDED = ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 
@@ -48,14 +51,17 @@ def torchrun(args: list[str], nodes: int = 1, timeout: int = 900, **env_extra) -
     env.update(OMP_NUM_THREADS="1", **env_extra)
     if nodes == 1:
         launch = ["--nproc_per_node", "2", "--master_port", str(_free_port())]
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, *args], cwd=ROOT, env=env,
+        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, *args], cwd=ROOT,
+                                  env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     else:
         port = str(_free_port())
         procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
-                                   "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr", "127.0.0.1",
+                                   "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr",
+                                   "127.0.0.1",
                                    "--master_port", port, *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(nodes)]
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True) for rank in range(nodes)]
     outs = []
     try:
         for proc in procs:
@@ -86,20 +92,21 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return consolidate(ckpt)["state_dict"]
 
 
-# --- every method under every preset -------------------------------------------------------------------------
+# --- every method under every preset ------------------------------------------------------------------------
 @pytest.mark.slow  # 3-12 minutes per preset (19 configs); .ci/run runs the slow set
 @pytest.mark.timeout(1800)  # above the 300 s default: one torchrun job fits every config
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_method_fits_and_resumes_exactly_under_every_preset(preset, tmp_path):
-    """Each method's config fits 4 steps (2 epochs) under the preset, and a run resumed from the epoch-boundary
-    checkpoint ends with the same weights, EMA included (consolidated from the shards)."""
+    """Each method's config fits 4 steps (2 epochs) under the preset, and a run resumed from the
+    epoch-boundary checkpoint ends with the same weights, EMA included (consolidated from the shards)."""
     configs = method_representatives()
     torchrun(["-m", "tests.integration.preset_sweep", preset, str(tmp_path), *configs], timeout=1500)
     results = json.loads((tmp_path / "results.json").read_text())
     assert sorted(results) == configs
     failed = {c: r["error"] for c, r in results.items() if "error" in r}
     assert not failed, json.dumps({c: results[c].get("traceback", "")[-1500:] for c in failed}, indent=1)
-    # bit-identical on CPU, bf16 autocast included; DeepSpeed's CPU Adam (the offload presets) to float rounding
+    # bit-identical on CPU, bf16 autocast included; DeepSpeed's CPU Adam (the offload presets) to float
+    # rounding
     # (observed <= 2.1e-6 relative)
     tolerance = 1e-5 if preset.endswith("_offload") else 0.0
     assert {c: r["difference"] for c, r in results.items() if r["difference"] > tolerance} == {}
@@ -107,14 +114,15 @@ def test_every_method_fits_and_resumes_exactly_under_every_preset(preset, tmp_pa
 
 def test_representatives_cover_every_method():
     classes = {yaml.safe_load((EXPERIMENTS / c).read_text())["model"]["class_path"] for c in method_configs()}
-    chosen = {yaml.safe_load((EXPERIMENTS / c).read_text())["model"]["class_path"] for c in method_representatives()}
+    chosen = {yaml.safe_load((EXPERIMENTS / c).read_text())["model"]["class_path"]
+              for c in method_representatives()}
     assert chosen == classes and len(method_representatives()) >= 10
 
 
-# --- the same training under each strategy -------------------------------------------------------------------
+# --- the same training under each strategy ------------------------------------------------------------------
 def strategy_losses(config: str, presets: list[str], steps: int, tmp_path: Path, *extra: str) -> dict:
-    """Per-step training losses of ``config`` under each preset (seeded, fp32), with the EMA checked against the
-    EMA of the gathered weights under ZeRO-3 and FSDP (CheckEMA fails the run otherwise)."""
+    """Per-step training losses of ``config`` under each preset (seeded, fp32), with the EMA checked against
+    the EMA of the gathered weights under ZeRO-3 and FSDP (CheckEMA fails the run otherwise)."""
     losses = {}
     for preset in presets:
         args = ["--trainer.callbacks+=tests.integration.tiny.RecordLosses",
@@ -135,9 +143,10 @@ def max_relative_difference(losses: dict, preset: str) -> float:
 
 @pytest.mark.slow
 def test_losses_match_across_strategies_and_ema_is_the_average_of_the_gathered_weights(tmp_path):
-    """50 seeded fp32 steps: the per-step losses of ZeRO-1/2/3 and FSDP equal DDP's within 1e-3 relative; under
-    ZeRO-3 and FSDP the EMA equals the EMA of the gathered weights."""
-    losses = strategy_losses("ddpm/toy2d.yaml", ["ddp", *SHARDED], 50, tmp_path, "--trainer.limit_train_batches=25",
+    """50 seeded fp32 steps: the per-step losses of ZeRO-1/2/3 and FSDP equal DDP's within 1e-3 relative;
+    under ZeRO-3 and FSDP the EMA equals the EMA of the gathered weights."""
+    losses = strategy_losses("ddpm/toy2d.yaml", ["ddp", *SHARDED], 50, tmp_path,
+                             "--trainer.limit_train_batches=25",
                              "--model.init_args.ema_decay=0.9")
     for preset in SHARDED:
         assert max_relative_difference(losses, preset) <= 1e-3, preset
@@ -157,9 +166,9 @@ def test_dalle_stages_train_alike_under_zero3_and_fsdp(config, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["deepspeed_zero2", "deepspeed_zero3"])
 def test_ema_under_deepspeed_bf16_is_the_average_of_the_gathered_weights(preset, tmp_path):
-    """DeepSpeed in bf16 casts the average's weights to bf16; lit_gen averages in fp32 beside them, so the EMA is
-    the EMA of the gathered bf16 weights to bf16 rounding (the closed-form test of what bf16 alone loses is in
-    tests/unit/test_methods.py)."""
+    """DeepSpeed in bf16 casts the average's weights to bf16; lit_gen averages in fp32 beside them, so the EMA
+    is the EMA of the gathered bf16 weights to bf16 rounding (the closed-form test of what bf16 alone loses is
+    in tests/unit/test_methods.py)."""
     out = torchrun(fit_args("ddpm/toy2d.yaml", tmp_path, preset, preset, 12, "--config",
                             str(EXPERIMENTS / "trainer" / "bf16.yaml"), "--samples.every_n_steps=0",
                             "--trainer.callbacks+=tests.integration.tiny.CheckEMA",
@@ -181,24 +190,27 @@ def test_accumulation_matches_the_larger_batch(preset, tmp_path):
     big, acc, small = (weights(tmp_path / n / "checkpoints/last.ckpt") for n in ("big", "acc", "small"))
     assert consolidate(tmp_path / "acc/checkpoints/last.ckpt")["global_step"] == 6
     gap = lambda a: max(float((a[k] - big[k]).abs().max()) for k in big if big[k].is_floating_point())  # noqa: E731
-    # float rounding (two half-batch means summed; DeepSpeed scales each micro-batch's loss by 1/2 before backward),
-    # amplified by Adam's g / sqrt(v), against a real difference (half the data per step); observed DDP 1e-7 or
+    # float rounding (two half-batch means summed; DeepSpeed scales each micro-batch's loss by 1/2 before
+    # backward),
+    # amplified by Adam's g / sqrt(v), against a real difference (half the data per step); observed DDP 1e-7
+    # or
     # less, DeepSpeed 6e-6, against 1.5e-4
     assert gap(acc) <= 1e-5 and gap(small) >= 10 * max(gap(acc), 1e-8), (gap(acc), gap(small))
 
 
-# --- sharded checkpoints ---------------------------------------------------------------------------------------
+# --- sharded checkpoints ------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["deepspeed_zero3", "fsdp"])
 def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset, tmp_path):
-    """--ckpt_path last resumes from the checkpoint folder; export consolidates it (EMA included) into one file
-    that sample and test load without the strategy, and that fit resumes from on another world size."""
+    """--ckpt_path last resumes from the checkpoint folder; export consolidates it (EMA included) into one
+    file that sample and test load without the strategy, and that fit resumes from on another world size."""
     config = "ddpm/digits.yaml"
     torchrun(fit_args(config, tmp_path, "run", preset, 2))
     folder = tmp_path / "run/checkpoints/last.ckpt"
     assert folder.is_dir()
     torchrun(fit_args(config, tmp_path, "run", preset, 4, "--ckpt_path=last",
-                      "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", "--trainer.callbacks.step=2"))
+                      "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep",
+                      "--trainer.callbacks.step=2"))
     env = subprocess_env()
     run = lambda *a: subprocess.run([sys.executable, "-m", "lit_gen", *a], cwd=ROOT, env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
@@ -223,7 +235,8 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
     assert proc.returncode == 0, proc.stderr[-2000:]
     # another world size: the folder is refused in one line naming the way, the consolidated file resumes
     proc = run("fit", *tiny_args(config, tmp_path, "run", 6), "--ckpt_path", str(folder))
-    assert proc.returncode == 2 and "make one file with lit-gen export" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2
+    assert "make one file with lit-gen export" in proc.stderr.strip().splitlines()[-1]
     proc = run("fit", *tiny_args(config, tmp_path, "single", 2), "--ckpt_path", str(tmp_path / "model.ckpt"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "optimizer state, LR schedule and step count start afresh" in proc.stderr
@@ -233,8 +246,10 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
 
 @pytest.mark.slow
 def test_uneven_sampling_work_finishes_under_zero3(tmp_path):
-    """FID over 5 samples on 2 ranks (one rank draws a padded, dropped sample; 1,437 training digits in batches of
-    718: 2 batches on rank 0, 1 on rank 1) and sample grids, with weights sharded by ZeRO-3: every rank runs the
+    """FID over 5 samples on 2 ranks (one rank draws a padded, dropped sample; 1,437 training digits in
+    batches of 718: 2 batches on rank 0, 1 on rank 1) and sample grids, with weights sharded by ZeRO-3: every
+    rank runs
+        the
     same forwards and metric updates, so none waits in a collective."""
     extra = ["--trainer.callbacks+=lit_gen.callbacks.FIDMonitor", "--trainer.callbacks.features=digits16",
              "--trainer.callbacks.num_samples=5", "--trainer.callbacks.batch_size=2",
@@ -248,15 +263,17 @@ def test_uneven_sampling_work_finishes_under_zero3(tmp_path):
     assert "val/fid_digits16_n5" in tags["scalars"] and "samples/grid" in tags["images"]
 
 
-# --- beyond one machine ----------------------------------------------------------------------------------------
+# --- beyond one machine -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_nodes_on_localhost(tmp_path):
     """2 "nodes" of 1 process each (torchrun --nnodes 2): ranks 0 and 1 of world size 2, one per node."""
     out = torchrun(fit_args("ddpm/toy2d.yaml", tmp_path, "nodes", "ddp", 2, "--trainer.devices=1",
-                            "--trainer.num_nodes=2", "--trainer.callbacks+=tests.integration.tiny.ReportRanks"),
+                            "--trainer.num_nodes=2",
+                            "--trainer.callbacks+=tests.integration.tiny.ReportRanks"),
                    nodes=2).stdout
     reports = sorted(line for line in out.splitlines() if line.startswith("ReportRanks"))
-    assert reports == ["ReportRanks global 0 local 0 node 0 world 2", "ReportRanks global 1 local 0 node 1 world 2"]
+    assert reports == ["ReportRanks global 0 local 0 node 0 world 2", "ReportRanks global 1 local 0 node 1 "
+                                                                      "world 2"]
 
 
 @pytest.mark.slow

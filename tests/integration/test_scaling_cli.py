@@ -23,7 +23,8 @@ def memory_rows(out: str) -> dict[str, list[float]]:
 
 def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
     # ZeRO-3 partitions every tensor here (the digits UNet's are all under DeepSpeed's default persistence
-    # threshold of 1e5 elements, which keeps such tensors whole on every rank once gathered: checked at the end)
+    # threshold of 1e5 elements, which keeps such tensors whole on every rank once gathered: checked at the
+    # end)
     whole = tmp_path / "partition_all.yaml"
     whole.write_text("trainer:\n  strategy:\n    class_path: lit_gen.strategies.DeepSpeed\n    init_args:\n"
                      "      param_persistence_threshold: 0\n")
@@ -38,13 +39,14 @@ def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
     assert act > 0
     rows = memory_rows(out)
     gib = psi / 2**30
-    # bf16: torch Adam 4 + 4 + 8 per parameter (+ 4 EMA), DeepSpeed 2 + 2 + 12 (+ 2 + 4 EMA: bf16, fp32 average); N = 4
+    # bf16: torch Adam 4 + 4 + 8 per parameter (+ 4 EMA), DeepSpeed 2 + 2 + 12 (+ 2 + 4 EMA: bf16, fp32
+    # average); N = 4
     expected = {"ddp": (4, 4, 8, 4), "deepspeed_zero1": (2, 2, 3, 6), "deepspeed_zero2": (2, 0.5, 3, 6),
                 "deepspeed_zero3": (0.5, 0.5, 3, 1.5), "fsdp": (1, 1, 2, 1)}
     for name, per_param in expected.items():
-        for got, b in zip(rows[name][:4], per_param):
+        for got, b in zip(rows[name][:4], per_param, strict=True):
             assert abs(got - b * gib) <= 0.0015, (name, rows[name], per_param)
-    for name, (*_, states, buffers, gathered, step, peak, cpu) in rows.items():
+    for name, (*_, states, buffers, gathered, step, peak, _cpu) in rows.items():
         assert abs(peak - states - buffers - max(gathered + act, step)) <= 0.003, (name, rows[name])
     # Lightning's DeepSpeed buckets: 2 x 2e8 bf16 elements under ZeRO-1/2 (overlap_comm), 1 x under ZeRO-3
     assert abs(rows["deepspeed_zero2"][5] - 2 * 2e8 * 2 / 2**30) <= 0.002
@@ -64,7 +66,8 @@ def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
 
 
 def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
-    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_shapes.yaml"))  # captions, tokenizer fitted
+    # captions, tokenizer fitted
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_shapes.yaml"))
     assert proc.returncode == 0 and "no batch of the data" not in proc.stderr, proc.stderr[-2000:]
     assert float(re.search(r"activations at micro-batch 128 .*: ([\d.]+) GiB", proc.stdout).group(1)) > 0
     override = tmp_path / "data.yaml"
@@ -72,16 +75,20 @@ def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
     proc = lit_gen("memory", "--config", str(EXPERIMENTS / "ddpm/cifar10.yaml"), "--config", str(override))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "lit-gen memory: no batch of the data (CIFAR10 not found" in proc.stderr  # nothing downloaded
-    assert "activations measured on random images" in proc.stderr and "activations at micro-batch 2 " in proc.stdout
+    assert "activations measured on random images" in proc.stderr
+    assert "activations at micro-batch 2 " in proc.stdout
     assert not (tmp_path / "nowhere").exists() or not any((tmp_path / "nowhere").iterdir())
     # captions cannot be made up: without its data a text method ends in one line
-    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_cifar10.yaml"), "--config", str(override))
+    proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_cifar10.yaml"), "--config",
+                   str(override))
     last = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == 2 and last.startswith("lit-gen: error: CLIP trains on 'caption'"), proc.stderr[-2000:]
+    assert proc.returncode == 2 and last.startswith("lit-gen: error: CLIP trains on "
+                                                    "'caption'"), proc.stderr[-2000:]
 
 
 def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path):
-    config = '{"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4, "train_micro_batch_size_per_gpu": 8}'
+    config = ('{"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4, '
+              '"train_micro_batch_size_per_gpu": 8}')
     proc = lit_gen("fit", *tiny_args("ddpm/toy2d.yaml", tmp_path), "--config",
                    str(EXPERIMENTS / "trainer/deepspeed_zero2.yaml"), "--trainer.devices=1",
                    "--trainer.accelerator=cpu", f"--trainer.strategy.init_args.config={config}")
@@ -105,7 +112,8 @@ def test_checkpoint_folders_are_recognised_and_inner_folders_refused(tmp_path):
     torch.save({}, fsdp / "meta.pt")
     (fsdp / "__0_0.distcp").write_bytes(b"")
     assert checkpoint_layout(ds) == "deepspeed" and checkpoint_layout(fsdp) == "fsdp"
-    with pytest.raises(CheckpointError, match="is the inner folder of the DeepSpeed checkpoint .* pass --ckpt_path"):
+    with pytest.raises(CheckpointError, match="is the inner folder of the DeepSpeed checkpoint .* pass "
+                                              "--ckpt_path"):
         checkpoint_layout(ds / "checkpoint")
     with pytest.raises(CheckpointError, match="is a folder, not a checkpoint"):
         checkpoint_layout(tmp_path)

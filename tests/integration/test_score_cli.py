@@ -1,6 +1,6 @@
-"""Score models through the CLI: `lit-gen test` reports bits/dim and NFE by the ODE; `lit-gen sample` runs every
-sampler on score checkpoints and the VP ones on DDPM checkpoints (DPM-Solver++ at order 1 is DDIM, the ancestral
-predictor is DDPM), inpaints, inverts, and guides; NCSN sets sigma_1 from the data."""
+"""Score models through the CLI: `lit-gen test` reports bits/dim and NFE by the ODE; `lit-gen sample` runs
+every sampler on score checkpoints and the VP ones on DDPM checkpoints (DPM-Solver++ at order 1 is DDIM, the
+ancestral predictor is DDPM), inpaints, inverts, and guides; NCSN sets sigma_1 from the data."""
 
 from __future__ import annotations
 
@@ -27,9 +27,11 @@ def ckpts(tmp_path_factory) -> dict[str, str]:
         "ddpm": fit_tiny("ddpm/digits.yaml", runs, "ddpm"),
         "cfg": fit_tiny("cfg/digits.yaml", runs, "cfg"),
         "classifier": fit_tiny("classifier/digits.yaml", runs, "classifier"),
-        # the paper's VP discretisation (N = 1000) has DDPM's T = 1000 betas, so a T = 1000 classifier can guide it
+        # the paper's VP discretisation (N = 1000) has DDPM's T = 1000 betas, so a T = 1000 classifier can
+        # guide it
         "vp1000": fit_tiny("sde/vp_digits.yaml", runs, "vp1000", "--model.init_args.num_scales=1000"),
-        "classifier1000": fit_tiny("classifier/digits.yaml", runs, "classifier1000", "--model.init_args.num_timesteps=1000"),
+        "classifier1000": fit_tiny("classifier/digits.yaml", runs, "classifier1000",
+                                   "--model.init_args.num_timesteps=1000"),
         "runs": str(runs),
     }
 
@@ -51,7 +53,8 @@ def test_test_subcommand_reports_ode_bits_per_dim_and_nfe(ckpts, capsys):
     assert 0 < bpd < 20 and events.Scalars("test/nfe")[-1].value >= 6  # dopri5: 6 calls per step at least
 
 
-@pytest.mark.parametrize("sampler", ["pc", "em", "reverse_diffusion", "ancestral", "euler", "heun", "ode", "dpmpp2m"])
+@pytest.mark.parametrize("sampler",
+                         ["pc", "em", "reverse_diffusion", "ancestral", "euler", "heun", "ode", "dpmpp2m"])
 def test_every_sampler_runs_on_a_score_checkpoint_and_reports_its_nfe(ckpts, tmp_path, capsys, sampler):
     out = _sample(tmp_path, ckpts["vp"], "--sampler", sampler, "--steps", "4")
     assert out["arr_0"].shape == (4, 8, 8, 1) and out["arr_0"].dtype == np.uint8
@@ -68,7 +71,8 @@ def test_ncsn_sets_sigma_1_from_the_data_and_runs_its_samplers(ckpts, tmp_path):
     assert model.hparams.sigma_begin == pytest.approx(sigma_max_from_data(points), rel=1e-6)
     assert model.sde.sigma_max == model.hparams.sigma_begin and model.sde.N == 10
     langevin = _sample(tmp_path, ckpts["ncsn"], "--n_steps_each", "2")  # annealed Langevin, its default
-    pc = _sample(tmp_path, ckpts["ncsn"], "--sampler", "pc", "--steps", "4")  # a VE sampler on an NCSN checkpoint
+    # a VE sampler on an NCSN checkpoint
+    pc = _sample(tmp_path, ckpts["ncsn"], "--sampler", "pc", "--steps", "4")
     assert langevin["arr_0"].shape == pc["arr_0"].shape == (4, 8, 8, 1)
 
 
@@ -83,11 +87,13 @@ def test_dpm_solver_pp_order_one_is_ddim_and_ancestral_is_ddpm_on_a_ddpm_checkpo
     ddim, dpm = draw(sampler="ddim", steps=6), draw(sampler="dpmpp2m", order=1, steps=6, spacing="linear")
     assert (ddim - draw(sampler="ddim", steps=3)).abs().max() > 1e-3  # the comparison can fail
     torch.testing.assert_close(dpm, ddim, rtol=0, atol=1e-5)
-    torch.testing.assert_close(draw(sampler="ancestral", steps=6), draw(sampler="ddpm", steps=6), rtol=0, atol=1e-5)
+    torch.testing.assert_close(draw(sampler="ancestral", steps=6), draw(sampler="ddpm", steps=6), rtol=0,
+                               atol=1e-5)
 
 
 def test_guidance_through_the_score_samplers(ckpts, tmp_path):
-    cfg = _sample(tmp_path, ckpts["cfg"], "--sampler", "heun", "--steps", "3", "--guidance_scale", "3", "--labels", "[2]")
+    cfg = _sample(tmp_path, ckpts["cfg"], "--sampler", "heun", "--steps", "3", "--guidance_scale", "3",
+                  "--labels", "[2]")
     assert cfg["arr_1"].tolist() == [2] * 4
     guided = _sample(tmp_path, ckpts["ddpm"], "--sampler", "em", "--steps", "3", "--classifier_ckpt",
                      ckpts["classifier"], "--classifier_scale", "5", "--labels", "[1, 7]")
@@ -101,11 +107,13 @@ def test_classifier_guidance_of_a_vp_score_model(ckpts, tmp_path, capsys):
     plain = _sample(tmp_path, ckpts["vp1000"], "--sampler", "em", "--steps", "3")
     assert guided["arr_1"].tolist() == [4] * 4 and not np.array_equal(plain["arr_0"], guided["arr_0"])
     for ckpt, classifier, expected in [
-        (ckpts["ncsn"], ckpts["classifier"], "needs a VP score model"),  # NCSN is VE: unknown to the classifier
+        # NCSN is VE: unknown to the classifier
+        (ckpts["ncsn"], ckpts["classifier"], "needs a VP score model"),
         (ckpts["vp"], ckpts["classifier1000"], "was trained for the noise process"),  # N = 10 vs T = 1000
     ]:
         with pytest.raises(SystemExit):
-            cli_main(["sample", "--ckpt_path", ckpt, "--classifier_ckpt", classifier, "--output", str(tmp_path / "bad")])
+            cli_main(["sample", "--ckpt_path", ckpt, "--classifier_ckpt", classifier, "--output",
+                      str(tmp_path / "bad")])
         assert expected in capsys.readouterr().err
 
 
@@ -117,7 +125,8 @@ def test_inpainting_keeps_the_known_pixels(ckpts, tmp_path):
     np.savez(tmp_path / "images.npz", images)
     np.savez(tmp_path / "mask.npz", mask)
     for ckpt in (ckpts["vp"], ckpts["ddpm"]):
-        out = _sample(tmp_path, ckpt, "--sampler", "pc", "--steps", "4", "--inpaint", str(tmp_path / "images.npz"),
+        out = _sample(tmp_path, ckpt, "--sampler", "pc", "--steps", "4", "--inpaint",
+                      str(tmp_path / "images.npz"),
                       "--mask", str(tmp_path / "mask.npz"))["arr_0"]
         np.testing.assert_array_equal(out[:, :, :4], images[[0, 1, 0, 1], :, :4])
         assert not np.array_equal(out[:, :, 4:], images[[0, 1, 0, 1], :, 4:])
@@ -128,7 +137,8 @@ def test_inpainting_errors_name_the_bad_input(ckpts, tmp_path, capsys):
     np.savez(tmp_path / "mask.npz", np.zeros((5, 5), dtype=np.uint8))
     for ckpt, args, expected in [
         (ckpts["vp"], ["--mask", str(tmp_path / "mask.npz")], "--mask must have shape"),
-        (ckpts["ddpm"], ["--mask", str(tmp_path / "mask.npz"), "--sampler", "ddim"], "--mask must have shape"),
+        (ckpts["ddpm"], ["--mask", str(tmp_path / "mask.npz"), "--sampler", "ddim"],
+         "--mask must have shape"),
         (ckpts["vp"], ["--mask", str(tmp_path / "nope.npz")], "nope.npz"),
     ]:
         with pytest.raises(SystemExit):
@@ -141,7 +151,8 @@ def test_inpainting_errors_name_the_bad_input(ckpts, tmp_path, capsys):
 def test_invert_round_trips_through_the_probability_flow_ode(ckpts, tmp_path, capsys):
     images = np.random.default_rng(1).integers(0, 256, size=(3, 8, 8, 1), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", images)
-    cli_main(["sample", "--ckpt_path", ckpts["vp"], "--invert", str(tmp_path / "images.npz"), "--num_samples", "3",
+    cli_main(["sample", "--ckpt_path", ckpts["vp"], "--invert", str(tmp_path / "images.npz"), "--num_samples",
+              "3",
               "--output", str(tmp_path / "inv")])
     mse = float(capsys.readouterr().err.split("reconstruction MSE ")[1].split()[0])
     assert mse < 1e-4 and (tmp_path / "inv" / "latents.npz").is_file()
@@ -153,13 +164,16 @@ def test_score_sample_errors(ckpts, tmp_path, capsys):
         (ckpts["vp"], ["--sampler", "ddim"], "sampler 'ddim' is not supported"),
         (ckpts["vp"], ["--sampler", "em", "--order", "2"], "order=2 is an option of the ['dpmpp2m']"),
         (ckpts["vp"], ["--labels", "[1]"], "unconditional"),
-        (ckpts["ddpm"], ["--sampler", "pc", "--classifier_form", "mean", "--classifier_ckpt", ckpts["classifier"]],
+        (ckpts["ddpm"],
+         ["--sampler", "pc", "--classifier_form", "mean", "--classifier_ckpt", ckpts["classifier"]],
          "classifier_form='mean'"),
         (ckpts["ddpm"], ["--sampler", "pc", "--guidance_rescale", "0.5"], "guidance_rescale"),
-        (ckpts["ddpm"], ["--sampler", "ddim", "--snr", "0.1"], "snr=0.1 is an option of the samplers of lit_gen.score"),
+        (ckpts["ddpm"], ["--sampler", "ddim", "--snr", "0.1"], "snr=0.1 is an option of the samplers of "
+                                                               "lit_gen.score"),
     ]:
         with pytest.raises(SystemExit):
-            cli_main(["sample", "--ckpt_path", ckpt, "--num_samples", "2", "--output", str(tmp_path / "bad"), *args])
+            cli_main(["sample", "--ckpt_path", ckpt, "--num_samples", "2", "--output", str(tmp_path / "bad"),
+                      *args])
         err = capsys.readouterr().err
         assert expected in err and err.count("\n") == 1, err
     assert not (tmp_path / "bad").exists()

@@ -32,7 +32,8 @@ TINY_NET = {
 TINY_IMAGE_SIZE = {"DigitsDataModule": 8, "ImageFolderDataModule": 8, "CaptionedImageFolderDataModule": 8}
 # score methods: a 10-step SDE (NCSN keeps its 10 levels) and 2 Langevin steps per level
 SCORE_METHODS = {
-    "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-2", "--model.init_args.ode_atol=1e-2"],
+    "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-2",
+                 "--model.init_args.ode_atol=1e-2"],
     "NCSN": ["--model.init_args.n_steps_each=2"],
 }
 
@@ -46,8 +47,8 @@ TINY_METHOD = {
 
 
 def tiny_dvae_checkpoint(data_shape: tuple[int, ...] = (3, 32, 32)) -> str:
-    """A tiny DiscreteVAE checkpoint (seeded weights, no training) that DALLE configs can load: written once per
-    shape under the temp folder, atomically, so concurrent ranks or tests find the same file."""
+    """A tiny DiscreteVAE checkpoint (seeded weights, no training) that DALLE configs can load: written once
+    per shape under the temp folder, atomically, so concurrent ranks or tests find the same file."""
     import os
     import tempfile
     from pathlib import Path
@@ -66,7 +67,9 @@ def tiny_dvae_checkpoint(data_shape: tuple[int, ...] = (3, 32, 32)) -> str:
             torch.manual_seed(0)
             model = DiscreteVAE(**hparams)
             model.configure_model()
-            ckpt = {"state_dict": model.state_dict(), "hyper_parameters": {k: v for k, v in model.hparams.items() if k not in ("optimizer", "lr_scheduler")},
+            ckpt = {"state_dict": model.state_dict(),
+                    "hyper_parameters": {k: v for k, v in model.hparams.items() if k not in ("optimizer",
+                                                                                             "lr_scheduler")},
                     "pytorch-lightning_version": lightning.__version__,
                     TAG: {"class_path": class_path(model), "version": __version__, "world_size": 1}}
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
@@ -76,7 +79,8 @@ def tiny_dvae_checkpoint(data_shape: tuple[int, ...] = (3, 32, 32)) -> str:
 
 
 def dvae_for(config: str, tiny: bool = True) -> str:
-    """A tiny dVAE checkpoint for the images of a DALLE ``config`` (at its tiny size, or at its configured size)."""
+    """A tiny dVAE checkpoint for the images of a DALLE ``config`` (at its tiny size, or at its configured
+    size)."""
     data = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]
     size = data.get("init_args", {}).get("image_size", 32)
     if tiny:
@@ -85,11 +89,13 @@ def dvae_for(config: str, tiny: bool = True) -> str:
 
 
 def method_configs() -> list[str]:
-    return sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.glob("*/*.yaml") if p.parent.name != "trainer")
+    return sorted(str(p.relative_to(EXPERIMENTS)) for p in EXPERIMENTS.glob("*/*.yaml")
+                  if p.parent.name != "trainer")
 
 
 def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> list[str]:
-    """``--config config`` plus overrides: a tiny net or flow, few diffusion steps, tiny batches, fast callbacks."""
+    """``--config config`` plus overrides: a tiny net or flow, few diffusion steps, tiny batches, fast
+    callbacks."""
     cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
     model = cfg["model"]["init_args"]
     key = "flow" if "flow" in model else "net"  # flows build model.flow, diffusion models model.net
@@ -210,7 +216,8 @@ class SlowSteps(L.Callback):
 
 
 class StopAfterSteps(L.Callback):
-    """Stops fitting after ``steps`` optimizer steps (mid-epoch, as a preempted job), without changing its config."""
+    """Stops fitting after ``steps`` optimizer steps (mid-epoch, as a preempted job), without changing its
+    config."""
 
     def __init__(self, steps: int = 1) -> None:
         self.steps = steps
@@ -276,9 +283,10 @@ class CheckEMA(L.Callback):
             raise RuntimeError(f"EMA differs from the EMA of the gathered weights by {error} "
                                f"({self.updates} vs {int(pl_module.ema.num_updates)} updates)")
         if trainer.is_global_zero:
-            half = pl_module.ema._master is not None  # the weights are half precision, averaged in fp32 beside
-            print(f"CheckEMA: {self.updates} updates, largest difference {error:.3g}, fp32 average beside half "
-                  f"precision: {half}", flush=True)
+            # the weights are half precision, averaged in fp32 beside
+            half = pl_module.ema._master is not None
+            print(f"CheckEMA: {self.updates} updates, largest difference {error:.3g}, fp32 average beside "
+                  f"half precision: {half}", flush=True)
 
 
 class ReportRanks(L.Callback):

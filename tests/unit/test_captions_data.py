@@ -1,5 +1,5 @@
-"""Captioned data for text-to-image models, on files the tests make: an image folder with a captions file, class-name
-captions of a labelled folder, and the one-line errors."""
+"""Captioned data for text-to-image models, on files the tests make: an image folder with a captions file,
+class-name captions of a labelled folder, and the one-line errors."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ def _images(folder, names):
 def test_captioned_image_folder_items_and_errors(tmp_path):
     names = [f"{i}.png" for i in range(10)]
     _images(tmp_path, names)
-    (tmp_path / "captions.tsv").write_text("".join(f"{n}\ta picture number {i}\n" for i, n in enumerate(names)))
+    lines = [f"{n}\ta picture number {i}\n" for i, n in enumerate(names)]
+    (tmp_path / "captions.tsv").write_text("".join(lines))
     dm = CaptionedImageFolderDataModule(root=str(tmp_path), image_size=8, batch_size=2, val_fraction=0.2,
                                         test_fraction=0.1)
     dm.setup()
     item = dm.train_dataset[0]
     assert item["x"].shape == (3, 8, 8) and item["caption"].startswith("a picture number")
-    everything = dataset_captions(dm.train_dataset) + dataset_captions(dm.val_dataset) + dataset_captions(dm.test_dataset)
+    everything = sum((dataset_captions(d) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset)), [])
     assert sorted(everything) == sorted(f"a picture number {i}" for i in range(10))
     # each caption belongs to its own image (pixel value 20 i)
     for split in (dm.train_dataset, dm.val_dataset):
@@ -41,13 +42,15 @@ def test_captioned_image_folder_items_and_errors(tmp_path):
     with pytest.raises(ValueError, match="captions.tsv:1: no caption for '0.png'"):
         CaptionedImageFolderDataModule(root=str(tmp_path), image_size=8).setup()
     with pytest.raises(FileNotFoundError, match="captions file not found"):
-        CaptionedImageFolderDataModule(root=str(tmp_path), captions_file=str(tmp_path / "no.tsv"), image_size=8).setup()
+        CaptionedImageFolderDataModule(root=str(tmp_path), captions_file=str(tmp_path / "no.tsv"),
+                                       image_size=8).setup()
 
 
 def test_class_name_captions_of_a_labelled_folder(tmp_path):
     for cls in ("cat", "dog"):
         _images(tmp_path / cls, [f"{i}.png" for i in range(4)])
-    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, class_captions="a photo of a {}", val_fraction=0.25,
+    dm = ImageFolderDataModule(root=str(tmp_path), image_size=8, class_captions="a photo of a {}",
+                               val_fraction=0.25,
                                test_fraction=0.0, batch_size=2)
     dm.setup()
     item = dm.train_dataset[0]

@@ -1,6 +1,6 @@
-"""DALL-E's pieces against independent oracles: attention masks (autograd: no leakage, exactly the pattern), the KV
-cache (equal to recomputation), the BPE, Gumbel-softmax and the KL to the uniform prior, the decoder densities,
-sampling filters, the loss weights, the CLIP loss, and candidate independence."""
+"""DALL-E's pieces against independent oracles: attention masks (autograd: no leakage, exactly the pattern),
+the KV cache (equal to recomputation), the BPE, Gumbel-softmax and the KL to the uniform prior, the decoder
+densities, sampling filters, the loss weights, the CLIP loss, and candidate independence."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def tiny_transformer(kinds: list[str], depth: int = 1, seed: int = 0) -> DALLETr
 
 def random_ids(batch: int = 2, seed: int = 1) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    text, image = torch.randint(10, (batch, T), generator=g), torch.randint(6, (batch, GRID[0] * GRID[1]), generator=g)
+    text, image = torch.randint(10, (batch, T), generator=g), torch.randint(6, (batch, GRID[0] * GRID[1]),
+                                                                            generator=g)
     return torch.cat([torch.zeros(batch, 1, dtype=torch.long), text, image[:, :-1]], 1)
 
 
@@ -66,8 +67,8 @@ def test_mask_patterns_by_hand():
 
 @pytest.mark.parametrize("kind", MASK_KINDS)
 def test_no_leakage_and_one_layer_depends_exactly_on_its_mask(kind):
-    """d logits_i / d input_j is zero for j > i (autograd, float64) for every mask in a 3-layer stack; with one
-    layer the inputs that logits_i depends on are exactly the mask's row i."""
+    """d logits_i / d input_j is zero for j > i (autograd, float64) for every mask in a 3-layer stack; with
+    one layer the inputs that logits_i depends on are exactly the mask's row i."""
     ids = random_ids(1)
     for depth in (1, 3):
         net = tiny_transformer([kind], depth)
@@ -90,7 +91,8 @@ def test_kv_cache_logits_equal_recomputation(kinds):
     with torch.no_grad():
         full = net.forward_positions(ids)  # (B, S, V)
         cache = KVCache()
-        first = net.forward_positions(ids[:, : T + 1], 0, cache)  # the prompt at once, then one token at a time
+        # the prompt at once, then one token at a time
+        first = net.forward_positions(ids[:, : T + 1], 0, cache)
         steps = [net.forward_positions(ids[:, p : p + 1], p, cache) for p in range(T + 1, ids.shape[1])]
     incremental = torch.cat([first, *steps], 1)
     torch.testing.assert_close(incremental, full, rtol=1e-7, atol=1e-7)  # float64: rounding is ~1e-15
@@ -133,7 +135,7 @@ def test_bpe_long_and_empty_prompts(captions):
         BPETokenizer().encode(["a"])
 
 
-# --- Gumbel-softmax, KL, schedules, usage ---------------------------------------------------------------------
+# --- Gumbel-softmax, KL, schedules, usage -------------------------------------------------------------------
 def test_gumbel_softmax_tends_to_the_one_hot_of_the_gumbel_max_sample():
     logits = torch.randn(4, 7, 3, 3, dtype=torch.float64)
     soft = gumbel_softmax(logits, 1e-3, torch.Generator().manual_seed(5))
@@ -154,7 +156,8 @@ def test_kl_to_uniform_is_log_k_minus_entropy_and_nonnegative():
     kl = kl_to_uniform(logits)
     q = torch.distributions.Categorical(logits=logits.movedim(1, -1))
     uniform = torch.distributions.Categorical(logits=torch.zeros(3, 2, 2, 9, dtype=torch.float64))
-    torch.testing.assert_close(kl.double(), torch.distributions.kl_divergence(q, uniform), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(kl.double(), torch.distributions.kl_divergence(q, uniform), rtol=1e-6,
+                               atol=1e-6)
     torch.testing.assert_close(kl.double(), math.log(9) - q.entropy(), rtol=1e-6, atol=1e-6)
     assert (kl >= 0).all() and kl_to_uniform(torch.zeros(1, 9, 1, 1)).abs().max() < 1e-6
 
@@ -170,13 +173,16 @@ def test_schedules_and_codebook_usage():
     assert perplexity == pytest.approx(2.0) and dead == 2
 
 
-# --- decoder densities --------------------------------------------------------------------------------------------
+# --- decoder densities --------------------------------------------------------------------------------------
 def test_logit_laplace_is_a_density_and_the_others_match_torch():
-    """f integrates to 1 over y in (0, 1) (trapezoid on a fine grid in float64, in the variable s = logit(y))."""
+    """f integrates to 1 over y in (0, 1) (trapezoid on a fine grid in float64, in the variable s =
+    logit(y))."""
     mu, log_b = 0.7, math.log(0.3)
-    s = torch.linspace(-20, 20, 400001, dtype=torch.float64)  # the tails beyond hold ~exp(-19 / 0.3) of the mass
+    # the tails beyond hold ~exp(-19 / 0.3) of the mass
+    s = torch.linspace(-20, 20, 400001, dtype=torch.float64)
     y = torch.sigmoid(s)
-    x = (y - 0.1) / 0.8 * 2 - 1  # lit_gen scale for this y (outside [-1, 1] at the tails: fine for the density)
+    # lit_gen scale for this y (outside [-1, 1] at the tails: fine for the density)
+    x = (y - 0.1) / 0.8 * 2 - 1
     out = torch.tensor([mu, log_b], dtype=torch.float64).view(1, 2, 1, 1).expand(len(s), 2, 1, 1)
     nll = LogitLaplace().nll(out, x.view(-1, 1, 1, 1))
     density_y = torch.exp(-nll)  # density in y
@@ -199,7 +205,7 @@ def test_logit_laplace_mean_inverts_the_pixel_map():
     torch.testing.assert_close(LogitLaplace().mean(out), x, rtol=0, atol=1e-6)
 
 
-# --- sampling filters ---------------------------------------------------------------------------------------------
+# --- sampling filters ---------------------------------------------------------------------------------------
 def test_top_k_top_p_and_threshold():
     logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
     kept = torch.isfinite(filter_logits(logits, top_k=2))
@@ -222,7 +228,7 @@ def test_candidate_generators_depend_only_on_the_prompt_seed_and_index():
     assert len({g.initial_seed() for g in a}) == 4
 
 
-# --- losses ---------------------------------------------------------------------------------------------------
+# --- losses -------------------------------------------------------------------------------------------------
 def test_clip_loss_is_symmetric_and_the_mean_of_both_directions():
     logits = torch.randn(6, 6)
     target = torch.arange(6)
@@ -240,7 +246,8 @@ def test_marginal_kl_sees_collapse_that_the_per_position_kl_does_not():
     spread = torch.full((8, 4, 2, 2), -20.0)
     for i in range(8):
         spread[i, i % 4] = 20.0  # certain too, but the batch uses each code equally
-    torch.testing.assert_close(kl_to_uniform(collapsed), kl_to_uniform(spread))  # the per-position KL is blind
+    # the per-position KL is blind
+    torch.testing.assert_close(kl_to_uniform(collapsed), kl_to_uniform(spread))
     assert marginal_kl_to_uniform(collapsed).item() == pytest.approx(math.log(4), abs=1e-5)
     assert marginal_kl_to_uniform(spread).item() == pytest.approx(0.0, abs=1e-5)
 
@@ -248,10 +255,12 @@ def test_marginal_kl_sees_collapse_that_the_per_position_kl_does_not():
 def test_clip_net_logit_scale_is_clamped_and_loads_from_a_0_dim_checkpoint():
     from lit_gen.nets.clip import CLIPNet
 
-    net = CLIPNet((3, 8, 8), num_text_tokens=20, text_len=4, pad_from=16, dim=16, depth=1, heads=2, channels=8,
+    net = CLIPNet((3, 8, 8), num_text_tokens=20, text_len=4, pad_from=16, dim=16, depth=1, heads=2,
+                  channels=8,
                   stages=1, embed_dim=8)
     state = net.state_dict()
-    state["log_logit_scale"] = torch.tensor(10.0)  # 0-dim, as saved by lit_gen before ZeRO-3 support; e^10 > 100
+    # 0-dim, as saved by lit_gen before ZeRO-3 support; e^10 > 100
+    state["log_logit_scale"] = torch.tensor(10.0)
     net.load_state_dict(state)
     x, ids = torch.randn(3, 3, 8, 8), torch.randint(0, 16, (3, 4))
     logits, scale = net(x, ids)

@@ -311,7 +311,8 @@ def test_image_folder_errors(tmp_path):
     with pytest.raises(ValueError, match="not a directory"):
         ImageFolderDataModule(root=str(tmp_path / "missing"))
     (tmp_path / "empty_class").mkdir()
-    for root in (tmp_path, tmp_path / "empty_class"):  # a class folder without images; a flat folder without any
+    # a class folder without images; a flat folder without any
+    for root in (tmp_path, tmp_path / "empty_class"):
         with pytest.raises(FileNotFoundError, match="holds no images") as info:
             ImageFolderDataModule(root=str(root)).setup()
         assert "download" not in str(info.value)

@@ -1,5 +1,6 @@
 """Device and dtype placement that CI's CPU cannot show directly: tensors built beside a module's tables must
-follow the tables' device (checked on the meta device), and sample grids must run on half-precision weights."""
+follow the tables' device (checked on the meta device), and sample grids must run on half-precision
+weights."""
 
 import pytest
 import torch

@@ -29,7 +29,8 @@ def test_linear_schedule_matches_ho_et_al():
     assert betas.dtype == torch.float64
     assert betas[0].item() == pytest.approx(1e-4) and betas[-1].item() == pytest.approx(0.02)
     alpha_bar_T = torch.prod(1 - betas).item()
-    # product of (1 - beta) for the linear schedule: ~4.04e-5, so x_T is almost pure noise (Ho et al. 2020, Sec. 4)
+    # product of (1 - beta) for the linear schedule: ~4.04e-5, so x_T is almost pure noise (Ho et al. 2020,
+    # Sec. 4)
     assert alpha_bar_T == pytest.approx(4.0358e-5, rel=1e-3)
 
 
@@ -38,7 +39,8 @@ def test_cosine_schedule_matches_closed_form_and_diffusers():
     alpha_bar = torch.cumprod(1 - betas, 0)
     s = 0.008
     f = lambda t: math.cos((t / T + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-    for t in [1, 10, 500, 900]:  # unclipped region: alpha_bar_t = f(t) / f(0) exactly (Nichol & Dhariwal, Eq. 17)
+    # unclipped region: alpha_bar_t = f(t) / f(0) exactly (Nichol & Dhariwal, Eq. 17)
+    for t in [1, 10, 500, 900]:
         assert alpha_bar[t - 1].item() == pytest.approx(f(t) / f(0), rel=1e-9)
     assert betas.max().item() == pytest.approx(0.999)
     oracle = DDPMScheduler(num_train_timesteps=T, beta_schedule="squaredcos_cap_v2").betas.double()
@@ -93,10 +95,12 @@ def test_posterior_matches_diffusers(schedule):
 
 
 def test_posterior_mean_equals_eps_form():
-    """mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) (Ho et al. 2020, Eq. 11) for unclipped x0."""
+    """mu = (x_t - beta_t / sqrt(1 - abar_t) eps) / sqrt(alpha_t) (Ho et al. 2020, Eq. 11) for unclipped
+    x0."""
     d = GaussianDiffusion("linear", T).double()
     g = torch.Generator().manual_seed(1)
-    x_t, eps = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g, dtype=torch.float64)
+    x_t, eps = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.randn(5, 3, generator=g,
+                                                                                dtype=torch.float64)
     t = torch.tensor([1, 5, 100, 600, 999])
     _, x0 = d.split_output(eps, x_t, t, "eps")
     mean, _, _ = d.q_posterior(x0, x_t, t)
@@ -107,7 +111,8 @@ def test_posterior_mean_equals_eps_form():
 @pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
 def test_parameterisations_round_trip(prediction_type):
     g = torch.Generator().manual_seed(2)
-    x0, eps = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g, dtype=torch.float64)
+    x0, eps = torch.randn(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 6, generator=g,
+                                                                               dtype=torch.float64)
     abar = torch.tensor([0.999, 0.5, 0.1, 1e-4], dtype=torch.float64)
     x_t = abar.sqrt()[:, None] * x0 + (1 - abar).sqrt()[:, None] * eps
     target = training_target(x0, eps, abar, prediction_type)
@@ -117,7 +122,8 @@ def test_parameterisations_round_trip(prediction_type):
 
 
 def _float64(scheduler):
-    """Run diffusers' scheduler in float64 too: in float32 its (1 - alpha_bar) loses ~3e-4 relative at small t."""
+    """Run diffusers' scheduler in float64 too: in float32 its (1 - alpha_bar) loses ~3e-4 relative at small
+    t."""
     scheduler.betas = scheduler.betas.double()
     scheduler.alphas = 1.0 - scheduler.betas
     scheduler.alphas_cumprod = torch.cumprod(scheduler.alphas, 0)
@@ -251,5 +257,5 @@ def test_slerp_is_per_sample_and_grid_has_the_corners():
     corners = torch.randn(4, 1, 3, 3, generator=g)
     grid = slerp_grid(corners, 5)
     assert grid.shape == (25, 1, 3, 3)
-    for idx, corner in zip([0, 4, 20, 24], corners):
+    for idx, corner in zip([0, 4, 20, 24], corners, strict=True):
         torch.testing.assert_close(grid[idx], corner)

@@ -26,7 +26,8 @@ from tests.unit.test_flows import ARCH_CASES, F64, _gen, _ready, _whitened_laten
 
 
 def _identity_flow(data_shape):
-    return Flow(data_shape, [FlowSequence([])], [], StandardNormal((math.prod(data_shape),) if len(data_shape) == 1
+    return Flow(data_shape, [FlowSequence([])], [],
+                StandardNormal((math.prod(data_shape),) if len(data_shape) == 1
                                                                     else tuple(data_shape)))
 
 
@@ -87,12 +88,14 @@ def test_nll_of_the_identity_flow_is_the_closed_form():
 
 def test_actnorm_is_initialised_on_training_data_before_the_sanity_check():
     data = Toy2DDataModule(name="checkerboard", batch_size=256, num_train=2048, num_val=512)
-    model = NormalizingFlow((2,), flow=lambda s: MLPFlow(s, num_layers=2, hidden_features=8), init_batch_size=512,
+    model = NormalizingFlow((2,), flow=lambda s: MLPFlow(s, num_layers=2, hidden_features=8),
+                            init_batch_size=512,
                             ema_decay=0.5)
     _trainer(max_steps=0, num_sanity_val_steps=1).fit(model, data)
     first = next(m for m in model.net.modules() if isinstance(m, ActNorm))
     assert bool(first.initialized)
-    x = torch.cat([b["x"] for _, b in zip(range(2), data.train_dataloader(), strict=False)])  # the 512 init examples
+    # the 512 init examples
+    x = torch.cat([b["x"] for _, b in zip(range(2), data.train_dataloader(), strict=False)])
     z, _ = first(x)
     torch.testing.assert_close(z.mean(0), torch.zeros(2), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(2), atol=1e-4, rtol=0)
@@ -105,7 +108,8 @@ def test_temperature_sampling_and_options():
                             temperature=0.7)
     model.net(torch.rand(8, 1, 4, 4) * 2 - 1)  # ActNorm init
     cold = model.sample(3, [_gen(1), _gen(2), _gen(3)], temperature=0.0).x
-    torch.testing.assert_close(cold, cold[:1].expand(3, -1, -1, -1))  # T = 0: every sample is the mode's decode
+    # T = 0: every sample is the mode's decode
+    torch.testing.assert_close(cold, cold[:1].expand(3, -1, -1, -1))
     hot = model.sample(3, [_gen(1), _gen(2), _gen(3)]).x  # the config's 0.7
     assert hot.shape == (3, 1, 4, 4) and hot.min() >= -1 and hot.max() <= 1
     assert (hot - model.sample(3, [_gen(1), _gen(2), _gen(3)], temperature=0.7).x).abs().max() == 0
@@ -140,13 +144,14 @@ class _NaNAtSecondStep(NormalizingFlow):
 def test_nan_loss_stops_training_naming_the_step():
     data = Toy2DDataModule(batch_size=64, num_train=512, num_val=64)
     model = _NaNAtSecondStep((2,), flow=lambda s: MLPFlow(s, num_layers=2, hidden_features=8))
-    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan on rank 0\) at global step 1 "
-                                                 r"\(epoch 0, batch 1\)"):
+    with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan on rank 0\) at global step "
+                                                 r"1 \(epoch 0, batch 1\)"):
         _trainer(max_steps=5, num_sanity_val_steps=0).fit(model, data)
     assert model.global_step == 1  # the NaN step was not applied
 
 
-@pytest.mark.parametrize("name", ["glow_learned_prior", "realnvp_batchnorm", "mlpflow_linear_batchnorm", "nice"])
+@pytest.mark.parametrize("name",
+                         ["glow_learned_prior", "realnvp_batchnorm", "mlpflow_linear_batchnorm", "nice"])
 def test_flow_arithmetic_stays_float32_under_bf16_autocast(name):
     make, shape = ARCH_CASES[name]
     torch.manual_seed(0)
@@ -202,7 +207,8 @@ def test_overflowed_samples_are_redrawn_from_their_own_generator():
 def test_density_plot_needs_a_2d_density_model():
     from lit_gen.callbacks import DensityPlot
 
-    image_model = NormalizingFlow((1, 4, 4), flow=lambda s: Glow(s, num_levels=1, num_steps=1, hidden_channels=4))
+    image_model = NormalizingFlow((1, 4, 4),
+                                  flow=lambda s: Glow(s, num_levels=1, num_steps=1, hidden_channels=4))
     with pytest.raises(ValueError, match=r"data_shape \(1, 4, 4\)"):
         DensityPlot().setup(None, image_model, "fit")
     with pytest.raises(ValueError, match="every_n_steps=-1"):
@@ -213,8 +219,8 @@ def test_density_plot_needs_a_2d_density_model():
 
 
 def test_worked_examples_affine_1d_and_linear_2d_densities():
-    """Change of variables by hand: a 1-D affine map z = s x + b gives p(x) = N(s x + b) |s| = N(x; -b/s, 1/s^2);
-    a 2-D linear map z = W x gives p(x) = N(W x) |det W| = N(x; 0, (W^T W)^-1)."""
+    """Change of variables by hand: a 1-D affine map z = s x + b gives p(x) = N(s x + b) |s| = N(x; -b/s,
+    1/s^2); a 2-D linear map z = W x gives p(x) = N(W x) |det W| = N(x; 0, (W^T W)^-1)."""
     from scipy.stats import multivariate_normal, norm
 
     from lit_gen.flows import InvertibleConv1x1

@@ -165,7 +165,8 @@ def test_layer_inverse_and_log_det_match_autograd(name):
     torch.testing.assert_close(ld_fwd + ld_inv, torch.zeros(6, dtype=F64), atol=1e-8, rtol=0)
     for i in (0, 3):
         x1 = x[i : i + 1]
-        assert _jacobian_log_det(lambda v: layer(v)[0], x1).item() == pytest.approx(ld_fwd[i].item(), abs=1e-8)
+        assert _jacobian_log_det(lambda v: layer(v)[0], x1).item() == pytest.approx(ld_fwd[i].item(),
+                                                                                    abs=1e-8)
         z1 = z[i : i + 1]
         ld_autograd = _jacobian_log_det(lambda v: layer.inverse(v)[0], z1)
         assert ld_autograd.item() == pytest.approx(ld_inv[i].item(), abs=1e-8)
@@ -408,7 +409,8 @@ def test_architecture_round_trip_and_total_log_prob(name):
     latents, log_prob = model(x)
     assert log_prob.shape == (5,)
     assert sum(z[0].numel() for z in latents) == model.num_dims
-    # was atol=1e-5, which a decode off by 1e-6 would pass: <= 5e-15 over 15 draws of every case (1e-8: room for any CPU)
+    # was atol=1e-5, which a decode off by 1e-6 would pass: <= 5e-15 over 15 draws of every case (1e-8: room
+    # for any CPU)
     torch.testing.assert_close(model.decode(latents), x, atol=1e-8, rtol=0)
     torch.testing.assert_close(model.log_prob(x), log_prob)
     if isinstance(model.prior, StandardLogistic):
@@ -457,7 +459,8 @@ def test_logit_transform_log_det_and_inverse():
     y_back, ld_inv = logit_inverse(s, alpha=0.05)
     torch.testing.assert_close(y_back, y)
     torch.testing.assert_close(ld + ld_inv, torch.zeros(3, dtype=F64))
-    assert _jacobian_log_det(lambda v: logit_transform(v, 0.05)[0], y[:1]).item() == pytest.approx(ld[0].item())
+    assert _jacobian_log_det(lambda v: logit_transform(v, 0.05)[0],
+                             y[:1]).item() == pytest.approx(ld[0].item())
     with pytest.raises(ValueError, match="alpha"):
         logit_transform(y, alpha=0.5)
     x = 2 * torch.randint(0, 256, (2, 6), generator=_gen(21)).double() / 255 - 1

@@ -71,18 +71,21 @@ def test_scale_0_and_1_are_the_unconditional_and_conditional_models_exactly(adap
     sampler = make_sampler("ddim", GaussianDiffusion("linear", T), eta=0.5)
     sampler.set_timesteps(5)
     for s, labels in ((0.0, null), (1.0, y)):
-        plain, _ = sample_loop(lambda x_t, t_: net(x_t, t_, labels), sampler, x, sample_generators(0, 0, 4))
+        plain, _ = sample_loop(lambda x_t, t_, labels=labels: net(x_t, t_, labels), sampler, x,
+                               sample_generators(0, 0, 4))
         guided, _ = sample_loop(_guided(net, s), sampler, x, sample_generators(0, 0, 4))
         assert torch.equal(plain, guided)
 
 
 # The guided output comes from one batched 2B forward pass, the references from separate B passes: in float64
-# they differ only by the kernels' rounding (~1e-15 here); 1e-8 leaves room for another CPU's kernels and still
+# they differ only by the kernels' rounding (~1e-15 here); 1e-8 leaves room for another CPU's kernels and
+# still
 # fails a wrong combination (s - 1 for s, or eps_c and eps_u swapped), which is off by O(1).
 TOL = 1e-8
 
 
-@pytest.mark.parametrize("batching, passes", [("joint", [8]), ("split", [4, 4]), ("auto", [4, 4])])  # auto: CPU
+# auto: CPU
+@pytest.mark.parametrize("batching, passes", [("joint", [8]), ("split", [4, 4]), ("auto", [4, 4])])
 def test_guided_output_is_linear_in_the_scale_in_one_batched_pass_or_two(batching, passes):
     net = _unet()
     x, t, y = _inputs()
@@ -112,16 +115,19 @@ def test_a_learned_variance_keeps_the_conditional_variance_and_guides_the_eps_ch
     out_c, out_u = net(x, t, y), net(x, t, torch.full_like(y, K))
     guided = _guided(net, 2.5, learned=True)(x, t)
     assert torch.equal(guided[:, 1:], out_c[:, 1:])
-    torch.testing.assert_close(guided[:, :1], out_u[:, :1] + 2.5 * (out_c[:, :1] - out_u[:, :1]), rtol=0, atol=TOL)
+    torch.testing.assert_close(guided[:, :1], out_u[:, :1] + 2.5 * (out_c[:, :1] - out_u[:, :1]), rtol=0,
+                               atol=TOL)
 
 
 def test_guidance_interval_guides_inside_and_is_conditional_outside():
     net = _unet()
     x, t, y = _inputs()
     plain = _guided(net, 3.0)
-    assert torch.equal(_guided(net, 3.0, guidance_interval=(0, T - 1))(x, t), plain(x, t))  # covers all: plain CFG
+    # covers all: plain CFG
+    assert torch.equal(_guided(net, 3.0, guidance_interval=(0, T - 1))(x, t), plain(x, t))
     assert torch.equal(_guided(net, 3.0, guidance_interval=(10, 15))(x, t), plain(x, t))  # t = 12 inside
-    assert torch.equal(_guided(net, 3.0, guidance_interval=(13, 19))(x, t), net(x, t, y))  # outside: conditional
+    # outside: conditional
+    assert torch.equal(_guided(net, 3.0, guidance_interval=(13, 19))(x, t), net(x, t, y))
     mixed_t = torch.tensor([12, 3, 12, 3])
     mixed = _guided(net, 3.0, guidance_interval=(10, 15))(x, mixed_t)
     torch.testing.assert_close(mixed[0::2], plain(x, mixed_t)[0::2], rtol=0, atol=TOL)
@@ -175,7 +181,8 @@ def test_p_uncond_1_ignores_the_labels_and_0_uses_them():
 
 # --- classifier guidance ------------------------------------------------------------------------------
 def _classifier() -> EncoderUNet:
-    net = EncoderUNet((1, 8, 8), K, base_channels=8, channel_mults=(1, 2), num_res_blocks=1, attention_resolutions=(4,))
+    net = EncoderUNet((1, 8, 8), K, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+                      attention_resolutions=(4,))
     return _randomise(net, seed=5, scale=0.3).double().eval()
 
 
@@ -228,7 +235,8 @@ def test_respaced_sampling_hands_the_classifier_the_original_steps():
         sampler = make_sampler(name, GaussianDiffusion("linear", T))
         sampler.set_timesteps(5)
         guided = GuidedDenoiser(lambda x_t, t_, y_: torch.zeros_like(x_t), sampler.diffusion, labels=None,
-                                classifier=ClassifierGuidance(recording, y), classifier_form="mean" if name == "ddpm" else "eps")
+                                classifier=ClassifierGuidance(recording, y),
+                                classifier_form="mean" if name == "ddpm" else "eps")
         sample_loop(guided, sampler, x)
         assert [ts[0] for ts in seen] == sampler.timesteps.tolist() == [19, 14, 10, 5, 0]
         assert all(len(set(ts)) == 1 for ts in seen)
@@ -263,7 +271,8 @@ def _log_p_t(x: torch.Tensor, t: torch.Tensor, diffusion: GaussianDiffusion) -> 
 
 
 def _exact_eps(diffusion: GaussianDiffusion):
-    """The exact eps(x_t, t, y) = -sqrt(1 - abar) grad log p_t(x_t | y), the null label giving the mixture's."""
+    """The exact eps(x_t, t, y) = -sqrt(1 - abar) grad log p_t(x_t | y), the null label giving the
+    mixture's."""
 
     def eps(x, t, y):
         y = torch.full((x.shape[0],), K) if y is None else y  # an unconditional call: the null label
@@ -281,7 +290,9 @@ def _exact_eps(diffusion: GaussianDiffusion):
 def test_both_guidance_forms_give_the_true_conditional_score_on_a_gaussian_mixture():
     diffusion = GaussianDiffusion("linear", 100)
     eps = _exact_eps(diffusion)
-    classifier = lambda x, t: _log_p_t(x, t, diffusion)  # noqa: E731  Bayes with equal priors: exact p_t(y | x)
+    def classifier(x, t):  # Bayes with equal priors: exact p_t(y | x)
+        return _log_p_t(x, t, diffusion)
+
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 2
     y = torch.arange(64) % K
     for step in (5, 40, 90):
@@ -293,10 +304,12 @@ def test_both_guidance_forms_give_the_true_conditional_score_on_a_gaussian_mixtu
         # classifier-free guidance at s = 1 on the conditional model
         cfg = GuidedDenoiser(eps, diffusion, labels=y, null_label=K, guidance_scale=1.0)(x, t)
         torch.testing.assert_close(cfg, true_conditional, rtol=0, atol=0)
-        # and at any s the two forms agree: CFG's implicit classifier p_t(y | x)^s (Ho & Salimans 2022, Sec. 3.2)
+        # and at any s the two forms agree: CFG's implicit classifier p_t(y | x)^s (Ho & Salimans 2022, Sec.
+        # 3.2)
         for s in (0.5, 3.0):
             cfg = GuidedDenoiser(eps, diffusion, labels=y, null_label=K, guidance_scale=s)(x, t)
-            cg = GuidedDenoiser(eps, diffusion, labels=None, classifier=ClassifierGuidance(classifier, y, s))(x, t)
+            cg = GuidedDenoiser(eps, diffusion, labels=None,
+                                classifier=ClassifierGuidance(classifier, y, s))(x, t)
             torch.testing.assert_close(cfg, cg, rtol=0, atol=TOL)
 
 
@@ -305,7 +318,8 @@ def test_bad_guidance_input_fails_in_one_line_naming_the_value(tmp_path):
     model = _tiny_ddpm()
     with pytest.raises(ValueError, match="label 7 is out of range: the model has 3 classes"):
         model.sample(2, labels=torch.tensor([1, 7]), steps=2)
-    unconditional = DDPM((1, 8, 8), 0, net=partial(UNet, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
+    unconditional = DDPM((1, 8, 8), 0,
+                         net=partial(UNet, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                                                    attention_resolutions=(4,)), num_timesteps=T)
     with pytest.raises(ValueError, match="guidance_scale.*needs a class-conditional model"):
         unconditional.sample(2, steps=2, guidance_scale=3.0)
@@ -321,7 +335,7 @@ def test_bad_guidance_input_fails_in_one_line_naming_the_value(tmp_path):
     classifier = NoisyClassifier((1, 8, 8), K, net=partial(EncoderUNet, base_channels=8, channel_mults=(1, 2),
                                                            num_res_blocks=1, attention_resolutions=(4,)),
                                  num_timesteps=T, beta_schedule="cosine")
-    with pytest.raises(ValueError, match=r"trained for the noise process \(cosine, T=20\), but the diffusion model "
-                                         r"uses \(linear, T=20\)"):
+    with pytest.raises(ValueError, match=r"trained for the noise process \(cosine, T=20\), but the diffusion "
+                                         r"model uses \(linear, T=20\)"):
         classifier.check_process(model.diffusion, "c.ckpt")
     classifier.check_process(GaussianDiffusion("cosine", T))  # its own process passes

@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler
 from scipy.stats import norm
 
 from lit_gen.diffusion import DDIMSampler, DDPMSampler, GaussianDiffusion
-from lit_gen.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
+from lit_gen.likelihood import discretized_gaussian_log_likelihood, normal_kl
 
 
 def test_normal_kl_matches_torch_distributions():
@@ -151,8 +151,9 @@ def test_bound_of_exact_denoiser_reaches_data_entropy():
 
 
 def test_bound_estimate_from_random_steps_is_unbiased_with_its_variance():
-    """L_T + L_0 + (T - 1) mean_k L_{t_k}, t_k ~ U{1..T-1}, has the full bound's expectation (5 standard errors of
-    the paired difference), and its reported variance is the variance of the (T - 1) mean_k L_{t_k} part."""
+    """L_T + L_0 + (T - 1) mean_k L_{t_k}, t_k ~ U{1..T-1}, has the full bound's expectation (5 standard
+    errors of the paired difference), and its reported variance is the variance of the (T - 1) mean_k L_{t_k}
+    part."""
     values = torch.tensor([-1.0, -0.2, 0.4, 1.0], dtype=torch.float64)
     d = GaussianDiffusion("cosine", 100)
 

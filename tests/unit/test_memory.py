@@ -1,4 +1,5 @@
-"""lit_gen.memory's model: the notes' states, and the optimizer step's temporaries against torch's own allocations."""
+"""lit_gen.memory's model: the notes' states, and the optimizer step's temporaries against torch's own
+allocations."""
 
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ def peak_allocated(fn) -> int:
 
 @pytest.mark.parametrize("foreach", [False, True])
 def test_adam_step_temporaries_match_the_model(foreach):
-    """The model's torch Adam temporaries: 8 bytes per element updated at once one tensor at a time (sqrt(v), then
-    sqrt(v) / c), 4 with foreach (divided in place). Its state is made before, by a first step."""
+    """The model's torch Adam temporaries: 8 bytes per element updated at once one tensor at a time (sqrt(v),
+    then sqrt(v) / c), 4 with foreach (divided in place). Its state is made before, by a first step."""
     numel = 1 << 20
     p = torch.nn.Parameter(torch.randn(numel))
     opt = torch.optim.Adam([p], lr=1e-3, foreach=foreach)
@@ -51,24 +52,29 @@ def test_states_and_step_terms_of_the_notes_model():
     # ZeRO-1: 2 + 2 + 12 / N; its step frees 2 (N - 1) / N of gradients, then adds the fp32 copy of the
     # bf16 partition (4 / N) and foreach Adam's denominator over it (4 / N)
     z1 = table["deepspeed_zero1"]
-    assert (z1.weights, z1.grads, z1.optimizer, z1.ema) == (2 * psi, 2 * psi, 3 * psi, 6 * psi)  # EMA bf16 + fp32
+    # EMA bf16 + fp32
+    assert (z1.weights, z1.grads, z1.optimizer, z1.ema) == (2 * psi, 2 * psi, 3 * psi, 6 * psi)
     assert z1.step == pytest.approx((4 / n + 4 / n - 2 * (n - 1) / n) * psi)
     assert z1.buffers == 2 * 10_000 * 2  # two bf16 buckets (overlap_comm)
     z3 = table["deepspeed_zero3"]
     assert z3.states == pytest.approx((2 + 2 + 12 + 6) / n * psi)
     assert z3.gathered == 2 * psi  # the default reuse distance 1e9 keeps the whole network gathered
     assert z3.peak(0) == pytest.approx(z3.states + z3.buffers + max(z3.gathered, z3.step))
-    # a quarter of the parameters in tensors up to stage3_param_persistence_threshold: whole on every rank once
+    # a quarter of the parameters in tensors up to stage3_param_persistence_threshold: whole on every rank
+    # once
     # gathered, beside their partitions; the EMA's are never gathered in training
     kept = {p.name: p for p in plans(n, "bf16-mixed", True, psi, Settings(persistent=psi // 4))}
     assert kept["deepspeed_zero3"].weights == pytest.approx(2 * psi * (1 / 4 + 1 / n))
     assert kept["deepspeed_zero3"].ema == pytest.approx(6 * psi / n)
     assert kept["deepspeed_zero3"].grads == 2 * psi / n and kept["deepspeed_zero2"].weights == 2 * psi
-    assert kept["deepspeed_zero3"].gathered == pytest.approx(2 * psi * 3 / 4)  # the rest is gathered as needed
+    # the rest is gathered as needed
+    assert kept["deepspeed_zero3"].gathered == pytest.approx(2 * psi * 3 / 4)
     off = kept["deepspeed_zero3_offload"]  # the persistent partitions stay on the device
-    assert off.weights == pytest.approx(2 * psi / 4 * (1 + 1 / n)) and off.ema == pytest.approx(6 * psi / 4 / n)
+    assert off.weights == pytest.approx(2 * psi / 4 * (1 + 1 / n))
+    assert off.ema == pytest.approx(6 * psi / 4 / n)
     assert off.offloaded == pytest.approx(((2 + 6) * psi * 3 / 4 + (2 + 12) * psi) / n)
-    lowered = {p.name: p for p in plans(n, "bf16-mixed", True, psi, Settings(largest_tensor=1000, max_reuse_distance=0,
+    lowered = {p.name: p for p in plans(n, "bf16-mixed", True, psi,
+                                        Settings(largest_tensor=1000, max_reuse_distance=0,
                                                                                 prefetch_bucket_size=1000))}
     assert lowered["deepspeed_zero3"].gathered == 2 * 2000
     # fp32 DeepSpeed: ZeRO-2 steps on the flat fp32 partition itself, no copy
@@ -85,14 +91,17 @@ def test_settings_come_from_the_preset_and_the_network():
     trainer = {"accelerator": "cpu", "strategy": {"class_path": "lit_gen.strategies.DeepSpeed", "init_args": {
         "stage": 3, "reduce_bucket_size": 1234, "max_reuse_distance": 5678, "overlap_comm": False}}}
     s = settings_for(net, trainer)
-    assert (s.reduce_bucket_size, s.max_reuse_distance, s.overlap_comm, s.foreach) == (1234, 5678, False, False)
+    assert (s.reduce_bucket_size, s.max_reuse_distance, s.overlap_comm, s.foreach) == (1234, 5678, False,
+                                                                                       False)
     units = [sum(p.numel() for p in u.parameters()) for u in net.fsdp_units()]
     assert s.fsdp_unit == max(units) and s.fsdp_root == sum(p.numel() for p in net.parameters()) - sum(units)
     assert s.largest_tensor == max(p.numel() for p in net.parameters())
-    assert 0 < s.persistent == sum(p.numel() for p in net.parameters() if p.numel() <= 1e5)  # DeepSpeed's default
+    # DeepSpeed's default
+    assert 0 < s.persistent == sum(p.numel() for p in net.parameters() if p.numel() <= 1e5)
     trainer["strategy"]["init_args"]["param_persistence_threshold"] = 0
     assert settings_for(net, trainer).persistent == 0
-    assert settings_for(net, {"strategy": "ddp"}).foreach  # GPUs: foreach, Lightning's and DeepSpeed's defaults
+    # GPUs: foreach, Lightning's and DeepSpeed's defaults
+    assert settings_for(net, {"strategy": "ddp"}).foreach
     assert settings_for(net, {"strategy": "ddp"}).reduce_bucket_size == 2e8
 
 
@@ -120,8 +129,10 @@ def test_stacked_configs_merge_the_trainer_section_as_the_cli_does(tmp_path):
         files.append(tmp_path / f"{i}.yaml")
         files[-1].write_text(text)
     merged = trainer_settings([str(f) for f in files])
-    assert merged == {"precision": "bf16-mixed", "strategy": {"class_path": "lit_gen.strategies.DeepSpeed", "init_args": {
+    assert merged == {"precision": "bf16-mixed",
+                      "strategy": {"class_path": "lit_gen.strategies.DeepSpeed", "init_args": {
         "stage": 3, "reduce_bucket_size": 1234, "max_reuse_distance": 99}}}
     other = tmp_path / "fsdp.yaml"  # another class replaces the section, its init_args included
     other.write_text("trainer:\n  strategy:\n    class_path: lit_gen.strategies.FSDP\n")
-    assert trainer_settings([str(files[0]), str(other)])["strategy"] == {"class_path": "lit_gen.strategies.FSDP"}
+    assert trainer_settings([str(files[0]),
+                             str(other)])["strategy"] == {"class_path": "lit_gen.strategies.FSDP"}

@@ -21,15 +21,15 @@ def test_ema_update_is_an_exponential_average():
         for p in net.parameters():
             p.add_(1.0)
     ema.update(net)
-    for e, s, p in zip(ema.module.parameters(), start, net.parameters()):
+    for e, s, p in zip(ema.module.parameters(), start, net.parameters(), strict=True):
         torch.testing.assert_close(e, 0.9 * s + 0.1 * p)
     assert int(ema.num_updates) == 1 and not any(p.requires_grad for p in ema.module.parameters())
 
 
 def test_ema_of_half_precision_weights_averages_in_fp32():
-    """DeepSpeed in bf16 casts the average's weights too. 2,000 updates at d = 0.999 towards a target 1.0 away:
-    in bf16 each step of 1e-3 of the difference rounds away; the fp32 average beside it follows the closed form
-    1 - d^n to bf16 rounding, and survives a state_dict round trip."""
+    """DeepSpeed in bf16 casts the average's weights too. 2,000 updates at d = 0.999 towards a target 1.0
+    away: in bf16 each step of 1e-3 of the difference rounds away; the fp32 average beside it follows the
+    closed form 1 - d^n to bf16 rounding, and survives a state_dict round trip."""
     torch.manual_seed(0)
     net = nn.Linear(8, 8).to(torch.bfloat16)
     ema = EMA(net, decay=0.999, warmup=False)
@@ -41,13 +41,16 @@ def test_ema_of_half_precision_weights_averages_in_fp32():
     naive = [p.detach().clone() for p in ema.module.parameters()]
     for n in range(1, 2001):
         ema.update(net)
-        torch._foreach_lerp_(naive, [p.detach() for p in net.parameters()], 1 - 0.999)  # what bf16 alone gives
+        # what bf16 alone gives
+        torch._foreach_lerp_(naive, [p.detach() for p in net.parameters()], 1 - 0.999)
         if n == 1000:
             ema.load_state_dict(ema.state_dict())  # resumes from the rounded average: one more rounding, once
-    exact = [t + 0.999**2000 * (s - t) for s, t in zip(start, target)]  # the closed form of 2,000 updates
-    for e, x, b in zip(ema.module.parameters(), exact, naive):
+    # the closed form of 2,000 updates
+    exact = [t + 0.999**2000 * (s - t) for s, t in zip(start, target, strict=True)]
+    for e, x, b in zip(ema.module.parameters(), exact, naive, strict=True):
         assert e.dtype == torch.bfloat16
-        assert (e.double() - x).abs().max() <= 2e-2  # bf16 rounding of values up to ~2 (ulp 2^-7), plus the resume
+        # bf16 rounding of values up to ~2 (ulp 2^-7), plus the resume
+        assert (e.double() - x).abs().max() <= 2e-2
         assert (b.double() - x).abs().max() > 0.5  # bf16 alone is stuck far from it
 
 
@@ -62,7 +65,7 @@ def test_ema_of_half_precision_weights_restarts_from_a_loaded_average():
             p.fill_(3.0)
     ema.load_state_dict(other.state_dict())
     ema.update(net)
-    for e, p in zip(ema.module.parameters(), net.parameters()):
+    for e, p in zip(ema.module.parameters(), net.parameters(), strict=True):
         torch.testing.assert_close(e, (0.5 * 3.0 + 0.5 * p.float()).to(torch.bfloat16), rtol=0, atol=0)
 
 
@@ -91,7 +94,8 @@ def test_warmup_cosine_schedule():
 def tiny_ddpm(**kwargs) -> DDPM:
     net = kwargs.pop("net", partial(UNet, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                                     attention_resolutions=()))
-    return DDPM(data_shape=kwargs.pop("data_shape", (1, 8, 8)), num_classes=kwargs.pop("num_classes", 0), net=net,
+    return DDPM(data_shape=kwargs.pop("data_shape", (1, 8, 8)), num_classes=kwargs.pop("num_classes", 0),
+                net=net,
                 num_timesteps=20, **kwargs)
 
 
@@ -99,7 +103,8 @@ def tiny_ddpm(**kwargs) -> DDPM:
 def test_ddpm_loss_is_l_simple(prediction_type):
     torch.manual_seed(0)
     model = tiny_ddpm(prediction_type=prediction_type)
-    with torch.no_grad():  # the UNet's output convolution starts at zero: give it weights, so x_t and t matter
+    # the UNet's output convolution starts at zero: give it weights, so x_t and t matter
+    with torch.no_grad():
         for p in model.net.parameters():
             if not p.any():
                 p.normal_(0, 0.1)
@@ -114,7 +119,8 @@ def test_ddpm_loss_is_l_simple(prediction_type):
     torch.testing.assert_close(loss, ((model.net(x_t, t) - target) ** 2).mean())
     # the oracle can tell: the net's output depends on x_t and on t
     assert not torch.allclose(model.net(x_t, t), model.net(x0, t)) and not torch.allclose(model.net(x_t, t),
-                                                                                          model.net(x_t, t.flip(0)))
+                                                                                          model.net(x_t,
+                                                                                                    t.flip(0)))
 
 
 def test_ddpm_sample_shapes_labels_and_options():
@@ -131,7 +137,8 @@ def test_ddpm_sample_shapes_labels_and_options():
 
 
 def test_ddpm_on_vectors_with_mlp():
-    model = tiny_ddpm(data_shape=(2,), net=partial(MLPDenoiser, hidden_dim=16, num_layers=2), clip_denoised=False)
+    model = tiny_ddpm(data_shape=(2,), net=partial(MLPDenoiser, hidden_dim=16, num_layers=2),
+                      clip_denoised=False)
     assert model.loss(model.net, {"x": torch.randn(8, 2)}).ndim == 0
     assert model.sample(3, steps=4).x.shape == (3, 2)
 
@@ -150,7 +157,8 @@ class _FixedOutput(nn.Module):
 @pytest.mark.parametrize("loss_type", ["hybrid", "vlb"])
 def test_hybrid_loss_freezes_the_mean_inside_l_vlb(loss_type):
     model = tiny_ddpm(net=_FixedOutput, variance="learned", loss_type=loss_type)
-    terms = model.loss_terms(model.net, {"x": torch.rand(4, 1, 8, 8) * 2 - 1}, torch.Generator().manual_seed(0))
+    terms = model.loss_terms(model.net, {"x": torch.rand(4, 1, 8, 8) * 2 - 1},
+                             torch.Generator().manual_seed(0))
     terms["vlb"].sum().backward()
     grad_mean, grad_v = model.net.out.grad.chunk(2, dim=1)
     assert grad_v.abs().sum() > 0

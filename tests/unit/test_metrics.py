@@ -60,14 +60,15 @@ def test_inception_fid_needs_its_weights_on_disk(tmp_path):
 
 def test_inception_features_from_a_weights_file(tmp_path, monkeypatch):
     """Inception-v3 features read from a weights file (made here offline from the architecture's own random
-    initialisation): loaded exactly, 2048 features per image, grey images as RGB; a file that would run code is
-    refused."""
+    initialisation): loaded exactly, 2048 features per image, grey images as RGB; a file that would run code
+    is refused."""
     from torch_fidelity import feature_extractor_inceptionv3 as fe
     from torchmetrics.image.fid import NoTrainInceptionV3
 
     from lit_gen.metrics import InceptionFeatures, frechet_distance
 
-    with monkeypatch.context() as m:  # no download: skip the pretrained weights to write a file of random ones
+    # no download: skip the pretrained weights to write a file of random ones
+    with monkeypatch.context() as m:
         m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
         m.setattr(torch.nn.Module, "load_state_dict", lambda self, *a, **k: None)
         torch.manual_seed(0)
@@ -96,7 +97,8 @@ def test_inception_features_from_a_weights_file(tmp_path, monkeypatch):
 def test_shipped_shapes_feature_net_classifies_held_out_shapes():
     from lit_gen.data import ShapesDataModule
 
-    data = ShapesDataModule(image_size=16, num_train=64, num_val=64, num_test=400, seed=1)  # unseen renderings
+    # unseen renderings
+    data = ShapesDataModule(image_size=16, num_train=64, num_val=64, num_test=400, seed=1)
     data.setup("test")
     batch = next(iter(torch.utils.data.DataLoader(data.test_dataset, batch_size=400)))
     features = load_feature_net(resolve_features("shapes16"))

@@ -1,5 +1,5 @@
-"""The package metadata: ranges (not pins) for torch and friends, the exact pins in constraints.txt, one version,
-a LICENSE that matches, and classifiers that agree with python_requires."""
+"""The package metadata: ranges (not pins) for torch and friends, the exact pins in constraints.txt, one
+version, a LICENSE that matches, and classifiers that agree with python_requires."""
 
 from __future__ import annotations
 
@@ -50,5 +50,6 @@ def test_version_license_and_classifiers_agree():
     python = SpecifierSet(_setup()["options"]["python_requires"])
     versions = re.findall(r"Programming Language :: Python :: (3\.\d+)", metadata["classifiers"])
     assert versions and all(v in python for v in versions)
-    for family in ("DDPM", "DDIM", "Improved DDPM", "guidance", "score SDEs", "NCSN", "normalizing flows", "DALL-E"):
+    for family in ("DDPM", "DDIM", "Improved DDPM", "guidance", "score SDEs", "NCSN", "normalizing flows",
+                   "DALL-E"):
         assert family in metadata["description"], family  # every family that ships

@@ -98,7 +98,8 @@ def _points(layer: torch.nn.Module) -> torch.Tensor:
 
 
 # float64 round trips (the planar inverse by Newton's method, and log-densities through it) are off by at most
-# 2.3e-13 here, on points up to |x| ~ 1e3 (a few eps64 * |x|); 1e-8 leaves 4e4x room for another CPU's rounding
+# 2.3e-13 here, on points up to |x| ~ 1e3 (a few eps64 * |x|); 1e-8 leaves 4e4x room for another CPU's
+# rounding
 # and still fails a wrong inverse (off by O(1)) or a root search stopped early (1e-6). Was atol=1e-10.
 ROUND_TRIP = 1e-8
 
@@ -181,7 +182,8 @@ def test_sample_with_log_prob_matches_log_prob(cls):
     z_0 = model.prior.sample(6, _gen(15))
     for i in range(2):
         ld = _jacobian_log_det(lambda v: model.levels[0].inverse(v)[0], z_0[i : i + 1])
-        assert log_q[i].item() == pytest.approx((model.prior.log_prob(z_0[i : i + 1]) - ld).item(), abs=ROUND_TRIP)
+        assert log_q[i].item() == pytest.approx((model.prior.log_prob(z_0[i : i + 1]) - ld).item(),
+                                                abs=ROUND_TRIP)
     cold, _ = model.sample_with_log_prob(50, _gen(16), temperature=1e-4)
     assert cold.std(0).max() < 1e-2
     # reverse KL to a target potential is differentiable

@@ -1,5 +1,5 @@
-"""lit_gen.score against independent oracles: simulated SDEs, the variance ODE, exact Gaussian and mixture scores,
-closed-form log-densities, DDPM's betas, and exact traces (float64 throughout)."""
+"""lit_gen.score against independent oracles: simulated SDEs, the variance ODE, exact Gaussian and mixture
+scores, closed-form log-densities, DDPM's betas, and exact traces (float64 throughout)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from lit_gen.diffusion.schedules import make_betas
 from lit_gen.likelihood import bits_per_dim
 from lit_gen.score import (
     SOLVERS,
+    VESDE,
+    VPSDE,
     DiscreteVPSDE,
     ImportanceTime,
     ScoreModel,
     SubVPSDE,
-    VESDE,
-    VPSDE,
     divergence,
     dsm_loss,
     make_sde,
@@ -33,7 +33,8 @@ SDES = {"vp": lambda: VPSDE(), "subvp": lambda: SubVPSDE(), "ve": lambda: VESDE(
 
 
 def gaussian_net(sde, mu: torch.Tensor, s: float):
-    """The exact noise prediction eps = -sigma score for data N(mu, s^2 I): p_t = N(alpha mu, alpha^2 s^2 + sigma^2)."""
+    """The exact noise prediction eps = -sigma score for data N(mu, s^2 I): p_t = N(alpha mu, alpha^2 s^2 +
+    sigma^2)."""
 
     def net(x, model_time):
         t = model_time.double() / (sde.N - 1)
@@ -69,7 +70,8 @@ def test_marginal_prob_matches_a_fine_euler_maruyama_simulation(name):
 @pytest.mark.parametrize("name", sorted(SDES) + ["discrete"])
 def test_alpha_and_sigma_solve_the_moment_odes_of_f_and_g(name):
     """d alpha / dt = f alpha and d sigma^2 / dt = 2 f sigma^2 + g^2 (the linear SDE's moment equations)."""
-    sde = DiscreteVPSDE(torch.cumprod(1 - make_betas("cosine", 50), 0)) if name == "discrete" else SDES[name]()
+    sde = DiscreteVPSDE(torch.cumprod(1 - make_betas("cosine", 50),
+                                      0)) if name == "discrete" else SDES[name]()
     t = torch.linspace(0.05, 0.95, 37, dtype=F64) + 1e-3  # off the discrete model's knots
     h = 1e-6
     d_alpha = (sde.alpha(t + h) - sde.alpha(t - h)) / (2 * h)
@@ -79,7 +81,8 @@ def test_alpha_and_sigma_solve_the_moment_odes_of_f_and_g(name):
 
 
 def test_vp_discretisation_has_ddpms_betas_and_its_discrete_steps_ddpms_alpha_bar():
-    torch.testing.assert_close(VPSDE(0.1, 20.0, 1000).discrete_betas, make_betas("linear", 1000), rtol=1e-8, atol=0)
+    torch.testing.assert_close(VPSDE(0.1, 20.0, 1000).discrete_betas, make_betas("linear", 1000), rtol=1e-8,
+                               atol=0)
     alpha_bar = torch.cumprod(1 - make_betas("linear", 1000), 0)
     sde = DiscreteVPSDE(alpha_bar)
     t = (torch.arange(1000, dtype=F64) + 1) / 1000
@@ -88,8 +91,10 @@ def test_vp_discretisation_has_ddpms_betas_and_its_discrete_steps_ddpms_alpha_ba
     # the exact step of the discrete VP is DDPM's beta_n
     f, G = sde.discretize(torch.ones(999, 1, dtype=F64), t[1:], t[:-1])
     torch.testing.assert_close(G**2, make_betas("linear", 1000)[1:], rtol=1e-8, atol=0)
-    # the continuous VP of the same betas is close to DDPM's alpha_bar (the discretisation differs at O(beta^2))
-    torch.testing.assert_close(VPSDE().alpha(torch.arange(1000, dtype=F64) / 999) ** 2, alpha_bar, rtol=2e-2, atol=1e-4)
+    # the continuous VP of the same betas is close to DDPM's alpha_bar (the discretisation differs at
+    # O(beta^2))
+    torch.testing.assert_close(VPSDE().alpha(torch.arange(1000, dtype=F64) / 999) ** 2, alpha_bar, rtol=2e-2,
+                               atol=1e-4)
 
 
 def test_sigma_max_from_data_is_the_largest_pairwise_distance():
@@ -133,7 +138,8 @@ def test_annealed_langevin_refuses_a_vp_process():
 # log(sigma_max / sigma_min) = 8.5): Euler loses sum (8.5 dt)^2 / 2 of log-amplitude (16% at 200 steps, 2% at
 # 2000) and Heun about (8.5 dt)^3 / 6 per step (4% at 50 steps). PC with the paper's snr 0.16 inflates the
 # variance by its finite Langevin step (~4% at D = 256), so it runs at snr 0.05 here.
-STEPS = {"em": (500, "linear", {}), "reverse_diffusion": (500, "linear", {}), "ancestral": (1000, "linear", {}),
+STEPS = {"em": (500, "linear", {}), "reverse_diffusion": (500, "linear", {}),
+         "ancestral": (1000, "linear", {}),
          "pc": (500, "linear", {"snr": 0.05}), "euler": (2000, "linear", {}), "heun": (150, "linear", {}),
          "ode": (2, "linear", {}), "dpmpp2m": (25, "logsnr", {})}
 
@@ -164,7 +170,8 @@ def mixture_score_net(sde, means: torch.Tensor, weights: torch.Tensor, s: float)
         with torch.enable_grad():
             y = x.detach().requires_grad_(True)
             logp = torch.logsumexp(
-                torch.stack([torch.log(w) + gaussian_log_density(y, a * m, var[:, 0]) for m, w in zip(means, weights)]), 0
+                torch.stack([torch.log(w) + gaussian_log_density(y, a * m, var[:, 0])
+                             for m, w in zip(means, weights, strict=True)]), 0
             )
             (score,) = torch.autograd.grad(logp.sum(), y)
         return -sg * score
@@ -191,18 +198,21 @@ def test_every_sampler_recovers_a_two_mode_mixture_from_its_exact_score(sampler)
 
 
 def test_annealed_langevin_recovers_the_weights_of_a_separated_mixture():
-    """Song & Ermon 2019, Fig. 3: Langevin at one small noise level keeps the initial mode proportions, annealed
-    Langevin over sigma_1 > ... > sigma_L recovers the mixture's weights 0.2 / 0.8."""
+    """Song & Ermon 2019, Fig. 3: Langevin at one small noise level keeps the initial mode proportions,
+    annealed Langevin over sigma_1 > ... > sigma_L recovers the mixture's weights 0.2 / 0.8."""
     means = torch.tensor([[-5.0, -5.0], [5.0, 5.0]], dtype=F64)
     weights = torch.tensor([0.2, 0.8], dtype=F64)
     sde = VESDE(sigma_min=0.1, sigma_max=20.0, num_scales=10, t_min=0.0)
     model = ScoreModel(mixture_score_net(sde, means, weights, 1.0), sde)
     g = torch.Generator().manual_seed(0)
-    x0 = (torch.rand(2000, 2, generator=g, dtype=F64) - 0.5) * 16  # uniform start, half in each mode's half-plane
-    annealed, _ = solve(model, make_solver("langevin", step_lr=2e-3, n_steps_each=100), x0, sde.time_grid(10), g)
+    # uniform start, half in each mode's half-plane
+    x0 = (torch.rand(2000, 2, generator=g, dtype=F64) - 0.5) * 16
+    annealed, _ = solve(model, make_solver("langevin", step_lr=2e-3, n_steps_each=100), x0, sde.time_grid(10),
+                        g)
     frac = (annealed.sum(1) > 0).double().mean()
     assert abs(frac - 0.8) < 0.04, frac
-    plain, _ = solve(model, make_solver("langevin", step_lr=2e-3, n_steps_each=1000), x0, sde.time_grid(2)[1:], g)
+    plain, _ = solve(model, make_solver("langevin", step_lr=2e-3, n_steps_each=1000), x0,
+                     sde.time_grid(2)[1:], g)
     assert abs((plain.sum(1) > 0).double().mean() - 0.5) < 0.05  # stuck with the start's proportions
 
 
@@ -237,9 +247,11 @@ def test_nfe_is_counted_for_every_sampler():
 
 
 def test_inpainting_keeps_the_known_part_and_fills_the_rest_towards_the_conditional():
-    """Correlated pairs N(0, [[1, rho], [rho, 1]]): the known half is kept exactly and the filled-in half follows
-    it. The replacement method (Song et al. 2021, appendix I.2) only approximates p(x_unknown | x_known): on this
-    Gaussian it recovers a regression slope of about 0.6 of the true 0.9 with 500 reverse-diffusion steps."""
+    """Correlated pairs N(0, [[1, rho], [rho, 1]]): the known half is kept exactly and the filled-in half
+    follows it. The replacement method (Song et al. 2021, appendix I.2) only approximates p(x_unknown |
+    x_known): on this Gaussian it recovers a regression slope of about 0.6 of the true 0.9 with 500
+    reverse-diffusion
+    steps."""
     sde, rho, n = VPSDE(), 0.9, 4000
     cov = torch.tensor([[1.0, rho], [rho, 1.0]], dtype=F64)
 
@@ -251,12 +263,14 @@ def test_inpainting_keeps_the_known_part_and_fills_the_rest_towards_the_conditio
     g = torch.Generator().manual_seed(2)
     known = torch.randn(n, 2, generator=g, dtype=F64)
     mask = torch.tensor([[1.0, 0.0]], dtype=F64).expand(n, 2)
-    x, _ = solve(ScoreModel(net, sde), make_solver("reverse_diffusion"), sde.prior_sampling((n, 2), g, dtype=F64),
+    x, _ = solve(ScoreModel(net, sde), make_solver("reverse_diffusion"),
+                 sde.prior_sampling((n, 2), g, dtype=F64),
                  sde.time_grid(500), g, inpaint=(known, mask))
     torch.testing.assert_close(x[:, 0], known[:, 0], rtol=0, atol=0)
     slope = (x[:, 1] * known[:, 0]).mean() / (known[:, 0] ** 2).mean()
     assert 0.5 < slope < 0.95, slope  # unconditional sampling would give 0
-    free, _ = solve(ScoreModel(net, sde), make_solver("reverse_diffusion"), sde.prior_sampling((n, 2), g, dtype=F64),
+    free, _ = solve(ScoreModel(net, sde), make_solver("reverse_diffusion"),
+                    sde.prior_sampling((n, 2), g, dtype=F64),
                     sde.time_grid(500), g)
     assert abs((free[:, 1] * known[:, 0]).mean()) < 5 / math.sqrt(n)
 
@@ -264,13 +278,16 @@ def test_inpainting_keeps_the_known_part_and_fills_the_rest_towards_the_conditio
 # --- likelihood ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", sorted(SDES))
 def test_ode_log_likelihood_equals_the_change_of_variables_closed_form(name):
-    """With the exact score the flow maps p_{t_min} onto p_T, so the ODE's log p = log p_{t_min}(x) - log p_T(z) +
-    prior(z); the prior's mismatch with p_T is the only difference from the closed form, and it is accounted for."""
+    """With the exact score the flow maps p_{t_min} onto p_T, so the ODE's log p = log p_{t_min}(x) - log
+    p_T(z) + prior(z); the prior's mismatch with p_T is the only difference from the closed form, and it is
+    accounted
+    for."""
     sde, D, s = SDES[name](), 3, 0.5
     sde.t_min = 1e-5
     mu = torch.tensor([0.3, -0.2, 0.1], dtype=F64)
     x = mu + s * torch.randn(16, D, generator=torch.Generator().manual_seed(4), dtype=F64)
-    out = ode_log_likelihood(ScoreModel(gaussian_net(sde, mu, s), sde), x, trace="exact", rtol=1e-9, atol=1e-9)
+    out = ode_log_likelihood(ScoreModel(gaussian_net(sde, mu, s), sde), x, trace="exact", rtol=1e-9,
+                             atol=1e-9)
 
     def log_p(t, y):
         tb = torch.tensor([t], dtype=F64)
@@ -315,9 +332,9 @@ def test_ode_round_trip_encodes_and_decodes():
 
 def test_bits_per_dim_of_dequantised_8bit_data_is_not_negative_and_matches_its_closed_form():
     """A model that piles its mass on one 8-bit value has a huge density there: without dequantisation its
-    'bits/dim' is negative; dequantised uniformly in the value's bin it is an upper bound of -log2 P(bin) / D >= 0.
-    With the exact score of N(v, s^2) the expected value is E_u[-log N(v + u; v, var)] - log(2/255) per dim,
-    var = alpha^2 s^2 + sigma^2 at t_min."""
+    'bits/dim' is negative; dequantised uniformly in the value's bin it is an upper bound of -log2 P(bin) / D
+    >= 0. With the exact score of N(v, s^2) the expected value is E_u[-log N(v + u; v, var)] - log(2/255) per
+    dim, var = alpha^2 s^2 + sigma^2 at t_min."""
     sde, D, n = VPSDE(t_min=1e-5), 4, 256
     value, s = 2 * 100 / 255 - 1, 1e-4  # far inside the bin of half-width 1/255
     model = ScoreModel(gaussian_net(sde, torch.full((D,), value, dtype=F64), s), sde)
@@ -331,7 +348,8 @@ def test_bits_per_dim_of_dequantised_8bit_data_is_not_negative_and_matches_its_c
     # E_u over u ~ U(-w/2, w/2) of -log N(u; 0, var) = log(2 pi var) / 2 + (w^2 / 12) / (2 var), per dim
     expected = (0.5 * math.log(2 * math.pi * var) + w**2 / 24 / var - math.log(w)) / math.log(2)
     se = out["bpd"].std() / math.sqrt(n)
-    assert out["bpd"].mean() >= 0 and abs(out["bpd"].mean() - expected) < 5 * se, (out["bpd"].mean(), expected)
+    assert out["bpd"].mean() >= 0 and abs(out["bpd"].mean() - expected) < 5 * se, (out["bpd"].mean(),
+                                                                                   expected)
 
 
 # --- the DSM loss --------------------------------------------------------------------------------------
@@ -346,7 +364,8 @@ def test_importance_sampled_likelihood_loss_has_the_uniform_loss_expectation(nam
     uniform = dsm_loss(h(t_u)[:, None].sqrt(), z, sde, t_u, "likelihood")
     t_p = importance.sample(n, "cpu", g)
     weighted = dsm_loss(h(t_p)[:, None].sqrt(), z, sde, t_p, "likelihood", importance.weight)
-    assert abs(weighted.mean() / uniform.mean() - 1) < 5 * (uniform.std() / uniform.mean()) / math.sqrt(n) + 0.01
+    spread = uniform.std() / uniform.mean()
+    assert abs(weighted.mean() / uniform.mean() - 1) < 5 * spread / math.sqrt(n) + 0.01
     assert weighted.std() / weighted.mean() < 0.2 * uniform.std() / uniform.mean()  # the point of it
     # E_p[1 / w(t)] Z = T - t_eps for p = w / Z, an identity independent of the sampler's grid
     w = sde.g2(t_p) / sde.sigma(t_p) ** 2
