@@ -4,13 +4,11 @@ its attributes are compared with the prompt's. For P prompts drawn from the capt
 each:
 
 - a random pick (candidate 0) and the CLIP-reranked best of N: accuracy of each attribute and of all four, and
-the
-  mean CLIP score;
+  the mean CLIP score;
 - the KV cache: seconds per image with and without it (interleaved), and whether the codes are identical;
 - optionally dalle-pytorch (a bench extra, installed with --no-deps: see ``import_dalle_pytorch``) trained
-here on the
-  same dVAE codes, captions, steps, width, depth, heads, batch and optimizer, sampled with the same top-k and
-  reranked by the same CLIP.
+  here on the same dVAE codes, captions, steps, width, depth, heads, batch and optimizer, sampled with the
+  same top-k and reranked by the same CLIP.
 
     python -m benchmarks.dalle_shapes --dalle runs/dalle_transformer_shapes/checkpoints/last.ckpt \\
         --clip runs/dalle_clip_shapes/checkpoints/last.ckpt [--dalle_pytorch_steps 2000]
@@ -103,9 +101,10 @@ def attribute_hits(net: AttributeNet, x: torch.Tensor, params: ShapeParams) -> d
 # --- dalle-pytorch ------------------------------------------------------------------------------------------
 def import_dalle_pytorch():
     """``dalle_pytorch`` 1.6.6 without the heavy imports it makes at import time (taming-transformers,
-    OmegaConf and pkg_resources, for VAEs and a version lookup the benchmark does not use): install it with
-    ``pip install --no-deps dalle-pytorch==1.6.6 einops axial-positional-embedding
-    rotary-embedding-torch``."""
+    OmegaConf and pkg_resources, for VAEs and a version lookup the benchmark does not use). Install it with::
+
+        pip install --no-deps dalle-pytorch==1.6.6 einops axial-positional-embedding rotary-embedding-torch
+    """
     for name in ("taming", "taming.models", "taming.models.vqgan", "omegaconf", "pkg_resources"):
         sys.modules.setdefault(name, types.ModuleType(name))
     sys.modules["taming.models.vqgan"].VQModel = sys.modules["taming.models.vqgan"].GumbelVQ = object
@@ -170,8 +169,8 @@ def train_dalle_pytorch(dp, lit, steps: int, batch: int, lr: float, path: Path):
             schedule.step()
             step += 1
             if step % 500 == 0:
-                print(f"dalle-pytorch step {step}: loss {loss.item():.3f} ({time.perf_counter() - start:.0f} "
-                      f"s)",
+                print(f"dalle-pytorch step {step}: loss {loss.item():.3f} "
+                      f"({time.perf_counter() - start:.0f} s)",
                       file=sys.stderr)
             if step >= steps:
                 break

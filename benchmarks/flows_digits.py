@@ -83,8 +83,9 @@ def main() -> None:
             fid, rate = fid_and_rate(model, metric, args.num_samples, args.batch, t)
             sample_rows.append([name, t, f"{fid:.3f}", f"{rate:.0f}"])
             print(sample_rows[-1], flush=True)
-    print(f"\nBits/dim on the {len(data.test_dataset)} test digits ({args.dequant_samples} dequantisation "
-          "draws each; lower is better) and the largest inversion round-trip error in 8-bit steps")
+    print(f"\nBits/dim on the {len(data.test_dataset)} test digits "
+          f"({args.dequant_samples} dequantisation draws each; lower is better) and the largest inversion "
+          f"round-trip error in 8-bit steps")
     print_table(["checkpoint", "params", "test bits/dim", "inversion error"], bpd_rows)
     print(f"\nFréchet distance, digits16 features, {args.num_samples} samples vs {len(data.train_dataset)} "
           f"training digits (held-out real digits score about 1.08), and sampling throughput at batch "

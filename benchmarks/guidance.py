@@ -5,10 +5,10 @@ distance to the training images in that net's features, and seconds per image; t
 (s = 1) and unconditional models at the same steps are the time references.
 
     python -m benchmarks.guidance --cfg runs/cfg_digits/checkpoints/last.ckpt \\
-        --ddpm runs/ddpm_digits/checkpoints/last.ckpt --classifier
-        runs/classifier_digits/checkpoints/last.ckpt
-    python -m benchmarks.guidance --data shapes --image_size 16 --features shapes16 --cfg ... --ddpm ...
-    --classifier ...
+        --ddpm runs/ddpm_digits/checkpoints/last.ckpt \\
+        --classifier runs/classifier_digits/checkpoints/last.ckpt
+    python -m benchmarks.guidance --data shapes --image_size 16 --features shapes16 \\
+        --cfg ... --ddpm ... --classifier ...
 
 The shapes checkpoints of the README's table are the digits configs run on 16x16 shapes (see the README).
 """

@@ -183,8 +183,7 @@ def main() -> None:
             steady, peak = [r["steady"] for r in ranks], max(r["peak"] for r in ranks)
             print(f"{strategy:<22}{plan.states / 2**30:>7.2f}{plan.peak(act) / 2**30:>8.2f}"
                   f"{steady[0] / 2**30:>11.2f}{steady[1] / 2**30:>11.2f}"
-                  f"{max(steady) / plan.peak(act):>15.2f}x"
-                  f"{peak / 2**30:>13.2f}"
+                  f"{max(steady) / plan.peak(act):>15.2f}x{peak / 2**30:>13.2f}"
                   f"{peak / plan.peak(act):>14.2f}x", flush=True)
     if not args.skip_checkpointing:
         print("\nactivation checkpointing (use_reentrant=False): saved-tensor memory of one training step, "

@@ -83,9 +83,7 @@ def check_file_data(data: Any, source: str) -> None:
     """Check every class a file's plain data names, at any depth: ``class_path`` / ``_class_path`` values,
     Lightning's ``_instantiator``, and any dotted string whose first part is an importable module
     (jsonargparse would import it for a callable argument such as ``optimizer``). Raise
-    :class:`UntrustedClassError` at the first
-    refused
-    one."""
+    :class:`UntrustedClassError` at the first refused one."""
     for key, value in _items(data, ""):
         name = key.rpartition(".")[2]
         if name in CLASS_KEYS:

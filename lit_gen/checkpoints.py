@@ -49,8 +49,8 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(unsafe_message(path, err)) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the file is unusable
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint ({type(err).__name__}: "
-                              f"{reason})") from None
+        raise CheckpointError(f"{str(path)!r} is not a readable checkpoint "
+                              f"({type(err).__name__}: {reason})") from None
     if not isinstance(ckpt, dict) or (layout == "file" and "state_dict" not in ckpt):
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
     if TAG not in ckpt or not isinstance(ckpt[TAG], dict):
@@ -81,8 +81,8 @@ def checkpoint_layout(path: str | Path) -> str:
     if any(path.glob("*model_states.pt")) and (path.parent / "latest").is_file():
         raise CheckpointError(f"{str(path)!r} is the inner folder of the DeepSpeed checkpoint "
                               f"{str(path.parent)!r}: pass --ckpt_path {path.parent}")
-    raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint (a .ckpt file, or a DeepSpeed or "
-                          "FSDP checkpoint folder)")
+    raise CheckpointError(f"{str(path)!r} is a folder, not a checkpoint "
+                          "(a .ckpt file, or a DeepSpeed or FSDP checkpoint folder)")
 
 
 def _deepspeed_states(path: Path) -> tuple[Path, str]:

@@ -1,5 +1,5 @@
-"""The ``lit-gen`` command: LightningCLI (fit / validate / test) plus ``lit-gen sample`` and ``lit-gen
-export``."""
+"""The ``lit-gen`` command: LightningCLI (fit / validate / test) plus ``lit-gen sample`` and
+``lit-gen export``."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ DESCRIPTION = """Generative-model methods behind one command.
                                                                 checkpoint's method adds its sampling flags
   lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
   lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one
-  file lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO /
-  FSDP"""
+                                                                file
+  lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO / FSDP"""
 
 
 USAGE = f"lit-gen {{{','.join(COMMANDS)}}} [options]   (lit-gen COMMAND --help lists a command's options)"
@@ -262,8 +262,9 @@ def export_main(argv: list[str]) -> None:
     parser = ArgumentParser(prog="lit-gen export", exit_on_error=False, description=(
         "Write the sampling weights (EMA when the run kept one) of a checkpoint to a .safetensors file, with "
         "the method's config in its metadata (sample from it with lit-gen sample --weights FILE); or "
-        "consolidate a DeepSpeed / FSDP checkpoint folder into one .ckpt file (every weight, EMA included, "
-        "no optimizer state) that lit-gen sample, test and fit load under any strategy."))
+        "consolidate a DeepSpeed / FSDP checkpoint folder into one .ckpt file "
+        "(every weight, EMA included, no optimizer state) that lit-gen sample, test and fit load under any "
+        "strategy."))
     parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit "
                                                                      "(file or folder).")
     parser.add_argument("--output", type=str, required=True, help="The .safetensors or .ckpt file to write.")

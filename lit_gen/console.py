@@ -1,7 +1,6 @@
 """What a user sees while lit_gen runs: Lightning's messages about things lit_gen already handles are silenced
 (each with its reason), and the progress bar of a job budgeted in steps counts steps against ``max_steps``
-with an
-ETA."""
+with an ETA."""
 
 from __future__ import annotations
 
@@ -114,8 +113,8 @@ def check_config_files(argv: list[str]) -> None:
             raise ValueError(f"--config {name!r} is not valid YAML{where}: "
                              f"{getattr(err, 'problem', err)}") from None
         if not data:
-            raise ValueError(f"--config {name!r} is empty: a config is a YAML mapping of sections (trainer:, "
-                             "model:, data:, ...), e.g. experiments/ddpm/digits.yaml")
+            raise ValueError(f"--config {name!r} is empty: a config is a YAML mapping of sections "
+                             "(trainer:, model:, data:, ...), e.g. experiments/ddpm/digits.yaml")
         if not isinstance(data, dict):
             raise ValueError(f"--config {name!r} holds a {type(data).__name__}, not a mapping of sections "
                              "(trainer:, model:, data:, ...)")
@@ -142,8 +141,8 @@ def one_line(message: str) -> str:
 
 
 def _tidy(text: str) -> str:
-    """Drop jsonargparse's type names and echoed namespaces; join nested keys: ``key net.base_channels:
-    ...``."""
+    """Drop jsonargparse's type names and echoed namespaces; join nested keys:
+    ``key net.base_channels: ...``."""
     text = re.sub(r"Type \S.*? expects (?:a function or a callable class|an? [^:]*?): ", "", text)
     text = re.sub(r"\. Got value: Namespace\(.*\)\.?$", ".", text)
     while True:

@@ -3,17 +3,15 @@ without offload) and FSDP, from the memory model of the notes, plus what the lib
 activations from one measured step.
 
 States (Psi parameters, with Adam): weights W, gradients G and optimizer state O bytes each. Data parallel
-    keeps
-all three on every rank; over N ranks ZeRO-1 splits O, ZeRO-2 splits G and O, ZeRO-3 and FSDP split all three
-(Rajbhandari et al. 2020, Fig. 1: ZeRO-1 2Psi + 2Psi + k Psi / N, ZeRO-2 2Psi + (2 + k) Psi / N,
-ZeRO-3 (2 + 2 + k) Psi / N with k = 12 for mixed-precision Adam). lit_gen's EMA adds an fp32 copy of the
-weights, split like the weights (under DeepSpeed in bf16, a bf16 copy and its fp32 average: 2 + 4).
+keeps all three on every rank; over N ranks ZeRO-1 splits O, ZeRO-2 splits G and O, ZeRO-3 and FSDP split all
+three (Rajbhandari et al. 2020, Fig. 1: ZeRO-1 2Psi + 2Psi + k Psi / N, ZeRO-2 2Psi + (2 + k) Psi / N, ZeRO-3
+(2 + 2 + k) Psi / N with k = 12 for mixed-precision Adam). lit_gen's EMA adds an fp32 copy of the weights,
+split like the weights (under DeepSpeed in bf16, a bf16 copy and its fp32 average: 2 + 4).
 
 Beside the states, at the peak (what DeepSpeed 0.19 and torch 2.x allocate; measured in benchmarks/memory.py):
 - ZeRO-3 keeps the weights of tensors up to ``stage3_param_persistence_threshold`` elements (default 1e5; many
-of a
-  small UNet's convolutions) whole on every rank once gathered, beside their partitions, which stay on the
-  device under offload; the EMA's copies are never gathered in training and stay split;
+  of a small UNet's convolutions) whole on every rank once gathered, beside their partitions, which stay on
+  the device under offload; the EMA's copies are never gathered in training and stay split;
 - gathered weights, forward to backward: ZeRO-3 keeps a layer gathered until its reuse is more than
   ``stage3_max_reuse_distance`` parameters away (default 1e9: every layer of a smaller network stays
   gathered), plus ``stage3_prefetch_bucket_size`` prefetched; FSDP2 keeps its root and about two units (all of
@@ -21,10 +19,9 @@ of a
 - communication buckets: DeepSpeed's gradient reduction buffers of ``reduce_bucket_size`` elements (two with
   ``overlap_comm``, ZeRO-1/2);
 - the optimizer step's temporaries: the gradient partition as one fp32 tensor (ZeRO-3 always copies it;
-ZeRO-1/2
-  only cast a lower-precision one; ZeRO-1 first frees the gradients of the other ranks' partitions), and torch
-  Adam's sqrt(v) / c + eps over what it updates at once (the flat partition under DeepSpeed, one tensor at a
-  time under DDP and FSDP, every tensor with ``foreach``, the default on CUDA): one fp32 copy with
+  ZeRO-1/2 only cast a lower-precision one; ZeRO-1 first frees the gradients of the other ranks' partitions),
+  and torch Adam's sqrt(v) / c + eps over what it updates at once (the flat partition under DeepSpeed, one
+  tensor at a time under DDP and FSDP, every tensor with ``foreach``, the default on CUDA): one fp32 copy with
   ``foreach``, which divides in place, and two without (sqrt(v), then sqrt(v) / c).
 """
 
@@ -86,9 +83,8 @@ def bytes_per_parameter(precision: str, deepspeed: bool) -> tuple[int, int, int]
     """(weights, gradients, optimizer state) bytes per parameter for Adam.
 
     torch (DDP, FSDP): fp32 weights and gradients, Adam's m and v (16); bf16-mixed autocasts inside the ops
-        and
-    keeps the same. DeepSpeed keeps an fp32 master copy beside m and v (k = 12) and, in bf16, bf16 weights and
-    gradients: the notes' 2 + 2 + 12 = 16; in fp32, 4 + 4 + 12 = 20."""
+    and keeps the same. DeepSpeed keeps an fp32 master copy beside m and v (k = 12) and, in bf16, bf16 weights
+    and gradients: the notes' 2 + 2 + 12 = 16; in fp32, 4 + 4 + 12 = 20."""
     if deepspeed:
         return (2, 2, 12) if precision.startswith("bf16") or precision.startswith("16") else (4, 4, 12)
     return 4, 4, 8
@@ -261,8 +257,7 @@ def report(configs: list[str], devices: int, memory_per_device: float | None, ba
     lines = [f"network: {psi / 1e6:.2f} M parameters ({type(model.net).__name__}); precision {precision}; "
              f"{devices} rank(s); EMA {'on' if ema else 'off'}",
              f"activations at micro-batch {micro} (measured, one training step): {act / GiB:.3f} GiB per "
-             "rank",
-             "",
+             "rank", "",
              f"{'strategy':<26}{'weights':>9}{'grads':>9}{'optim':>9}{'EMA':>9}{'states':>9}{'buffers':>9}"
              f"{'gathered':>10}{'step':>9}{'peak':>9}{'CPU':>9}   (GiB per device)"]
     table = plans(devices, precision, ema, psi, settings_for(model.net, trainer))

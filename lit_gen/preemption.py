@@ -82,8 +82,8 @@ class StopSignals:
         self.received = signal.Signals(signum)
         now = self._depth and self._immediate
         where = "now" if now else "once this step (or this pass) ends"
-        print(f"\nlit-gen: {self.received.name} received: saving last.ckpt {where} (send it again to abort "
-              f"at once)",
+        print(f"\nlit-gen: {self.received.name} received: saving last.ckpt {where} "
+              f"(send it again to abort at once)",
               file=sys.stderr)
         if now:
             raise Preempted(self.received)

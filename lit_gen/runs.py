@@ -1,7 +1,6 @@
 """A run's folder (``<runs_dir>/<name>/``) is one run's data: a fit never mixes its checkpoints with
 another's, two fits never write into one folder at once, and a command that is refused or only evaluates
-leaves it as it
-was."""
+leaves it as it was."""
 
 from __future__ import annotations
 
@@ -22,9 +21,9 @@ def check_name(name: str) -> str:
     ValueError)."""
     parts = re.split(r"[/\\]", name)
     if not name.strip() or os.path.isabs(name) or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"--name {name!r}: a run name is a folder inside --runs_dir (letters, digits, '-', "
-                         "'_', and '/' for subfolders; no '..', no absolute path): use --runs_dir to put "
-                         "runs elsewhere")
+        raise ValueError(f"--name {name!r}: a run name is a folder inside --runs_dir "
+                         "(letters, digits, '-', '_', and '/' for subfolders; no '..', no absolute path): "
+                         "use --runs_dir to put runs elsewhere")
     return name
 
 

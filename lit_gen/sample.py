@@ -53,8 +53,8 @@ def build_parser(method: type | None = None) -> ArgumentParser:
                         help="Checkpoint written by lit-gen fit.")
     parser.add_argument(
         "--weights", type=str | None, default=None,
-        help="Instead of --ckpt_path: a .safetensors file written by lit-gen export (its metadata holds the "
-             "config).",
+        help="Instead of --ckpt_path: a .safetensors file written by lit-gen export "
+             "(its metadata holds the config).",
     )
     parser.add_argument(
         "--config", type=str | None, default=None,
@@ -79,8 +79,8 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=64, help="Samples per forward pass.")
     parser.add_argument(
         "--labels", type=list[int] | int | None, default=None,
-        help="Class labels, cycled over the samples: 3 or [3, 5] (conditional or classifier-guided models; "
-        "default: balanced over the classes).",
+        help="Class labels, cycled over the samples: 3 or [3, 5] "
+        "(conditional or classifier-guided models; default: balanced over the classes).",
     )
     parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has "
                                                                "them.")
@@ -97,8 +97,8 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     )
     parser.add_argument(
         "--interpolate", type=int | None, default=None,
-        help="Decode an N x N grid of latents slerped between 4 drawn from --seed (diffusion: deterministic "
-             "DDIM).",
+        help="Decode an N x N grid of latents slerped between 4 drawn from --seed "
+             "(diffusion: deterministic DDIM).",
     )
     parser.add_argument(
         "--invert", type=str | None, default=None,
@@ -148,8 +148,8 @@ def model_config(path: str | None) -> dict | None:
         raise FileNotFoundError(f"--config file not found: {path!r}")
     model = (yaml.safe_load(Path(path).read_text()) or {}).get("model")
     if not isinstance(model, dict) or "class_path" not in model:
-        raise ValueError(f"--config {path!r} has no model section with a class_path (a run's config.yaml has "
-                         f"one)")
+        raise ValueError(f"--config {path!r} has no model section with a class_path "
+                         f"(a run's config.yaml has one)")
     check_file_data(model, f"--config {path!r}")  # the classes it names, before anything imports them
     return model
 
@@ -207,8 +207,8 @@ def sample_main(argv: list[str]) -> Path:
     takes_text = "captions" in inspect.signature(method.sample).parameters if method is not None else False
     if cfg.text and not takes_text:
         raise ValueError(f"--text / --text_file prompt a text-to-image model; "
-                         f"{method.__name__ if method else 'this'} checkpoint is not one (train DALLE: "
-                         f"experiments/dalle/)")
+                         f"{method.__name__ if method else 'this'} checkpoint is not one "
+                         f"(train DALLE: experiments/dalle/)")
     if takes_text and not cfg.text:
         raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or "
                          f"--text_file FILE")

@@ -31,8 +31,7 @@ def image_grid(x: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
 def labelled_grid(x: torch.Tensor, row_labels: list[str]) -> np.ndarray:
     """:func:`image_grid` with one row per label (``len(x) / len(row_labels)`` images each), the label written
     left of its row, pixels kept exact (scaled up by a whole factor when rows are lower than the text); uint8
-    (H,
-    W, 3)."""
+    (H, W, 3)."""
     from PIL import Image, ImageDraw, ImageFont
 
     per_row = len(x) // len(row_labels)

@@ -25,8 +25,7 @@ def start_fit(args: list[str], ready: Path, timeout: float = 120, stderr=subproc
               **popen) -> subprocess.Popen:
     """``python -m lit_gen fit ARGS`` in a subprocess (one thread, no rank variables), returned once it has
     touched ``ready`` (``tests.integration.tiny.SlowSteps``' ready_file): a test can then signal a run inside
-    its
-    loop."""
+    its loop."""
     proc = subprocess.Popen([sys.executable, "-m", "lit_gen", "fit", *args], cwd=ROOT, text=True,
                             env=subprocess_env() | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                             stderr=stderr, **popen)
@@ -53,8 +52,7 @@ def clean_dist_env(monkeypatch):
 def pytest_runtest_setup(item):
     """A run given a wall-clock deadline (``LIT_GEN_TEST_DEADLINE``, Unix seconds; `.ci/run` sets one for the
     slow set) starts no test after it, so a slower CI machine reports the rest as skipped instead of running
-    out of
-    time."""
+    out of time."""
     deadline = os.environ.get("LIT_GEN_TEST_DEADLINE")
     if deadline and time.time() > float(deadline):
         pytest.skip(f"past the run's deadline (LIT_GEN_TEST_DEADLINE={deadline}); run it with `pytest "

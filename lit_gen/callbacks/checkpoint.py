@@ -19,8 +19,7 @@ from lit_gen.preemption import Preempted, stop_signals
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO, writing each file through :func:`lit_gen.files.atomic_write` (a temporary
     file in the checkpoint's own folder, fsync, rename): never half-written, also when ``$TMPDIR`` is another
-    file
-    system."""
+    file system."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         import torch
@@ -32,18 +31,16 @@ class Checkpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint (every ``every_n_train_steps`` steps), plus:
 
     - every file is written atomically (:class:`AtomicCheckpointIO`), and a failed write stops the fit at
-    once;
+      once;
     - when fitting stops after a step (``max_steps``, ``max_time``, a callback setting ``should_stop``, a
-    signal),
-      ``last.ckpt`` is written right after that step, as a step checkpoint is: a resume continues the same
-      epoch and ends bit-identical to an uninterrupted run; ``EarlyStopping`` at a validation rewrites it at
-      the end;
+      signal), ``last.ckpt`` is written right after that step, as a step checkpoint is: a resume continues the
+      same epoch and ends bit-identical to an uninterrupted run; ``EarlyStopping`` at a validation rewrites it
+      at the end;
     - SIGINT (Ctrl-C) and SIGTERM: a step in progress is finished; a sample grid, FID pass or validation in
-    progress
-      is stopped at once (on several processes, one already running finishes: a rank cannot leave a collective
-      alone); ``last.ckpt`` is saved for the last completed step, no end-of-fit grid is drawn, and ``lit-gen
-      fit`` exits with 128 + the signal number. A second signal aborts at once (``last.ckpt`` then keeps the
-      newest completed checkpoint).
+      progress is stopped at once (on several processes, one already running finishes: a rank cannot leave a
+      collective alone); ``last.ckpt`` is saved for the last completed step, no end-of-fit grid is drawn, and
+      ``lit-gen fit`` exits with 128 + the signal number. A second signal aborts at once (``last.ckpt`` then
+      keeps the newest completed checkpoint).
 
     Args: those of ``lightning.pytorch.callbacks.ModelCheckpoint``.
     """
@@ -74,9 +71,8 @@ class Checkpoint(ModelCheckpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start_step = trainer.global_step
         # here, after Lightning's own handlers (registered once fit has started): they would forward the
-        # signal to
-        # other ranks and broadcast from inside the handler, racing with the ranks' agreement at the step's
-        # end
+        # signal to other ranks and broadcast from inside the handler, racing with the ranks' agreement at the
+        # step's end
         stop_signals.install()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:

@@ -119,8 +119,7 @@ class FIDMonitor(L.Callback):
                 fid.update(x, real=True)
                 kid.update(x, real=True)
             # torchmetrics gathers list states element by element: every rank makes as many updates (empty
-            # ones
-            # where its share ran out), or the ranks disagree on the gathered sizes
+            # ones where its share ran out), or the ranks disagree on the gathered sizes
             most = math.ceil(math.ceil(len(dataset) / world) / self.real_batch_size)
             for _ in range(most - len(loader)):
                 kid.update(x[:0], real=True)

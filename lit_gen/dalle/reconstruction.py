@@ -57,7 +57,7 @@ class Laplace(Reconstruction):
 
 class LogitLaplace(Reconstruction):
     """The logit-Laplace distribution of DALL-E (Ramesh et al. 2021, App. A.3, Eq. 2) on y = (1 - 2 eps) x01 +
-    eps, x01 = (x + 1) / 2:  f(y | mu, b) = exp(-|logit(y) - mu| / b) / (2 b y (1 - y)); the network predicts
+    eps, x01 = (x + 1) / 2: f(y | mu, b) = exp(-|logit(y) - mu| / b) / (2 b y (1 - y)); the network predicts
     mu and ln b for each channel, and the reconstruction is x01 = (sigmoid(mu) - eps) / (1 - 2 eps)."""
 
     channels_per_channel = 2

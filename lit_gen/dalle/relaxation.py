@@ -37,9 +37,8 @@ def kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
 def marginal_kl_to_uniform(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """KL(q_bar || uniform) = log K - H(q_bar) of the code distribution q_bar averaged over a batch and its
     grid positions: zero only when the batch uses every code equally (a penalty against codebook collapse,
-    which
-        the
-    per-position KL cannot see: each position may be certain while all choose the same few codes)."""
+    which the per-position KL cannot see: each position may be certain while all choose the same few
+    codes)."""
     q_bar = F.softmax(logits.float(), dim=dim).movedim(dim, -1).reshape(-1, logits.shape[dim]).mean(0)
     return math.log(logits.shape[dim]) + (q_bar * torch.log(q_bar.clamp(min=1e-12))).sum()
 

@@ -206,12 +206,11 @@ class GenerativeDataModule(pl.LightningDataModule):
             self._train_sampler.resume_at(*self._resume)
         return self._loader(self.train_dataset, self._train_sampler, True)
 
-    # --- mid-epoch resume ----------------------------------------------------------------------
-    # Lightning saves state_dict() in every checkpoint and hands it back to load_state_dict() on resume. It is
-    # the number of training batches of the current epoch already done (read from the trainer, so the
-    # fetcher's prefetching does not count); a resumed run's sampler skips their indices (without loading
-    # them)
-    # and the run draws exactly what an uninterrupted one draws.
+    # --- mid-epoch resume ---------------------------------------------------------------------- Lightning
+    # saves state_dict() in every checkpoint and hands it back to load_state_dict() on resume. It is the
+    # number of training batches of the current epoch already done (read from the trainer, so the fetcher's
+    # prefetching does not count); a resumed run's sampler skips their indices (without loading them) and the
+    # run draws exactly what an uninterrupted one draws.
 
     _train_sampler: ResumableSampler | None = None
     _resume: tuple[int, int] | None = None
@@ -240,8 +239,8 @@ class GenerativeDataModule(pl.LightningDataModule):
         one."""
         if state.get("batch_size", self.batch_size) != self.batch_size:
             raise ValueError(f"the checkpoint was written at batch_size={state['batch_size']}; resuming it "
-                             f"at batch_size={self.batch_size} would not continue the same epoch (use the "
-                             f"same one)")
+                             f"at batch_size={self.batch_size} would not continue the same epoch "
+                             f"(use the same one)")
 
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         sampler = self._distributed_sampler(dataset, False) if self.world_size > 1 else None

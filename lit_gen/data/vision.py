@@ -432,8 +432,8 @@ class CaptionedImages(Dataset):
 
     def __init__(self, root: str, captions_file: str) -> None:
         if not os.path.isfile(captions_file):
-            raise FileNotFoundError(f"captions file not found: {captions_file!r} (one '<image "
-                                    "file><TAB><caption>' per line)")
+            raise FileNotFoundError(f"captions file not found: {captions_file!r} "
+                                    "(one '<image file><TAB><caption>' per line)")
         self.paths, self.captions = [], []
         with open(captions_file, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):

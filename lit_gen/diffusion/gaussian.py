@@ -45,8 +45,8 @@ def split_prediction(
         x0 = (alpha * x_t - sigma * model_output) / norm
         eps = (sigma * x_t + alpha * model_output) / norm
     else:
-        raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
-                         f"'x0']")
+        raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
+                         f"['eps', 'v', 'x0']")
     return eps, x0
 
 
@@ -71,8 +71,8 @@ def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Ten
         return (x_t - s * eps) / a
     if prediction_type == "v":
         return (eps - s * x_t) / a
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
-                     f"'x0']")
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
+                     f"['eps', 'v', 'x0']")
 
 
 def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor,
@@ -85,8 +85,8 @@ def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tens
     if prediction_type == "v":
         a = append_dims(alpha_bar_t.to(x0.dtype), x0.ndim)
         return a.sqrt() * eps - (1 - a).sqrt() * x0
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
-                     f"'x0']")
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
+                     f"['eps', 'v', 'x0']")
 
 
 class GaussianDiffusion(nn.Module):
@@ -173,8 +173,8 @@ class GaussianDiffusion(nn.Module):
             return min_log
         if variance == "large":
             return max_log
-        raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', "
-                         f"'small']")
+        raise ValueError(f"variance={variance!r} is not supported; choose one of "
+                         f"['large', 'learned', 'small']")
 
     def p_mean_logvar(
         self,
@@ -229,10 +229,7 @@ class GaussianDiffusion(nn.Module):
         ``kl`` (t >= 1) and ``decoder`` (t = 0). By default every term (T forward passes). With
         ``num_timesteps`` K, the unbiased estimate L_T + L_0 + (T - 1) mean_k L_{t_k} from K steps t_k ~ U{1,
         ..., T-1} per sample (K + 1 passes), plus ``var``: the variance of that estimate over the draw of t
-        (from the K terms;
-        needs K
-        >=
-        2)."""
+        (from the K terms; needs K >= 2)."""
         from tqdm.auto import tqdm
 
         from lit_gen.utils import randn

@@ -26,8 +26,7 @@ ClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, t) 
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None):
     """Replace each label by ``null_label`` with probability ``p_uncond`` (condition dropout for
     classifier-free guidance, Ho & Salimans 2022, Algorithm 1). Draws from ``generator``, else from the
-    (per-step seeded)
-    global RNG."""
+    (per-step seeded) global RNG."""
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
     drop = torch.rand(y.shape, generator=generator,
@@ -45,8 +44,8 @@ def eps_coefficient(alpha_bar_t: torch.Tensor, prediction_type: str, ndim: int) 
         return -(1 - a).sqrt() / a.sqrt()
     if prediction_type == "v":  # eps = sqrt(1 - abar) x_t + sqrt(abar) v
         return 1 / a.sqrt()
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of ['eps', 'v', "
-                     f"'x0']")
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
+                     f"['eps', 'v', 'x0']")
 
 
 class ClassifierGuidance:
@@ -123,8 +122,8 @@ class GuidedDenoiser:
             raise ValueError(f"guidance_batching={guidance_batching!r} is not supported; choose one of "
                              "['auto', 'joint', 'split']")
         if classifier_form not in ("eps", "mean"):
-            raise ValueError(f"classifier_form={classifier_form!r} is not supported; choose one of ['eps', "
-                             f"'mean']")
+            raise ValueError(f"classifier_form={classifier_form!r} is not supported; choose one of "
+                             f"['eps', 'mean']")
         if guidance_interval is not None and not 0 <= guidance_interval[0] <= guidance_interval[1]:
             raise ValueError(f"guidance_interval={tuple(guidance_interval)} must be (t_lo, t_hi) with 0 <= "
                              f"t_lo <= t_hi")

@@ -31,7 +31,7 @@ def timestep_subsequence(num_timesteps: int, num_steps: int, spacing: str = "lin
     """K of the T steps in descending order, always ending on t = 0 (so the last update lands on x0).
 
     linear: evenly spaced over [0, T-1]; quadratic: t_i ~ (c i)^2 as used for CIFAR-10 in Song et al. 2021,
-        Sec. D.2.
+    Sec. D.2.
     """
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"steps={num_steps} must be between 1 and the model's {num_timesteps} diffusion "
@@ -145,8 +145,8 @@ class DDPMSampler(DiffusionSampler):
         variance: Literal["small", "large", "learned"] = "small",
     ) -> None:
         if variance not in ("small", "large", "learned"):
-            raise ValueError(f"variance={variance!r} is not supported; choose one of ['large', 'learned', "
-                             f"'small']")
+            raise ValueError(f"variance={variance!r} is not supported; choose one of "
+                             f"['large', 'learned', 'small']")
         self.variance = variance
         super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 

@@ -25,8 +25,7 @@ class CLIP(GenerativeModule):
     saved in the checkpoint. Used by ``lit-gen sample --clip_ckpt`` to rerank a DALLE's candidates.
 
     Logged: ``train/loss``, ``train/acc`` (image -> caption retrieval within the batch),
-        ``train/logit_scale``;
-    ``val/loss``, ``val/acc``.
+    ``train/logit_scale``; ``val/loss``, ``val/acc``.
 
     Args:
         data_shape: (C, H, W); linked from the DataModule by the CLI.

@@ -363,8 +363,8 @@ class DALLE(GenerativeModule):
 def _dvae_hparams(path: str | None) -> dict:
     """The DiscreteVAE hyperparameters of the checkpoint at ``path`` (one-line errors for anything else)."""
     if path is None:
-        raise ValueError("DALLE needs dvae_ckpt: a DiscreteVAE checkpoint (train one with "
-                         "experiments/dalle/dvae_*.yaml)")
+        raise ValueError("DALLE needs dvae_ckpt: a DiscreteVAE checkpoint "
+                         "(train one with experiments/dalle/dvae_*.yaml)")
     if not Path(path).exists():
         raise FileNotFoundError(f"dvae_ckpt not found: {path!r} (train the dVAE first: lit-gen fit --config "
                                 "experiments/dalle/dvae_shapes.yaml)")

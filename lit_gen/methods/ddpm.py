@@ -145,8 +145,8 @@ class DDPM(ClassifierGuided, GenerativeModule):
         if not 0 <= p_uncond <= 1:
             raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
         if guidance_scale != 1 and not class_conditional:
-            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True (an "
-                             "unconditional model has nothing to guide towards; 1 means no guidance)")
+            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True "
+                             "(an unconditional model has nothing to guide towards; 1 means no guidance)")
         if variance == "learned" and loss_type == "simple":
             raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', "
                              "not 'simple'")
@@ -270,9 +270,9 @@ class DDPM(ClassifierGuided, GenerativeModule):
                                               trajectory_points, _to_device(inpaint, self.device))
             return SampleOutput(x, classes, trajectory, nfe=model.nfe)
         if inpaint is not None:
-            raise ValueError("inpainting runs on the samplers of lit_gen.score (pc, em, ancestral, euler, "
-                             f"heun, ode, dpmpp2m); {options.get('sampler') or self.hparams.sampler!r} does "
-                             f"not support it")
+            raise ValueError("inpainting runs on the samplers of lit_gen.score "
+                             f"(pc, em, ancestral, euler, heun, ode, dpmpp2m); "
+                             f"{options.get('sampler') or self.hparams.sampler!r} does not support it")
         sampler = self.make_sampler(options)
         with eval_mode(self.sampling_net) as net:
             denoiser, classes, _ = self.guided_denoiser(net, sampler, num_samples, labels, options)
@@ -336,15 +336,15 @@ class DDPM(ClassifierGuided, GenerativeModule):
         if not self.num_classes and (scale != 1 or cfg):
             given = {"guidance_scale": scale, **cfg} if scale != 1 else cfg
             raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; "
-                             f"this {type(self).__name__} is unconditional (guide it with --classifier_ckpt "
-                             f"instead)")
+                             f"this {type(self).__name__} is unconditional "
+                             f"(guide it with --classifier_ckpt instead)")
         classifier = self._classifier(options)
         num_classes = self.num_classes or (classifier.num_classes if classifier is not None else 0)
         classes = self._labels(num_samples, labels, num_classes)
         form = options.get("classifier_form") or "auto"
         if form not in ("auto", "mean", "eps"):
-            raise ValueError(f"classifier_form={form!r} is not supported; choose one of ['auto', 'eps', "
-                             f"'mean']")
+            raise ValueError(f"classifier_form={form!r} is not supported; choose one of "
+                             f"['auto', 'eps', 'mean']")
         if sampler is None:
             if form == "mean":
                 raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm'; "

@@ -116,10 +116,10 @@ class NoisyClassifier(GenerativeModule):
         )
         if not same:
             raise ValueError(
-                f"classifier {path} was trained for the noise process ({mine.schedule}, "
-                f"T={mine.num_timesteps}), but the diffusion model uses ({theirs.schedule}, "
-                f"T={theirs.num_timesteps}); train a classifier with the model's beta_schedule and "
-                f"num_timesteps"
+                f"classifier {path} was trained for the noise process "
+                f"({mine.schedule}, T={mine.num_timesteps}), but the diffusion model uses "
+                f"({theirs.schedule}, T={theirs.num_timesteps}); train a classifier with the model's "
+                f"beta_schedule and num_timesteps"
             )
 
     def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:

@@ -120,8 +120,8 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
         )
         if weighting not in ("paper", "likelihood"):
-            raise ValueError(f"weighting={weighting!r} is not supported; choose one of ['likelihood', "
-                             f"'paper']")
+            raise ValueError(f"weighting={weighting!r} is not supported; choose one of "
+                             f"['likelihood', 'paper']")
         if importance_sampling and weighting != "likelihood":
             raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
                              "weighting='likelihood'")
@@ -195,8 +195,9 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         """A VP model's N-step discretisation (DDPM's betas): the process a guiding classifier must know. The
         classifier sees the model time (N - 1) t, where alpha(t)^2 is within 2% of DDPM's alpha_bar."""
         if self.settings.sde != "vp":
-            raise ValueError(f"classifier guidance needs a VP score model (a NoisyClassifier knows DDPM's "
-                             f"process); this one is sde={self.settings.sde!r}")
+            raise ValueError(f"classifier guidance needs a VP score model "
+                             f"(a NoisyClassifier knows DDPM's process); this one is "
+                             f"sde={self.settings.sde!r}")
         return GaussianDiffusion(betas=self.sde.discrete_betas)
 
     def guidance(self, num_samples: int, labels: torch.Tensor | None, options: dict):
@@ -240,8 +241,7 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
     ) -> SampleOutput:
         """Sample with the options of :class:`ScoreSampleOptions` from x_T ~ prior (or ``latents``);
         ``labels`` (B,) are the classes a guiding classifier asks for; ``inpaint`` = (x_known, mask) fills in
-        where mask
-        is 0."""
+        where mask is 0."""
         self.check_options(options, self.sample_options, type(self).__name__)
         x_T = self.sde.prior_sampling((num_samples, *self.data_shape), generators,
                                       self.device) if latents is None else latents

@@ -67,8 +67,8 @@ class EMA(nn.Module):
         ema_params = local_shards(self.module)
         if self._master is None and any(e.dtype in (torch.float16, torch.bfloat16) for e in ema_params):
             # DeepSpeed in bf16/fp16 casts every parameter, the average's too: in bf16 a step of (1 - d) =
-            # 1e-4 of
-            # the difference rounds away. Average in fp32 beside it; the module gets the rounded average.
+            # 1e-4 of the difference rounds away. Average in fp32 beside it; the module gets the rounded
+            # average.
             self._master = [e.float() for e in ema_params]
         if self._master is None:
             torch._foreach_lerp_(ema_params, local_shards(net), 1.0 - decay)

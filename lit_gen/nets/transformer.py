@@ -143,8 +143,8 @@ class DALLETransformer(nn.Module):
         # one logit space: text, then image codes
         self.head = nn.Linear(dim, num_text_tokens + num_image_tokens)
         # in first-use order: a set's order follows PYTHONHASHSEED, which differs between processes, and DDP
-        # copies
-        # buffers from rank 0 by position (same-shaped masks would land under another name on the other ranks)
+        # copies buffers from rank 0 by position (same-shaped masks would land under another name on the other
+        # ranks)
         for kind in dict.fromkeys(self.layer_kinds):
             self.register_buffer(f"mask_{kind}", attention_mask(kind, text_len, self.grid, conv_kernel),
                                  persistent=False)

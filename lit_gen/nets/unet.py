@@ -347,6 +347,7 @@ class AttentionPool2d(nn.Module):
         tokens = x.flatten(2).transpose(1, 2)  # (B, HW, C)
         # (B, HW+1, C)
         tokens = torch.cat([tokens.mean(1, keepdim=True), tokens], 1) + self.positions.to(x.dtype)
+
         def heads(z):  # (B, h, N, d)
             return z.reshape(B, z.shape[1], self.num_heads, -1).transpose(1, 2)
 

@@ -4,8 +4,7 @@ With x_t = alpha x0 + sigma z and score = -eps / sigma, ||s - grad log p_t(x_t |
 sigma^2, so the weightings read:
 
 - ``paper``: lambda(t) = sigma^2 ~ 1 / E||grad log p_t(x_t | x0)||^2, the loss ||eps - z||^2 (as DDPM's
-L_simple
-  and NCSN's lambda = sigma^2);
+  L_simple and NCSN's lambda = sigma^2);
 - ``likelihood``: lambda(t) = g(t)^2, the loss g^2 / sigma^2 ||eps - z||^2, which bounds the negative
   log-likelihood (Song et al. 2021b, "Maximum Likelihood Training of Score-Based Diffusion Models", Thm. 1);
   optionally with t drawn from p(t) ~ g^2 / sigma^2 (importance sampling, their Sec. 5), which leaves the

@@ -110,8 +110,8 @@ class SDE:
         if spacing == "quadratic":
             u = u**2
         elif spacing != "linear":
-            raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'logsnr', "
-                             f"'quadratic']")
+            raise ValueError(f"spacing={spacing!r} is not supported; choose one of "
+                             f"['linear', 'logsnr', 'quadratic']")
         return self.t_min + (self.T - self.t_min) * u
 
     def _times_of_log_snr(self, u: torch.Tensor) -> torch.Tensor:

@@ -80,9 +80,9 @@ class ReverseDiffusion(Solver):
 
 
 class Ancestral(Solver):
-    """Ancestral sampling from q(x_next | x_t, x0 = E[x0 | x_t]) for any of the Gaussian kernels: with
-    x_t = a x_next + b z, a = alpha_t / alpha_next, b^2 = sigma_t^2 - a^2 sigma_next^2, the posterior has mean
-    (a sigma_next^2 x_t + alpha_next b^2 x0) / sigma_t^2 and variance sigma_next^2 b^2 / sigma_t^2. On a DDPM
+    """Ancestral sampling from q(x_next | x_t, x0 = E[x0 | x_t]) for any of the Gaussian kernels: with x_t = a
+    x_next + b z, a = alpha_t / alpha_next, b^2 = sigma_t^2 - a^2 sigma_next^2, the posterior has mean (a
+    sigma_next^2 x_t + alpha_next b^2 x0) / sigma_t^2 and variance sigma_next^2 b^2 / sigma_t^2. On a DDPM
     grid it is DDPM's ancestral step (Ho et al. 2020, Eqs. 6-7); on VE it is SMLD's (Song et al. 2021, Eq.
     47)."""
 

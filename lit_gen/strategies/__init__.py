@@ -3,8 +3,8 @@
 - :class:`DeepSpeed`: Lightning's ``DeepSpeedStrategy`` (ZeRO 1/2/3, CPU offload) on CUDA as before, and on a
   CPU accelerator too (Lightning's refuses one; DeepSpeed's CPU accelerator needs nothing more).
 - :class:`FSDP`: PyTorch's FSDP2 (``fully_shard``) over all ranks, through Lightning's
-``ModelParallelStrategy``;
-  ``reshard_after_forward=False`` keeps the gathered weights from forward to backward (ZeRO-2-like "grad-op").
+  ``ModelParallelStrategy``; ``reshard_after_forward=False`` keeps the gathered weights from forward to
+  backward (ZeRO-2-like "grad-op").
 
 Both shard the networks that :meth:`GenerativeModule.configure_model` builds; see :func:`local_shards` for the
 one place that knows how each strategy stores a parameter.
@@ -76,8 +76,7 @@ class DeepSpeed(DeepSpeedStrategy):
     def setup(self, trainer) -> None:
         super().setup(trainer)
         # ZeRO-3 leaves the module where it was built and moves only the parameters it partitions: a buffer
-        # (the
-        # noise schedule's tables) would stay on the CPU beside CUDA parameters
+        # (the noise schedule's tables) would stay on the CPU beside CUDA parameters
         for module in self.lightning_module.modules():
             for name, buffer in module._buffers.items():
                 if buffer is not None and buffer.device != self.root_device:

@@ -2,8 +2,8 @@
 uint8 buffer holding the tokenizer's JSON), so it travels in every checkpoint, export and sharded folder.
 
 Token ids: ``0 .. vocab_size - 1`` for BPE tokens, and ``vocab_size + i`` for padding at position i (DALL-E
-pads each position with its own token, Ramesh et al. 2021, App. B.2), so ``num_tokens = vocab_size +
-max_length``."""
+pads each position with its own token, Ramesh et al. 2021, App. B.2), so
+``num_tokens = vocab_size + max_length``."""
 
 from __future__ import annotations
 

@@ -120,10 +120,8 @@ def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
     expected = [texts[i % 3] for i in range(5) for _ in range(2)]
     assert two["captions"].tolist() == one["captions"].tolist() == expected
     # the same codes; the decoder's batches differ in size (6 rows here, 3 in a rank's last batch), which may
-    # round a
-    # pixel to the next uint8 value. (This test caught rank 1 attending with rank 0's masks under other
-    # names: see
-    # test_parameters_and_buffers_come_in_the_same_order_in_every_process.)
+    # round a pixel to the next uint8 value. (This test caught rank 1 attending with rank 0's masks under
+    # other names: see test_parameters_and_buffers_come_in_the_same_order_in_every_process.)
     assert np.abs(two["arr_0"].astype(int) - one["arr_0"].astype(int)).max() <= 1
     np.testing.assert_allclose(two["clip_scores"], one["clip_scores"], rtol=1e-4, atol=1e-5)
     assert not (tmp_path / "two" / ".shards").exists()

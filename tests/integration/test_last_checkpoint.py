@@ -61,8 +61,8 @@ def test_a_callback_setting_should_stop(tmp_path):
 
 
 def test_early_stopping(tmp_path):
-    # val/loss can only fall below +inf: EarlyStopping stops at the first validation, the end of epoch 1
-    # (step 3)
+    # val/loss can only fall below +inf: EarlyStopping stops at the first validation, the end of epoch 1 (step
+    # 3)
     cli = _fit(tmp_path, "--checkpoint.every_n_train_steps=2", "--trainer.callbacks+=EarlyStopping",
                "--trainer.callbacks.monitor=val/loss", "--trainer.callbacks.stopping_threshold=1e9",
                max_steps=100)

@@ -112,8 +112,7 @@ def test_a_signal_during_validation_stops_it_at_once(tmp_path, straight):
 def test_sigterm_during_a_long_sample_grid_saves_within_seconds(tmp_path):
     """As a scheduler sends it: SIGTERM to a separate process while its sample grid (1,000 steps of 256
     samples, tens of seconds) is being drawn; the process saves step 3 and exits 143 within seconds, without
-    finishing the
-    grid."""
+    finishing the grid."""
     import time
 
     from tests.conftest import start_fit

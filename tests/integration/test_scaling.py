@@ -18,8 +18,8 @@ from lit_gen.checkpoints import consolidate
 from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
 from tests.integration.tiny import method_configs, tiny_args
 
-# the sharded strategies first (ddp, bf16 and accumulate are also fitted elsewhere): a deadline skips the
-# last ones
+# the sharded strategies first (ddp, bf16 and accumulate are also fitted elsewhere): a deadline skips the last
+# ones
 PRESETS = sorted((p.stem for p in (EXPERIMENTS / "trainer").glob("*.yaml")
                   # gpu needs CUDA; fid_best3 is a callback set
                   if p.stem not in ("cpu", "gpu", "fid_best3")),
@@ -106,8 +106,7 @@ def test_every_method_fits_and_resumes_exactly_under_every_preset(preset, tmp_pa
     failed = {c: r["error"] for c, r in results.items() if "error" in r}
     assert not failed, json.dumps({c: results[c].get("traceback", "")[-1500:] for c in failed}, indent=1)
     # bit-identical on CPU, bf16 autocast included; DeepSpeed's CPU Adam (the offload presets) to float
-    # rounding
-    # (observed <= 2.1e-6 relative)
+    # rounding (observed <= 2.1e-6 relative)
     tolerance = 1e-5 if preset.endswith("_offload") else 0.0
     assert {c: r["difference"] for c, r in results.items() if r["difference"] > tolerance} == {}
 
@@ -191,10 +190,8 @@ def test_accumulation_matches_the_larger_batch(preset, tmp_path):
     assert consolidate(tmp_path / "acc/checkpoints/last.ckpt")["global_step"] == 6
     gap = lambda a: max(float((a[k] - big[k]).abs().max()) for k in big if big[k].is_floating_point())  # noqa: E731
     # float rounding (two half-batch means summed; DeepSpeed scales each micro-batch's loss by 1/2 before
-    # backward),
-    # amplified by Adam's g / sqrt(v), against a real difference (half the data per step); observed DDP 1e-7
-    # or
-    # less, DeepSpeed 6e-6, against 1.5e-4
+    # backward), amplified by Adam's g / sqrt(v), against a real difference (half the data per step); observed
+    # DDP 1e-7 or less, DeepSpeed 6e-6, against 1.5e-4
     assert gap(acc) <= 1e-5 and gap(small) >= 10 * max(gap(acc), 1e-8), (gap(acc), gap(small))
 
 
@@ -248,9 +245,7 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
 def test_uneven_sampling_work_finishes_under_zero3(tmp_path):
     """FID over 5 samples on 2 ranks (one rank draws a padded, dropped sample; 1,437 training digits in
     batches of 718: 2 batches on rank 0, 1 on rank 1) and sample grids, with weights sharded by ZeRO-3: every
-    rank runs
-        the
-    same forwards and metric updates, so none waits in a collective."""
+    rank runs the same forwards and metric updates, so none waits in a collective."""
     extra = ["--trainer.callbacks+=lit_gen.callbacks.FIDMonitor", "--trainer.callbacks.features=digits16",
              "--trainer.callbacks.num_samples=5", "--trainer.callbacks.batch_size=2",
              "--trainer.callbacks.real_batch_size=718",

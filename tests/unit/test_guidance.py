@@ -79,8 +79,7 @@ def test_scale_0_and_1_are_the_unconditional_and_conditional_models_exactly(adap
 
 # The guided output comes from one batched 2B forward pass, the references from separate B passes: in float64
 # they differ only by the kernels' rounding (~1e-15 here); 1e-8 leaves room for another CPU's kernels and
-# still
-# fails a wrong combination (s - 1 for s, or eps_c and eps_u swapped), which is off by O(1).
+# still fails a wrong combination (s - 1 for s, or eps_c and eps_u swapped), which is off by O(1).
 TOL = 1e-8
 
 
@@ -290,6 +289,7 @@ def _exact_eps(diffusion: GaussianDiffusion):
 def test_both_guidance_forms_give_the_true_conditional_score_on_a_gaussian_mixture():
     diffusion = GaussianDiffusion("linear", 100)
     eps = _exact_eps(diffusion)
+
     def classifier(x, t):  # Bayes with equal priors: exact p_t(y | x)
         return _log_p_t(x, t, diffusion)
 

@@ -61,8 +61,7 @@ def test_states_and_step_terms_of_the_notes_model():
     assert z3.gathered == 2 * psi  # the default reuse distance 1e9 keeps the whole network gathered
     assert z3.peak(0) == pytest.approx(z3.states + z3.buffers + max(z3.gathered, z3.step))
     # a quarter of the parameters in tensors up to stage3_param_persistence_threshold: whole on every rank
-    # once
-    # gathered, beside their partitions; the EMA's are never gathered in training
+    # once gathered, beside their partitions; the EMA's are never gathered in training
     kept = {p.name: p for p in plans(n, "bf16-mixed", True, psi, Settings(persistent=psi // 4))}
     assert kept["deepspeed_zero3"].weights == pytest.approx(2 * psi * (1 / 4 + 1 / n))
     assert kept["deepspeed_zero3"].ema == pytest.approx(6 * psi / n)

@@ -99,8 +99,8 @@ def _points(layer: torch.nn.Module) -> torch.Tensor:
 
 # float64 round trips (the planar inverse by Newton's method, and log-densities through it) are off by at most
 # 2.3e-13 here, on points up to |x| ~ 1e3 (a few eps64 * |x|); 1e-8 leaves 4e4x room for another CPU's
-# rounding
-# and still fails a wrong inverse (off by O(1)) or a root search stopped early (1e-6). Was atol=1e-10.
+# rounding and still fails a wrong inverse (off by O(1)) or a root search stopped early (1e-6). Was
+# atol=1e-10.
 ROUND_TRIP = 1e-8
 
 

@@ -250,8 +250,7 @@ def test_inpainting_keeps_the_known_part_and_fills_the_rest_towards_the_conditio
     """Correlated pairs N(0, [[1, rho], [rho, 1]]): the known half is kept exactly and the filled-in half
     follows it. The replacement method (Song et al. 2021, appendix I.2) only approximates p(x_unknown |
     x_known): on this Gaussian it recovers a regression slope of about 0.6 of the true 0.9 with 500
-    reverse-diffusion
-    steps."""
+    reverse-diffusion steps."""
     sde, rho, n = VPSDE(), 0.9, 4000
     cov = torch.tensor([[1.0, rho], [rho, 1.0]], dtype=F64)
 
@@ -280,8 +279,7 @@ def test_inpainting_keeps_the_known_part_and_fills_the_rest_towards_the_conditio
 def test_ode_log_likelihood_equals_the_change_of_variables_closed_form(name):
     """With the exact score the flow maps p_{t_min} onto p_T, so the ODE's log p = log p_{t_min}(x) - log
     p_T(z) + prior(z); the prior's mismatch with p_T is the only difference from the closed form, and it is
-    accounted
-    for."""
+    accounted for."""
     sde, D, s = SDES[name](), 3, 0.5
     sde.t_min = 1e-5
     mu = torch.tensor([0.3, -0.2, 0.1], dtype=F64)
