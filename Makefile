@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 
-.PHONY: install train lint test test-all bench clean
+.PHONY: install train lint test test-slow test-all test-matrix bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,14 @@ lint: install                         ## ruff check: the rules of pyproject.toml
 test: install                         ## the default test suite (620 tests, ~9 min on 2 cores)
 	$(BIN)/python -m pytest
 
-test-all: install                     ## the default suite plus the tests marked slow
-	$(BIN)/python -m pytest -m ''
+test-slow: install                    ## the multi-process and long tests, which CI runs after `make test`
+	$(BIN)/python -m pytest -m slow --durations=15
+
+test-all: install                     ## make test and make test-slow in one run
+	$(BIN)/python -m pytest -m 'not matrix'
+
+test-matrix: install                  ## every method's config under every trainer preset (a release, a GPU machine)
+	$(BIN)/python -m pytest -m matrix
 
 bench: install                        ## speed tables (see benchmarks/)
 	$(BIN)/python -m benchmarks.train_throughput

@@ -6,14 +6,13 @@ CaptionedImageFolderDataModule, and labelled sets with ``class_captions``.
 
 from lit_gen.data.base import DatasetNotFoundError, GenerativeDataModule
 from lit_gen.data.digits import DigitsDataModule
+from lit_gen.data.folders import CaptionedImageFolderDataModule, ImageFolderDataModule
 from lit_gen.data.shapes import ShapesDataModule
 from lit_gen.data.toy2d import Toy2DDataModule
 from lit_gen.data.vision import (
-    CaptionedImageFolderDataModule,
     CelebADataModule,
     CIFAR10DataModule,
     FashionMNISTDataModule,
-    ImageFolderDataModule,
     MNISTDataModule,
     VisionDataModule,
 )

@@ -7,12 +7,15 @@ sampler is always a seeded ``DistributedSampler``, so the shuffle order depends 
 """
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from lit_gen.data.fakes import FakeData
 
 Item = dict[str, Any]
 Splits = tuple[Dataset, Dataset, Dataset]
@@ -123,6 +126,15 @@ class GenerativeDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self._splits: Splits | None = None
+
+    # init_args that shrink this set for a seconds-long CPU run of any config on it (tests, smoke runs)
+    tiny_args: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def fake_data(cls, root: Path) -> FakeData:
+        """Offline stand-in files for this set under ``root`` (written once), in its real format: what to pass
+        and patch to read them. A set that lives in files overrides this; embedded sets need nothing."""
+        return FakeData()
 
     # --- subclass hook -------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ class DigitsDataModule(GenerativeDataModule):
     """
 
     num_channels = 1
+    tiny_args = {"image_size": 8}
     num_classes = 10
 
     def __init__(

@@ -53,6 +53,9 @@ class RealNVP(Flow):
     ResNet conditioner.
     """
 
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"num_steps_per_scale": 1, "hidden_channels": 4, "num_blocks": 1}
+
     def __init__(
         self,
         data_shape: tuple[int, ...],
@@ -114,6 +117,9 @@ class Glow(Flow):
     additive (NICE) or a rational-quadratic spline (Durkan et al. 2019 use RQ spline couplings inside
     Glow's multi-scale architecture for images).
     """
+
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"num_levels": 2, "num_steps": 1, "hidden_channels": 4}
 
     def __init__(
         self,

@@ -41,6 +41,9 @@ class NICE(Flow):
     diagonal scaling layer. The paper uses 4 couplings, ReLU MLPs with 5 hidden layers of 1000 units, and a
     logistic prior on images (Sec. 5.1)."""
 
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"num_coupling_layers": 2, "hidden_features": 8, "num_hidden_layers": 1}
+
     def __init__(
         self,
         data_shape: Sequence[int],
@@ -81,6 +84,9 @@ class MLPFlow(Flow):
     linear map); with ``permutation="linear"`` an LU-parameterised invertible linear map (Glow's 1x1
     convolution on vectors) mixes the features before a coupling that always transforms the second half.
     """
+
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"num_layers": 2, "hidden_features": 8}
 
     def __init__(
         self,
@@ -154,6 +160,8 @@ class PlanarFlow(Flow):
     proportional to exp(-U(x)) such as ``lit_gen.flows.energies.POTENTIALS`` (the paper's Fig. 3).
     """
 
+    tiny_args = {"num_layers": 2}  # a seconds-long CPU version, for tests and smoke runs
+
     def __init__(self, data_shape: Sequence[int] = (2,), num_layers: int = 16):
         """Build the stack.
 
@@ -169,6 +177,8 @@ class PlanarFlow(Flow):
 class RadialFlow(Flow):
     """A stack of radial flows (Rezende & Mohamed 2015, Sec. 4.1) on a standard normal prior; each layer
     inverts in closed form. Used like ``PlanarFlow``."""
+
+    tiny_args = {"num_layers": 2}  # a seconds-long CPU version, for tests and smoke runs
 
     def __init__(self, data_shape: Sequence[int] = (2,), num_layers: int = 16):
         """Build the stack.

@@ -30,6 +30,16 @@ class SampleOutput:
 
 
 @dataclass
+class TinyCheckpoint:
+    """A value in a method's :meth:`~GenerativeModule.tiny_args`: an untrained, seeded checkpoint of the tiny
+    version of ``method`` built with ``init_args``, which the test helpers write once (for a method that loads
+    another's checkpoint, as DALL-E loads its dVAE)."""
+
+    method: type
+    init_args: dict
+
+
+@dataclass
 class NoSampleOptions:
     """This method takes no sampling options."""
 
@@ -75,6 +85,7 @@ class GenerativeModule(L.LightningModule):
     evaluation_args: frozenset[str] = frozenset()
     generates = True  # False for a helper model (a noisy classifier): no sampling, no sample grids
     sample_options: frozenset[str] = frozenset()
+    family = ""  # diffusion, score, flow, dalle or classifier: what the README and the CI sweep group by
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,6 +107,13 @@ class GenerativeModule(L.LightningModule):
         self.ema_decay = ema_decay
         self.seed = seed
         self.init_weights: str | None = None  # a consolidated checkpoint to start from (set by lit-gen fit)
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        """init_args that shrink this method for a seconds-long CPU run of any of its configs (tests, smoke
+        runs), given the config's own ``init_args`` and the data's shape; each network class brings its own
+        as a ``tiny_args`` attribute. Subclasses add theirs to these."""
+        return {"sampling_steps": 5} if "sampling_steps" in init_args else {}
 
     # --- networks ------------------------------------------------------------------------------------
     def build_net(self) -> nn.Module:

@@ -46,6 +46,13 @@ class CLIP(GenerativeModule):
 
     generates = False
 
+    family = "dalle"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        tiny = {"dim": 16, "depth": 1, "heads": 2, "channels": 8, "embed_dim": 8}
+        return super().tiny_args(init_args, data_shape) | tiny
+
     def __init__(
         self,
         data_shape: tuple[int, ...] = (3, 32, 32),

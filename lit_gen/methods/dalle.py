@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
 from lit_gen.dalle.generation import candidate_generators, sample_next
 from lit_gen.data.base import dataset_captions
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.base import GenerativeModule, SampleOutput, TinyCheckpoint, _adam, eval_mode
 from lit_gen.methods.clip import CLIP
 from lit_gen.methods.dvae import DiscreteVAE, DVAECodec
 from lit_gen.nets.transformer import DALLETransformer, KVCache, MaskKind
@@ -110,6 +110,14 @@ class DALLE(GenerativeModule):
         use_cache: bool | None = None
 
     evaluation_args = frozenset({"dvae_ckpt"})
+
+    family = "dalle"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        dvae = TinyCheckpoint(DiscreteVAE, {"data_shape": tuple(data_shape)})
+        tiny = {"dim": 16, "depth": 2, "heads": 2, "dvae_ckpt": dvae}
+        return super().tiny_args(init_args, data_shape) | tiny
 
     def __init__(
         self,

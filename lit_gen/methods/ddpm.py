@@ -74,6 +74,12 @@ class DDPM(ClassifierGuided, GenerativeModule):
 
     evaluation_args = frozenset({"bound_timesteps"})
 
+    family = "diffusion"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        return super().tiny_args(init_args, data_shape) | {"num_timesteps": 10}
+
     @dataclass
     class SampleOptions(SolverOptions):
         """Sampling options of the diffusion models; None means the model's default.

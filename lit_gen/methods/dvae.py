@@ -107,6 +107,13 @@ class DiscreteVAE(GenerativeModule):
 
     generates = False  # a tokenizer of images for the transformer: reconstructions are logged in validation
 
+    family = "dalle"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        tiny = {"num_codes": 16, "channels": 8, "code_dim": 8, "tau_steps": 2, "kl_steps": 2}
+        return super().tiny_args(init_args, data_shape) | tiny
+
     def __init__(
         self,
         data_shape: tuple[int, ...] = (3, 32, 32),

@@ -55,6 +55,12 @@ class NormalizingFlow(GenerativeModule):
 
         temperature: float | None = None
 
+    family = "flow"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        return super().tiny_args(init_args, data_shape) | {"init_batch_size": 8}
+
     def __init__(
         self,
         data_shape: tuple[int, ...] = (1, 16, 16),

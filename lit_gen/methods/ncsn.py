@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_gen.methods.base import _adam
+from lit_gen.methods.base import GenerativeModule, _adam
 from lit_gen.methods.ddpm import NetFactory
 from lit_gen.methods.score_sde import ScoreSDE
 from lit_gen.nets import UNet
@@ -40,6 +40,11 @@ class NCSN(ScoreSDE):
         ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
         seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
     """
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        # not ScoreSDE's: its configured levels, and no ODE tolerances to loosen; 2 Langevin steps per level
+        return GenerativeModule.tiny_args(init_args, data_shape) | {"n_steps_each": 2}
 
     def __init__(
         self,

@@ -43,6 +43,12 @@ class NoisyClassifier(GenerativeModule):
 
     generates = False  # sampling callbacks skip it
 
+    family = "classifier"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        return super().tiny_args(init_args, data_shape) | {"num_timesteps": 10}
+
     def __init__(
         self,
         data_shape: tuple[int, ...] = (1, 16, 16),

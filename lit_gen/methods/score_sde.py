@@ -79,6 +79,13 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
 
     SampleOptions = ScoreSampleOptions
 
+    family = "score"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        tiny = {"num_scales": 10, "ode_rtol": 1e-2, "ode_atol": 1e-2}
+        return super().tiny_args(init_args, data_shape) | tiny
+
     def __init__(
         self,
         data_shape: tuple[int, ...] = (1, 16, 16),

@@ -33,6 +33,8 @@ class MLPDenoiser(nn.Module):
     for vector data (D,) it is (B, out_channels); pass 2*D for a learned variance).
     """
 
+    tiny_args = {"hidden_dim": 16, "num_layers": 2}  # a seconds-long CPU version, for tests and smoke runs
+
     def __init__(
         self,
         data_shape: tuple[int, ...],

@@ -243,6 +243,10 @@ class UNet(_Trunk):
     H, W). The same network serves eps-, x0- or v-prediction and score models; it knows nothing of the loss.
     """
 
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                 "attention_resolutions": [4], "dropout": 0.0}
+
     def __init__(
         self,
         data_shape: tuple[int, ...],
@@ -368,6 +372,10 @@ class EncoderUNet(_Trunk):
             time_scale, gradient_checkpointing, adaptive_norm: as in :class:`UNet` (ADM's classifier uses
             AdaGN).
     """
+
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"base_channels": 8, "channel_mults": [1, 2], "num_res_blocks": 1,
+                 "attention_resolutions": [4]}
 
     def __init__(
         self,

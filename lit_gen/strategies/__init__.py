@@ -51,10 +51,13 @@ class DeepSpeed(DeepSpeedStrategy):
                   "stage3_param_persistence_threshold": param_persistence_threshold}
         for key, value in stage3.items():
             if value is not None and value < 0:
-                raise ValueError(f"{key.removeprefix('stage3_')}={value}: must be a number of parameters >= "
-                                 f"0")
-        self.config.setdefault("zero_optimization",
-                               {}).update({k: int(v) for k, v in stage3.items() if v is not None})
+                raise ValueError(f"{key.removeprefix('stage3_')}={value}: must be a number of parameters "
+                                 ">= 0")
+        if "gradient_accumulation_steps" in self.config:  # else refused by Lightning only after the launch
+            raise ValueError("the DeepSpeed config sets gradient_accumulation_steps: use "
+                             "--trainer.accumulate_grad_batches instead (Lightning sets DeepSpeed's from it)")
+        zero = self.config.setdefault("zero_optimization", {})
+        zero.update({k: int(v) for k, v in stage3.items() if v is not None})
 
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):

@@ -1,12 +1,12 @@
-"""Fit tiny versions of method configs under one trainer preset, in the processes of one torchrun job:
+"""Fit tiny versions of method configs under trainer presets, in the processes of one torchrun job:
 
-    python -m torch.distributed.run --nproc_per_node 2 -m tests.integration.preset_sweep PRESET OUT CONFIG...
+    python -m torch.distributed.run --nproc_per_node 2 -m tests.integration.preset_sweep OUT PRESET:CONFIG...
 
-For each config: a 4-step run (2 epochs of 2 batches, a checkpoint at the epoch boundary, step 2), and a
-second run resumed from that checkpoint to step 4. Rank 0 writes ``OUT/results.json``: per config, the largest
-difference between the consolidated weights (EMA included) of the two runs' last checkpoints (relative to each
-tensor's scale, at least 1), or the error. One job per preset keeps the start-up (torch, Lightning, DeepSpeed,
-process group) out of the per-config cost.
+For each (preset, config): a 4-step run (2 epochs of 2 batches, a checkpoint at the epoch boundary, step 2),
+and a second run resumed from that checkpoint to step 4. Rank 0 writes ``OUT/results.json``: per
+``PRESET:CONFIG``, the largest difference between the consolidated weights (EMA included) of the two runs'
+last checkpoints (relative to each tensor's scale, at least 1), or the error. One job for the whole sweep
+keeps the start-up (torch, Lightning, DeepSpeed, process group) out of the per-entry cost.
 """
 
 from __future__ import annotations
@@ -44,33 +44,33 @@ def difference(a: Path, b: Path) -> float:
                for k in sa if sa[k].numel())
 
 
-def main(preset: str, out: str, configs: list[str]) -> None:
+def main(out: str, entries: list[str]) -> None:
     out_dir = Path(out)
     results = {}
-    for config in configs:
-        runs = out_dir / config.replace("/", "_").removesuffix(".yaml")
+    for entry in entries:
+        preset, config = entry.split(":")
+        runs = out_dir / preset / config.replace("/", "_").removesuffix(".yaml")
         try:
             fit(config, preset, runs, "straight", 4, "--checkpoint.every_n_train_steps=2")
-            fit(config, preset, runs, "resumed", 4,
-                f"--ckpt_path={runs}/straight/checkpoints/step0000002.ckpt",
-                "--checkpoint.every_n_train_steps=0",
+            start = f"--ckpt_path={runs}/straight/checkpoints/step0000002.ckpt"
+            fit(config, preset, runs, "resumed", 4, start, "--checkpoint.every_n_train_steps=0",
                 "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep", "--trainer.callbacks.step=2")
             dist.barrier()
             result = {"difference": difference(runs / "straight/checkpoints/last.ckpt",
                                                runs / "resumed/checkpoints/last.ckpt")}
-        except Exception as err:  # noqa: BLE001 - record it and go on with the next config
+        except Exception as err:  # noqa: BLE001 - record it and go on with the next entry
             result = {"error": f"{type(err).__name__}: {err}"[:2000],
                       "traceback": traceback.format_exc()[-3000:]}
-        results[config] = result
+        results[entry] = result
         if dist.get_rank() == 0:
             (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-            print(config, result.get("difference", result.get("error")), flush=True)
+            print(entry, result.get("difference", result.get("error")), flush=True)
     dist.barrier()
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    preset, out, configs = sys.argv[1], sys.argv[2], sys.argv[3:]
+    out, entries = sys.argv[1], sys.argv[2:]
     sys.argv = sys.argv[:1]  # LitGenCLI gets its arguments from main()
-    main(preset, out, configs)
+    main(out, entries)
     end_process_group()

@@ -17,27 +17,22 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lit_gen.cli import LitGenCLI, cli_main
 from lit_gen.methods import DDPM, ImprovedDDPM
 from tests.conftest import EXPERIMENTS
-from tests.integration.fake_data import fake_data_args
-from tests.integration.tiny import dvae_for, method_configs, tiny_args
+from tests.integration.tiny import method_configs, required_args, tiny_args
 
 DIGITS = "ddpm/digits.yaml"
 
 
 def fit(config: str, runs_dir: Path, *extra: str, name: str = "tiny", max_steps: int = 2,
         monkeypatch=None) -> Path:
-    data_args = fake_data_args(config, runs_dir, monkeypatch) if monkeypatch else []
-    cli_main(["fit", *tiny_args(config, runs_dir, name, max_steps), *data_args, *extra])
+    cli_main(["fit", *tiny_args(config, runs_dir, name, max_steps, monkeypatch), *extra])
     return runs_dir / name
 
 
 @pytest.mark.parametrize("config", method_configs())
 def test_config_instantiates(config, tmp_path, monkeypatch):
-    # a root must exist
-    data_args = fake_data_args(config, tmp_path, monkeypatch) if "folder" in config else []
-    if "transformer" in config:  # DALL-E's transformer reads its dVAE's architecture from the dVAE checkpoint
-        data_args.append(f"--model.init_args.dvae_ckpt={dvae_for(config, tiny=False)}")
-    cli = LitGenCLI(args=["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path), *data_args],
-                    run=False)
+    # at its own size, with the files it reads (offline stand-ins) and the checkpoints its method loads
+    args = ["--config", str(EXPERIMENTS / config), "--runs_dir", str(tmp_path)]
+    cli = LitGenCLI(args=[*args, *required_args(config, monkeypatch)], run=False)
     assert cli.model.data_shape == tuple(cli.datamodule.data_shape)  # linked from the DataModule
     assert Path(cli.trainer.logger.log_dir) == tmp_path / cli.config.name
 

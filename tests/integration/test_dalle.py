@@ -13,9 +13,11 @@ import torch
 
 from lit_gen.checkpoints import load_module
 from lit_gen.cli import cli_main
+from lit_gen.methods import DiscreteVAE
+from lit_gen.methods.base import TinyCheckpoint
 from lit_gen.utils import sample_generators
 from tests.conftest import ROOT, subprocess_env
-from tests.integration.tiny import fit_tiny, tiny_args, tiny_dvae_checkpoint
+from tests.integration.tiny import fit_tiny, tiny_args, tiny_checkpoint
 
 TRANSFORMER, CLIP_CONFIG = "dalle/transformer_shapes.yaml", "dalle/clip_shapes.yaml"
 DVAE = "dalle/dvae_shapes.yaml"
@@ -140,8 +142,8 @@ def test_one_line_errors(runs, tmp_path, capsys):
     fails(["sample", "--ckpt_path", runs["dalle"], "--text", PROMPT, "--num_candidates", "4", "--keep", "2"],
           "clip_ckpt")
     # a dVAE trained on other images (16x16) does not fit a transformer on 32x32 shapes
-    fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "mismatch"),
-           f"--model.init_args.dvae_ckpt={tiny_dvae_checkpoint((3, 16, 16))}"],
+    other = tiny_checkpoint(TinyCheckpoint(DiscreteVAE, {"data_shape": (3, 16, 16)}))
+    fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "mismatch"), f"--model.init_args.dvae_ckpt={other}"],
           "(3, 16, 16)", "(3, 32, 32)")
     fails(["fit", *tiny_args(TRANSFORMER, tmp_path, "missing"), "--model.init_args.dvae_ckpt=nope.ckpt"],
           "nope.ckpt")

@@ -15,8 +15,8 @@ import torch
 import yaml
 
 from lit_gen.cli import cli_main
+from lit_gen.data.fakes import write_image_folder
 from tests.conftest import start_fit
-from tests.integration.fake_data import write_image_folder
 from tests.integration.test_cli import _digest
 from tests.integration.tiny import tiny_args
 
@@ -174,12 +174,12 @@ def test_bad_images_are_skipped_with_a_count_and_16_bit_images_keep_their_range(
 
 
 def test_an_image_that_fails_mid_fit_is_named_and_the_last_step_saved(tmp_path, capsys, monkeypatch):
-    from lit_gen.data import vision
+    from lit_gen.data import folders
     from lit_gen.data.images import UnreadableImageError
 
     root = tmp_path / "images"
     write_image_folder(root, n=24, size=16)
-    real, calls = vision.load_image, {"n": 0}
+    real, calls = folders.load_image, {"n": 0}
 
     def breaks_later(path):
         calls["n"] += 1
@@ -187,7 +187,7 @@ def test_an_image_that_fails_mid_fit_is_named_and_the_last_step_saved(tmp_path, 
             raise UnreadableImageError(f"cannot read the image {path!r}: image file is truncated")
         return real(path)
 
-    monkeypatch.setattr(vision, "load_image", breaks_later)
+    monkeypatch.setattr(folders, "load_image", breaks_later)
     args = [*tiny_args("ddpm/folder64.yaml", tmp_path / "runs", max_steps=100), *QUIET,
             f"--data.init_args.root={root}",
             "--trainer.limit_train_batches=null"]

@@ -16,18 +16,14 @@ import yaml
 
 from lit_gen.checkpoints import consolidate
 from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
-from tests.integration.tiny import method_configs, tiny_args
+from tests.integration.tiny import method_configs, reads_files, resolve, tiny_args
 
-# the sharded strategies first (ddp, bf16 and accumulate are also fitted elsewhere): a deadline skips the last
-# ones
-PRESETS = sorted((p.stem for p in (EXPERIMENTS / "trainer").glob("*.yaml")
-                  # gpu needs CUDA; fid_best3 is a callback set
-                  if p.stem not in ("cpu", "gpu", "fid_best3")),
-                 key=lambda p: (not p.startswith(("deepspeed", "fsdp")), p))
+# every trainer preset but cpu, gpu (needs CUDA) and fid_best3 (a callback set)
+PRESETS = sorted(p.stem for p in (EXPERIMENTS / "trainer").glob("*.yaml")
+                 if p.stem not in ("cpu", "gpu", "fid_best3"))
 SHARDED = ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
-
-
-BUILT_IN_DATA = ("DigitsDataModule", "Toy2DDataModule", "ShapesDataModule")  # no files to download
+# where CI fits every method's config, not only one per family: data parallel, and the most sharded preset
+EVERY_METHOD_PRESETS = ("ddp", "deepspeed_zero3")
 
 
 def method_representatives() -> list[str]:
@@ -35,13 +31,23 @@ def method_representatives() -> list[str]:
     on a built-in data set. A method or network that lands later is covered without editing this test."""
     chosen = {}
     for config in method_configs():
-        cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
-        if not cfg["data"]["class_path"].endswith(BUILT_IN_DATA):
+        if reads_files(config):  # embedded data only: nothing to write for each rank
             continue
+        cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
         model = cfg["model"]
         args = model.get("init_args", {})
         net = (args.get("net") or args.get("flow") or {}).get("class_path")
         chosen.setdefault((model["class_path"], net, bool(args.get("class_conditional"))), config)
+    return sorted(chosen.values())
+
+
+def family_representatives() -> list[str]:
+    """One of :func:`method_representatives` per family of methods (diffusion, score, flow, DALL-E stage,
+    classifier), the first in name order."""
+    chosen = {}
+    for config in method_representatives():
+        model = yaml.safe_load((EXPERIMENTS / config).read_text())["model"]["class_path"]
+        chosen.setdefault(resolve(model, "lit_gen.methods").family, config)
     return sorted(chosen.values())
 
 
@@ -82,33 +88,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def fit_args(config: str, runs_dir: Path, name: str, preset: str, steps: int, *extra: str) -> list[str]:
-    return ["-m", "lit_gen", "fit", *tiny_args(config, runs_dir, name=name, max_steps=steps),
+def job_args(config: str, runs_dir: Path, name: str, preset: str, steps: int, *extra: str) -> list[str]:
+    """The arguments of a tiny fit of ``config`` on 2 CPU processes under ``preset``."""
+    return [*tiny_args(config, runs_dir, name=name, max_steps=steps),
             "--config", str(EXPERIMENTS / "trainer" / f"{preset}.yaml"), "--trainer.accelerator=cpu",
             "--trainer.devices=2", "--data.init_args.batch_size=16", *extra]
+
+
+def fit_args(*args, **kwargs) -> list[str]:
+    """``-m lit_gen fit`` with :func:`job_args`: one fit as its own torchrun job."""
+    return ["-m", "lit_gen", "fit", *job_args(*args, **kwargs)]
+
+
+def fits_job(tmp_path: Path, runs: list[tuple[str, list[str]]], timeout: int = 900) -> str:
+    """The fits ``runs`` (name, :func:`job_args`) in the processes of one torchrun job, in order; fails with
+    the traceback of any that failed; returns the job's output."""
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps([{"name": name, "args": args} for name, args in runs]))
+    out = torchrun(["-m", "tests.integration.fits_job", str(plan)], timeout=timeout).stdout
+    results = json.loads(plan.with_suffix(".results.json").read_text())
+    assert list(results) == [name for name, _ in runs]
+    failed = {name: r["traceback"] for name, r in results.items() if "error" in r}
+    assert not failed, json.dumps(failed, indent=1)[-6000:]
+    return out
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return consolidate(ckpt)["state_dict"]
 
 
-# --- every method under every preset ------------------------------------------------------------------------
-@pytest.mark.slow  # 3-12 minutes per preset (19 configs); .ci/run runs the slow set
-@pytest.mark.timeout(1800)  # above the 300 s default: one torchrun job fits every config
-@pytest.mark.parametrize("preset", PRESETS)
-def test_every_method_fits_and_resumes_exactly_under_every_preset(preset, tmp_path):
-    """Each method's config fits 4 steps (2 epochs) under the preset, and a run resumed from the
-    epoch-boundary checkpoint ends with the same weights, EMA included (consolidated from the shards)."""
-    configs = method_representatives()
-    torchrun(["-m", "tests.integration.preset_sweep", preset, str(tmp_path), *configs], timeout=1500)
+# --- methods under presets ---------------------------------------------------------------------------------
+def check_sweep(entries: list[str], tmp_path: Path) -> None:
+    """Each ``PRESET:CONFIG`` fits 4 steps (2 epochs), and a run resumed from the epoch-boundary checkpoint
+    ends with the same weights, EMA included (consolidated from the shards): all in one torchrun job."""
+    torchrun(["-m", "tests.integration.preset_sweep", str(tmp_path), *entries], timeout=1700)
     results = json.loads((tmp_path / "results.json").read_text())
-    assert sorted(results) == configs
-    failed = {c: r["error"] for c, r in results.items() if "error" in r}
-    assert not failed, json.dumps({c: results[c].get("traceback", "")[-1500:] for c in failed}, indent=1)
+    assert list(results) == entries
+    failed = {e: r["error"] for e, r in results.items() if "error" in r}
+    assert not failed, json.dumps({e: results[e].get("traceback", "")[-1500:] for e in failed}, indent=1)
     # bit-identical on CPU, bf16 autocast included; DeepSpeed's CPU Adam (the offload presets) to float
     # rounding (observed <= 2.1e-6 relative)
-    tolerance = 1e-5 if preset.endswith("_offload") else 0.0
-    assert {c: r["difference"] for c, r in results.items() if r["difference"] > tolerance} == {}
+    tolerance = {e: 1e-5 if e.split(":")[0].endswith("_offload") else 0.0 for e in entries}
+    assert {e: r["difference"] for e, r in results.items() if r["difference"] > tolerance[e]} == {}
+
+
+@pytest.mark.slow  # CI's sweep: ~50 fits in one job
+@pytest.mark.timeout(1800)
+def test_every_family_under_every_preset_and_every_method_under_ddp_and_zero3(tmp_path):
+    """One config per family under each of the trainer presets, and every method's config under DDP and
+    ZeRO-3 (:data:`EVERY_METHOD_PRESETS`): each fits and resumes exactly."""
+    families = family_representatives()
+    entries = [f"{preset}:{config}" for preset in PRESETS for config in families]
+    entries += [f"{preset}:{config}" for preset in EVERY_METHOD_PRESETS for config in method_representatives()
+                if config not in families]
+    check_sweep(entries, tmp_path)
+
+
+@pytest.mark.matrix  # `make test-matrix`: for a release or a GPU machine, not CI
+@pytest.mark.timeout(1800)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_method_fits_and_resumes_exactly_under_every_preset(preset, tmp_path):
+    """The full matrix: every method's config under ``preset``."""
+    check_sweep([f"{preset}:{config}" for config in method_representatives()], tmp_path)
+
+
+def test_family_representatives_cover_every_family():
+    families = {resolve(yaml.safe_load((EXPERIMENTS / c).read_text())["model"]["class_path"],
+                        "lit_gen.methods").family for c in method_configs()}
+    chosen = family_representatives()
+    assert len(chosen) == len(families) >= 5 and "" not in families
 
 
 def test_representatives_cover_every_method():
@@ -120,19 +168,21 @@ def test_representatives_cover_every_method():
 
 # --- the same training under each strategy ------------------------------------------------------------------
 def strategy_losses(config: str, presets: list[str], steps: int, tmp_path: Path, *extra: str) -> dict:
-    """Per-step training losses of ``config`` under each preset (seeded, fp32), with the EMA checked against
-    the EMA of the gathered weights under ZeRO-3 and FSDP (CheckEMA fails the run otherwise)."""
-    losses = {}
+    """Per-step training losses of ``config`` under each preset (seeded, fp32; one torchrun job), with the
+    EMA checked against the EMA of the gathered weights under ZeRO-3 and FSDP (CheckEMA fails the run
+    otherwise)."""
+    runs, checked = [], [p for p in presets if p in ("deepspeed_zero3", "fsdp")]
     for preset in presets:
         args = ["--trainer.callbacks+=tests.integration.tiny.RecordLosses",
                 f"--trainer.callbacks.path={tmp_path / preset}.txt", "--samples.every_n_steps=0", *extra]
-        if preset in ("deepspeed_zero3", "fsdp"):
+        if preset in checked:
             args += ["--trainer.callbacks+=tests.integration.tiny.CheckEMA"]
-        out = torchrun(fit_args(config, tmp_path, preset, preset, steps, *args)).stdout
-        if preset in ("deepspeed_zero3", "fsdp"):
-            assert f"CheckEMA: {steps} updates" in out
-        losses[preset] = torch.tensor([float(x) for x in (tmp_path / f"{preset}.txt").read_text().split()])
-        assert len(losses[preset]) == steps
+        runs.append((preset, job_args(config, tmp_path, preset, preset, steps, *args)))
+    out = fits_job(tmp_path, runs)
+    assert out.count(f"CheckEMA: {steps} updates") == len(checked)
+    losses = {p: torch.tensor([float(x) for x in (tmp_path / f"{p}.txt").read_text().split()])
+              for p in presets}
+    assert all(len(v) == steps for v in losses.values())
     return losses
 
 
@@ -163,16 +213,16 @@ def test_dalle_stages_train_alike_under_zero3_and_fsdp(config, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["deepspeed_zero2", "deepspeed_zero3"])
-def test_ema_under_deepspeed_bf16_is_the_average_of_the_gathered_weights(preset, tmp_path):
-    """DeepSpeed in bf16 casts the average's weights to bf16; lit_gen averages in fp32 beside them, so the EMA
-    is the EMA of the gathered bf16 weights to bf16 rounding (the closed-form test of what bf16 alone loses is
-    in tests/unit/test_methods.py)."""
-    out = torchrun(fit_args("ddpm/toy2d.yaml", tmp_path, preset, preset, 12, "--config",
-                            str(EXPERIMENTS / "trainer" / "bf16.yaml"), "--samples.every_n_steps=0",
-                            "--trainer.callbacks+=tests.integration.tiny.CheckEMA",
-                            "--trainer.callbacks.atol=0.01")).stdout
-    assert "CheckEMA: 12 updates" in out and "fp32 average beside half precision: True" in out
+def test_ema_under_deepspeed_bf16_is_the_average_of_the_gathered_weights(tmp_path):
+    """DeepSpeed in bf16 casts the average's weights to bf16; lit_gen averages in fp32 beside them, so under
+    ZeRO-2 and ZeRO-3 the EMA is the EMA of the gathered bf16 weights to bf16 rounding (the closed-form test
+    of what bf16 alone loses is in tests/unit/test_methods.py)."""
+    extra = ["--config", str(EXPERIMENTS / "trainer" / "bf16.yaml"), "--samples.every_n_steps=0",
+             "--trainer.callbacks+=tests.integration.tiny.CheckEMA", "--trainer.callbacks.atol=0.01"]
+    presets = ["deepspeed_zero2", "deepspeed_zero3"]
+    out = fits_job(tmp_path, [(p, job_args("ddpm/toy2d.yaml", tmp_path, p, p, 12, *extra)) for p in presets])
+    assert out.count("CheckEMA: 12 updates") == 2
+    assert out.count("fp32 average beside half precision: True") == 2
 
 
 @pytest.mark.slow
@@ -182,10 +232,11 @@ def test_accumulation_matches_the_larger_batch(preset, tmp_path):
     deterministic, so the two runs see the same gradients); DeepSpeed's own accumulation is not ignored."""
     common = ["--samples.every_n_steps=0", "--trainer.limit_train_batches=null", "--trainer.max_epochs=-1"]
     config = "flows/realnvp_toy2d.yaml"
-    torchrun(fit_args(config, tmp_path, "big", preset, 6, *common, "--data.init_args.batch_size=32"))
-    torchrun(fit_args(config, tmp_path, "acc", preset, 6, *common, "--data.init_args.batch_size=16",
-                      "--trainer.accumulate_grad_batches=2"))
-    torchrun(fit_args(config, tmp_path, "small", preset, 6, *common, "--data.init_args.batch_size=16"))
+    fits_job(tmp_path, [
+        ("big", job_args(config, tmp_path, "big", preset, 6, *common, "--data.init_args.batch_size=32")),
+        ("acc", job_args(config, tmp_path, "acc", preset, 6, *common, "--data.init_args.batch_size=16",
+                         "--trainer.accumulate_grad_batches=2")),
+        ("small", job_args(config, tmp_path, "small", preset, 6, *common, "--data.init_args.batch_size=16"))])
     big, acc, small = (weights(tmp_path / n / "checkpoints/last.ckpt") for n in ("big", "acc", "small"))
     assert consolidate(tmp_path / "acc/checkpoints/last.ckpt")["global_step"] == 6
     gap = lambda a: max(float((a[k] - big[k]).abs().max()) for k in big if big[k].is_floating_point())  # noqa: E731
@@ -202,12 +253,12 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
     """--ckpt_path last resumes from the checkpoint folder; export consolidates it (EMA included) into one
     file that sample and test load without the strategy, and that fit resumes from on another world size."""
     config = "ddpm/digits.yaml"
-    torchrun(fit_args(config, tmp_path, "run", preset, 2))
+    fits_job(tmp_path, [("first", job_args(config, tmp_path, "run", preset, 2)),
+                        ("resumed", job_args(config, tmp_path, "run", preset, 4, "--ckpt_path=last",
+                                             "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep",
+                                             "--trainer.callbacks.step=2"))])
     folder = tmp_path / "run/checkpoints/last.ckpt"
     assert folder.is_dir()
-    torchrun(fit_args(config, tmp_path, "run", preset, 4, "--ckpt_path=last",
-                      "--trainer.callbacks+=tests.integration.tiny.ExpectStartStep",
-                      "--trainer.callbacks.step=2"))
     env = subprocess_env()
     run = lambda *a: subprocess.run([sys.executable, "-m", "lit_gen", *a], cwd=ROOT, env=env,  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
@@ -272,13 +323,17 @@ def test_two_nodes_on_localhost(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["ddp", "deepspeed_zero2", "deepspeed_zero3"])
-def test_activation_checkpointing_gives_the_same_training(preset, tmp_path):
-    """The UNet's gradient checkpointing (use_reentrant=False) recomputes activations in backward: under DDP
-    and ZeRO the weights after 4 steps equal those trained without it."""
-    for name, flag in (("plain", "false"), ("ckpt", "true")):
-        torchrun(fit_args("ddpm/digits.yaml", tmp_path, name, preset, 4, "--samples.every_n_steps=0",
-                          f"--model.init_args.net.init_args.gradient_checkpointing={flag}"))
-    plain, ckpt = (weights(tmp_path / n / "checkpoints/last.ckpt") for n in ("plain", "ckpt"))
-    for k in plain:
-        torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-5, atol=1e-6)
+def test_activation_checkpointing_gives_the_same_training(tmp_path):
+    """The UNet's gradient checkpointing (use_reentrant=False) recomputes activations in backward: under DDP,
+    ZeRO-2 and ZeRO-3 the weights after 4 steps equal those trained without it."""
+    presets = ["ddp", "deepspeed_zero2", "deepspeed_zero3"]
+    runs = [(f"{preset}_{name}", job_args("ddpm/digits.yaml", tmp_path, f"{preset}_{name}", preset, 4,
+                                          "--samples.every_n_steps=0",
+                                          f"--model.init_args.net.init_args.gradient_checkpointing={flag}"))
+            for preset in presets for name, flag in (("plain", "false"), ("ckpt", "true"))]
+    fits_job(tmp_path, runs)
+    for preset in presets:
+        plain, ckpt = (weights(tmp_path / f"{preset}_{name}" / "checkpoints/last.ckpt")
+                       for name in ("plain", "ckpt"))
+        for k in plain:
+            assert torch.allclose(ckpt[k], plain[k], rtol=1e-5, atol=1e-6), (preset, k)

@@ -1,91 +1,134 @@
-"""Command-line overrides that shrink any shipped config to a seconds-long CPU run."""
+"""Command-line overrides that shrink any shipped config to a seconds-long CPU run. Nothing here names a
+method, network or data set: each class brings its own tiny settings (``tiny_args``) and offline files
+(``fake_data``)."""
 
 from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+import json
+import os
+import tempfile
+from pathlib import Path
 
 import lightning.pytorch as L
 import yaml
 
-from tests.conftest import EXPERIMENTS
-
-TINY_NET = {
-    "lit_gen.nets.UNet": {
-        "base_channels": 8,
-        "channel_mults": [1, 2],
-        "num_res_blocks": 1,
-        "attention_resolutions": [4],
-        "dropout": 0.0,
-    },
-    "lit_gen.nets.EncoderUNet": {
-        "base_channels": 8,
-        "channel_mults": [1, 2],
-        "num_res_blocks": 1,
-        "attention_resolutions": [4],
-    },
-    "lit_gen.nets.MLPDenoiser": {"hidden_dim": 16, "num_layers": 2},
-    "lit_gen.flows.MLPFlow": {"num_layers": 2, "hidden_features": 8},
-    "lit_gen.flows.PlanarFlow": {"num_layers": 2},
-    "lit_gen.flows.RadialFlow": {"num_layers": 2},
-    "lit_gen.flows.NICE": {"num_coupling_layers": 2, "hidden_features": 8, "num_hidden_layers": 1},
-    "lit_gen.flows.RealNVP": {"num_steps_per_scale": 1, "hidden_channels": 4, "num_blocks": 1},
-    "lit_gen.flows.Glow": {"num_levels": 2, "num_steps": 1, "hidden_channels": 4},
-}
-TINY_IMAGE_SIZE = {"DigitsDataModule": 8, "ImageFolderDataModule": 8, "CaptionedImageFolderDataModule": 8}
-# score methods: a 10-step SDE (NCSN keeps its 10 levels) and 2 Langevin steps per level
-SCORE_METHODS = {
-    "ScoreSDE": ["--model.init_args.num_scales=10", "--model.init_args.ode_rtol=1e-2",
-                 "--model.init_args.ode_atol=1e-2"],
-    "NCSN": ["--model.init_args.n_steps_each=2"],
-}
+from lit_gen.methods.base import TinyCheckpoint
+from tests.conftest import EXPERIMENTS, ROOT
 
 
-# methods without a ``net`` / ``flow`` sub-config: their own size arguments
-TINY_METHOD = {
-    "DiscreteVAE": {"num_codes": 16, "channels": 8, "code_dim": 8, "tau_steps": 2, "kl_steps": 2},
-    "CLIP": {"dim": 16, "depth": 1, "heads": 2, "channels": 8, "embed_dim": 8},
-    "DALLE": {"dim": 16, "depth": 2, "heads": 2},
-}
+def resolve(class_path: str, package: str) -> type:
+    """A config's class: a dotted path, or a bare name that ``package`` exports (as the CLI resolves them)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module or package), name)
 
 
-def tiny_dvae_checkpoint(data_shape: tuple[int, ...] = (3, 32, 32)) -> str:
-    """A tiny DiscreteVAE checkpoint (seeded weights, no training) that DALLE configs can load: written once
-    per shape under the temp folder, atomically, so concurrent ranks or tests find the same file."""
-    import os
-    import tempfile
-    from pathlib import Path
+def _value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
+
+def fake_root(cls: type) -> Path:
+    """Where the offline files of a DataModule class live: written once per machine and version of
+    ``lit_gen/data/fakes.py`` (into a temporary folder, then renamed: concurrent ranks and tests agree)."""
+    import shutil
+
+    from lit_gen.data import fakes
+
+    version = hashlib.sha256(Path(fakes.__file__).read_bytes()).hexdigest()[:12]
+    root = Path(tempfile.gettempdir()) / f"lit_gen_fake_{version}" / cls.__name__
+    if not root.exists():
+        tmp = root.with_name(f"{root.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        cls.fake_data(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, root)
+        except OSError:  # another process was first: its files are the same
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def data_args(config: str, monkeypatch=None, tiny: bool = True) -> tuple[list[str], tuple]:
+    """The data's overrides (its tiny settings, with ``tiny``, and its offline files: :func:`fake_root`) and
+    the shape of its items. Fake files that need patched md5 sums need ``monkeypatch``."""
+    data = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]
+    cls = resolve(data["class_path"], "lit_gen.data")
+    fake = cls.fake_data(fake_root(cls))
+    if fake.patches and monkeypatch is None:
+        raise ValueError(f"{config}: {cls.__name__}'s fake files are read with patches: pass monkeypatch")
+    for owner, name, value in fake.patches:
+        monkeypatch.setattr(owner, name, value)
+    overrides = {**(cls.tiny_args if tiny else {}), **fake.init_args}
+    shape = tuple(cls(**{**data.get("init_args", {}), **overrides}).data_shape)
+    return [f"--data.init_args.{k}={_value(v)}" for k, v in overrides.items()], shape
+
+
+def method_args(config: str, data_shape: tuple[int, ...], tiny: bool = True) -> list[str]:
+    """The method's tiny settings and those of each network in its config (``net``, ``flow``, ...), or with
+    ``tiny=False`` only the checkpoints that it loads (made at ``data_shape``)."""
+    model = yaml.safe_load((EXPERIMENTS / config).read_text())["model"]
+    init = model.get("init_args", {})
+    overrides = resolve(model["class_path"], "lit_gen.methods").tiny_args(init, data_shape)
+    args = [f"--model.init_args.{k}={tiny_checkpoint(v) if isinstance(v, TinyCheckpoint) else _value(v)}"
+            for k, v in overrides.items() if tiny or isinstance(v, TinyCheckpoint)]
+    for key, sub in init.items() if tiny else ():
+        if isinstance(sub, dict) and "class_path" in sub:
+            net = getattr(resolve(sub["class_path"], "lit_gen.nets"), "tiny_args", {})
+            args += [f"--model.init_args.{key}.init_args.{k}={_value(v)}" for k, v in net.items()]
+    return args
+
+
+def required_args(config: str, monkeypatch) -> list[str]:
+    """What ``config`` needs to instantiate here at its own size: its data's offline files and the checkpoints
+    its method loads."""
+    data, shape = data_args(config, monkeypatch, tiny=False)
+    return data + method_args(config, shape, tiny=False)
+
+
+@functools.cache
+def _code_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "lit_gen").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def tiny_checkpoint(spec: TinyCheckpoint) -> str:
+    """An untrained checkpoint of the tiny ``spec.method`` (seed 0) that other methods can load: written once,
+    atomically, under the temp folder, named by a hash of its arguments and of lit_gen's code."""
     import lightning
     import torch
 
     from lit_gen import __version__
     from lit_gen.checkpoints import TAG, class_path
-    from lit_gen.methods.dvae import DiscreteVAE
 
-    hparams = {"data_shape": tuple(data_shape), **TINY_METHOD["DiscreteVAE"], "ema_decay": 0.0}
-    path = Path(tempfile.gettempdir()) / f"lit_gen_tiny_dvae_{'x'.join(map(str, data_shape))}_v3.ckpt"
+    cls, shape = spec.method, spec.init_args.get("data_shape")
+    hparams = {**cls.tiny_args(spec.init_args, shape), **spec.init_args, "ema_decay": 0.0}
+    key = hashlib.sha256(json.dumps([class_path(cls), hparams, _code_digest()], default=str).encode())
+    path = Path(tempfile.gettempdir()) / f"lit_gen_tiny_{cls.__name__}_{key.hexdigest()[:16]}.ckpt"
     if not path.exists():
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            model = DiscreteVAE(**hparams)
+            model = cls(**hparams)
             model.configure_model()
-            ckpt = {"state_dict": model.state_dict(),
-                    "hyper_parameters": {k: v for k, v in model.hparams.items() if k not in ("optimizer",
-                                                                                             "lr_scheduler")},
-                    "pytorch-lightning_version": lightning.__version__,
-                    TAG: {"class_path": class_path(model), "version": __version__, "world_size": 1}}
+        kept = {k: v for k, v in model.hparams.items() if k not in ("optimizer", "lr_scheduler")}
+        ckpt = {"state_dict": model.state_dict(), "hyper_parameters": kept,
+                "pytorch-lightning_version": lightning.__version__,
+                TAG: {"class_path": class_path(model), "version": __version__, "world_size": 1}}
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         torch.save(ckpt, tmp)
         os.replace(tmp, path)
     return str(path)
 
 
-def dvae_for(config: str, tiny: bool = True) -> str:
-    """A tiny dVAE checkpoint for the images of a DALLE ``config`` (at its tiny size, or at its configured
-    size)."""
-    data = yaml.safe_load((EXPERIMENTS / config).read_text())["data"]
-    size = data.get("init_args", {}).get("image_size", 32)
-    if tiny:
-        size = TINY_IMAGE_SIZE.get(data["class_path"], size)
-    return tiny_dvae_checkpoint((3, size, size))
+def reads_files(config: str) -> bool:
+    """Whether the data of ``config`` lives in files (it has offline stand-ins), not in lit_gen itself."""
+    from lit_gen.data import GenerativeDataModule
+
+    cls = resolve(yaml.safe_load((EXPERIMENTS / config).read_text())["data"]["class_path"], "lit_gen.data")
+    return cls.fake_data.__func__ is not GenerativeDataModule.fake_data.__func__
 
 
 def method_configs() -> list[str]:
@@ -93,34 +136,12 @@ def method_configs() -> list[str]:
                   if p.parent.name != "trainer")
 
 
-def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2) -> list[str]:
-    """``--config config`` plus overrides: a tiny net or flow, few diffusion steps, tiny batches, fast
-    callbacks."""
-    cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
-    model = cfg["model"]["init_args"]
-    key = "flow" if "flow" in model else "net"  # flows build model.flow, diffusion models model.net
-    args = ["--config", str(EXPERIMENTS / config), "--config", str(EXPERIMENTS / "trainer" / "cpu.yaml")]
-    method = cfg["model"]["class_path"]
-    if method in TINY_METHOD:
-        args += [f"--model.init_args.{arg}={value}" for arg, value in TINY_METHOD[method].items()]
-        if method == "DALLE":
-            args.append(f"--model.init_args.dvae_ckpt={dvae_for(config)}")
-    else:
-        for arg, value in TINY_NET[model[key]["class_path"]].items():
-            args.append(f"--model.init_args.{key}.init_args.{arg}={value}")
-    if "sampling_steps" in model:
-        args.append("--model.init_args.sampling_steps=5")
-    if method in TINY_METHOD:
-        pass  # their sizes above
-    elif key == "flow":
-        args.append("--model.init_args.init_batch_size=8")
-    elif method in SCORE_METHODS:
-        args += SCORE_METHODS[method]
-    else:
-        args.append("--model.init_args.num_timesteps=10")
-    data_class = cfg["data"]["class_path"]
-    if data_class in TINY_IMAGE_SIZE:
-        args.append(f"--data.init_args.image_size={TINY_IMAGE_SIZE[data_class]}")
+def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2, monkeypatch=None) -> list[str]:
+    """``--config config`` plus overrides: a tiny method, network and data set (offline files where its data
+    lives in files), tiny batches, fast callbacks; the run in ``runs_dir/name``."""
+    data, shape = data_args(config, monkeypatch)
+    args = ["--config", str(EXPERIMENTS / config), "--config", str(EXPERIMENTS / "trainer" / "cpu.yaml"),
+            *method_args(config, shape), *data]
     args += [
         "--data.init_args.batch_size=8",
         "--data.init_args.num_workers=0",

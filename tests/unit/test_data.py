@@ -29,7 +29,6 @@ from lit_gen.data.toy2d import (
     eight_gaussians_centres,
     eight_gaussians_log_prob,
 )
-from tests.fakes import write_celeba, write_cifar10, write_mnist
 
 SMALL_SHAPES = dict(num_train=64, num_val=16, num_test=16)
 SMALL_TOY = dict(num_train=256, num_val=64, num_test=64)
@@ -233,8 +232,9 @@ def test_toy2d_samples(name, std, has_log_prob):
     "module_class, folder", [(MNISTDataModule, "MNIST"), (FashionMNISTDataModule, "FashionMNIST")]
 )
 def test_mnist_offline(tmp_path, module_class, folder):
-    write_mnist(tmp_path / folder / "raw")
-    dm = module_class(root=str(tmp_path), val_fraction=0.25, batch_size=4)
+    fake = module_class.fake_data(tmp_path)
+    assert (tmp_path / folder / "raw").is_dir() and fake.init_args == {"root": str(tmp_path)}
+    dm = module_class(**fake.init_args, val_fraction=0.25, batch_size=4)
     assert dm.data_shape == (1, 32, 32) and dm.num_classes == 10
     dm.prepare_data()  # download=False: a no-op
     dm.setup()
@@ -243,9 +243,15 @@ def test_mnist_offline(tmp_path, module_class, folder):
     assert next(iter(dm.train_dataloader()))["x"].shape == (4, 1, 32, 32)
 
 
+def _fake(module_class, root, monkeypatch) -> dict:
+    fake = module_class.fake_data(root)
+    for owner, name, value in fake.patches:
+        monkeypatch.setattr(owner, name, value)
+    return fake.init_args
+
+
 def test_cifar10_offline(tmp_path, monkeypatch):
-    write_cifar10(tmp_path / "cifar-10-batches-py", monkeypatch)
-    dm = CIFAR10DataModule(root=str(tmp_path), val_fraction=0.25)
+    dm = CIFAR10DataModule(**_fake(CIFAR10DataModule, tmp_path, monkeypatch), val_fraction=0.25)
     assert dm.data_shape == (3, 32, 32) and dm.random_flip
     dm.setup()
     assert [len(d) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset)] == [30, 10, 8]
@@ -256,11 +262,10 @@ def test_cifar10_offline(tmp_path, monkeypatch):
 
 
 def test_celeba_offline(tmp_path, monkeypatch):
-    write_celeba(tmp_path / "celeba", monkeypatch)
-    dm = CelebADataModule(root=str(tmp_path), image_size=16)
+    dm = CelebADataModule(**_fake(CelebADataModule, tmp_path, monkeypatch), image_size=16)
     assert dm.data_shape == (3, 16, 16) and dm.num_classes == 0
     dm.setup()
-    assert [len(d) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset)] == [4, 4, 4]
+    assert [len(d) for d in (dm.train_dataset, dm.val_dataset, dm.test_dataset)] == [16, 16, 16]
     check_item(dm.train_dataset[0], (3, 16, 16), False)
 
 
