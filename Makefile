@@ -21,14 +21,13 @@ train: install                        ## the main job: DDPM on the embedded digi
 lint: install                         ## ruff check: the rules of pyproject.toml (no formatter: see pyproject.toml)
 	$(BIN)/ruff check .
 
-test: install                         ## the default test suite (620 tests, ~9 min on 2 cores)
-	$(BIN)/python -m pytest
+test: install                         ## the default suite: 2 workers of one thread each (~4 min on 2 cores)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
 test-slow: install                    ## the multi-process and long tests, which CI runs after `make test`
 	$(BIN)/python -m pytest -m slow --durations=15
 
-test-all: install                     ## make test and make test-slow in one run
-	$(BIN)/python -m pytest -m 'not matrix'
+test-all: test test-slow              ## both, as CI runs them
 
 test-matrix: install                  ## every method's config under every trainer preset (a release, a GPU machine)
 	$(BIN)/python -m pytest -m matrix

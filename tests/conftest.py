@@ -40,6 +40,16 @@ def start_fit(args: list[str], ready: Path, timeout: float = 120, stderr=subproc
 
 
 @pytest.fixture(autouse=True)
+def handled_messages_silenced():
+    """lit_gen filters the warnings it handles when imported (``lit_gen.console.SILENCED``, each with its
+    reason); pytest resets the filters for every test, so they are installed again: tests see what users
+    see."""
+    from lit_gen.console import silence_handled_messages
+
+    silence_handled_messages()
+
+
+@pytest.fixture(autouse=True)
 def clean_dist_env(monkeypatch):
     """Lightning leaves rank variables behind; a later test must not think it is inside a DDP job."""
     for var in DIST_VARS:
@@ -49,22 +59,21 @@ def clean_dist_env(monkeypatch):
         os.environ.pop(var, None)
 
 
-def pytest_runtest_setup(item):
-    """A run given a wall-clock deadline (``LIT_GEN_TEST_DEADLINE``, Unix seconds; `.ci/run` sets one for the
-    slow set) starts no test after it, so a slower CI machine reports the rest as skipped instead of running
-    out of time."""
-    deadline = os.environ.get("LIT_GEN_TEST_DEADLINE")
-    if deadline and time.time() > float(deadline):
-        pytest.skip(f"past the run's deadline (LIT_GEN_TEST_DEADLINE={deadline}); run it with `pytest "
-                    f"{item.nodeid}`")
+@pytest.fixture
+def lit_gen(capsys):
+    """``lit-gen ARGS`` in this process (these commands launch no processes of their own): its exit code and
+    output, as a subprocess would give them."""
 
+    from lit_gen.cli import cli_main
 
-LAST = {"test_every_method_fits_and_resumes_exactly_under_every_preset": 1,
-        "test_gpu_check_script_runs_every_check": 2}
+    def run(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            cli_main(list(args))
+            code = 0
+        except SystemExit as exit_info:
+            code = exit_info.code or 0
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out.out, out.err)
 
-
-def pytest_collection_modifyitems(config, items):
-    """The longest slow tests run last: the preset sweep, then the CPU run of the GPU script. Under
-    `.ci/run`'s deadline a slower machine then skips some presets' sweeps, not the other scaling checks."""
-    # stable: file order otherwise
-    items.sort(key=lambda item: LAST.get(getattr(item, "originalname", item.name), 0))
+    return run

@@ -5,6 +5,7 @@ torchmetrics with a pluggable feature network: a classifier lit_gen trains on th
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,8 +60,10 @@ def kernel_distance(features: nn.Module, subset_size: int = 1000,
     """torchmetrics' KID (Bińkowski et al. 2018: the unbiased MMD^2 estimate with a cubic polynomial kernel,
     averaged over random subsets) on ``features`` (images in [-1, 1]); real features are kept across
     ``reset``."""
-    return KernelInceptionDistance(feature=features, subsets=subsets, subset_size=subset_size,
-                                   reset_real_features=False, normalize=True)
+    with warnings.catch_warnings():  # that it keeps every feature: the point of it, at FID-set sizes
+        warnings.filterwarnings("ignore", message=".*will save all extracted features in buffer")
+        return KernelInceptionDistance(feature=features, subsets=subsets, subset_size=subset_size,
+                                       reset_real_features=False, normalize=True)
 
 
 class InceptionFeatures(nn.Module):

@@ -2,7 +2,8 @@
 and called as ``net(x, t, y=None)``."""
 
 from lit_gen.nets.embeddings import timestep_embedding
+from lit_gen.nets.encoder import EncoderUNet
 from lit_gen.nets.mlp import MLPDenoiser
-from lit_gen.nets.unet import EncoderUNet, UNet
+from lit_gen.nets.unet import UNet
 
 __all__ = ["EncoderUNet", "MLPDenoiser", "UNet", "timestep_embedding"]

@@ -10,6 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import EXPERIMENTS, ROOT, start_fit, subprocess_env
+from tests.integration.launch import fits_job, job_args
 from tests.integration.tiny import tiny_args
 
 
@@ -25,6 +26,7 @@ def _fit_ddp(config: str, tmp_path, *extra: str) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # processes of its own; `make test-slow` (CI) runs it
 def test_parameters_and_buffers_come_in_the_same_order_in_every_process():
     """DDP and Lightning copy parameters and buffers from rank 0 to the other ranks by position. A module that
     registered them in a set's order (DALL-E's attention masks once did) put rank 0's row mask under another
@@ -42,6 +44,7 @@ def test_parameters_and_buffers_come_in_the_same_order_in_every_process():
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.slow  # processes of its own; `make test-slow` (CI) runs it
 def test_ddp_glow_actnorm_init_is_pooled_over_ranks(tmp_path):
     # each rank initialises ActNorm on its own shard of the init batch; without pooling the statistics the
     # ranks would train different models (DDP averages gradients, not weights)
@@ -50,6 +53,7 @@ def test_ddp_glow_actnorm_init_is_pooled_over_ranks(tmp_path):
     assert "val/bpd" in EventAccumulator(str(tmp_path / "ddp")).Reload().Tags()["scalars"]
 
 
+@pytest.mark.slow  # processes of its own; `make test-slow` (CI) runs it
 def test_ddp_two_processes_on_cpu(tmp_path):
     _fit_ddp("ddpm/digits.yaml", tmp_path, "--model.init_args.timestep_sampler=loss-aware")
     run = tmp_path / "ddp"
@@ -63,19 +67,20 @@ def test_ddp_two_processes_on_cpu(tmp_path):
     assert "val/loss" in EventAccumulator(str(run)).Reload().Tags()["scalars"]
 
 
-@pytest.mark.slow  # three 2-process fits (~1 min); .ci/run runs the slow set
+@pytest.mark.slow  # three 2-process fits
 def test_ddp_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
     """2 processes, preempted two batches into an epoch and resumed: bit-identical to the uninterrupted
     run."""
     extra = ["--trainer.max_steps=-1", "--trainer.limit_train_batches=null",
              "--data.init_args.batch_size=256",
              "--trainer.max_epochs=2", "--samples.every_n_steps=0", "--trainer.limit_val_batches=0"]
-    _fit_ddp("ddpm/digits.yaml", tmp_path / "straight", *extra)
     stop = ["--trainer.callbacks+=tests.integration.tiny.StopAfterSteps", "--trainer.callbacks.steps=7"]
-    _fit_ddp("ddpm/digits.yaml", tmp_path / "resumed", *extra, *stop)
-    assert torch.load(tmp_path / "resumed/ddp/checkpoints/last.ckpt",
-                      weights_only=True)["DigitsDataModule"]["batches"] == 2
-    _fit_ddp("ddpm/digits.yaml", tmp_path / "resumed", *extra, "--ckpt_path=last")
+    runs = (("straight", "straight", []), ("interrupted", "resumed", stop),
+            ("resumed", "resumed", ["--ckpt_path=last"]))  # in one torchrun job
+    fits_job(tmp_path, [(name, job_args("ddpm/digits.yaml", tmp_path / folder, "ddp", "ddp", -1, *extra,
+                                        *more)) for name, folder, more in runs])
+    interrupted = torch.load(tmp_path / "resumed/ddp/checkpoints/step0000007.ckpt", weights_only=True)
+    assert interrupted["DigitsDataModule"]["batches"] == 2  # two batches into its second epoch
     a, b = (torch.load(tmp_path / d / "ddp/checkpoints/last.ckpt", weights_only=True) for d in ("straight",
                                                                                                 "resumed"))
     # 718 digits a rank, 128 a rank and step: 5 steps an epoch
@@ -84,7 +89,7 @@ def test_ddp_resume_mid_epoch_matches_uninterrupted_run(tmp_path):
         torch.testing.assert_close(a["state_dict"][key], b["state_dict"][key], rtol=0, atol=0, msg=key)
 
 
-@pytest.mark.slow  # a 2-process sampling job (~1 min); .ci/run runs the slow set
+@pytest.mark.slow  # a 2-process sampling job
 def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     """lit-gen sample --devices 2: the samples (and their balanced labels) of a one-process run, in index
     order, with 11 samples so that one rank's last batch is short; --png writes one file per sample."""
@@ -117,6 +122,7 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     assert not (tmp_path / "two" / ".shards").exists()
 
 
+@pytest.mark.slow  # processes of its own; `make test-slow` (CI) runs it
 def test_ddp_sigterm_to_every_rank_saves_one_step_and_exits_143(tmp_path):
     """As SLURM preempts a job: SIGTERM to every process of a 2-process fit, in its sample grid or between
     steps; the ranks agree on one step, save it once and exit 143; a resume continues from that step."""

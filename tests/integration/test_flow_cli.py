@@ -59,9 +59,8 @@ def test_interpolation_and_exact_inversion(glow_run, tmp_path, capsys):
     cli_main(["sample", "--ckpt_path", ckpt, "--interpolate", "3", "--output", str(tmp_path / "i")])
     grid = np.load(tmp_path / "i" / "samples.npz")["arr_0"]
     assert grid.shape == (9, 8, 8, 1)
-    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"), "--num_samples",
-              "9",
-              "--output", str(tmp_path / "r")])
+    cli_main(["sample", "--ckpt_path", ckpt, "--invert", str(tmp_path / "i" / "samples.npz"),
+              "--num_samples", "9", "--output", str(tmp_path / "r")])
     assert np.load(tmp_path / "r" / "latents.npz")["arr_0"].shape == (9, 1, 8, 8)
     np.testing.assert_array_equal(np.load(tmp_path / "r" / "samples.npz")["arr_0"], grid)  # exact round trip
     mse = float(re.search(r"reconstruction MSE ([\d.e+-]+)", capsys.readouterr().err).group(1))

@@ -6,8 +6,6 @@ sharding, loss equivalence across strategies, accumulation equivalence, uneven s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,8 @@ import torch
 import yaml
 
 from lit_gen.checkpoints import consolidate
-from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
+from tests.conftest import EXPERIMENTS
+from tests.integration.launch import fit_args, fits_job, job_args, torchrun
 from tests.integration.tiny import method_configs, reads_files, resolve, tiny_args
 
 # every trainer preset but cpu, gpu (needs CUDA) and fid_best3 (a callback set)
@@ -49,68 +48,6 @@ def family_representatives() -> list[str]:
         model = yaml.safe_load((EXPERIMENTS / config).read_text())["model"]["class_path"]
         chosen.setdefault(resolve(model, "lit_gen.methods").family, config)
     return sorted(chosen.values())
-
-
-def torchrun(args: list[str], nodes: int = 1, timeout: int = 900, **env_extra) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 ARGS`` (or ``nodes`` single-process "nodes" on localhost)."""
-    env = subprocess_env()
-    env.update(OMP_NUM_THREADS="1", **env_extra)
-    if nodes == 1:
-        launch = ["--nproc_per_node", "2", "--master_port", str(_free_port())]
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, *args], cwd=ROOT,
-                                  env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-    else:
-        port = str(_free_port())
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
-                                   "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr",
-                                   "127.0.0.1",
-                                   "--master_port", port, *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for rank in range(nodes)]
-    outs = []
-    try:
-        for proc in procs:
-            outs.append(proc.communicate(timeout=timeout)[0])
-    finally:
-        for proc in procs:
-            proc.kill()
-    result = subprocess.CompletedProcess(args, max(p.returncode for p in procs), "\n".join(outs), "")
-    assert result.returncode == 0, result.stdout[-4000:]
-    return result
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def job_args(config: str, runs_dir: Path, name: str, preset: str, steps: int, *extra: str) -> list[str]:
-    """The arguments of a tiny fit of ``config`` on 2 CPU processes under ``preset``."""
-    return [*tiny_args(config, runs_dir, name=name, max_steps=steps),
-            "--config", str(EXPERIMENTS / "trainer" / f"{preset}.yaml"), "--trainer.accelerator=cpu",
-            "--trainer.devices=2", "--data.init_args.batch_size=16", *extra]
-
-
-def fit_args(*args, **kwargs) -> list[str]:
-    """``-m lit_gen fit`` with :func:`job_args`: one fit as its own torchrun job."""
-    return ["-m", "lit_gen", "fit", *job_args(*args, **kwargs)]
-
-
-def fits_job(tmp_path: Path, runs: list[tuple[str, list[str]]], timeout: int = 900) -> str:
-    """The fits ``runs`` (name, :func:`job_args`) in the processes of one torchrun job, in order; fails with
-    the traceback of any that failed; returns the job's output."""
-    plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps([{"name": name, "args": args} for name, args in runs]))
-    out = torchrun(["-m", "tests.integration.fits_job", str(plan)], timeout=timeout).stdout
-    results = json.loads(plan.with_suffix(".results.json").read_text())
-    assert list(results) == [name for name, _ in runs]
-    failed = {name: r["traceback"] for name, r in results.items() if "error" in r}
-    assert not failed, json.dumps(failed, indent=1)[-6000:]
-    return out
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -249,7 +186,7 @@ def test_accumulation_matches_the_larger_batch(preset, tmp_path):
 # --- sharded checkpoints ------------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["deepspeed_zero3", "fsdp"])
-def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset, tmp_path):
+def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset, tmp_path, lit_gen):
     """--ckpt_path last resumes from the checkpoint folder; export consolidates it (EMA included) into one
     file that sample and test load without the strategy, and that fit resumes from on another world size."""
     config = "ddpm/digits.yaml"
@@ -259,9 +196,7 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
                                              "--trainer.callbacks.step=2"))])
     folder = tmp_path / "run/checkpoints/last.ckpt"
     assert folder.is_dir()
-    env = subprocess_env()
-    run = lambda *a: subprocess.run([sys.executable, "-m", "lit_gen", *a], cwd=ROOT, env=env,  # noqa: E731
-                                    capture_output=True, text=True, timeout=300)
+    run = lit_gen  # one process from here on: this one
     proc = run("export", "--ckpt_path", str(folder), "--output", str(tmp_path / "model.ckpt"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     ckpt = torch.load(tmp_path / "model.ckpt", weights_only=True)

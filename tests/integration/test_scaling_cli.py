@@ -3,17 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 
-from tests.conftest import EXPERIMENTS, ROOT, subprocess_env
+from tests.conftest import EXPERIMENTS
 from tests.integration.tiny import tiny_args
-
-
-def lit_gen(*args: str) -> subprocess.CompletedProcess:
-    env = subprocess_env()
-    return subprocess.run([sys.executable, "-m", "lit_gen", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def memory_rows(out: str) -> dict[str, list[float]]:
@@ -21,7 +13,7 @@ def memory_rows(out: str) -> dict[str, list[float]]:
             if line.startswith(("ddp ", "deepspeed_", "fsdp"))}
 
 
-def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
+def test_memory_reports_the_notes_model_for_the_config_network(tmp_path, lit_gen):
     # ZeRO-3 partitions every tensor here (the digits UNet's are all under DeepSpeed's default persistence
     # threshold of 1e5 elements, which keeps such tensors whole on every rank once gathered: checked at the
     # end)
@@ -65,7 +57,7 @@ def test_memory_reports_the_notes_model_for_the_config_network(tmp_path):
     assert abs(rows["deepspeed_zero3"][0] - 2 * 1.25 * gib) <= 0.0015 and rows["deepspeed_zero3"][0] > 2 * gib
 
 
-def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
+def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path, lit_gen):
     # captions, tokenizer fitted
     proc = lit_gen("memory", "--config", str(EXPERIMENTS / "dalle/clip_shapes.yaml"))
     assert proc.returncode == 0 and "no batch of the data" not in proc.stderr, proc.stderr[-2000:]
@@ -86,7 +78,7 @@ def test_memory_measures_on_a_batch_of_the_data_or_says_why_not(tmp_path):
                                                     "'caption'"), proc.stderr[-2000:]
 
 
-def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path):
+def test_gradient_accumulation_inside_a_deepspeed_config_is_one_line(tmp_path, lit_gen):
     config = ('{"zero_optimization": {"stage": 2}, "gradient_accumulation_steps": 4, '
               '"train_micro_batch_size_per_gpu": 8}')
     proc = lit_gen("fit", *tiny_args("ddpm/toy2d.yaml", tmp_path), "--config",

@@ -4,6 +4,7 @@ training data before the sanity check, temperature sampling, exact inversion, th
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import lightning.pytorch as L
 import pytest
@@ -88,7 +89,7 @@ def test_nll_of_the_identity_flow_is_the_closed_form():
 
 def test_actnorm_is_initialised_on_training_data_before_the_sanity_check():
     data = Toy2DDataModule(name="checkerboard", batch_size=256, num_train=2048, num_val=512)
-    model = NormalizingFlow((2,), flow=lambda s: MLPFlow(s, num_layers=2, hidden_features=8),
+    model = NormalizingFlow((2,), flow=partial(MLPFlow, num_layers=2, hidden_features=8),
                             init_batch_size=512,
                             ema_decay=0.5)
     _trainer(max_steps=0, num_sanity_val_steps=1).fit(model, data)
@@ -104,7 +105,7 @@ def test_actnorm_is_initialised_on_training_data_before_the_sanity_check():
 
 
 def test_temperature_sampling_and_options():
-    model = NormalizingFlow((1, 4, 4), flow=lambda s: Glow(s, num_levels=2, num_steps=1, hidden_channels=4),
+    model = NormalizingFlow((1, 4, 4), flow=partial(Glow, num_levels=2, num_steps=1, hidden_channels=4),
                             temperature=0.7)
     model.net(torch.rand(8, 1, 4, 4) * 2 - 1)  # ActNorm init
     cold = model.sample(3, [_gen(1), _gen(2), _gen(3)], temperature=0.0).x
@@ -143,7 +144,7 @@ class _NaNAtSecondStep(NormalizingFlow):
 
 def test_nan_loss_stops_training_naming_the_step():
     data = Toy2DDataModule(batch_size=64, num_train=512, num_val=64)
-    model = _NaNAtSecondStep((2,), flow=lambda s: MLPFlow(s, num_layers=2, hidden_features=8))
+    model = _NaNAtSecondStep((2,), flow=partial(MLPFlow, num_layers=2, hidden_features=8))
     with pytest.raises(FloatingPointError, match=r"non-finite training loss \(nan on rank 0\) at global step "
                                                  r"1 \(epoch 0, batch 1\)"):
         _trainer(max_steps=5, num_sanity_val_steps=0).fit(model, data)

@@ -259,4 +259,4 @@ def test_scalar_parameters_of_old_checkpoints_still_load():
         state = layer.state_dict()
         state[name] = torch.tensor(0.25)
         layer.load_state_dict(state)
-        assert getattr(layer, name).shape == (1,) and float(getattr(layer, name)) == 0.25
+        assert getattr(layer, name).shape == (1,) and float(getattr(layer, name).detach()) == 0.25
