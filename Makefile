@@ -21,11 +21,11 @@ train: install                        ## the main job: DDPM on the embedded digi
 lint: install                         ## ruff check: the rules of pyproject.toml (no formatter: see pyproject.toml)
 	$(BIN)/ruff check .
 
-test: install                         ## the default suite: 2 workers of one thread each (~4 min on 2 cores)
+test: install                         ## the default suite: 2 workers of one thread each (~4.5 min on 2 cores)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
-test-slow: install                    ## the multi-process and long tests, which CI runs after `make test`
-	$(BIN)/python -m pytest -m slow --durations=15
+test-slow: install                    ## the multi-process and long tests, two at a time (CI runs them after make test)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow -n 2 --dist worksteal --durations=15
 
 test-all: test test-slow              ## both, as CI runs them
 

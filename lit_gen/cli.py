@@ -33,7 +33,8 @@ from lit_gen.files import WriteError, check_writable_folder
 from lit_gen.methods.base import GenerativeModule
 from lit_gen.preemption import Preempted
 from lit_gen.runs import RunConfig, RunLock, check_name, refuse_or_clear
-from lit_gen.strategies import FSDP, DeepSpeed, end_process_group
+from lit_gen.sharding import end_process_group
+from lit_gen.strategies import FSDP, DeepSpeed
 
 silence_handled_messages()  # Lightning's messages about what lit_gen handles (each with its reason)
 

@@ -26,6 +26,8 @@ SILENCED = [
      "raised inside Lightning's own code by this torch release; nothing a user can change"),
     (r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint need to be provided",
      "lit-gen builds the same callbacks for every fit of a run"),
+    (r"Checkpoint directory .* exists and is not empty",
+     "a resume continues in its run's checkpoint folder; a fresh fit into one with checkpoints is refused"),
 ]
 TIPS = ("litlogger",)  # Lightning's advertisement on every fit
 

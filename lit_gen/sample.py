@@ -32,6 +32,7 @@ from lit_gen.visual import (
     captioned_grid,
     figure_to_array,
     image_grid,
+    read_uint8_images,
     save_npz,
     save_png,
     scatter_figure,
@@ -250,25 +251,14 @@ def sample_main(argv: list[str]) -> Path:
     return output
 
 
-def _uint8_images(path: Path, flag: str, shape: tuple[int, ...]) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{flag} file not found: {str(path)!r}")
-    images = np.load(path)["arr_0"]
-    expected = (*shape[1:], shape[0])
-    if images.dtype != np.uint8 or images.shape[1:] != expected:
-        raise ValueError(f"{flag} expects uint8 images of shape N x {expected}, got {images.dtype} "
-                         f"{images.shape}")
-    return images
-
-
 def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_known (N, C, H, W) in [-1, 1], mask (N or 1, C, H, W) of 0/1) from --inpaint and --mask."""
     if "inpaint" not in inspect.signature(model.sample).parameters:
         raise ValueError(f"{type(model).__name__} cannot inpaint; --inpaint needs a score model or a "
                          "diffusion model with a sampler of lit_gen.score")
     c, h, w = model.data_shape
-    known = torch.from_numpy(_uint8_images(Path(cfg.inpaint), "--inpaint", model.data_shape)).permute(0, 3, 1,
-                                                                                                      2)
+    images = read_uint8_images(Path(cfg.inpaint), "--inpaint", model.data_shape)
+    known = torch.from_numpy(images).permute(0, 3, 1, 2)
     path = Path(cfg.mask)
     if not path.is_file():
         raise FileNotFoundError(f"--mask file not found: {str(path)!r}")
@@ -401,7 +391,7 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     if not hasattr(model, "invert"):
         raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion "
                          f"model or a flow")
-    images = _uint8_images(Path(cfg.invert), "--invert", model.data_shape)
+    images = read_uint8_images(Path(cfg.invert), "--invert", model.data_shape)
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
     options = model.deterministic_options(options)
     encoder_options = {k: v for k, v in options.items() if k in INVERT_OPTIONS}

@@ -156,3 +156,16 @@ def save_npz(path: str | Path, samples: np.ndarray, labels: np.ndarray | None = 
     ``captions``). Written atomically."""
     arrays = [samples] if labels is None else [samples, labels]
     atomic_write(path, lambda file: np.savez(file, *arrays, **named))
+
+
+def read_uint8_images(path: Path, flag: str, shape: tuple[int, ...]) -> np.ndarray:
+    """The uint8 (N, H, W, C) images of ``arr_0`` in the npz ``path`` (as ``samples.npz`` holds them), checked
+    against a model's ``shape`` (C, H, W); ``flag`` names the option in the one-line errors."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} file not found: {str(path)!r}")
+    images = np.load(path)["arr_0"]
+    expected = (*shape[1:], shape[0])
+    if images.dtype != np.uint8 or images.shape[1:] != expected:
+        raise ValueError(f"{flag} expects uint8 images of shape N x {expected}, got {images.dtype} "
+                         f"{images.shape}")
+    return images

@@ -39,14 +39,22 @@ def start_fit(args: list[str], ready: Path, timeout: float = 120, stderr=subproc
     return proc
 
 
-@pytest.fixture(autouse=True)
-def handled_messages_silenced():
+def pytest_collection_modifyitems(config, items):
     """lit_gen filters the warnings it handles when imported (``lit_gen.console.SILENCED``, each with its
-    reason); pytest resets the filters for every test, so they are installed again: tests see what users
-    see."""
-    from lit_gen.console import silence_handled_messages
+    reason); pytest resets the filters around every test phase, so each test gets them as marks: tests see
+    what users see, fixtures included."""
+    from lit_gen.console import SILENCED
 
-    silence_handled_messages()
+    marks = [pytest.mark.filterwarnings(f"ignore:{pattern}") for pattern, _ in SILENCED]
+    for item in items:
+        for mark in marks:
+            item.add_marker(mark)
+    # the longest first, so that on 2 workers (make test-slow) they run beside the rest, not after it
+    items.sort(key=lambda item: -FIRST.get(getattr(item, "originalname", item.name), 0))  # stable otherwise
+
+
+FIRST = {"test_every_family_under_every_preset_and_every_method_under_ddp_and_zero3": 2,
+         "test_gpu_check_script_runs_every_check": 1}
 
 
 @pytest.fixture(autouse=True)

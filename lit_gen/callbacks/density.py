@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit_gen.callbacks.images import log_image
 from lit_gen.callbacks.periodic import EveryNSteps
+from lit_gen.image_logging import log_image
 from lit_gen.visual import density_figure, figure_to_array, save_png
 
 

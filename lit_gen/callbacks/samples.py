@@ -9,8 +9,8 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-from lit_gen.callbacks.images import log_image
 from lit_gen.callbacks.periodic import EveryNSteps
+from lit_gen.image_logging import log_image
 from lit_gen.utils import sample_generators
 from lit_gen.visual import figure_to_array, image_grid, labelled_grid, quiver_figure, save_png, scatter_figure
 

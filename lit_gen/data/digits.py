@@ -33,8 +33,8 @@ class DigitsDataModule(GenerativeDataModule):
     """
 
     num_channels = 1
-    tiny_args = {"image_size": 8}
     num_classes = 10
+    tiny_args = {"image_size": 8}
 
     def __init__(
         self, *, image_size: int = 16, val_fraction: float = 0.1, test_fraction: float = 0.1, **kwargs: Any

@@ -89,8 +89,8 @@ class ImageFolderDataModule(VisionDataModule):
         _check_folder(root, num_channels, "ImageFolder")
         if not has_images(root):  # found at once, before a fit writes anything
             raise FileNotFoundError(f"ImageFolder root={root!r} holds no images "
-                             f"({', '.join(image_extensions())}): put them in it directly, or in one "
-                             f"sub-folder per class")
+                                    f"({', '.join(image_extensions())}): put them in it directly, or in "
+                                    "one sub-folder per class")
         self.num_channels = num_channels
         self.class_names = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
         self.num_classes = len(self.class_names)

@@ -16,7 +16,8 @@ from lit_gen import __version__
 from lit_gen.checkpoints import TAG, check_method, class_path, consolidate
 from lit_gen.nets.ema import EMA
 from lit_gen.optim import WarmupCosineLR, check_factories
-from lit_gen.strategies import FSDP, load_full_state_dict, shards_parameters, step_applied
+from lit_gen.sharding import load_full_state_dict
+from lit_gen.strategies import FSDP, shards_parameters, step_applied
 
 
 @dataclass

@@ -21,7 +21,7 @@ from lit_gen.methods.base import GenerativeModule, SampleOutput, TinyCheckpoint,
 from lit_gen.methods.clip import CLIP
 from lit_gen.methods.dvae import DiscreteVAE, DVAECodec
 from lit_gen.nets.transformer import DALLETransformer, KVCache, MaskKind
-from lit_gen.strategies import gathered
+from lit_gen.sharding import gathered
 from lit_gen.text import BPETokenizer
 from lit_gen.utils import sample_generators
 
@@ -317,9 +317,9 @@ class DALLE(GenerativeModule):
 
     def _prefix(self, path: str, rows: int, prompts: torch.Tensor) -> torch.Tensor:
         """(P, rows * w) codes of the prefix images, cycled over the prompt indices."""
-        from lit_gen.sample import _uint8_images
+        from lit_gen.visual import read_uint8_images
 
-        images = _uint8_images(Path(path), "prefix_image", self.data_shape)
+        images = read_uint8_images(Path(path), "prefix_image", self.data_shape)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1)
         with gathered(self.dvae):
             codes = self.dvae.encode(x[prompts % len(x)].to(self.device))  # (P, h, w)

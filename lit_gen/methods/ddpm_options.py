@@ -9,7 +9,6 @@ from lit_gen.score.options import SolverOptions
 
 
 @dataclass
-@dataclass
 class DiffusionSampleOptions(SolverOptions):
     """Sampling options of the diffusion models; None means the model's default.
 

@@ -10,7 +10,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.callbacks.images import log_image
 from lit_gen.dalle.reconstruction import reconstruction
 from lit_gen.dalle.relaxation import (
     categorical_sample,
@@ -21,6 +20,7 @@ from lit_gen.dalle.relaxation import (
     linear_ramp,
     marginal_kl_to_uniform,
 )
+from lit_gen.image_logging import log_image
 from lit_gen.likelihood import bits_per_dim, dequantize_centred
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
 from lit_gen.nets.dvae import DiscreteVAENet

@@ -12,7 +12,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lit_gen.flows import Flow, Glow, bits_per_dim, postprocess, preprocess
 from lit_gen.flows.layers import ActNorm
 from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
-from lit_gen.strategies import full_state_dict, gathered, load_full_state_dict, shards_parameters
+from lit_gen.sharding import full_state_dict, gathered, load_full_state_dict
+from lit_gen.strategies import shards_parameters
 
 # A Flow class whose first parameter is data_shape; YAML gives the rest (see lit_gen.flows).
 FlowFactory = Callable[[tuple[int, ...]], Flow]

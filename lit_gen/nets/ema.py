@@ -7,7 +7,7 @@ import copy
 import torch
 from torch import nn
 
-from lit_gen.strategies import local_shards
+from lit_gen.sharding import local_shards
 
 
 class EMA(nn.Module):

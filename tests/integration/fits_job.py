@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from lit_gen.strategies import end_process_group
+from lit_gen.sharding import end_process_group
 
 
 def run_fits(plan: list[dict]) -> dict[str, dict]:

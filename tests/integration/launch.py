@@ -16,19 +16,17 @@ def torchrun(args: list[str], nodes: int = 1, timeout: int = 900, **env_extra) -
     """``torchrun --nproc_per_node 2 ARGS`` (or ``nodes`` single-process "nodes" on localhost)."""
     env = subprocess_env()
     env.update(OMP_NUM_THREADS="1", **env_extra)
+    run = [sys.executable, "-m", "torch.distributed.run"]
+    pipes = {"cwd": ROOT, "env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
     if nodes == 1:
         launch = ["--nproc_per_node", "2", "--master_port", str(_free_port())]
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *launch, *args], cwd=ROOT,
-                                  env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+        procs = [subprocess.Popen([*run, *launch, *args], **pipes)]
     else:
         port = str(_free_port())
-        procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes),
-                                   "--nproc_per_node", "1", "--node_rank", str(rank), "--master_addr",
-                                   "127.0.0.1",
-                                   "--master_port", port, *args], cwd=ROOT, env=env,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  text=True) for rank in range(nodes)]
+        node = ["--nnodes", str(nodes), "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
+                "--master_port", port]
+        procs = [subprocess.Popen([*run, *node, "--node_rank", str(rank), *args], **pipes)
+                 for rank in range(nodes)]
     outs = []
     try:
         for proc in procs:

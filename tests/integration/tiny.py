@@ -281,7 +281,7 @@ class CheckEMA(L.Callback):
         self.updates = 0
 
     def _weights(self, net) -> dict:
-        from lit_gen.strategies import full_state_dict
+        from lit_gen.sharding import full_state_dict
 
         names = {n for n, _ in net.named_parameters()}
         return {k: v.double().clone() for k, v in full_state_dict(net).items() if k in names}

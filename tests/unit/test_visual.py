@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from lit_gen.callbacks import images
-from lit_gen.callbacks.images import log_image
+from lit_gen import image_logging
+from lit_gen.image_logging import log_image
 
 
 def test_plots_do_not_touch_pyplot_or_the_backend():
@@ -43,7 +43,7 @@ class _ImageLogger:
 
 
 def test_images_go_through_each_loggers_api(tmp_path, monkeypatch):
-    monkeypatch.setattr(images, "_told", set())
+    monkeypatch.setattr(image_logging, "_told", set())
     tb, own, csv = TensorBoardLogger(str(tmp_path)), _ImageLogger(), CSVLogger(str(tmp_path))
     trainer = SimpleNamespace(loggers=[tb, own, csv])
     grid = torch.rand(3, 10, 12)
