@@ -28,6 +28,8 @@ SILENCED = [
      "lit-gen builds the same callbacks for every fit of a run"),
     (r"Checkpoint directory .* exists and is not empty",
      "a resume continues in its run's checkpoint folder; a fresh fit into one with checkpoints is refused"),
+    (r"The dirpath has changed from",
+     "a checkpoint tested or fine-tuned under another run name: that run keeps its own checkpoints"),
 ]
 TIPS = ("litlogger",)  # Lightning's advertisement on every fit
 

@@ -51,7 +51,7 @@ def family_representatives() -> list[str]:
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return consolidate(ckpt)["state_dict"]
+    return {k: v.detach() for k, v in consolidate(ckpt)["state_dict"].items()}
 
 
 # --- methods under presets ---------------------------------------------------------------------------------

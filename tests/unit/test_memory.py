@@ -74,19 +74,19 @@ def test_data_parallel_states_are_the_bytes_torch_holds():
     assert (ddp.weights, ddp.grads, ddp.optimizer) == (weights, grads, moments)
 
 
-def test_states_and_step_terms_of_the_notes_model():
+def test_step_buffer_and_gathering_terms_of_the_model():
+    """The terms beyond the states: the optimizer step's temporaries, communication buckets, ZeRO-3's
+    persistent and gathered weights (measured against real runs in benchmarks/memory.py: 0.99-1.02x)."""
     psi, n = 1_000_000, 4
     s = Settings(largest_tensor=1000, foreach=True, reduce_bucket_size=10_000, overlap_comm=True)
     table = {p.name: p for p in plans(n, "bf16-mixed", True, psi, s)}
     # ZeRO-1: 2 + 2 + 12 / N; its step frees 2 (N - 1) / N of gradients, then adds the fp32 copy of the
     # bf16 partition (4 / N) and foreach Adam's denominator over it (4 / N)
     z1 = table["deepspeed_zero1"]
-    # EMA bf16 + fp32
-    assert (z1.weights, z1.grads, z1.optimizer, z1.ema) == (2 * psi, 2 * psi, 3 * psi, 6 * psi)
+    assert z1.ema == 6 * psi  # EMA bf16 + fp32 (the other states: test_states_match_the_zero_papers_figure)
     assert z1.step == pytest.approx((4 / n + 4 / n - 2 * (n - 1) / n) * psi)
     assert z1.buffers == 2 * 10_000 * 2  # two bf16 buckets (overlap_comm)
     z3 = table["deepspeed_zero3"]
-    assert z3.states == pytest.approx((2 + 2 + 12 + 6) / n * psi)
     assert z3.gathered == 2 * psi  # the default reuse distance 1e9 keeps the whole network gathered
     assert z3.peak(0) == pytest.approx(z3.states + z3.buffers + max(z3.gathered, z3.step))
     # a quarter of the parameters in tensors up to stage3_param_persistence_threshold: whole on every rank
