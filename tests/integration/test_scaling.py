@@ -202,8 +202,8 @@ def test_sharded_checkpoint_last_export_sample_test_and_resume_elsewhere(preset,
     ckpt = torch.load(tmp_path / "model.ckpt", weights_only=True)
     assert ckpt["global_step"] == 4 and int(ckpt["state_dict"]["ema.num_updates"]) == 4
     assert "optimizer_states" not in ckpt
-    net = {k[4:]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    ema = {k[11:]: v for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
+    net = {k[4:]: v.detach() for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    ema = {k[11:]: v.detach() for k, v in ckpt["state_dict"].items() if k.startswith("ema.module.")}
     assert net.keys() == ema.keys() and all(v.numel() for v in net.values())
     assert max(float((net[k] - ema[k]).abs().max()) for k in net) > 0  # the EMA, not a copy of the weights
     for source in (folder, tmp_path / "model.ckpt"):  # the folder (consolidated in memory) and the file
