@@ -50,7 +50,21 @@ def _readable_image_folder(root: str) -> Dataset:
     return folder
 
 
-class ImageFolderDataModule(VisionDataModule):
+class _FolderDataModule(VisionDataModule):
+    """A user's folder: nothing to download, one split (validation and test are carved from it)."""
+
+    @property
+    def expected_path(self) -> str:
+        return self.root
+
+    def open_split(self, split: Split, download: bool = False) -> Dataset | None:
+        return self.open_train() if split == "train" else None
+
+    def open_train(self) -> Dataset:
+        raise NotImplementedError
+
+
+class ImageFolderDataModule(_FolderDataModule):
     """Images in ``root/<class name>/*.png|jpg|...`` (labels from the folder names, sorted), or directly in
     ``root`` (unlabelled).
 
@@ -105,13 +119,7 @@ class ImageFolderDataModule(VisionDataModule):
             **kwargs,
         )
 
-    @property
-    def expected_path(self) -> str:
-        return self.root
-
-    def open_split(self, split: Split, download: bool = False) -> Dataset | None:
-        if split != "train":
-            return None
+    def open_train(self) -> Dataset:
         try:
             return _readable_image_folder(self.root) if self.class_names else FlatImageFolder(self.root)
         except FileNotFoundError:  # no images where they should be
@@ -158,7 +166,7 @@ class CaptionedImages(Dataset):
         return load_image(self.paths[index]), index
 
 
-class CaptionedImageFolderDataModule(VisionDataModule):
+class CaptionedImageFolderDataModule(_FolderDataModule):
     """Users' own text-image pairs: images in ``root`` and a captions file of ``<image file><TAB><caption>``
     lines.
 
@@ -200,13 +208,7 @@ class CaptionedImageFolderDataModule(VisionDataModule):
         super().__init__(root=root, download=False, image_size=image_size, random_flip=False,
                          val_fraction=val_fraction, test_fraction=test_fraction, **kwargs)
 
-    @property
-    def expected_path(self) -> str:
-        return self.root
-
-    def open_split(self, split: Split, download: bool = False) -> Dataset | None:
-        if split != "train":
-            return None
+    def open_train(self) -> Dataset:
         self._images = CaptionedImages(self.root, self.captions_file)
         return self._images
 
