@@ -162,13 +162,15 @@ def timing(args, cfg, ddpm, K: int, ddim: dict) -> None:
 
 def side_by_side_with_diffusers(cfg, n: int, s: float, steps: int, repeats: int) -> None:
     """The same conditional net, x_T and timesteps, classifier-free guided DDIM (eta 0) two ways: lit_gen's
-    GuidedDenoiser + DDIMSampler, and diffusers' DDIMScheduler with the guidance loop its pipelines write (one
+    guided output function + DDIMSampler, and diffusers' DDIMScheduler with the guidance loop its pipelines write (one
     2B pass per step). Prints the largest difference of the images and the time per image of each. x0 is not
     clipped in either: with clipping, diffusers keeps the raw eps for the direction term while lit_gen (as
     ADM) recomputes eps from the clipped x0, a difference of convention, not of guidance."""
     from diffusers import DDIMScheduler
 
     from lit_gen.diffusion import DDIMSampler, sample_loop
+    from lit_gen.process import at_steps
+    from lit_gen.sampling.assembly import guided
     from lit_gen.utils import randn
 
     net, K = cfg.sampling_net, cfg.num_classes
@@ -189,9 +191,9 @@ def side_by_side_with_diffusers(cfg, n: int, s: float, steps: int, repeats: int)
     def ours(batching: str) -> torch.Tensor:
         sampler = DDIMSampler(cfg.diffusion, clip_denoised=False, eta=0.0)
         sampler.set_timesteps(timesteps=scheduler.timesteps.tolist())
-        denoiser, _, _ = cfg.guided_denoiser(net, sampler, n, labels, {"guidance_scale": s,
-                                                                     "guidance_batching": batching})
-        return sample_loop(denoiser, sampler, x_T.clone(), sample_generators(0, 0, n))[0]
+        model = cfg.noise_model(net)
+        fn, _ = guided(model, {"guidance_scale": s, "guidance_batching": batching}, labels, None, sampler)
+        return sample_loop(at_steps(fn, model.sde), sampler, x_T.clone(), sample_generators(0, 0, n))[0]
 
     with torch.no_grad():
         diff = (ours("joint") - theirs()).abs().max().item()

@@ -60,7 +60,7 @@ def ode_bpd(model, x: torch.Tensor, **options) -> tuple[float, float]:
     if hasattr(model, "log_likelihood"):
         out = model.log_likelihood(x, torch.Generator().manual_seed(0))
         return float(out["bpd"].mean()), out["nfe"]
-    sde = model.score_sde
+    sde = model.diffusion.sde
     sde.t_min = 1.0 / sde.N  # the first DDPM step
     net = model.sampling_net
     score = ScoreModel(lambda y, s: net(y, s), sde, model.prediction_type, model.variance == "learned")

@@ -1,8 +1,7 @@
-"""Pure-torch diffusion math: schedules, the Gaussian noise process, samplers, guidance (no Lightning
-imports)."""
+"""Pure-torch diffusion math: beta schedules, the discrete Gaussian process with its bound, and the samplers
+that step between DDPM's integer steps (no Lightning imports; guidance lives in lit_gen.process)."""
 
-from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output, output_from_eps, training_target
-from lit_gen.diffusion.guidance import ClassifierGuidance, GuidedDenoiser, drop_labels
+from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output, training_target
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.samplers import (
     SAMPLERS,
@@ -14,16 +13,15 @@ from lit_gen.diffusion.samplers import (
     sample_loop,
     slerp,
     slerp_grid,
-    timestep_subsequence,
 )
 from lit_gen.diffusion.schedules import cosine_betas, linear_betas, make_betas
+from lit_gen.process.grid import timestep_subsequence
+from lit_gen.process.guidance import ClassifierGuidance, drop_labels
 
 __all__ = [
     "SAMPLERS",
     "ClassifierGuidance",
-    "GuidedDenoiser",
     "drop_labels",
-    "output_from_eps",
     "DDIMSampler",
     "DDPMSampler",
     "DiffusionSampler",

@@ -19,74 +19,31 @@ from lit_gen.likelihood import (
     mean_over_dims,
     normal_kl,
 )
+from lit_gen.process.prediction import OutputLayout, make_prediction
+from lit_gen.process.sde import DiscreteVPSDE
 from lit_gen.utils import append_dims
 
 PredictionType = Literal["eps", "x0", "v"]
 
 
-def split_prediction(
-    model_output: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
-    prediction_type: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eps, x0) from a model output for any Gaussian perturbation x_t = alpha x0 + sigma eps, alpha and sigma
-    broadcastable against x_t (VP: alpha^2 + sigma^2 = 1; sub-VP and VE too).
-
-    v = alpha eps - sigma x0 (Salimans & Ho 2022, Sec. 4), so alpha x_t - sigma v = (alpha^2 + sigma^2) x0 and
-    sigma x_t + alpha v = (alpha^2 + sigma^2) eps.
-    """
-    if prediction_type == "eps":
-        eps = model_output
-        x0 = (x_t - sigma * eps) / alpha
-    elif prediction_type == "x0":
-        x0 = model_output
-        eps = (x_t - alpha * x0) / sigma
-    elif prediction_type == "v":
-        norm = alpha**2 + sigma**2
-        x0 = (alpha * x_t - sigma * model_output) / norm
-        eps = (sigma * x_t + alpha * model_output) / norm
-    else:
-        raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
-                         f"['eps', 'v', 'x0']")
-    return eps, x0
+def _alpha_sigma(alpha_bar_t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(abar) and sqrt(1 - abar) of alpha_bar_t (B,), broadcastable against x and in its dtype."""
+    abar = append_dims(alpha_bar_t.to(x.dtype), x.ndim)
+    return abar.sqrt(), (1 - abar).sqrt()
 
 
 def eps_x0_from_output(
     model_output: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a model output into (eps, x0) given alpha_bar_t (B,): x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+    """(eps, x0) from a model output given alpha_bar_t (B,): x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
     (Ho et al. 2020, Eq. 4)."""
-    abar = append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim)
-    return split_prediction(model_output, x_t, abar.sqrt(), (1 - abar).sqrt(), prediction_type)
-
-
-def output_from_eps(eps: torch.Tensor, x_t: torch.Tensor, alpha_bar_t: torch.Tensor,
-                    prediction_type: str) -> torch.Tensor:
-    """The model output in ``prediction_type`` that corresponds to ``eps`` at x_t (the inverse of
-    :func:`eps_x0_from_output` in its eps argument)."""
-    a = append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim).sqrt()  # sqrt(abar)
-    s = (1 - append_dims(alpha_bar_t.to(x_t.dtype), x_t.ndim)).sqrt()  # sqrt(1 - abar)
-    if prediction_type == "eps":
-        return eps
-    if prediction_type == "x0":
-        return (x_t - s * eps) / a
-    if prediction_type == "v":
-        return (eps - s * x_t) / a
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
-                     f"['eps', 'v', 'x0']")
+    return make_prediction(prediction_type).to_eps_x0(model_output, x_t, *_alpha_sigma(alpha_bar_t, x_t))
 
 
 def training_target(x0: torch.Tensor, eps: torch.Tensor, alpha_bar_t: torch.Tensor,
                     prediction_type: str) -> torch.Tensor:
     """What the network regresses for a given parameterisation."""
-    if prediction_type == "eps":
-        return eps
-    if prediction_type == "x0":
-        return x0
-    if prediction_type == "v":
-        a = append_dims(alpha_bar_t.to(x0.dtype), x0.ndim)
-        return a.sqrt() * eps - (1 - a).sqrt() * x0
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported; choose one of "
-                     f"['eps', 'v', 'x0']")
+    return make_prediction(prediction_type).target(x0, eps, *_alpha_sigma(alpha_bar_t, x0))
 
 
 class GaussianDiffusion(nn.Module):
@@ -124,6 +81,12 @@ class GaussianDiffusion(nn.Module):
         self.register_buffer(
             "posterior_mean_coef2", (1 - alpha_bar_prev) * alphas.sqrt() / (1 - alpha_bar), persistent=False
         )
+
+    @property
+    def sde(self) -> DiscreteVPSDE:
+        """This process in continuous time (step n at t = (n + 1) / T), for the model function, guidance and
+        the solvers of lit_gen.score."""
+        return DiscreteVPSDE(self.alpha_bar)
 
     def respaced(self, timesteps: torch.Tensor) -> GaussianDiffusion:
         """The process restricted to ``timesteps`` (ascending), betas recomputed from alpha_bar:
@@ -165,7 +128,8 @@ class GaussianDiffusion(nn.Module):
         3.2)."""
         min_log = self._at(self.posterior_log_variance_clipped, t, x)
         # for "large", t = 0 uses beta_tilde_1 as in improved-diffusion, so the decoder is well defined
-        max_log = self._at(torch.cat([self.posterior_variance[1:2], self.betas[1:]]).log(), t, x)
+        large = torch.cat([self.posterior_variance[1:2], self.betas[1:]]) if self.num_timesteps > 1 else self.betas
+        max_log = self._at(large.log(), t, x)
         if variance == "learned":
             frac = (v + 1) / 2
             return frac * self._at(self.betas.log(), t, x) + (1 - frac) * min_log
@@ -187,9 +151,7 @@ class GaussianDiffusion(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mean and log-variance of p_theta(x_{t-1} | x_t), and the predicted x0. With a learned variance
         the output has 2C channels: the prediction, then v."""
-        v = None
-        if variance == "learned":
-            model_output, v = model_output.chunk(2, dim=1)
+        model_output, v = OutputLayout(prediction_type, variance == "learned").split(model_output)
         _, x0 = self.split_output(model_output, x_t, t, prediction_type)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)

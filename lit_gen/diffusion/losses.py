@@ -9,6 +9,7 @@ import torch
 
 from lit_gen.diffusion.gaussian import GaussianDiffusion, training_target
 from lit_gen.likelihood import mean_over_dims
+from lit_gen.process.prediction import OutputLayout
 
 
 def diffusion_loss_terms(
@@ -28,7 +29,7 @@ def diffusion_loss_terms(
     x_t = diffusion.q_sample(x0, t, eps)
     out = denoise_fn(x_t, t)  # (B, C or 2C, ...)
     learned = variance == "learned"
-    pred = out.chunk(2, dim=1)[0] if learned else out
+    pred, var = OutputLayout(prediction_type, learned).split(out)
     target = training_target(x0, eps, diffusion.alpha_bar[t], prediction_type)
     terms = {"mse": mean_over_dims((pred - target) ** 2)}
     terms["loss"] = terms["mse"]
@@ -36,7 +37,7 @@ def diffusion_loss_terms(
         return terms
     out_vlb = out
     if loss_type == "hybrid":  # the mean is frozen inside L_vlb: it trains only the variance (Eq. 16)
-        out_vlb = torch.cat([pred.detach(), out.chunk(2, dim=1)[1]], 1) if learned else out.detach()
+        out_vlb = torch.cat([pred.detach(), var], 1) if learned else out.detach()
     mean, log_var, _ = diffusion.p_mean_logvar(out_vlb, x_t, t, prediction_type, variance)
     terms["vlb"] = diffusion.num_timesteps * diffusion.vlb_term(mean, log_var, x0, x_t, t)
     terms["loss"] = terms["vlb"] if loss_type == "vlb" else terms["mse"] + vlb_weight * terms["vlb"]

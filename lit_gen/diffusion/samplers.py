@@ -16,6 +16,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lit_gen.diffusion.gaussian import GaussianDiffusion, eps_x0_from_output
+from lit_gen.process.grid import timestep_subsequence
+from lit_gen.process.prediction import OutputLayout
 from lit_gen.utils import Generator, append_dims, randn
 
 Spacing = Literal["linear", "quadratic"]
@@ -23,31 +25,9 @@ Spacing = Literal["linear", "quadratic"]
 
 @dataclass
 class StepOutput:
-    prev_sample: torch.Tensor  # x_{t'} (B, ...)
+    x_next: torch.Tensor  # the next sample in sampling order, x_{t'} with t' < t (B, ...)
     pred_x0: torch.Tensor  # x0 predicted at this step (B, ...)
-
-
-def timestep_subsequence(num_timesteps: int, num_steps: int, spacing: str = "linear") -> torch.Tensor:
-    """K of the T steps in descending order, always ending on t = 0 (so the last update lands on x0).
-
-    linear: evenly spaced over [0, T-1]; quadratic: t_i ~ (c i)^2 as used for CIFAR-10 in Song et al. 2021,
-    Sec. D.2.
-    """
-    if not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"steps={num_steps} must be between 1 and the model's {num_timesteps} diffusion "
-                         f"steps")
-    if spacing == "linear":
-        ts = torch.linspace(0, num_timesteps - 1, num_steps, dtype=torch.float64).round().long()
-    elif spacing == "quadratic":
-        ts = (torch.linspace(0, (0.8 * num_timesteps) ** 0.5, num_steps,
-                             dtype=torch.float64) ** 2).round().long()
-        # the first gaps are below one step: push repeats up so the steps stay distinct
-        idx = torch.arange(num_steps)
-        ts = torch.cummax(ts - idx, 0).values + idx
-        ts = torch.minimum(ts, num_timesteps - num_steps + idx)
-    else:
-        raise ValueError(f"spacing={spacing!r} is not supported; choose one of ['linear', 'quadratic']")
-    return ts.flip(0)
+    variance: torch.Tensor | None = None  # Sigma of a Gaussian step (broadcastable), None for others
 
 
 class DiffusionSampler(nn.Module):
@@ -72,6 +52,7 @@ class DiffusionSampler(nn.Module):
         self.prediction_type = prediction_type
         self.clip_denoised = clip_denoised
         self.learned_variance = learned_variance
+        self.layout = OutputLayout(prediction_type, learned_variance)
         self.set_timesteps(diffusion.num_timesteps)
 
     def set_timesteps(
@@ -88,41 +69,37 @@ class DiffusionSampler(nn.Module):
         alpha_bar_t = self.diffusion.alpha_bar[timesteps]  # (K,) float64
         self.register_buffer("timesteps", timesteps, persistent=False)  # (K,) descending
         self.register_buffer("alpha_bar_t", alpha_bar_t, persistent=False)
-        self.register_buffer("alpha_bar_prev", torch.cat([alpha_bar_t[1:], alpha_bar_t.new_ones(1)]),
+        # alpha_bar at the step each update lands on (the next in sampling order; 1 after the last)
+        self.register_buffer("alpha_bar_next", torch.cat([alpha_bar_t[1:], alpha_bar_t.new_ones(1)]),
                              persistent=False)
         # the process on the kept steps, ascending (respaced index k = K - 1 - i for loop index i)
         self.process = self.diffusion.respaced(timesteps.flip(0))
 
-    def _prediction(self, model_output: torch.Tensor) -> torch.Tensor:
-        """The eps / x0 / v channels (a learned variance's v channels follow them)."""
-        return model_output.chunk(2, dim=1)[0] if self.learned_variance else model_output
-
     def predict_from_level(self, model_output: torch.Tensor, alpha_bar: torch.Tensor,
                            x: torch.Tensor) -> torch.Tensor:
         """eps from a model output for a point x at noise level alpha_bar (no clipping)."""
-        return eps_x0_from_output(self._prediction(model_output), x, alpha_bar.expand(x.shape[0]),
+        return eps_x0_from_output(self.layout.split(model_output)[0], x, alpha_bar.expand(x.shape[0]),
                                   self.prediction_type)[0]
 
     def predict(self, model_output: torch.Tensor, index: int,
                 x_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0) at step ``index``; with clipping, eps is recomputed from the clipped x0."""
         abar = self.alpha_bar_t[index].expand(x_t.shape[0])
-        eps, x0 = eps_x0_from_output(self._prediction(model_output), x_t, abar, self.prediction_type)
+        eps, x0 = eps_x0_from_output(self.layout.split(model_output)[0], x_t, abar, self.prediction_type)
         if self.clip_denoised:
             x0 = x0.clamp(-1, 1)
             a = append_dims(abar.to(x_t.dtype), x_t.ndim)
             eps = (x_t - a.sqrt() * x0) / (1 - a).sqrt()
         return eps, x0
 
-    #: the update has a Gaussian mean that classifier guidance may shift (Dhariwal & Nichol 2021, Algorithm 1)
+    #: the update draws from a Gaussian whose mean classifier guidance may shift (Dhariwal & Nichol 2021,
+    #: Algorithm 1): its step returns the variance
     has_mean = False
 
     def step(
-        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
-        mean_gradient: torch.Tensor | None = None,
+        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None
     ) -> StepOutput:
-        """x_t -> x_{t'} from the model output at step ``index``; ``mean_gradient`` (s grad log p(y | x_t))
-        shifts the mean by Sigma times it, on samplers with ``has_mean``."""
+        """x_t -> x_{t'} from the model output at step ``index``."""
         raise NotImplementedError
 
 
@@ -153,22 +130,18 @@ class DDPMSampler(DiffusionSampler):
     has_mean = True
 
     def step(
-        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
-        mean_gradient: torch.Tensor | None = None,
+        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None
     ) -> StepOutput:
-        # 1. the respaced step k and the model's reverse Gaussian p(x_prev | x_t) (Ho et al. 2020, Eqs. 6-7)
+        # 1. the respaced step k and the model's reverse Gaussian p(x_{k-1} | x_k) (Ho et al. 2020, Eqs. 6-7)
         k = torch.full((x_t.shape[0],), len(self.timesteps) - 1 - index, device=x_t.device, dtype=torch.long)
         mean, log_var, x0 = self.process.p_mean_logvar(
             model_output, x_t, k, self.prediction_type, self.variance, self.clip_denoised
         )
-        # 2. classifier guidance: mu + Sigma s grad log p(y | x_t) (Dhariwal & Nichol 2021, Algorithm 1)
-        if mean_gradient is not None:
-            mean = mean + log_var.exp() * mean_gradient
-        # 3. no noise on the last step (it lands on x0)
+        # 2. no noise on the last step (it lands on x0)
         if index == len(self.timesteps) - 1:
-            return StepOutput(mean, x0)
+            return StepOutput(mean, x0, log_var.exp())
         noise = randn(x_t.shape, generator, x_t.device, x_t.dtype)
-        return StepOutput(mean + (0.5 * log_var).exp() * noise, x0)
+        return StepOutput(mean + (0.5 * log_var).exp() * noise, x0, log_var.exp())
 
 
 class DDIMSampler(DiffusionSampler):
@@ -194,19 +167,17 @@ class DDIMSampler(DiffusionSampler):
         super().__init__(diffusion, prediction_type, clip_denoised, learned_variance=variance == "learned")
 
     def step(
-        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None,
-        mean_gradient: torch.Tensor | None = None,
+        self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, generator: Generator = None
     ) -> StepOutput:
-        if mean_gradient is not None:
-            raise ValueError("DDIM has no Gaussian mean to shift: guide its eps (classifier_form='eps')")
+        # Song et al. 2021, Eq. 12, from alpha_bar_t to alpha_bar_next (the paper's alpha_{t-1})
         eps, x0 = self.predict(model_output, index, x_t)
-        abar_t, abar_prev = self.alpha_bar_t[index], self.alpha_bar_prev[index]
-        sigma = self.eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
-        direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t"
-        prev = abar_prev.sqrt().to(x_t.dtype) * x0 + direction.to(x_t.dtype) * eps
+        abar_t, abar_next = self.alpha_bar_t[index], self.alpha_bar_next[index]
+        sigma = self.eta * ((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next)).sqrt()
+        direction = (1 - abar_next - sigma**2).clamp(min=0).sqrt()  # "direction pointing to x_t"
+        x_next = abar_next.sqrt().to(x_t.dtype) * x0 + direction.to(x_t.dtype) * eps
         if self.eta > 0 and index < len(self.timesteps) - 1:
-            prev = prev + sigma.to(x_t.dtype) * randn(x_t.shape, generator, x_t.device, x_t.dtype)
-        return StepOutput(prev, x0)
+            x_next = x_next + sigma.to(x_t.dtype) * randn(x_t.shape, generator, x_t.device, x_t.dtype)
+        return StepOutput(x_next, x0)
 
 
 SAMPLERS: dict[str, type[DiffusionSampler]] = {"ddpm": DDPMSampler, "ddim": DDIMSampler}
@@ -219,7 +190,7 @@ def make_sampler(name: str, diffusion: GaussianDiffusion, **options) -> Diffusio
     return SAMPLERS[name](diffusion, **options)
 
 
-DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+DenoiseFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, integer steps (B,)) -> output
 
 
 @torch.no_grad()
@@ -230,14 +201,19 @@ def sample_loop(
     generator: Generator = None,
     progress: bool = False,
     trajectory_points: int = 0,
+    mean_shift: DenoiseFn | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run ``sampler`` from x_T; ``denoise_fn(x_t, t)`` returns the network output at integer steps t (B,)
-    (e.g. a :class:`~lit_gen.diffusion.guidance.GuidedDenoiser`; its ``mean_gradient``, if any, goes to the
-    step).
+    """Run ``sampler`` from x_T; ``denoise_fn(x_t, t)`` returns the network output at the model's integer
+    steps t (B,) (guided: :func:`lit_gen.process.at_steps` of a guided output function). ``mean_shift(x_t,
+    t)``, on a sampler with ``has_mean``, moves each Gaussian step's mean by Sigma times it (classifier
+    guidance's mean form, Dhariwal & Nichol 2021, Algorithm 1).
 
     Returns the final sample and, if ``trajectory_points`` > 0, that many predicted-x0 snapshots
     taken at evenly spaced steps (the denoising trajectory).
     """
+    if mean_shift is not None and not sampler.has_mean:
+        raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm', not "
+                         f"{type(sampler).__name__}")
     x = x_T
     num = len(sampler.timesteps)
     keep = set(torch.linspace(0, num - 1,
@@ -246,10 +222,11 @@ def sample_loop(
     for i, t in enumerate(tqdm(sampler.timesteps.tolist(), desc="sampling", disable=not progress,
                                leave=False)):
         t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        model_output = denoise_fn(x, t_batch)
-        mean_gradient = denoise_fn.mean_gradient(x, t_batch) if hasattr(denoise_fn, "mean_gradient") else None
-        out = sampler.step(model_output, i, x, generator, mean_gradient)
-        x = out.prev_sample
+        out = sampler.step(denoise_fn(x, t_batch), i, x, generator)
+        x_next = out.x_next
+        if mean_shift is not None:
+            x_next = x_next + out.variance * mean_shift(x, t_batch)
+        x = x_next
         if i in keep:
             trajectory.append(out.pred_x0)
     return x, trajectory
@@ -267,7 +244,7 @@ def invert_loop(
     for i in tqdm(reversed(range(len(sampler.timesteps))), desc="inverting", disable=not progress,
                   leave=False):
         t_batch = torch.full((x.shape[0],), int(sampler.timesteps[i]), device=x.device, dtype=torch.long)
-        abar_from, abar_to = sampler.alpha_bar_prev[i], sampler.alpha_bar_t[i]
+        abar_from, abar_to = sampler.alpha_bar_next[i], sampler.alpha_bar_t[i]
         eps = sampler.predict_from_level(denoise_fn(x, t_batch), abar_from, x)
         x0_pred = (x - (1 - abar_from).sqrt().to(x.dtype) * eps) / abar_from.sqrt().to(x.dtype)
         x = abar_to.sqrt().to(x.dtype) * x0_pred + (1 - abar_to).sqrt().to(x.dtype) * eps

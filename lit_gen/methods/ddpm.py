@@ -3,39 +3,24 @@ ancestral steps (or any sampler of lit_gen.diffusion on the same checkpoint)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.diffusion import (
-    SAMPLERS,
-    ClassifierGuidance,
-    GaussianDiffusion,
-    GuidedDenoiser,
-    drop_labels,
-    invert_loop,
-    make_sampler,
-    sample_loop,
-)
+from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
-from lit_gen.methods.ddpm_options import DiffusionSampleOptions
-from lit_gen.methods.noisy_classifier import ClassifierGuided
-from lit_gen.nets import UNet
-from lit_gen.score import SOLVERS, DiscreteVPSDE, ScoreModel
-from lit_gen.score.options import SOLVER_KEYS, solver_from_options, solver_sample, time_grid
+from lit_gen.methods.base import _adam, eval_mode
+from lit_gen.methods.noise_process import NoiseProcessMethod
+from lit_gen.nets import NetFactory, UNet
+from lit_gen.process import OutputLayout, drop_labels
+from lit_gen.sampling import NoiseModel
 from lit_gen.utils import randn
 
-# A network class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the
-# rest.
-NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
 
-
-class DDPM(ClassifierGuided, GenerativeModule):
+class DDPM(NoiseProcessMethod):
     """Denoising diffusion probabilistic model trained with L_simple (Ho et al. 2020, Eq. 14), or with the
     hybrid or bound objectives and learned variance of Nichol & Dhariwal 2021 (see :class:`ImprovedDDPM`).
 
@@ -79,8 +64,6 @@ class DDPM(ClassifierGuided, GenerativeModule):
     @classmethod
     def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
         return super().tiny_args(init_args, data_shape) | {"num_timesteps": 10}
-
-    SampleOptions = DiffusionSampleOptions
 
     def __init__(
         self,
@@ -213,166 +196,16 @@ class DDPM(ClassifierGuided, GenerativeModule):
         trainer = self._trainer
         return trainer is not None and trainer.is_global_zero and trainer.progress_bar_callback is not None
 
-    @torch.no_grad()
-    def sample(
-        self,
-        num_samples: int,
-        generators: list[torch.Generator] | None = None,
-        labels: torch.Tensor | None = None,
-        progress: bool = False,
-        trajectory_points: int = 0,
-        latents: torch.Tensor | None = None,
-        inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
-        **options,
-    ) -> SampleOutput:
-        """Sample with the options of :class:`SampleOptions` (sampler, steps, guidance, ...), from ``latents``
-        x_T when given (e.g. from :meth:`invert` or an interpolation). ``labels`` (B,) are the requested
-        classes of a conditional or classifier-guided model (default: balanced over the classes); ``inpaint``
-        = (x_known, mask) fills in where mask is 0 (samplers of lit_gen.score)."""
-        x_T = randn((num_samples, *self.data_shape), generators, self.device) if latents is None else latents
-        if self.uses_solver(options):  # a sampler of lit_gen.score on the model's VP process
-            with eval_mode(self.sampling_net) as net:
-                model, classes = self.score_model(net, num_samples, labels, options)
-                x, trajectory = solver_sample(model, options, self.solver_defaults(), x_T, generators,
-                                              progress,
-                                              trajectory_points, _to_device(inpaint, self.device))
-            return SampleOutput(x, classes, trajectory, nfe=model.nfe)
-        if inpaint is not None:
-            raise ValueError("inpainting runs on the samplers of lit_gen.score "
-                             f"(pc, em, ancestral, euler, heun, ode, dpmpp2m); "
-                             f"{options.get('sampler') or self.hparams.sampler!r} does not support it")
-        sampler = self.make_sampler(options)
-        with eval_mode(self.sampling_net) as net:
-            denoiser, classes, _ = self.guided_denoiser(net, sampler, num_samples, labels, options)
-            x, trajectory = sample_loop(denoiser, sampler, x_T, generators, progress, trajectory_points)
-        return SampleOutput(x, classes, trajectory, nfe=len(sampler.timesteps))  # one (batched) call per step
-
-    def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
-        """Build the sampler and the guided model function (loading and checking a classifier) without
-        sampling."""
-        n = 1 if labels is None else len(labels)
-        if self.uses_solver(options):
-            self.score_model(self.sampling_net, n, labels, options)
-            solver_from_options(options, self.solver_defaults(), self.score_sde)
-            time_grid(self.score_sde, options, self.solver_defaults())
-            return
-        self.guided_denoiser(self.sampling_net, self.make_sampler(options), n, labels, options)
-
-    # --- the samplers of lit_gen.score on the model's VP process --------------------------------------
-    def uses_solver(self, options: dict) -> bool:
-        self.check_options(options, self.sample_options, type(self).__name__)
-        name = options.get("sampler") or self.hparams.sampler
-        if name not in SOLVERS and name not in SAMPLERS:
-            raise ValueError(f"sampler {name!r} is not supported; choose one of "
-                             f"{sorted(SAMPLERS) + sorted(SOLVERS)}")
-        return name in SOLVERS
-
-    @property
-    def score_sde(self) -> DiscreteVPSDE:
-        """The VP SDE of this model's alpha_bar (steps at t = (n + 1) / T)."""
-        return DiscreteVPSDE(self.diffusion.alpha_bar)
-
-    def solver_defaults(self) -> dict:
-        return {"sampler": self.hparams.sampler,
-                "steps": self.hparams.sampling_steps or self.diffusion.num_timesteps,
-                "denoise": True}
-
-    def score_model(self, net: nn.Module, num_samples: int, labels: torch.Tensor | None, options: dict):
-        """The model function for a sampler of lit_gen.score: classifier-free guidance inside, classifier
-        guidance added to the score (Song et al. 2021, Eq. 14); returns it and the requested labels."""
-        name = options.get("sampler")
-        for key in ("eta", "guidance_rescale"):
-            if options.get(key):
-                raise ValueError(f"{key}={options[key]} works with the ddpm and ddim samplers, not {name!r}")
-        denoiser, classes, guidance = self.guided_denoiser(net, None, num_samples, labels, options)
-        gradient = None if guidance is None else guidance.gradient
-        model = ScoreModel(denoiser, self.score_sde, self.prediction_type, self.variance == "learned",
-                           self.hparams.clip_denoised, gradient)
-        return model, classes
-
-    def guided_denoiser(
-        self, net: nn.Module, sampler, num_samples: int, labels: torch.Tensor | None, options: dict
-    ) -> tuple[GuidedDenoiser, torch.Tensor | None, ClassifierGuidance | None]:
-        """The model function of ``net`` with the guidance that ``options`` ask for, the requested labels
-        (None for an unguided unconditional model), and the classifier guidance. ``sampler`` None: a sampler
-        of lit_gen.score, which adds the classifier's gradient to the score itself (it is not in the
-        denoiser)."""
-        scale = options.get("guidance_scale")
-        scale = self.hparams.guidance_scale if scale is None else scale
-        cfg = {k: options.get(k) for k in ("guidance_interval",
-                                           "guidance_rescale") if options.get(k) is not None}
-        if not self.num_classes and (scale != 1 or cfg):
-            given = {"guidance_scale": scale, **cfg} if scale != 1 else cfg
-            raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; "
-                             f"this {type(self).__name__} is unconditional "
-                             f"(guide it with --classifier_ckpt instead)")
-        classifier = self._classifier(options)
-        num_classes = self.num_classes or (classifier.num_classes if classifier is not None else 0)
-        classes = self._labels(num_samples, labels, num_classes)
-        form = options.get("classifier_form") or "auto"
-        if form not in ("auto", "mean", "eps"):
-            raise ValueError(f"classifier_form={form!r} is not supported; choose one of "
-                             f"['auto', 'eps', 'mean']")
-        if sampler is None:
-            if form == "mean":
-                raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm'; "
-                                 f"{options.get('sampler')!r} adds the classifier's gradient to the score")
-        elif form == "auto":
-            form = "mean" if sampler.has_mean else "eps"
-        elif form == "mean" and not sampler.has_mean:
-            raise ValueError(f"classifier_form='mean' needs the ancestral sampler 'ddpm', not "
-                             f"{type(sampler).__name__}")
-        guidance = None
-        if classifier is not None:
-            s = options.get("classifier_scale")
-            guidance = ClassifierGuidance(classifier.logits, classes, 1.0 if s is None else s)
-        denoiser = GuidedDenoiser(
-            net, self.diffusion, self.prediction_type, self.variance == "learned",
-            classes if self.num_classes else None, self.num_classes, scale, options.get("guidance_interval"),
-            options.get("guidance_rescale") or 0.0, guidance if sampler is not None else None,
-            form if sampler is not None else "eps", options.get("guidance_batching") or "auto",
+    # --- sampling: the shared assembly on this model's process ------------------------------------------
+    def noise_model(self, net: nn.Module) -> NoiseModel:
+        h = self.hparams
+        steps = h.sampling_steps or self.diffusion.num_timesteps
+        return NoiseModel(
+            type(self).__name__, net, self.diffusion.sde, OutputLayout(self.prediction_type,
+                                                                            self.variance == "learned"),
+            h.clip_denoised, {"sampler": h.sampler, "steps": steps, "denoise": True}, self.diffusion,
+            self.variance, self.num_classes, h.guidance_scale,
         )
-        return denoiser, classes, guidance
 
     def classifier_process(self) -> GaussianDiffusion:
         return self.diffusion
-
-    def make_sampler(self, options: dict):
-        """The sampler named in ``options`` (default: the config's), with its steps set."""
-        self.check_options(options, self.sample_options, type(self).__name__)
-        name = options.get("sampler") or self.hparams.sampler
-        solver_only = sorted(k for k in (*SOLVER_KEYS, "denoise") if options.get(k) is not None)
-        if solver_only:
-            raise ValueError(f"{solver_only[0]}={options[solver_only[0]]!r} is an option of the samplers of "
-                             f"lit_gen.score (pc, em, ode, ...); the {name!r} sampler does not take it")
-        sampler_args = {"eta": options["eta"]} if options.get("eta") is not None else {}
-        if sampler_args and name != "ddim":
-            raise ValueError(f"eta={options['eta']} is a DDIM option; the {name!r} sampler does not take it")
-        sampler = make_sampler(
-            name, self.diffusion, prediction_type=self.prediction_type,
-            clip_denoised=self.hparams.clip_denoised,
-            variance=self.variance, **sampler_args,
-        )
-        sampler.set_timesteps(options.get("steps") or self.hparams.sampling_steps,
-                              options.get("spacing") or "linear")
-        return sampler
-
-    def deterministic_options(self, options: dict) -> dict:
-        """Latent interpolation and inversion use deterministic DDIM (eta = 0)."""
-        if options.get("sampler", "ddim") != "ddim" or options.get("eta", 0.0) != 0.0:
-            raise ValueError(f"latent interpolation and inversion need --sampler ddim --eta 0, got {options}")
-        return {**options, "sampler": "ddim", "eta": 0.0}
-
-    @torch.no_grad()
-    def invert(
-        self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False, **options
-    ) -> torch.Tensor:
-        """Deterministic DDIM inversion x0 -> x_T with ``steps`` and ``spacing`` from ``options``."""
-        sampler = self.make_sampler({**options, "sampler": "ddim", "eta": 0.0})
-        labels = self._labels(x0.shape[0], labels)
-        with eval_mode(self.sampling_net) as net:
-            return invert_loop(lambda x_t, t: net(x_t, t, labels), sampler, x0.to(self.device), progress)
-
-
-def _to_device(inpaint, device):
-    return None if inpaint is None else tuple(a.to(device) for a in inpaint)

@@ -9,10 +9,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_gen.methods.base import GenerativeModule, _adam
-from lit_gen.methods.ddpm import NetFactory
 from lit_gen.methods.score_sde import ScoreSDE
-from lit_gen.nets import UNet
-from lit_gen.score.sde import sigma_max_from_data
+from lit_gen.nets import NetFactory, UNet
+from lit_gen.process.sde import sigma_max_from_data
 
 
 class NCSN(ScoreSDE):

@@ -5,7 +5,6 @@ likelihood."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -13,32 +12,18 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import AttributeDict
 from torch import nn
 
-from lit_gen.diffusion import ClassifierGuidance, GaussianDiffusion
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
-from lit_gen.methods.ddpm import NetFactory
-from lit_gen.methods.noisy_classifier import ClassifierGuided
-from lit_gen.nets import UNet
+from lit_gen.diffusion import GaussianDiffusion
+from lit_gen.methods.base import _adam, eval_mode
+from lit_gen.methods.noise_process import NoiseProcessMethod
+from lit_gen.nets import NetFactory, UNet
+from lit_gen.process import OutputLayout, drop_labels
+from lit_gen.sampling import NoiseModel
 from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde, ode_bits_per_dim, ode_log_likelihood
-from lit_gen.score.options import SolverOptions, solver_from_options, solver_sample, time_grid
-from lit_gen.score.solvers import DETERMINISTIC, make_solver, solve
+from lit_gen.score.solvers import make_solver
 from lit_gen.utils import append_dims, randn
 
 
-@dataclass
-class ScoreSampleOptions(SolverOptions):
-    """Sampling options of the score models (see :class:`~lit_gen.score.options.SolverOptions`), and:
-
-    Args:
-        classifier_ckpt: a NoisyClassifier checkpoint of the DDPM process with this VP model's betas; its
-            gradient s grad log p(y | x_t) is added to the score (Song et al. 2021, Eq. 14).
-        classifier_scale: s (default 1 with a classifier).
-    """
-
-    classifier_ckpt: str | None = None
-    classifier_scale: float | None = None
-
-
-class ScoreSDE(ClassifierGuided, GenerativeModule):
+class ScoreSDE(NoiseProcessMethod):
     """A score model on a forward SDE, trained with the weighted DSM loss of ``lit_gen.score.losses``.
 
     The network predicts the noise, eps(x_t, (N - 1) t), and the score is -eps / sigma(t) (NCSNv2's output
@@ -46,8 +31,9 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
 
     Args:
         data_shape: shape of one sample, (C, H, W) or (D,); linked from the DataModule by the CLI.
-        num_classes: linked from the DataModule; the score network is unconditional.
-        net: the network, built as ``net(data_shape, 0, C)`` (``lit_gen.nets.UNet`` or ``MLPDenoiser``).
+        num_classes: linked from the DataModule; used with ``class_conditional``.
+        net: the network, built as ``net(data_shape, num_classes, C)`` (``lit_gen.nets.UNet`` or
+            ``MLPDenoiser``).
         sde: ``vp``, ``subvp`` or ``ve`` (Song et al. 2021, Sec. 3.4).
         beta_min: beta(0) of VP and sub-VP (0.1 in the paper).
         beta_max: beta(1) of VP and sub-VP (20 in the paper).
@@ -61,7 +47,8 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         weighting: ``paper`` (lambda = sigma^2) or ``likelihood`` (lambda = g^2).
         importance_sampling: with ``likelihood``, draw t ~ g^2 / sigma^2 instead of uniformly.
         clip_denoised: clamp predicted x0 to [-1, 1] where a sampler uses it (images; off for 2-D data).
-        sampler: default sampler of sample grids and ``lit-gen sample`` (see ``SolverOptions``).
+        sampler: default sampler of sample grids and ``lit-gen sample`` (see
+            :class:`~lit_gen.sampling.NoiseSampleOptions`).
         sampling_steps: default grid points (default N).
         predictor: default predictor of ``pc``.
         snr: default signal-to-noise ratio of the Langevin corrector (0.16 for VE, 0.01 for VP in the paper).
@@ -71,13 +58,16 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         n_probes: Hutchinson probes averaged per divergence.
         ode_rtol: RK45 relative tolerance of the likelihood.
         ode_atol: RK45 absolute tolerance of the likelihood.
+        class_conditional: feed labels ``y`` to the network (needs a labelled dataset); label ``num_classes``
+            is the learned null label, "unconditional" (the likelihood is the unconditional model's).
+        p_uncond: with ``class_conditional``, the probability of replacing a training label by the null label
+            (condition dropout for classifier-free guidance, Ho & Salimans 2022).
+        guidance_scale: default classifier-free guidance scale s for sample grids and ``lit-gen sample``.
         optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
         ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
         seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
     """
-
-    SampleOptions = ScoreSampleOptions
 
     family = "score"
 
@@ -111,6 +101,9 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         n_probes: int = 1,
         ode_rtol: float = 1e-5,
         ode_atol: float = 1e-5,
+        class_conditional: bool = False,
+        p_uncond: float = 0.1,
+        guidance_scale: float = 1.0,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -125,7 +118,15 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             importance_sampling=importance_sampling, clip_denoised=clip_denoised, sampler=sampler,
             sampling_steps=sampling_steps, predictor=predictor, snr=snr, n_corrector=n_corrector,
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
+            p_uncond=p_uncond, guidance_scale=guidance_scale,
         )
+        if class_conditional and num_classes < 1:
+            raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
+        if not 0 <= p_uncond <= 1:
+            raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
+        if guidance_scale != 1 and not class_conditional:
+            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True "
+                             "(an unconditional model has nothing to guide towards; 1 means no guidance)")
         if weighting not in ("paper", "likelihood"):
             raise ValueError(f"weighting={weighting!r} is not supported; choose one of "
                              f"['likelihood', 'paper']")
@@ -133,13 +134,13 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
                              "weighting='likelihood'")
         self.data_shape = tuple(data_shape)
-        self.num_classes = 0
+        self.num_classes = num_classes if class_conditional else 0
         self.net_factory = net
         self.build_sde()
         make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid
 
     def build_net(self) -> nn.Module:
-        return self.net_factory(self.data_shape, 0, self.data_shape[0])
+        return self.net_factory(self.data_shape, self.num_classes, self.data_shape[0])
 
     def build_sde(self) -> None:
         """The SDE of the settings, for sampling (t_min = sampling_eps) and for training and the
@@ -162,24 +163,30 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
                        device=None if generator is None else generator.device)
         return (self.settings.t_eps + (self.sde.T - self.settings.t_eps) * u).to(self.device)
 
-    def loss(self, net: nn.Module, x0: torch.Tensor,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None,
+             y: torch.Tensor | None = None) -> torch.Tensor:
         t = self.sample_time(x0.shape[0], generator)
         z = randn(x0.shape, generator, x0.device, x0.dtype)
         mean, std = self.sde.marginal_prob(x0, t)
         x_t = mean + append_dims(std, x0.ndim) * z
-        eps = net(x_t, self.sde.model_time(t).to(x0.dtype))
+        eps = net(x_t, self.sde.model_time(t).to(x0.dtype), y)
         weight = self.importance.weight if self.importance is not None else None
         return dsm_loss(eps, z, self.sde, t, self.settings.weighting, weight).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(self.net, batch["x"])
+        y = batch.get("y") if self.num_classes else None
+        if y is not None and self.settings.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
+            y = drop_labels(y, self.settings.p_uncond, self.num_classes)
+        loss = self.loss(self.net, batch["x"], y=y)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def _labels_of(self, batch: dict) -> torch.Tensor | None:
+        return batch.get("y") if self.num_classes else None
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx))
+            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self._labels_of(batch))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
@@ -187,16 +194,17 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         (dequantised), test/nll in nats on continuous vectors, and test/nfe of the solve."""
         generator = self.eval_generator(batch_idx)
         with eval_mode(self.sampling_net) as net:
-            self.log("test/loss", self.loss(net, batch["x"], generator), sync_dist=True)
+            loss = self.loss(net, batch["x"], generator, self._labels_of(batch))
+            self.log("test/loss", loss, sync_dist=True)
             out = self.log_likelihood(batch["x"], generator, net)
         name, value = ("bpd", out["bpd"]) if "bpd" in out else ("nll", -out["log_p"])
         self.log(f"test/{name}", value.mean().float(), sync_dist=True, prog_bar=True)
         self.log("test/nfe", float(out["nfe"]), sync_dist=True, prog_bar=True)
 
-    def score_model(self, net: nn.Module, sde=None, guidance=None) -> ScoreModel:
+    def score_model(self, net: nn.Module, sde=None) -> ScoreModel:
+        """The model function of ``net`` (the null label of a conditional model: its unconditional part)."""
         return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps",
-                          clip_denoised=self.settings.clip_denoised,
-                          guidance=guidance)
+                          clip_denoised=self.settings.clip_denoised)
 
     def classifier_process(self) -> GaussianDiffusion:
         """A VP model's N-step discretisation (DDPM's betas): the process a guiding classifier must know. The
@@ -206,17 +214,6 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
                              f"(a NoisyClassifier knows DDPM's process); this one is "
                              f"sde={self.settings.sde!r}")
         return GaussianDiffusion(betas=self.sde.discrete_betas)
-
-    def guidance(self, num_samples: int, labels: torch.Tensor | None, options: dict):
-        """(the score's guidance term or None, the requested labels or None)."""
-        classifier = self._classifier(options)
-        if classifier is None:
-            self._labels(num_samples, labels, 0)  # labels without a classifier: a one-line error
-            return None, None
-        classes = self._labels(num_samples, labels, classifier.num_classes)
-        scale = options.get("classifier_scale")
-        return ClassifierGuidance(classifier.logits, classes,
-                                  1.0 if scale is None else scale).gradient, classes
 
     def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
         """The ODE likelihood of x (B, ...): ``bpd`` for 8-bit images, ``log_p`` (nats) for vectors, and
@@ -228,36 +225,16 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
             return ode_bits_per_dim(model, x, generator, **options)
         return ode_log_likelihood(model, x, generator=generator, **options)
 
-    # --- sampling ------------------------------------------------------------------------------------
+    # --- sampling: the shared assembly on this model's SDE ----------------------------------------------
     def sampling_defaults(self) -> dict:
         h = self.settings
         return {"sampler": h.sampler, "steps": h.sampling_steps or h.num_scales, "denoise": True,
                 "predictor": h.predictor, "snr": h.snr, "n_corrector": h.n_corrector}
 
-    @torch.no_grad()
-    def sample(
-        self,
-        num_samples: int,
-        generators: list[torch.Generator] | None = None,
-        labels: torch.Tensor | None = None,
-        progress: bool = False,
-        trajectory_points: int = 0,
-        latents: torch.Tensor | None = None,
-        inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
-        **options,
-    ) -> SampleOutput:
-        """Sample with the options of :class:`ScoreSampleOptions` from x_T ~ prior (or ``latents``);
-        ``labels`` (B,) are the classes a guiding classifier asks for; ``inpaint`` = (x_known, mask) fills in
-        where mask is 0."""
-        self.check_options(options, self.sample_options, type(self).__name__)
-        x_T = self.sde.prior_sampling((num_samples, *self.data_shape), generators,
-                                      self.device) if latents is None else latents
-        with eval_mode(self.sampling_net) as net:
-            gradient, classes = self.guidance(num_samples, labels, options)
-            model = self.score_model(net, guidance=gradient)
-            x, trajectory = solver_sample(model, options, self.sampling_defaults(), x_T, generators, progress,
-                                          trajectory_points, _to_device(inpaint, self.device))
-        return SampleOutput(x, classes, trajectory, nfe=model.nfe)
+    def noise_model(self, net: nn.Module) -> NoiseModel:
+        return NoiseModel(type(self).__name__, net, self.sde, OutputLayout("eps"),
+                          self.settings.clip_denoised, self.sampling_defaults(), num_classes=self.num_classes,
+                          guidance_scale=self.settings.guidance_scale)
 
     @torch.no_grad()
     def score_field(self, x: torch.Tensor, t: float | None = None) -> tuple[torch.Tensor, float]:
@@ -267,34 +244,3 @@ class ScoreSDE(ClassifierGuided, GenerativeModule):
         with eval_mode(self.sampling_net) as net:
             tb = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
             return self.score_model(net).score(x, tb), t
-
-    def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
-        self.check_options(options, self.sample_options, type(self).__name__)
-        self.guidance(1 if labels is None else len(labels), labels, options)
-        solver_from_options(options, self.sampling_defaults(), self.sde)
-        time_grid(self.sde, options, self.sampling_defaults())
-
-    def deterministic_options(self, options: dict) -> dict:
-        """Encoding and decoding run the probability-flow ODE (default RK45) without the final denoising
-        step."""
-        name = options.get("sampler") or "ode"
-        if name not in DETERMINISTIC:
-            raise ValueError(f"latent interpolation and inversion need an ODE sampler "
-                             f"{sorted(DETERMINISTIC)}, got {name!r}")
-        return {**options, "sampler": name, "denoise": False}
-
-    @torch.no_grad()
-    def invert(self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False,
-               **options) -> torch.Tensor:
-        """Encode x0 (at t_min) to the latent x_T by the probability-flow ODE, on the sampling grid run
-        upwards."""
-        options = self.deterministic_options(options)
-        solver = solver_from_options(options, self.sampling_defaults())
-        times = time_grid(self.sde, options, self.sampling_defaults()).flip(0)
-        with eval_mode(self.sampling_net) as net:
-            return solve(self.score_model(net), solver, x0.to(self.device), times, denoise=False,
-                         progress=progress)[0]
-
-
-def _to_device(inpaint, device):
-    return None if inpaint is None else tuple(a.to(device) for a in inpaint)

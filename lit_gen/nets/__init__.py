@@ -1,9 +1,17 @@
 """Plain nn.Module networks (no Lightning). Denoisers are built as ``net(data_shape, num_classes, **hparams)``
 and called as ``net(x, t, y=None)``."""
 
+from collections.abc import Callable
+
+from torch import nn
+
 from lit_gen.nets.embeddings import timestep_embedding
 from lit_gen.nets.encoder import EncoderUNet
 from lit_gen.nets.mlp import MLPDenoiser
 from lit_gen.nets.unet import UNet
 
-__all__ = ["EncoderUNet", "MLPDenoiser", "UNet", "timestep_embedding"]
+# A denoiser class whose first three parameters are (data_shape, num_classes, out_channels); YAML gives the
+# rest.
+NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
+
+__all__ = ["EncoderUNet", "MLPDenoiser", "NetFactory", "UNet", "timestep_embedding"]

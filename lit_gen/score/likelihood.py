@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 
 from lit_gen.likelihood import bits_per_dim, dequantize_centred
-from lit_gen.score.model import ScoreModel
+from lit_gen.process.model import ModelFunction
 from lit_gen.utils import Generator, rand, randn
 
 Trace = Literal["rademacher", "gaussian", "exact"]
@@ -49,7 +49,7 @@ def divergence(drift: torch.Tensor, x: torch.Tensor, vs: list[torch.Tensor] | No
 
 
 def ode_log_likelihood(
-    model: ScoreModel,
+    model: ModelFunction,
     x: torch.Tensor,
     trace: Trace = "rademacher",
     n_probes: int = 1,
@@ -98,7 +98,7 @@ def ode_log_likelihood(
     return {"log_p": prior + integral, "prior_logp": prior, "z": z, "nfe": model.nfe - nfe_before}
 
 
-def ode_bits_per_dim(model: ScoreModel, x: torch.Tensor, generator: Generator = None, **options) -> dict:
+def ode_bits_per_dim(model: ModelFunction, x: torch.Tensor, generator: Generator = None, **options) -> dict:
     """Bits/dim of 8-bit data x on lit_gen's [-1, 1] scale: uniform dequantisation in each value's bin of
     width 2/255, the ODE likelihood of the dequantised point, and :func:`~lit_gen.likelihood.bits_per_dim` (an
     upper bound of -log2 P(8-bit image) / D, never negative in expectation). ``options`` go to

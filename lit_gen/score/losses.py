@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 
 from lit_gen.likelihood import mean_over_dims
-from lit_gen.score.sde import SDE
+from lit_gen.process.sde import SDE
 
 Weighting = Literal["paper", "likelihood"]
 

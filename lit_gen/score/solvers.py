@@ -3,7 +3,7 @@ Langevin, and probability-flow ODE solvers, all run by one loop, :func:`solve`.
 
 Protocol. A grid of times t_0 = T > t_1 > ... > t_{K-1} = t_min (``SDE.time_grid``) is visited point by point;
 at each point the solver is called once, ``step(model, x, t, t_next, generator)``, and may call the model (a
-:class:`~lit_gen.score.model.ScoreModel`) as often as it needs; ``t_next`` is None at the last point. After
+:class:`~lit_gen.process.ModelFunction`) as often as it needs; ``t_next`` is None at the last point. After
 the last point the loop removes the remaining noise with one Tweedie step, x0 = E[x0 | x_{t_min}] (the
 "final noise removal" of score_sde and NCSNv2; ``denoise=False`` keeps x_{t_min}). Every time is float64 (B,).
 
@@ -25,7 +25,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from lit_gen.score.model import ScoreModel
+from lit_gen.process.model import ModelFunction
 from lit_gen.utils import Generator, append_dims, randn
 
 
@@ -47,7 +47,8 @@ class Solver:
     def reset(self, times: torch.Tensor) -> None:
         """Called before a solve with its grid (K,) (multistep solvers clear their history here)."""
 
-    def step(self, model: ScoreModel, x: torch.Tensor, t: float, t_next: float | None, generator: Generator):
+    def step(self, model: ModelFunction, x: torch.Tensor, t: float, t_next: float | None,
+             generator: Generator):
         raise NotImplementedError
 
 
@@ -324,7 +325,7 @@ def make_solver(name: str, **options) -> Solver:
 
 @torch.no_grad()
 def solve(
-    model: ScoreModel,
+    model: ModelFunction,
     solver: Solver,
     x_T: torch.Tensor,
     times: torch.Tensor,

@@ -151,7 +151,7 @@ def test_ddpm_steps_match_diffusers(num_steps):
         mine = ours.step(eps, i, x, torch.Generator().manual_seed(i))
         theirs = oracle.step(eps, t, x, generator=torch.Generator().manual_seed(i))
         torch.testing.assert_close(mine.pred_x0, theirs.pred_original_sample, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(mine.prev_sample, theirs.prev_sample, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(mine.x_next, theirs.prev_sample, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("eta", [0.0, 0.5])
@@ -166,8 +166,8 @@ def test_ddim_steps_match_diffusers(eta):
         eps = _fake_eps(x, torch.full((2,), t))
         mine = ours.step(eps, i, x, torch.Generator().manual_seed(i))
         theirs = oracle.step(eps, t, x, eta=eta, generator=torch.Generator().manual_seed(i))
-        torch.testing.assert_close(mine.prev_sample, theirs.prev_sample, rtol=1e-6, atol=1e-6)
-        x = mine.prev_sample
+        torch.testing.assert_close(mine.x_next, theirs.prev_sample, rtol=1e-6, atol=1e-6)
+        x = mine.x_next
 
 
 def test_timestep_subsequence_lands_on_zero():
@@ -188,7 +188,7 @@ def test_last_step_is_noise_free_and_sampler_is_deterministic():
     x = torch.randn(3, 2)
     out = s.step(torch.zeros_like(x), len(s.timesteps) - 1, x, torch.Generator().manual_seed(0))
     out2 = s.step(torch.zeros_like(x), len(s.timesteps) - 1, x, torch.Generator().manual_seed(1))
-    torch.testing.assert_close(out.prev_sample, out2.prev_sample)  # no noise at t = 0
+    torch.testing.assert_close(out.x_next, out2.x_next)  # no noise at t = 0
 
     def run(seed, n):
         gens = sample_generators(seed, 0, n)

@@ -1,4 +1,4 @@
-"""Guidance (lit_gen.diffusion.guidance) against its definitions: classifier-free guidance at s = 0 and 1 is
+"""Guidance (lit_gen.process.guidance) against its definitions: classifier-free guidance at s = 0 and 1 is
 exactly the unconditional and conditional model, linear in s, in eps space for x0 / v prediction, with the
 conditional variance kept; interval and rescale; condition dropout; classifier guidance's gradient against
 finite differences, a zero-gradient classifier changing nothing, the original t under respacing; and, on a
@@ -12,17 +12,19 @@ from functools import partial
 import pytest
 import torch
 
-from lit_gen.diffusion import (
-    ClassifierGuidance,
-    GaussianDiffusion,
-    GuidedDenoiser,
-    drop_labels,
-    eps_x0_from_output,
-    make_sampler,
-    sample_loop,
-)
+from lit_gen.diffusion import GaussianDiffusion, eps_x0_from_output, make_sampler, sample_loop
 from lit_gen.methods import DDPM, NoisyClassifier
 from lit_gen.nets import EncoderUNet, UNet
+from lit_gen.process import (
+    CFG,
+    ClassifierFree,
+    ClassifierGuidance,
+    ClassifierShift,
+    OutputLayout,
+    at_steps,
+    drop_labels,
+    mean_shift,
+)
 from lit_gen.utils import sample_generators
 
 F64 = torch.float64
@@ -53,9 +55,24 @@ def _inputs(batch: int = 4, seed: int = 1):
     return x, t, y
 
 
-def _guided(net, s: float, prediction_type: str = "eps", learned: bool = False, **kw) -> GuidedDenoiser:
-    x, t, y = _inputs()
-    return GuidedDenoiser(net, GaussianDiffusion("linear", T), prediction_type, learned, y, K, s, **kw)
+def _mt(t: torch.Tensor, diffusion: GaussianDiffusion | None = None) -> torch.Tensor:
+    """The network's time input at DDPM's step t, as the guidance wrappers hand it over (the step n, through
+    the continuous time (n + 1) / T and back)."""
+    sde = (diffusion or GaussianDiffusion("linear", T)).sde
+    return sde.model_time(sde.time_of_step(t))
+
+
+def _guided(net, s: float = 1.0, prediction_type: str = "eps", learned: bool = False, labels="default",
+            classifier: ClassifierGuidance | None = None, guidance_interval=None, guidance_rescale: float = 0.0,
+            guidance_batching: str = "auto", diffusion: GaussianDiffusion | None = None):
+    """The guided output function at DDPM's integer steps, composed as the sampler assembly composes it
+    (classifier guidance in its eps form)."""
+    y = _inputs()[2] if isinstance(labels, str) else labels
+    sde, layout = (diffusion or GaussianDiffusion("linear", T)).sde, OutputLayout(prediction_type, learned)
+    fn = ClassifierFree(net, sde, layout, y, K, CFG(s, guidance_interval, guidance_rescale, guidance_batching))
+    if classifier is not None:
+        fn = ClassifierShift(fn, sde, layout, classifier)
+    return at_steps(fn, sde)
 
 
 # --- classifier-free guidance -------------------------------------------------------------------------
@@ -64,14 +81,14 @@ def test_scale_0_and_1_are_the_unconditional_and_conditional_models_exactly(adap
     net = _unet(adaptive_norm=adaptive_norm)
     x, t, y = _inputs()
     null = torch.full_like(y, K)
-    assert not torch.allclose(net(x, t, y), net(x, t, null))  # the labels matter
-    assert torch.equal(_guided(net, 0.0)(x, t), net(x, t, null))
-    assert torch.equal(_guided(net, 1.0)(x, t), net(x, t, y))
+    assert not torch.allclose(net(x, _mt(t), y), net(x, _mt(t), null))  # the labels matter
+    assert torch.equal(_guided(net, 0.0)(x, t), net(x, _mt(t), null))
+    assert torch.equal(_guided(net, 1.0)(x, t), net(x, _mt(t), y))
     # and along a whole sampling run (DDIM, strided): same images bit for bit
     sampler = make_sampler("ddim", GaussianDiffusion("linear", T), eta=0.5)
     sampler.set_timesteps(5)
     for s, labels in ((0.0, null), (1.0, y)):
-        plain, _ = sample_loop(lambda x_t, t_, labels=labels: net(x_t, t_, labels), sampler, x,
+        plain, _ = sample_loop(lambda x_t, t_, labels=labels: net(x_t, _mt(t_), labels), sampler, x,
                                sample_generators(0, 0, 4))
         guided, _ = sample_loop(_guided(net, s), sampler, x, sample_generators(0, 0, 4))
         assert torch.equal(plain, guided)
@@ -88,7 +105,7 @@ TOL = 1e-8
 def test_guided_output_is_linear_in_the_scale_in_one_batched_pass_or_two(batching, passes):
     net = _unet()
     x, t, y = _inputs()
-    out_c, out_u = net(x, t, y), net(x, t, torch.full_like(y, K))
+    out_c, out_u = net(x, _mt(t), y), net(x, _mt(t), torch.full_like(y, K))
     calls = []
     counting = lambda x_t, t_, y_: calls.append(len(x_t)) or net(x_t, t_, y_)  # noqa: E731
     for s in (-0.5, 0.3, 2.0, 3.0, 7.5):
@@ -103,7 +120,7 @@ def test_x0_and_v_prediction_are_guided_in_eps_space(prediction_type):
     x, t, y = _inputs()
     abar = GaussianDiffusion("linear", T).alpha_bar[t]
     eps = lambda out: eps_x0_from_output(out, x, abar, prediction_type)[0]  # noqa: E731
-    eps_c, eps_u = eps(net(x, t, y)), eps(net(x, t, torch.full_like(y, K)))
+    eps_c, eps_u = eps(net(x, _mt(t), y)), eps(net(x, _mt(t), torch.full_like(y, K)))
     guided = eps(_guided(net, 3.0, prediction_type)(x, t))
     torch.testing.assert_close(guided, eps_u + 3.0 * (eps_c - eps_u), rtol=0, atol=TOL)
 
@@ -111,7 +128,7 @@ def test_x0_and_v_prediction_are_guided_in_eps_space(prediction_type):
 def test_a_learned_variance_keeps_the_conditional_variance_and_guides_the_eps_channels():
     net = _unet(out_channels=2)
     x, t, y = _inputs()
-    out_c, out_u = net(x, t, y), net(x, t, torch.full_like(y, K))
+    out_c, out_u = net(x, _mt(t), y), net(x, _mt(t), torch.full_like(y, K))
     guided = _guided(net, 2.5, learned=True)(x, t)
     assert torch.equal(guided[:, 1:], out_c[:, 1:])
     torch.testing.assert_close(guided[:, :1], out_u[:, :1] + 2.5 * (out_c[:, :1] - out_u[:, :1]), rtol=0,
@@ -126,18 +143,18 @@ def test_guidance_interval_guides_inside_and_is_conditional_outside():
     assert torch.equal(_guided(net, 3.0, guidance_interval=(0, T - 1))(x, t), plain(x, t))
     assert torch.equal(_guided(net, 3.0, guidance_interval=(10, 15))(x, t), plain(x, t))  # t = 12 inside
     # outside: conditional
-    assert torch.equal(_guided(net, 3.0, guidance_interval=(13, 19))(x, t), net(x, t, y))
+    assert torch.equal(_guided(net, 3.0, guidance_interval=(13, 19))(x, t), net(x, _mt(t), y))
     mixed_t = torch.tensor([12, 3, 12, 3])
     mixed = _guided(net, 3.0, guidance_interval=(10, 15))(x, mixed_t)
     torch.testing.assert_close(mixed[0::2], plain(x, mixed_t)[0::2], rtol=0, atol=TOL)
-    torch.testing.assert_close(mixed[1::2], net(x, mixed_t, y)[1::2], rtol=0, atol=TOL)
+    torch.testing.assert_close(mixed[1::2], net(x, _mt(mixed_t), y)[1::2], rtol=0, atol=TOL)
 
 
 def test_guidance_rescale_matches_the_conditional_spread_and_is_off_at_zero():
     net = _unet()
     x, t, y = _inputs()
     assert torch.equal(_guided(net, 3.0, guidance_rescale=0.0)(x, t), _guided(net, 3.0)(x, t))
-    guided, cond = _guided(net, 3.0)(x, t), net(x, t, y)
+    guided, cond = _guided(net, 3.0)(x, t), net(x, _mt(t), y)
     full = _guided(net, 3.0, guidance_rescale=1.0)(x, t)
     torch.testing.assert_close(full.std((1, 2, 3)), cond.std((1, 2, 3)), rtol=1e-8, atol=0)
     assert not torch.allclose(guided.std((1, 2, 3)), cond.std((1, 2, 3)))
@@ -214,10 +231,15 @@ def test_a_zero_gradient_classifier_changes_nothing(sampler_name, form, predicti
     x, _, y = _inputs()
     sampler = make_sampler(sampler_name, GaussianDiffusion("linear", T), prediction_type=prediction_type)
     sampler.set_timesteps(7)
-    plain, _ = sample_loop(lambda x_t, t_: net(x_t, t_, y), sampler, x, sample_generators(0, 0, 4))
-    guided_fn = _guided(net, 1.0, prediction_type, classifier=ClassifierGuidance(_Flat(), y, 5.0),
-                        classifier_form=form)
-    guided, _ = sample_loop(guided_fn, sampler, x, sample_generators(0, 0, 4))
+    plain, _ = sample_loop(lambda x_t, t_: net(x_t, _mt(t_), y), sampler, x, sample_generators(0, 0, 4))
+    flat = ClassifierGuidance(_Flat(), y, 5.0)
+    if form == "mean":  # the ancestral step's mean moves by Sigma times the gradient
+        shift = mean_shift(flat, GaussianDiffusion("linear", T).sde)
+        guided, _ = sample_loop(_guided(net, 1.0, prediction_type), sampler, x, sample_generators(0, 0, 4),
+                                mean_shift=shift)
+    else:
+        guided, _ = sample_loop(_guided(net, 1.0, prediction_type, classifier=flat), sampler, x,
+                                sample_generators(0, 0, 4))
     assert torch.equal(plain, guided)
 
 
@@ -233,27 +255,38 @@ def test_respaced_sampling_hands_the_classifier_the_original_steps():
         seen.clear()
         sampler = make_sampler(name, GaussianDiffusion("linear", T))
         sampler.set_timesteps(5)
-        guided = GuidedDenoiser(lambda x_t, t_, y_: torch.zeros_like(x_t), sampler.diffusion, labels=None,
-                                classifier=ClassifierGuidance(recording, y),
-                                classifier_form="mean" if name == "ddpm" else "eps")
-        sample_loop(guided, sampler, x)
-        assert [ts[0] for ts in seen] == sampler.timesteps.tolist() == [19, 14, 10, 5, 0]
+        zero = lambda x_t, t_, y_: torch.zeros_like(x_t)  # noqa: E731
+        guidance = ClassifierGuidance(recording, y)
+        if name == "ddpm":  # the mean form
+            sample_loop(_guided(zero, labels=None), sampler, x,
+                        mean_shift=mean_shift(guidance, sampler.diffusion.sde))
+        else:
+            sample_loop(_guided(zero, labels=None, classifier=guidance), sampler, x)
+        steps = [ts[0] for ts in seen]
+        torch.testing.assert_close(torch.tensor(steps, dtype=F64), sampler.timesteps.double(), rtol=0,
+                                   atol=1e-9)
+        assert sampler.timesteps.tolist() == [19, 14, 10, 5, 0]
         assert all(len(set(ts)) == 1 for ts in seen)
 
 
 def test_ancestral_mean_shift_is_sigma_times_the_gradient():
     diffusion = GaussianDiffusion("linear", T)
     sampler = make_sampler("ddpm", diffusion)
-    sampler.set_timesteps(5)
     x, _, _ = _inputs()
-    out = 0.1 * x
     grad = torch.randn(x.shape, generator=torch.Generator().manual_seed(9), dtype=F64)
+    # the variance the step reports is the reverse Gaussian's
+    sampler.set_timesteps(5)
     index = 1
     k = torch.full((4,), len(sampler.timesteps) - 1 - index)
-    _, log_var, _ = sampler.process.p_mean_logvar(out, x, k, "eps", "small", True)
-    plain = sampler.step(out, index, x, sample_generators(0, 0, 4)).prev_sample
-    shifted = sampler.step(out, index, x, sample_generators(0, 0, 4), mean_gradient=grad).prev_sample
-    torch.testing.assert_close(shifted - plain, log_var.exp() * grad, rtol=1e-8, atol=1e-8)
+    _, log_var, _ = sampler.process.p_mean_logvar(0.1 * x, x, k, "eps", "small", True)
+    out = sampler.step(0.1 * x, index, x, sample_generators(0, 0, 4))
+    torch.testing.assert_close(out.variance, log_var.exp(), rtol=0, atol=0)
+    # and the loop moves the step's mean by it times the gradient
+    sampler.set_timesteps(1)
+    plain, _ = sample_loop(lambda x_t, t_: 0.1 * x_t, sampler, x)
+    shifted, _ = sample_loop(lambda x_t, t_: 0.1 * x_t, sampler, x, mean_shift=lambda x_t, t_: grad)
+    variance = sampler.step(0.1 * x, 0, x).variance
+    torch.testing.assert_close(shifted - plain, variance * grad, rtol=1e-8, atol=1e-8)
 
 
 # --- the exact 2-D Gaussian mixture -------------------------------------------------------------------
@@ -263,7 +296,7 @@ SIGMA = 0.3
 
 def _log_p_t(x: torch.Tensor, t: torch.Tensor, diffusion: GaussianDiffusion) -> torch.Tensor:
     """log p_t(x | y) for every y, (B, K): q(x_t | y) = N(sqrt(abar) mu_y, (abar SIGMA^2 + 1 - abar) I)."""
-    abar = diffusion.alpha_bar[t][:, None, None]  # (B, 1, 1)
+    abar = diffusion.alpha_bar[t.round().long()][:, None, None]  # (B, 1, 1): at the model's step
     var = abar * SIGMA**2 + 1 - abar
     diff = x[:, None, :] - abar.sqrt() * MEANS[None]  # (B, K, 2)
     return (-0.5 * (diff**2).sum(-1) / var[..., 0] - torch.log(2 * math.pi * var[..., 0]))
@@ -281,7 +314,7 @@ def _exact_eps(diffusion: GaussianDiffusion):
             mixture = torch.logsumexp(log_p, -1) - math.log(K)  # equal class weights
             picked = torch.where(y == K, mixture, log_p.gather(1, y.clamp(max=K - 1)[:, None])[:, 0])
             (score,) = torch.autograd.grad(picked.sum(), z)
-        return -(1 - diffusion.alpha_bar[t][:, None]).sqrt() * score
+        return -(1 - diffusion.alpha_bar[t.round().long()][:, None]).sqrt() * score
 
     return eps
 
@@ -297,19 +330,18 @@ def test_both_guidance_forms_give_the_true_conditional_score_on_a_gaussian_mixtu
     y = torch.arange(64) % K
     for step in (5, 40, 90):
         t = torch.full((64,), step)
-        true_conditional = eps(x, t, y)
+        true_conditional = eps(x, _mt(t, diffusion), y)
         # classifier guidance at s = 1 on the unconditional model: eps_u - sqrt(1 - abar) grad log p_t(y | x)
-        cg = GuidedDenoiser(eps, diffusion, labels=None, classifier=ClassifierGuidance(classifier, y))(x, t)
+        cg = _guided(eps, labels=None, classifier=ClassifierGuidance(classifier, y), diffusion=diffusion)(x, t)
         torch.testing.assert_close(cg, true_conditional, rtol=0, atol=TOL)
         # classifier-free guidance at s = 1 on the conditional model
-        cfg = GuidedDenoiser(eps, diffusion, labels=y, null_label=K, guidance_scale=1.0)(x, t)
+        cfg = _guided(eps, 1.0, labels=y, diffusion=diffusion)(x, t)
         torch.testing.assert_close(cfg, true_conditional, rtol=0, atol=0)
         # and at any s the two forms agree: CFG's implicit classifier p_t(y | x)^s (Ho & Salimans 2022, Sec.
         # 3.2)
         for s in (0.5, 3.0):
-            cfg = GuidedDenoiser(eps, diffusion, labels=y, null_label=K, guidance_scale=s)(x, t)
-            cg = GuidedDenoiser(eps, diffusion, labels=None,
-                                classifier=ClassifierGuidance(classifier, y, s))(x, t)
+            cfg = _guided(eps, s, labels=y, diffusion=diffusion)(x, t)
+            cg = _guided(eps, labels=None, classifier=ClassifierGuidance(classifier, y, s), diffusion=diffusion)(x, t)
             torch.testing.assert_close(cfg, cg, rtol=0, atol=TOL)
 
 

@@ -74,20 +74,20 @@ def test_learned_range_respaced_step_matches_diffusers():
         out = torch.cat([torch.tanh(x), torch.rand(x.shape, generator=g, dtype=torch.float64) * 2 - 1], 1)
         mine = ours.step(out, i, x, torch.Generator().manual_seed(i))
         theirs = oracle.step(out, t, x, generator=torch.Generator().manual_seed(i))
-        torch.testing.assert_close(mine.prev_sample, theirs.prev_sample, rtol=1e-6, atol=1e-6)
-        x = mine.prev_sample
+        torch.testing.assert_close(mine.x_next, theirs.prev_sample, rtol=1e-6, atol=1e-6)
+        x = mine.x_next
 
 
 def test_ddim_eta_one_over_all_steps_has_the_ddpm_posterior_variance():
     d = GaussianDiffusion("linear", 1000)
     s = DDIMSampler(d, eta=1.0)
-    a_t, a_prev = s.alpha_bar_t, s.alpha_bar_prev
+    a_t, a_prev = s.alpha_bar_t, s.alpha_bar_next
     sigma2 = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)  # Song et al. 2021, Eq. 16 with eta = 1
     torch.testing.assert_close(sigma2, d.posterior_variance.flip(0))
     # and the step really uses it: the spread of x_prev around its mean
     x = torch.zeros(20000, 1, dtype=torch.float64)
     eps = torch.zeros_like(x)
-    draws = s.step(eps, 500, x, torch.Generator().manual_seed(1)).prev_sample
+    draws = s.step(eps, 500, x, torch.Generator().manual_seed(1)).x_next
     # 5 standard errors of a sample variance, sqrt(2 / n) relative (was rel=3e-2: 3 of them)
     rel = 5 * math.sqrt(2 / len(x))
     assert draws.var().item() == pytest.approx(d.posterior_variance[499].item(), rel=rel)
