@@ -162,10 +162,10 @@ def timing(args, cfg, ddpm, K: int, ddim: dict) -> None:
 
 def side_by_side_with_diffusers(cfg, n: int, s: float, steps: int, repeats: int) -> None:
     """The same conditional net, x_T and timesteps, classifier-free guided DDIM (eta 0) two ways: lit_gen's
-    guided output function + DDIMSampler, and diffusers' DDIMScheduler with the guidance loop its pipelines write (one
-    2B pass per step). Prints the largest difference of the images and the time per image of each. x0 is not
-    clipped in either: with clipping, diffusers keeps the raw eps for the direction term while lit_gen (as
-    ADM) recomputes eps from the clipped x0, a difference of convention, not of guidance."""
+    guided output function + DDIMSampler, and diffusers' DDIMScheduler with the guidance loop its pipelines
+    write (one 2B pass per step). Prints the largest difference of the images and the time per image of
+    each. x0 is not clipped in either: with clipping, diffusers keeps the raw eps for the direction term while
+    lit_gen (as ADM) recomputes eps from the clipped x0, a difference of convention, not of guidance."""
     from diffusers import DDIMScheduler
 
     from lit_gen.diffusion import DDIMSampler, sample_loop

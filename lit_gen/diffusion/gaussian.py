@@ -128,7 +128,8 @@ class GaussianDiffusion(nn.Module):
         3.2)."""
         min_log = self._at(self.posterior_log_variance_clipped, t, x)
         # for "large", t = 0 uses beta_tilde_1 as in improved-diffusion, so the decoder is well defined
-        large = torch.cat([self.posterior_variance[1:2], self.betas[1:]]) if self.num_timesteps > 1 else self.betas
+        large = self.betas if self.num_timesteps == 1 else torch.cat([self.posterior_variance[1:2],
+                                                                      self.betas[1:]])
         max_log = self._at(large.log(), t, x)
         if variance == "learned":
             frac = (v + 1) / 2

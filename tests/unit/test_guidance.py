@@ -63,13 +63,15 @@ def _mt(t: torch.Tensor, diffusion: GaussianDiffusion | None = None) -> torch.Te
 
 
 def _guided(net, s: float = 1.0, prediction_type: str = "eps", learned: bool = False, labels="default",
-            classifier: ClassifierGuidance | None = None, guidance_interval=None, guidance_rescale: float = 0.0,
-            guidance_batching: str = "auto", diffusion: GaussianDiffusion | None = None):
+            classifier: ClassifierGuidance | None = None, guidance_interval=None,
+            guidance_rescale: float = 0.0, guidance_batching: str = "auto",
+            diffusion: GaussianDiffusion | None = None):
     """The guided output function at DDPM's integer steps, composed as the sampler assembly composes it
     (classifier guidance in its eps form)."""
     y = _inputs()[2] if isinstance(labels, str) else labels
     sde, layout = (diffusion or GaussianDiffusion("linear", T)).sde, OutputLayout(prediction_type, learned)
-    fn = ClassifierFree(net, sde, layout, y, K, CFG(s, guidance_interval, guidance_rescale, guidance_batching))
+    cfg = CFG(s, guidance_interval, guidance_rescale, guidance_batching)
+    fn = ClassifierFree(net, sde, layout, y, K, cfg)
     if classifier is not None:
         fn = ClassifierShift(fn, sde, layout, classifier)
     return at_steps(fn, sde)
@@ -332,7 +334,8 @@ def test_both_guidance_forms_give_the_true_conditional_score_on_a_gaussian_mixtu
         t = torch.full((64,), step)
         true_conditional = eps(x, _mt(t, diffusion), y)
         # classifier guidance at s = 1 on the unconditional model: eps_u - sqrt(1 - abar) grad log p_t(y | x)
-        cg = _guided(eps, labels=None, classifier=ClassifierGuidance(classifier, y), diffusion=diffusion)(x, t)
+        cg = _guided(eps, labels=None, classifier=ClassifierGuidance(classifier, y),
+                     diffusion=diffusion)(x, t)
         torch.testing.assert_close(cg, true_conditional, rtol=0, atol=TOL)
         # classifier-free guidance at s = 1 on the conditional model
         cfg = _guided(eps, 1.0, labels=y, diffusion=diffusion)(x, t)
@@ -341,7 +344,8 @@ def test_both_guidance_forms_give_the_true_conditional_score_on_a_gaussian_mixtu
         # 3.2)
         for s in (0.5, 3.0):
             cfg = _guided(eps, s, labels=y, diffusion=diffusion)(x, t)
-            cg = _guided(eps, labels=None, classifier=ClassifierGuidance(classifier, y, s), diffusion=diffusion)(x, t)
+            cg = _guided(eps, labels=None, classifier=ClassifierGuidance(classifier, y, s),
+                         diffusion=diffusion)(x, t)
             torch.testing.assert_close(cfg, cg, rtol=0, atol=TOL)
 
 
