@@ -192,10 +192,10 @@ def method_class(path: str, source: str = "the checkpoint") -> type:
     """The lit_gen method (LightningModule class) at ``path``: a dotted path, or a short name (``DDPM``). Only
     lit_gen's methods: anything else is refused before it is imported."""
     from lit_gen.allowlist import allowed_classes
-    from lit_gen.methods import GenerativeModule
+    from lit_gen.methods.base import LitGenModule
 
     cls = allowed_classes().get(path) if isinstance(path, str) else None
-    if cls is None or not issubclass(cls, GenerativeModule):
+    if cls is None or not issubclass(cls, LitGenModule):
         raise CheckpointError(f"{source} names the method {path!r}, which is not a method of this version of "
                               "lit_gen (nothing was imported)")
     return cls

@@ -30,7 +30,7 @@ from lit_gen.checkpoints import (
 from lit_gen.console import COMMANDS, check_command, check_config_files, one_line, silence_handled_messages
 from lit_gen.data.base import GenerativeDataModule
 from lit_gen.files import WriteError, check_writable_folder
-from lit_gen.methods.base import GenerativeModule
+from lit_gen.methods.base import LitGenModule
 from lit_gen.preemption import Preempted
 from lit_gen.runs import RunConfig, RunLock, check_name, refuse_or_clear
 from lit_gen.sharding import end_process_group
@@ -63,7 +63,7 @@ class LitGenCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
         super().__init__(
-            GenerativeModule,
+            LitGenModule,
             GenerativeDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,

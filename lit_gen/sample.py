@@ -5,8 +5,6 @@ and reconstructs them (deterministic DDIM for diffusion models, exact for flows)
 from __future__ import annotations
 
 import argparse
-import inspect
-import math
 import sys
 from pathlib import Path
 
@@ -27,16 +25,11 @@ from lit_gen.checkpoints import (
 )
 from lit_gen.diffusion import slerp_grid
 from lit_gen.files import check_writable_folder
+from lit_gen.methods.generative import GenerativeModule, SampleOutput
 from lit_gen.utils import randn, sample_generators
 from lit_gen.visual import (
-    captioned_grid,
-    figure_to_array,
-    image_grid,
     read_uint8_images,
     save_npz,
-    save_png,
-    scatter_figure,
-    to_uint8_nhwc,
 )
 
 
@@ -69,7 +62,7 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     )
     parser.add_argument(
         "--text", type=list[str] | str | None, default=None,
-        help='Prompts of a text-to-image model (DALLE), cycled over the samples: "a small red circle" or '
+        help='Prompts of a text-to-image model, cycled over the samples: "a small red circle" or '
              '[..., ...].',
     )
     parser.add_argument("--text_file", type=str | None, default=None, help="Instead of --text: one prompt "
@@ -109,7 +102,7 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     parser.add_argument(
         "--inpaint", type=str | None, default=None,
         help="An npz of images (arr_0: uint8 N x H x W x C), cycled over the samples, to fill in where "
-        "--mask is 0 (score samplers: pc, em, ode, ...).",
+        "--mask is 0 (methods that inpaint; the checkpoint's --help lists its samplers).",
     )
     parser.add_argument(
         "--mask", type=str | None, default=None,
@@ -186,9 +179,9 @@ def load_model(cfg, device: torch.device):
 
 def sample_main(argv: list[str]) -> Path:
     method = method_of(argv)
-    if method is not None and not method.generates:
+    if method is not None and not issubclass(method, GenerativeModule):
         raise ValueError(f"{method.__name__} is not a generative model; lit-gen sample needs a checkpoint of "
-                         "one (a NoisyClassifier guides a diffusion model through --classifier_ckpt)")
+                         f"one ({method.usage})")
     cfg = build_parser(method).parse_args(argv)
     if isinstance(cfg.labels, int):
         cfg.labels = [cfg.labels]
@@ -205,11 +198,11 @@ def sample_main(argv: list[str]) -> Path:
         raise ValueError("--inpaint is a job of its own; give it without --interpolate or --invert")
     if cfg.devices < 1 or cfg.num_nodes < 1:
         raise ValueError(f"devices={cfg.devices} and num_nodes={cfg.num_nodes} must be >= 1")
-    takes_text = "captions" in inspect.signature(method.sample).parameters if method is not None else False
+    takes_text = method is not None and method.abilities.prompts
     if cfg.text and not takes_text:
         raise ValueError(f"--text / --text_file prompt a text-to-image model; "
                          f"{method.__name__ if method else 'this'} checkpoint is not one "
-                         f"(train DALLE: experiments/dalle/)")
+                         f"(experiments/dalle/ trains one)")
     if takes_text and not cfg.text:
         raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or "
                          f"--text_file FILE")
@@ -222,40 +215,35 @@ def sample_main(argv: list[str]) -> Path:
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
         raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and "
                          "--invert on one device")
+    if method is not None and not method.abilities.latents and (cfg.interpolate is not None or cfg.invert):
+        raise ValueError(f"{method.__name__} has no latents to interpolate or invert")
     device = sampling_device(cfg.device)
     model = load_model(cfg, device)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
     model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
     known = read_inpainting(model, cfg) if cfg.inpaint is not None else None
     output = check_writable_folder(cfg.output, "--output")  # before the work, not after it
+    nrow = None
     if cfg.interpolate is not None:
-        x, labels, nrow = interpolate(model, cfg, options), None, cfg.interpolate
+        out, nrow = SampleOutput(interpolate(model, cfg, options)), cfg.interpolate
     elif cfg.invert is not None:
-        x, labels, nrow = invert_and_reconstruct(model, cfg, options, output), None, None
-    else:
-        if cfg.devices > 1 or cfg.num_nodes > 1:
-            drawn = draw_sharded(model, cfg, options, output)
-            if drawn is None:  # not rank 0: rank 0 writes
-                return output
-            x, labels, extra = drawn
-        else:
-            x, labels, extra = draw(model, cfg, options, known)
-        if extra:
-            write_captioned(output, x, cfg.png, **extra)
-            print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}",
-                  file=sys.stderr)
+        out = SampleOutput(invert_and_reconstruct(model, cfg, options, output))
+    elif cfg.devices > 1 or cfg.num_nodes > 1:
+        out = draw_sharded(model, cfg, options, output)
+        if out is None:  # not rank 0: rank 0 writes
             return output
-        nrow = None
-    write_samples(output, x, labels, nrow, cfg.png)
-    print(f"wrote {len(x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}", file=sys.stderr)
+    else:
+        out = draw(model, cfg, options, known)
+    out.write(output, cfg.png, nrow)
+    print(f"wrote {len(out.x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}",
+          file=sys.stderr)
     return output
 
 
 def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     """(x_known (N, C, H, W) in [-1, 1], mask (N or 1, C, H, W) of 0/1) from --inpaint and --mask."""
-    if "inpaint" not in inspect.signature(model.sample).parameters:
-        raise ValueError(f"{type(model).__name__} cannot inpaint; --inpaint needs a score model or a "
-                         "diffusion model with a sampler of lit_gen.score")
+    if not model.abilities.inpainting:
+        raise ValueError(f"{type(model).__name__} cannot inpaint; --inpaint needs a diffusion or score model")
     c, h, w = model.data_shape
     images = read_uint8_images(Path(cfg.inpaint), "--inpaint", model.data_shape)
     known = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -313,7 +301,7 @@ def draw_indices(model, cfg, options: dict, indices: list[int], known=None, prog
         images, mask = known
         idx = torch.tensor(indices)
         extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
-    if cfg.text:  # prompt i of the cycle for sample index i
+    if model.abilities.prompts:  # prompt i of the cycle for sample index i
         extra["captions"] = [cfg.text[i % len(cfg.text)] for i in indices]
         extra["prompt_indices"] = indices
     gens = [g for i in indices for g in sample_generators(cfg.seed, i, 1)]
@@ -321,31 +309,19 @@ def draw_indices(model, cfg, options: dict, indices: list[int], known=None, prog
                         **extra, **options)
 
 
-def draw(model, cfg, options: dict, known=None) -> tuple[torch.Tensor, np.ndarray | None, dict]:
-    """The samples, their labels, and ``captions`` / ``scores`` of a text-to-image model ({} otherwise)."""
-    xs, ys, nfe, captions, scores = [], [], [], [], []
-    for start in tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="batches", unit="batch"):
-        out = draw_indices(model, cfg, options,
-                           list(range(start, min(start + cfg.batch_size, cfg.num_samples))), known)
-        xs.append(out.x.cpu())
-        if out.labels is not None:
-            ys.append(out.labels.cpu())
-        if out.nfe is not None:
-            nfe.append(out.nfe)
-        if out.captions is not None:
-            captions += out.captions
-        if out.scores is not None:
-            scores.append(out.scores.cpu())
+def draw(model, cfg, options: dict, known=None) -> SampleOutput:
+    """The samples of ``--num_samples``, batch by batch."""
+    starts = tqdm(range(0, cfg.num_samples, cfg.batch_size), desc="batches", unit="batch")
+    outs = [draw_indices(model, cfg, options, list(range(s, min(s + cfg.batch_size, cfg.num_samples))), known)
+            for s in starts]
+    nfe = [o.nfe for o in outs if o.nfe is not None]
     if nfe:
-        print(f"NFE (network evaluations per batch): "
-              f"{nfe[0]}" + (f" to {max(nfe)}" if max(nfe) != nfe[0] else ""),
-              file=sys.stderr)
-    extra = {"captions": captions, "scores": torch.cat(scores) if scores else None} if captions else {}
-    return torch.cat(xs), (torch.cat(ys).numpy().astype(np.int64) if ys else None), extra
+        upper = f" to {max(nfe)}" if max(nfe) != nfe[0] else ""
+        print(f"NFE (network evaluations per batch): {nfe[0]}{upper}", file=sys.stderr)
+    return SampleOutput.concat(outs)
 
 
-def draw_sharded(model, cfg, options: dict,
-                 output: Path) -> tuple[torch.Tensor, np.ndarray | None, dict] | None:
+def draw_sharded(model, cfg, options: dict, output: Path) -> SampleOutput | None:
     """:func:`draw` over ``--devices`` x ``--num_nodes`` processes (None on every rank but 0)."""
     from lit_gen.shards import sample_sharded
 
@@ -358,9 +334,7 @@ def draw_sharded(model, cfg, options: dict,
                           accelerator, output)
     if rows is None:
         return None
-    labels = None if rows["labels"] is None else rows["labels"].numpy().astype(np.int64)
-    extra = {"captions": rows["captions"], "scores": rows["scores"]} if rows["captions"] else {}
-    return rows["x"], labels, extra
+    return SampleOutput(rows["x"], rows["labels"], captions=rows["captions"] or None, scores=rows["scores"])
 
 
 def _decode(model, latents: torch.Tensor, cfg, options: dict) -> torch.Tensor:
@@ -382,23 +356,16 @@ def interpolate(model, cfg, options: dict) -> torch.Tensor:
     return _decode(model, slerp_grid(corners, n), cfg, model.deterministic_options(options))
 
 
-INVERT_OPTIONS = ("steps", "spacing", "sampler", "rtol", "atol", "order")  # what an encoder may take
-
-
 def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Tensor:
     """Invert the images of ``--invert`` to latents (written to latents.npz) and decode them again;
     returns originals and reconstructions interleaved row by row."""
-    if not hasattr(model, "invert"):
-        raise ValueError(f"{type(model).__name__} has no deterministic inversion; --invert needs a diffusion "
-                         f"model or a flow")
     images = read_uint8_images(Path(cfg.invert), "--invert", model.data_shape)
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
     options = model.deterministic_options(options)
-    encoder_options = {k: v for k, v in options.items() if k in INVERT_OPTIONS}
     latents = torch.cat([
         model.invert(chunk, labels=labels_of(model, cfg, options, list(range(s, s + len(chunk)))),
                      progress=True,
-                     **encoder_options).cpu()
+                     **options).cpu()
         for s in range(0, len(x0), cfg.batch_size) if len(chunk := x0[s : s + cfg.batch_size])
     ])
     save_npz(output / "latents.npz", latents.numpy().astype(np.float32))
@@ -406,41 +373,3 @@ def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Ten
     mse = ((recon.clamp(-1, 1) - x0) ** 2).mean().item()
     print(f"reconstruction MSE {mse:.6g} (images in [-1, 1]) over {len(x0)} images", file=sys.stderr)
     return recon
-
-
-def write_captioned(output: Path, x: torch.Tensor, png: bool, captions: list[str],
-                    scores: torch.Tensor | None = None) -> None:
-    """``samples.npz`` with ``arr_0`` (uint8 images), ``captions`` (the prompt of each) and ``clip_scores``
-    (when reranked); ``grid.png`` with one row per prompt, the prompt above it."""
-    named = {"captions": np.array(captions)}
-    if scores is not None:
-        named["clip_scores"] = scores.numpy().astype(np.float32)
-    images = to_uint8_nhwc(x)
-    save_npz(output / "samples.npz", images, None, **named)
-    if png:
-        _write_pngs(output, images)
-    shown = min(len(x), 256)
-    save_png(captioned_grid(x[:shown], captions[:shown], None if scores is None else scores[:shown]),
-             output / "grid.png")
-
-
-def _write_pngs(output: Path, images: np.ndarray) -> None:
-    """One file per sample, named by index (grey images as L)."""
-    digits = max(6, len(str(len(images) - 1)))
-    for i, image in enumerate(images):
-        save_png(image[..., 0] if image.shape[-1] == 1 else image, output / "png" / f"{i:0{digits}d}.png")
-
-
-def write_samples(output: Path, x: torch.Tensor, labels: np.ndarray | None, nrow: int | None = None,
-                  png: bool = False) -> None:
-    if x.ndim == 2:  # vectors (2-D toy data): float samples and a scatter plot
-        save_npz(output / "samples.npz", x.numpy().astype(np.float32), labels)
-        save_png(figure_to_array(scatter_figure(x, title=f"{len(x)} samples")), output / "grid.png")
-        return
-    images = to_uint8_nhwc(x)
-    save_npz(output / "samples.npz", images, labels)
-    if png:
-        _write_pngs(output, images)
-    shown = x[: min(len(x), 256)]
-    grid = image_grid(shown, nrow=nrow or math.ceil(math.sqrt(len(shown))))
-    save_png((grid.permute(1, 2, 0) * 255).round().byte().numpy(), output / "grid.png")

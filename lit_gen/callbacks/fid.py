@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
+from lit_gen.methods.generative import GenerativeModule
 from lit_gen.metrics.fid import frechet_distance, inception_features, kernel_distance, load_feature_net
 from lit_gen.utils import sample_generators
 
@@ -92,8 +93,13 @@ class FIDMonitor(L.Callback):
                    else load_feature_net(resolve_features(self.features)))
             self.fid, self.kid = frechet_distance(net), kernel_distance(net, self.kid_subset_size)
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """The options are checked now, not at the first measurement."""
+        if isinstance(pl_module, GenerativeModule):
+            pl_module.check_sample_options(self.sample_options)
+
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or not getattr(pl_module, "generates", True):
+        if trainer.sanity_checking or not isinstance(pl_module, GenerativeModule):
             return
         self._validations += 1
         if self._validations % self.every_n_validations:

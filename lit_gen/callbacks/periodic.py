@@ -8,6 +8,8 @@ from contextlib import nullcontext
 import lightning.pytorch as L
 import torch
 
+from lit_gen.methods.generative import GenerativeModule
+
 
 class EveryNSteps(L.Callback):
     """Calls :meth:`run` every ``every_n_steps`` optimizer steps, at the end of every ``every_n_epochs``-th
@@ -39,7 +41,7 @@ class EveryNSteps(L.Callback):
 
     def _run(self, trainer: L.Trainer, pl_module) -> None:
         self._last_step = trainer.global_step
-        if not getattr(pl_module, "generates", True):  # e.g. a noisy classifier: nothing to sample
+        if not isinstance(pl_module, GenerativeModule):  # e.g. a noisy classifier: nothing to sample
             return
         from lit_gen.callbacks.checkpoint import preemptible
 

@@ -11,8 +11,9 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.image_logging import log_image
+from lit_gen.methods.generative import GenerativeModule
 from lit_gen.utils import sample_generators
-from lit_gen.visual import figure_to_array, image_grid, labelled_grid, quiver_figure, save_png, scatter_figure
+from lit_gen.visual import figure_to_array, image_grid, labelled_grid, save_png, scatter_figure
 
 
 class SampleGrid(EveryNSteps):
@@ -63,41 +64,44 @@ class SampleGrid(EveryNSteps):
         self.sample_options = sample_options or {}
         self.temperatures = list(temperatures or [])
 
+    def variants(self) -> list[tuple[str, dict]]:
+        """(tag suffix, options) of each grid: the plain one, then one per temperature."""
+        return [("", self.sample_options)] + [(f"_T{t:g}", {**self.sample_options, "temperature": t})
+                                              for t in self.temperatures]
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module) -> None:
+        """The options are checked now, not at the first grid (steps into the run)."""
+        if (self.every_n_steps or self.every_n_epochs) and isinstance(pl_module, GenerativeModule):
+            for _, options in self.variants():
+                pl_module.check_sample_options(options)
+
     def run(self, trainer: L.Trainer, pl_module) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank must ask
-        variants = [("", {})] + [(f"_T{t:g}", {"temperature": t}) for t in self.temperatures]
         num_classes = getattr(pl_module, "num_classes", 0)
         per_row = max(1, self.num_samples // num_classes) if num_classes else None
         n = per_row * num_classes if num_classes else self.num_samples
         # row c: class c
         labels = torch.arange(num_classes).repeat_interleave(per_row) if num_classes else None
-        for suffix, extra in variants:
+        for suffix, options in self.variants():
             gens = sample_generators(self.seed, 0, n)
             points = self.trajectory_points if self.trajectory_samples and not suffix else 0
             progress = trainer.is_global_zero and trainer.progress_bar_callback is not None
             out = pl_module.sample(n, gens, labels=labels, trajectory_points=points, progress=progress,
-                                   **self.sample_options, **extra)
-            field = None
-            # every rank: same forwards
-            if out.x.ndim == 2 and not suffix and hasattr(pl_module, "score_field"):
-                grid = torch.linspace(-4.5, 4.5, 21, device=pl_module.device)
-                xy = torch.cartesian_prod(grid, grid)  # (441, 2)
-                field = (xy, *pl_module.score_field(xy))
-            self._write(trainer, out, log_dir, suffix, per_row, field)
+                                   **options)
+            # every rank: the method's plots may run the network
+            plots = {} if suffix else pl_module.sample_plots(out.x, _reference_points(trainer),
+                                                             trainer.global_step)
+            self._write(trainer, out, log_dir, suffix, per_row, plots)
 
     @rank_zero_only
     def _write(self, trainer: L.Trainer, out, log_dir: str | None, suffix: str = "", nrow: int | None = None,
-               field=None) -> None:
+               plots: dict | None = None) -> None:
         step = trainer.global_step
         if out.x.ndim == 2:  # 2-D points: scatter over the validation data
             reference = _reference_points(trainer)
             title = f"step {step}" + (f", T = {suffix[2:]}" if suffix else "")
             image = figure_to_array(scatter_figure(out.x, reference, title=title))
             log_image(trainer, f"samples/scatter{suffix}", image, step)
-            if field is not None:  # a score model: its score field at small t
-                points, vectors, t = field
-                quiver = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
-                log_image(trainer, "samples/score_field", figure_to_array(quiver), step)
         else:
             if nrow is not None:  # one row per class, named left of it
                 names = getattr(trainer.datamodule, "class_names", None)
@@ -111,6 +115,8 @@ class SampleGrid(EveryNSteps):
                 frames = torch.stack([snap[:k] for snap in out.trajectory], 1)  # (k, P, C, H, W)
                 log_image(trainer, "samples/trajectory",
                           image_grid(frames.flatten(0, 1), nrow=len(out.trajectory)), step)
+        for tag, plot in (plots or {}).items():
+            log_image(trainer, tag, plot, step)
         if self.save_png and log_dir:
             save_png(image, Path(log_dir) / "samples" / f"step_{step:07d}{suffix}.png")
 

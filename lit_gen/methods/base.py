@@ -1,10 +1,11 @@
-"""What every lit_gen method shares: optimizer and LR schedule from config, EMA weights, exact-resume
-seeding, a method tag in checkpoints, and one ``sample`` entry point for callbacks and ``lit-gen sample``."""
+"""What every lit_gen LightningModule shares, generative or auxiliary (a noisy classifier, a dVAE, a CLIP):
+optimizer and LR schedule from config, EMA weights, exact-resume seeding, a method tag in checkpoints. The
+sampling contract is :class:`lit_gen.methods.generative.GenerativeModule`'s."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import lightning.pytorch as L
 import numpy as np
@@ -21,16 +22,6 @@ from lit_gen.strategies import FSDP, shards_parameters, step_applied
 
 
 @dataclass
-class SampleOutput:
-    x: torch.Tensor  # (B, *data_shape) in data space ([-1, 1] for images)
-    labels: torch.Tensor | None = None  # (B,) class labels for conditional models
-    trajectory: list[torch.Tensor] = field(default_factory=list)  # snapshots (B, *data_shape) along sampling
-    nfe: int | None = None  # network evaluations per batch, for samplers that own the model calls
-    captions: list[str] | None = None  # the prompt of each sample (text-to-image models)
-    scores: torch.Tensor | None = None  # (B,) a reranker's score of each sample (CLIP)
-
-
-@dataclass
 class TinyCheckpoint:
     """A value in a method's :meth:`~GenerativeModule.tiny_args`: an untrained, seeded checkpoint of the tiny
     version of ``method`` built with ``init_args``, which the test helpers write once (for a method that loads
@@ -38,11 +29,6 @@ class TinyCheckpoint:
 
     method: type
     init_args: dict
-
-
-@dataclass
-class NoSampleOptions:
-    """This method takes no sampling options."""
 
 
 @contextmanager
@@ -60,9 +46,9 @@ def _adam(params):
     return torch.optim.Adam(params, lr=2e-4)
 
 
-class GenerativeModule(L.LightningModule):
-    """Base class of the methods. Subclasses implement :meth:`build_net`, ``training_step``,
-    ``validation_step`` and :meth:`sample`.
+class LitGenModule(L.LightningModule):
+    """Base class of every lit_gen module. Subclasses implement :meth:`build_net`, ``training_step`` and
+    ``validation_step``.
 
     The networks (``self.net`` and its EMA ``self.ema``) are built in :meth:`configure_model`, which the
     Trainer calls inside the strategy's context, so ZeRO-3 and FSDP shard them as they are made. A module made
@@ -74,23 +60,13 @@ class GenerativeModule(L.LightningModule):
             (e.g. ``lit_gen.optim.WarmupCosineLR``).
         ema_decay: decay of the EMA of the weights used for validation and sampling; 0 disables it.
         seed: base of the per-step seeds that make a resumed run identical to an uninterrupted one.
-
-    Each method declares the options of :meth:`sample` as a dataclass ``SampleOptions`` (fields with
-    defaults of None, meaning "the model's default", and an ``Args:`` docstring); ``lit-gen sample`` builds
-    its flags and ``--help`` from it, and ``sample_options`` is the set of its field names.
     """
 
-    SampleOptions: type = NoSampleOptions
     # init arguments that only change evaluation: given with --ckpt_path, they override the checkpoint's
     # values
     evaluation_args: frozenset[str] = frozenset()
-    generates = True  # False for a helper model (a noisy classifier): no sampling, no sample grids
-    sample_options: frozenset[str] = frozenset()
     family = ""  # diffusion, score, flow, dalle or classifier: what the README and the CI sweep group by
-
-    def __init_subclass__(cls, **kwargs) -> None:
-        super().__init_subclass__(**kwargs)
-        cls.sample_options = frozenset(f.name for f in fields(cls.SampleOptions))
+    usage = ""  # an auxiliary module (not a GenerativeModule): how it is used, for lit-gen sample's error
 
     def __init__(
         self,
@@ -209,46 +185,3 @@ class GenerativeModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if TAG in checkpoint:
             check_method(checkpoint, type(self))
-
-    # --- sampling ------------------------------------------------------------------------------------
-    def sample(
-        self,
-        num_samples: int,
-        generators: list[torch.Generator] | None = None,
-        labels: torch.Tensor | None = None,
-        progress: bool = False,
-        trajectory_points: int = 0,
-        latents: torch.Tensor | None = None,
-        **options,
-    ) -> SampleOutput:
-        """Draw ``num_samples`` samples with the EMA weights; sample i uses ``generators[i]``. ``latents``
-        replaces the drawn starting noise (x_T for diffusion, z for flows).
-
-        ``options`` are method-specific (a diffusion model takes ``sampler``, ``steps``, ...); an option the
-        method does not know raises a ValueError naming it.
-        """
-        raise NotImplementedError
-
-    def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
-        """Raise a one-line ValueError for options (or labels) that :meth:`sample` would refuse, before any
-        sampling starts (``lit-gen sample`` calls it first)."""
-        self.check_options(options, self.sample_options, type(self).__name__)
-
-    def label_classes(self, options: dict) -> int:
-        """How many classes a sample may be requested from with ``options`` (0: samples take no labels)."""
-        return getattr(self, "num_classes", 0)
-
-    def deterministic_options(self, options: dict) -> dict:
-        """``options`` made deterministic for latent interpolation and inversion (a flow already is)."""
-        return options
-
-    @staticmethod
-    def check_options(options: dict, allowed: set[str], method: str) -> None:
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(f"{method} does not take sampling option(s) {unknown}; it takes "
-                             f"{sorted(allowed)}")
-        # a count of steps is >= 1: 0 must not fall back to a default as "not given" does
-        for name, value in options.items():
-            if name.endswith("steps") and isinstance(value, int) and value < 1:
-                raise ValueError(f"{name}={value} must be >= 1 (leave it out for the model's default)")

@@ -8,7 +8,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_gen.data.base import dataset_captions
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.base import LitGenModule, _adam, eval_mode
 from lit_gen.nets.clip import CLIPNet
 from lit_gen.text import BPETokenizer
 
@@ -20,7 +20,7 @@ def clip_loss(logits: torch.Tensor) -> torch.Tensor:
     return (F.cross_entropy(logits.float(), target) + F.cross_entropy(logits.float().T, target)) / 2
 
 
-class CLIP(GenerativeModule):
+class CLIP(LitGenModule):
     """Contrastive text and image encoders; its own byte-level BPE is fitted on the training captions and
     saved in the checkpoint. Used by ``lit-gen sample --clip_ckpt`` to rerank a DALLE's candidates.
 
@@ -38,13 +38,14 @@ class CLIP(GenerativeModule):
         channels: width of the image encoder's first stage.
         stages: stride-2 stages of the image encoder.
         embed_dim: size of the joint embedding.
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule` (0: none).
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule` (0: none).
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
-    generates = False
+    usage = ("it scores image-caption pairs to rerank a DALLE's samples: lit-gen sample --ckpt_path "
+             "DALLE.ckpt --clip_ckpt CLIP.ckpt")  # what lit-gen sample says
 
     family = "dalle"
 
@@ -109,6 +110,3 @@ class CLIP(GenerativeModule):
             text = net.encode_text(self.tokenizer.encode(captions).to(images.device))
             return (net.encode_image(images.float()) * text).sum(-1)
 
-    def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:
-        raise ValueError("CLIP scores image-caption pairs; it reranks a DALLE's samples: lit-gen sample "
-                         "--ckpt_path DALLE.ckpt --clip_ckpt CLIP.ckpt")

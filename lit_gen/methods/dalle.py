@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
 from lit_gen.dalle.generation import candidate_generators, sample_next
 from lit_gen.data.base import dataset_captions
-from lit_gen.methods.base import GenerativeModule, SampleOutput, TinyCheckpoint, _adam, eval_mode
+from lit_gen.methods.base import TinyCheckpoint, _adam, eval_mode
 from lit_gen.methods.clip import CLIP
 from lit_gen.methods.dvae import DiscreteVAE, DVAECodec
+from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.nets.transformer import DALLETransformer, KVCache, MaskKind
 from lit_gen.sharding import gathered
 from lit_gen.text import BPETokenizer
@@ -71,11 +72,13 @@ class DALLE(GenerativeModule):
         text_loss_weight: weight of the text cross-entropy.
         image_loss_weight: weight of the image cross-entropy.
         caption_dropout: probability of training on the null caption (0 disables classifier-free guidance).
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
+
+    abilities = Abilities(prompts=True)
 
     @dataclass
     class SampleOptions:

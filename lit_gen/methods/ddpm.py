@@ -51,10 +51,10 @@ class DDPM(NoiseProcessMethod):
         bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T
             passes per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per
             image (K + 1 passes), with test/bpd_se, the standard error of that estimate over the draw of t.
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
     evaluation_args = frozenset({"bound_timesteps"})

@@ -22,7 +22,7 @@ from lit_gen.dalle.relaxation import (
 )
 from lit_gen.image_logging import log_image
 from lit_gen.likelihood import bits_per_dim, dequantize_centred
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.base import LitGenModule, _adam, eval_mode
 from lit_gen.nets.dvae import DiscreteVAENet
 from lit_gen.visual import image_grid
 
@@ -69,7 +69,7 @@ class DVAECodec(nn.Module):
             return self.recon.mean(net.decode_indices(codes))
 
 
-class DiscreteVAE(GenerativeModule):
+class DiscreteVAE(LitGenModule):
     """Encoder logits over ``num_codes`` codes per grid position, relaxed with Gumbel-softmax at a temperature
     annealed from ``tau_start`` to ``tau_end``; the loss is -ELBO with the KL to the uniform prior weighted by
     a ramp to ``kl_weight`` (the paper: tau 1 -> 1/16, KL weight 0 -> 6.6), per image dimension.
@@ -99,13 +99,14 @@ class DiscreteVAE(GenerativeModule):
         usage_weight: weight of KL(q averaged over the batch || uniform), in nats, added to the per-dimension
             loss (0: the paper's objective). It spreads the batch over the codebook, which the per-position KL
             does not (codebook collapse).
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule` (0: none).
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule` (0: none).
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
-    generates = False  # a tokenizer of images for the transformer: reconstructions are logged in validation
+    usage = ("it is DALL-E's image tokenizer: train a DALLE transformer on it "
+             "(model.init_args.dvae_ckpt) and sample that")  # what lit-gen sample says
 
     family = "dalle"
 
@@ -224,6 +225,3 @@ class DiscreteVAE(GenerativeModule):
             bpd = self._elbo_bpd(net, batch["x"], self.eval_generator(batch_idx))
         self.log("test/elbo_bpd", bpd.mean(), sync_dist=True)
 
-    def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:
-        raise ValueError("DiscreteVAE is DALL-E's image tokenizer, not a sampler: train a DALLE transformer "
-                         "on it (model.init_args.dvae_ckpt) and sample that")

@@ -11,7 +11,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from lit_gen.flows import Flow, Glow, bits_per_dim, postprocess, preprocess
 from lit_gen.flows.layers import ActNorm
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.base import _adam, eval_mode
+from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.sharding import full_state_dict, gathered, load_full_state_dict
 from lit_gen.strategies import shards_parameters
 
@@ -39,11 +40,13 @@ class NormalizingFlow(GenerativeModule):
             ``lit-gen sample``; 1 samples the model's density.
         init_batch_size: data-dependent initialisation (ActNorm) runs on this many training examples
             (summed over ranks) before the first step; Glow's released code uses 512 on CIFAR-10.
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule` (0: off, as in the flow papers).
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule` (0: off, as in the flow papers).
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
+
+    abilities = Abilities(latents=True)  # exact inversion; latents decode deterministically
 
     @dataclass
     class SampleOptions:

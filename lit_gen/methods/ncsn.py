@@ -8,7 +8,8 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
-from lit_gen.methods.base import GenerativeModule, _adam
+from lit_gen.methods.base import _adam
+from lit_gen.methods.generative import GenerativeModule
 from lit_gen.methods.score_sde import ScoreSDE
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process.sde import sigma_max_from_data
@@ -34,10 +35,10 @@ class NCSN(ScoreSDE):
         sampling_steps: grid points (default L, one per level).
         step_lr: epsilon of annealed Langevin (2e-5 in the paper).
         n_steps_each: T, Langevin steps per level (100 in the paper).
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
     @classmethod

@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lit_gen.methods.base import GenerativeModule, SampleOutput, eval_mode
+from lit_gen.methods.base import eval_mode
+from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.methods.noisy_classifier import ClassifierGuided
 from lit_gen.process import ClassifierGuidance
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
@@ -17,6 +18,7 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
     """Sampling of a model of a noise process, with the options of :class:`NoiseSampleOptions`."""
 
     SampleOptions = NoiseSampleOptions
+    abilities = Abilities(inpainting=True, latents=True)
 
     def noise_model(self, net: nn.Module) -> NoiseModel:
         """This model, with ``net`` as its network, as the sampler assembly sees it."""

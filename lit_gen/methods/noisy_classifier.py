@@ -12,7 +12,7 @@ from torch import nn
 
 from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import GaussianDiffusion
-from lit_gen.methods.base import GenerativeModule, SampleOutput, _adam, eval_mode
+from lit_gen.methods.base import LitGenModule, _adam, eval_mode
 from lit_gen.nets import EncoderUNet
 from lit_gen.utils import randn
 
@@ -20,7 +20,7 @@ from lit_gen.utils import randn
 ClassifierFactory = Callable[[tuple[int, ...], int], nn.Module]
 
 
-class NoisyClassifier(GenerativeModule):
+class NoisyClassifier(LitGenModule):
     """Classifier of noisy images x_t ~ q(x_t | x0) at every step t, trained by cross-entropy with t uniform.
     Its checkpoint records the noise process (``beta_schedule``, ``num_timesteps``); a diffusion model of
     another process refuses it. Use it with ``lit-gen sample --ckpt_path DIFFUSION --classifier_ckpt THIS``.
@@ -35,13 +35,14 @@ class NoisyClassifier(GenerativeModule):
         num_timesteps: T of the diffusion models it will guide.
         beta_schedule: their beta schedule, ``linear`` or ``cosine``.
         t_buckets: how many ranges of t validation accuracy is reported for.
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule` (ADM's classifiers use none: 0).
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule` (ADM's classifiers use none: 0).
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
-    generates = False  # sampling callbacks skip it
+    usage = ("guide a diffusion model with it: lit-gen sample --ckpt_path DIFFUSION.ckpt "
+             "--classifier_ckpt CLASSIFIER.ckpt")  # what lit-gen sample says
 
     family = "classifier"
 
@@ -127,13 +128,6 @@ class NoisyClassifier(GenerativeModule):
                 f"({theirs.schedule}, T={theirs.num_timesteps}); train a classifier with the model's "
                 f"beta_schedule and num_timesteps"
             )
-
-    def sample(self, num_samples: int, *args, **kwargs) -> SampleOutput:
-        raise ValueError(
-            "NoisyClassifier is a classifier, not a generative model: guide a diffusion model with it, "
-            "lit-gen sample --ckpt_path DIFFUSION.ckpt --classifier_ckpt CLASSIFIER.ckpt"
-        )
-
 
 class ClassifierGuided:
     """For a generative method that a :class:`NoisyClassifier` can guide: the classifier of

@@ -21,6 +21,7 @@ from lit_gen.sampling import NoiseModel
 from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde, ode_bits_per_dim, ode_log_likelihood
 from lit_gen.score.solvers import make_solver
 from lit_gen.utils import append_dims, randn
+from lit_gen.visual import figure_to_array, quiver_figure
 
 
 class ScoreSDE(NoiseProcessMethod):
@@ -63,10 +64,10 @@ class ScoreSDE(NoiseProcessMethod):
         p_uncond: with ``class_conditional``, the probability of replacing a training label by the null label
             (condition dropout for classifier-free guidance, Ho & Salimans 2022).
         guidance_scale: default classifier-free guidance scale s for sample grids and ``lit-gen sample``.
-        optimizer: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        lr_scheduler: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        ema_decay: see :class:`~lit_gen.methods.base.GenerativeModule`.
-        seed: see :class:`~lit_gen.methods.base.GenerativeModule`.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
     family = "score"
@@ -244,3 +245,13 @@ class ScoreSDE(NoiseProcessMethod):
         with eval_mode(self.sampling_net) as net:
             tb = torch.full((x.shape[0],), float(t), dtype=torch.float64, device=x.device)
             return self.score_model(net).score(x, tb), t
+
+    def sample_plots(self, x: torch.Tensor, reference: torch.Tensor | None, step: int) -> dict:
+        """On 2-D data, the score field at small t over the sample grid's scatter plot."""
+        if x.ndim != 2:
+            return {}
+        grid = torch.linspace(-4.5, 4.5, 21, device=self.device)
+        points = torch.cartesian_prod(grid, grid)  # (441, 2)
+        vectors, t = self.score_field(points)
+        figure = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
+        return {"samples/score_field": figure_to_array(figure)}
