@@ -1,3 +1,3 @@
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 
 cli_main()

@@ -206,8 +206,15 @@ def checkpoint_class(ckpt: dict[str, Any]) -> type:
     return method_class(ckpt[TAG]["class_path"])
 
 
-def check_method(ckpt: dict[str, Any], expected: type, path: str | Path = "checkpoint") -> None:
-    """Raise if ``ckpt`` was written by another method than ``expected``."""
+def expected_class(expected: type | str) -> type:
+    """A method class, or the class a method name (``NoisyClassifier``) or dotted path names: one method
+    names another that it loads, without importing its file."""
+    return method_class(expected, "lit_gen") if isinstance(expected, str) else expected
+
+
+def check_method(ckpt: dict[str, Any], expected: type | str, path: str | Path = "checkpoint") -> None:
+    """Raise if ``ckpt`` was written by another method than ``expected`` (a class or a method name)."""
+    expected = expected_class(expected)
     found = ckpt.get(TAG, {}).get("class_path")
     if found != class_path(expected):
         raise CheckpointError(
@@ -216,7 +223,7 @@ def check_method(ckpt: dict[str, Any], expected: type, path: str | Path = "check
         )
 
 
-def load_module(path: str | Path, device: str | torch.device = "cpu", expected: type | None = None,
+def load_module(path: str | Path, device: str | torch.device = "cpu", expected: type | str | None = None,
                 ema: bool = True):
     """The LightningModule of a lit_gen checkpoint, in eval mode on ``device``; with ``expected``, a
     checkpoint of another method raises :class:`CheckpointError`. ``ema=False`` drops the EMA weights."""
@@ -236,7 +243,7 @@ def load_module(path: str | Path, device: str | torch.device = "cpu", expected: 
     return model
 
 
-def load_frozen(path: str | Path, device: str | torch.device, expected: type):
+def load_frozen(path: str | Path, device: str | torch.device, expected: type | str):
     """:func:`load_module` with every parameter frozen: a module that another method only evaluates."""
     model = load_module(path, device, expected)
     model.requires_grad_(False)

@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from pathlib import Path
 
-from jsonargparse import ArgumentError, DefaultHelpFormatter, Namespace
+from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 import lit_gen.data  # noqa: F401  (registers DataModules so short class names resolve)
 import lit_gen.methods  # noqa: F401  (registers methods so short class names resolve)
@@ -27,13 +25,11 @@ from lit_gen.checkpoints import (
     import_class,
     read_checkpoint,
 )
-from lit_gen.console import COMMANDS, check_command, check_config_files, one_line, silence_handled_messages
+from lit_gen.console import COMMANDS, silence_handled_messages
 from lit_gen.data.base import GenerativeDataModule
-from lit_gen.files import WriteError, check_writable_folder
+from lit_gen.files import check_writable_folder
 from lit_gen.methods.base import LitGenModule
-from lit_gen.preemption import Preempted
 from lit_gen.runs import RunConfig, RunLock, check_name, refuse_or_clear
-from lit_gen.sharding import end_process_group
 from lit_gen.strategies import FSDP, DeepSpeed
 
 silence_handled_messages()  # Lightning's messages about what lit_gen handles (each with its reason)
@@ -252,9 +248,6 @@ class LitGenCLI(LightningCLI):
             self.config[subcommand].model.init_args[key] = value
 
 
-STATE_DICT_MISMATCH = "Error(s) in loading state_dict"
-
-
 def export_main(argv: list[str]) -> None:
     """``lit-gen export``: a checkpoint's sampling weights to a safetensors file, its config in the
     metadata."""
@@ -273,60 +266,3 @@ def export_main(argv: list[str]) -> None:
     path = export_weights(cfg.ckpt_path, cfg.output)
     what = "the sampling weights" if path.suffix == ".safetensors" else "every weight"
     print(f"wrote {what} of {cfg.ckpt_path} to {path}", file=sys.stderr)
-
-
-def cli_main(args: list[str] | None = None) -> None:
-    """Entry point of ``lit-gen`` and ``python -m lit_gen``; user errors end in one line on stderr, exit 2."""
-    argv = list(sys.argv[1:] if args is None else args)
-    try:
-        check_command(argv)
-        if argv and argv[0] == "sample":
-            from lit_gen.sample import sample_main
-
-            sample_main(argv[1:])
-        elif argv and argv[0] == "export":
-            export_main(argv[1:])
-        elif argv and argv[0] == "memory":
-            from lit_gen.memory import memory_main
-
-            memory_main(argv[1:])
-        else:
-            check_config_files(argv)
-            LitGenCLI(args=args)
-    except Preempted as stop:  # the last completed step is saved; tell the scheduler the job did not finish
-        if rank_zero_only.rank == 0:
-            where = f"{stop.saved_to} holds that step" if stop.saved_to else "no step to save"
-            print(f"lit-gen: stopped by {stop.signum.name} at global step {stop.step}; {where} (resume with "
-                  "--ckpt_path last)", file=sys.stderr)
-        sys.exit(128 + int(stop.signum))
-    except WriteError as err:  # a checkpoint (or another file) could not be written: the fit stopped at once
-        if os.environ.get("LIT_GEN_DEBUG"):
-            raise
-        print(f"lit-gen: error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except (ArgumentError, CheckpointError, FileNotFoundError, ValueError, MisconfigurationException) as err:
-        if os.environ.get("LIT_GEN_DEBUG"):
-            raise
-        message = one_line(str(err))
-        if isinstance(err, MisconfigurationException) and "gpu" in message.lower():
-            import torch
-
-            if not torch.cuda.is_available():  # a GPU preset or option on a machine without one
-                message += (" (this machine has no CUDA GPU: drop the GPU preset, or run on the CPU with "
-                            "--trainer.accelerator cpu or --config experiments/trainer/cpu.yaml)")
-        print(f"lit-gen: error: {message}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as err:  # torch's strict load_state_dict: weights of another architecture
-        if os.environ.get("LIT_GEN_DEBUG") or not str(err).startswith(STATE_DICT_MISMATCH):
-            raise
-        detail = one_line(" ".join(line.strip() for line in str(err).splitlines()[:2]))
-        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
-        print(f"lit-gen: error: the checkpoint's weights do not fit the model its config builds (written by "
-              f"another lit_gen version or config?): {detail}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        end_process_group()
-
-
-if __name__ == "__main__":
-    cli_main()

@@ -50,6 +50,12 @@ class WarmupCosineLR(LRScheduler):
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def follow_trainer(scheduler, total_steps: int) -> None:
+    """Give a schedule that follows the trainer's length (``total_steps`` None) the trainer's estimate."""
+    if getattr(scheduler, "follows_trainer", False):
+        scheduler.total_steps = total_steps
+
+
 def check_factories(optimizer, lr_scheduler=None) -> None:
     """Build the optimizer (and LR schedule) once on a stand-in parameter, so a bad setting (``lr: -1``) is a
     one-line ValueError when the method is made, before a fit writes anything, not after its set-up."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -64,3 +66,14 @@ def sample_generators(seed: int, start: int, count: int,
         state = int(np.random.SeedSequence([seed, i]).generate_state(1, dtype=np.uint64)[0] >> 1)
         gens.append(torch.Generator(device=device).manual_seed(state))
     return gens
+
+
+@contextmanager
+def eval_mode(net: torch.nn.Module):
+    """Put ``net`` in eval mode (no dropout) for the block, then restore its mode."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)

@@ -72,7 +72,7 @@ def lit_gen(capsys):
     """``lit-gen ARGS`` in this process (these commands launch no processes of their own): its exit code and
     output, as a subprocess would give them."""
 
-    from lit_gen.cli import cli_main
+    from lit_gen.main import cli_main
 
     def run(*args: str) -> subprocess.CompletedProcess:
         capsys.readouterr()

@@ -1,5 +1,7 @@
-"""Sampling the next token: temperature, top-k and top-p filtering, one generator per sequence (a candidate
-depends only on its own generator, not on the batch it was drawn in)."""
+"""DALL-E's generation (plain torch): the token loop over a transformer with a KV cache and classifier-free
+guidance on the text; sampling the next token with temperature, top-k and top-p filtering, one generator per
+sequence (a candidate depends only on its own generator, not on the batch it was drawn in); and keeping the
+best candidates of each prompt by a reranker's scores."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ import math
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from lit_gen.nets.transformer import KVCache
 from lit_gen.utils import rand
 
 
@@ -51,3 +55,49 @@ def candidate_generators(generator: torch.Generator, count: int,
     seed = generator.initial_seed()
     return [torch.Generator(device=device).manual_seed(int(np.random.SeedSequence([seed, j]).generate_state(
         1, dtype=np.uint64)[0] >> 1)) for j in range(count)]
+
+
+@torch.no_grad()
+def generate_codes(net, tokenizer, num_codes: int, text: torch.Tensor, generators: list[torch.Generator],
+                   temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                   guidance_scale: float = 1.0, prefix: torch.Tensor | None = None, use_cache: bool = True,
+                   progress: bool = False) -> torch.Tensor:
+    """Image codes (B, N = ``num_codes``) for captions (B, T) from the transformer ``net`` over [bos, text,
+    image codes], token by token; row i draws with ``generators[i]``; ``prefix`` (B, n) codes start every
+    row."""
+    B, T, N = text.shape[0], tokenizer.max_length, num_codes
+    guided = guidance_scale != 1.0
+    V_text = tokenizer.num_tokens
+    ids = torch.cat([text.new_zeros(B, 1), text], 1)  # [bos, text]
+    if guided:  # the null caption's rows follow
+        ids = torch.cat([ids, torch.cat([text.new_zeros(B, 1), tokenizer.null(B)], 1)])
+    codes = text.new_zeros(B, N)
+    cache = KVCache() if use_cache else None
+    logits = net.forward_positions(ids, 0, cache)[:, -1, V_text:]  # (B or 2B, K)
+    for j in tqdm(range(N), desc="tokens", unit="tok", leave=False, disable=not progress):
+        if prefix is not None and j < prefix.shape[1]:
+            token = prefix[:, j]
+        else:
+            cond = logits[:B].float()
+            if guided:  # classifier-free guidance on the text (Ho & Salimans 2022, in logit space)
+                cond = logits[B:].float() + guidance_scale * (cond - logits[B:].float())
+            token = sample_next(cond, generators, temperature, top_k, top_p)
+        codes[:, j] = token
+        if j == N - 1:
+            break
+        step = token.repeat(2) if guided else token
+        if use_cache:
+            logits = net.forward_positions(step[:, None], T + 1 + j, cache)[:, -1, V_text:]
+        else:
+            ids = torch.cat([ids, step[:, None]], 1)
+            logits = net.forward_positions(ids)[:, -1, V_text:]
+    return codes
+
+
+def best_candidates(scores: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` best of each prompt's candidates by ``scores`` (P, n), candidates prompt-major: their rows
+    in the (P n) candidates, best first within each prompt, and their scores (P keep,)."""
+    P, n = scores.shape
+    best = scores.topk(keep, dim=1).indices  # (P, keep), best first
+    rows = (best + torch.arange(P, device=best.device)[:, None] * n).flatten()
+    return rows, scores.gather(1, best).flatten()

@@ -4,7 +4,6 @@ sampling contract is :class:`lit_gen.methods.generative.GenerativeModule`'s."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import lightning.pytorch as L
@@ -16,30 +15,20 @@ from torch import nn
 from lit_gen import __version__
 from lit_gen.checkpoints import TAG, check_method, class_path, consolidate
 from lit_gen.nets.ema import EMA
-from lit_gen.optim import WarmupCosineLR, check_factories
+from lit_gen.optim import check_factories, follow_trainer
 from lit_gen.sharding import load_full_state_dict
-from lit_gen.strategies import FSDP, shards_parameters, step_applied
+from lit_gen.strategies import shard_new, shards_parameters, step_applied
+from lit_gen.utils import eval_mode  # noqa: F401  (methods import it from here)
 
 
 @dataclass
 class TinyCheckpoint:
-    """A value in a method's :meth:`~GenerativeModule.tiny_args`: an untrained, seeded checkpoint of the tiny
-    version of ``method`` built with ``init_args``, which the test helpers write once (for a method that loads
-    another's checkpoint, as DALL-E loads its dVAE)."""
+    """A value in a method's :meth:`~LitGenModule.tiny_args`: an untrained, seeded checkpoint of the tiny
+    version of ``method`` (a class or a method name) built with ``init_args``, which the test helpers write
+    once (for a method that loads another's checkpoint, as DALL-E loads its dVAE)."""
 
-    method: type
+    method: type | str
     init_args: dict
-
-
-@contextmanager
-def eval_mode(net: nn.Module):
-    """Put ``net`` in eval mode (no dropout) for the block, then restore its mode."""
-    was_training = net.training
-    net.eval()
-    try:
-        yield net
-    finally:
-        net.train(was_training)
 
 
 def _adam(params):
@@ -105,9 +94,8 @@ class LitGenModule(L.LightningModule):
             # sharded: a second network made (and so sharded) like net holds the average of each rank's shard
             self.ema = EMA(self.net, self.ema_decay,
                            average=self.build_net() if sharded else None) if self.ema_decay > 0 else None
-            if isinstance(strategy, FSDP):
-                for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
-                    strategy.shard(net)
+            for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
+                shard_new(strategy, net)
         # before the strategy wraps the model (ZeRO-1/2 copy the weights then)
         if self.init_weights is not None:
             load_full_state_dict(self, consolidate(self.init_weights)["state_dict"])
@@ -134,8 +122,7 @@ class LitGenModule(L.LightningModule):
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)
-        if isinstance(scheduler, WarmupCosineLR) and scheduler.follows_trainer:
-            scheduler.total_steps = int(self.trainer.estimated_stepping_batches)
+        follow_trainer(scheduler, int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- randomness ----------------------------------------------------------------------------------

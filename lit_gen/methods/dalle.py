@@ -12,16 +12,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
-from tqdm.auto import tqdm
 
 from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
-from lit_gen.dalle.generation import candidate_generators, sample_next
+from lit_gen.dalle.codec import DVAECodec
+from lit_gen.dalle.generation import best_candidates, candidate_generators, generate_codes
 from lit_gen.data.base import dataset_captions
 from lit_gen.methods.base import TinyCheckpoint, _adam, eval_mode
-from lit_gen.methods.clip import CLIP
-from lit_gen.methods.dvae import DiscreteVAE, DVAECodec
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
-from lit_gen.nets.transformer import DALLETransformer, KVCache, MaskKind
+from lit_gen.nets.transformer import DALLETransformer, MaskKind
 from lit_gen.sharding import gathered
 from lit_gen.text import BPETokenizer
 from lit_gen.utils import sample_generators
@@ -118,7 +116,7 @@ class DALLE(GenerativeModule):
 
     @classmethod
     def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
-        dvae = TinyCheckpoint(DiscreteVAE, {"data_shape": tuple(data_shape)})
+        dvae = TinyCheckpoint("DiscreteVAE", {"data_shape": tuple(data_shape)})
         tiny = {"dim": 16, "depth": 2, "heads": 2, "dvae_ckpt": dvae}
         return super().tiny_args(init_args, data_shape) | tiny
 
@@ -174,7 +172,7 @@ class DALLE(GenerativeModule):
         model holds them already)."""
         if self._dvae_loaded or self.hparams.dvae_ckpt is None:
             return
-        frozen = load_frozen(self.hparams.dvae_ckpt, "cpu", DiscreteVAE)
+        frozen = load_frozen(self.hparams.dvae_ckpt, "cpu", "DiscreteVAE")
         self.dvae.net.load_state_dict(frozen.sampling_net.state_dict())
         self._dvae_loaded = True
 
@@ -236,42 +234,15 @@ class DALLE(GenerativeModule):
         self.log_dict({"test/loss": loss, "test/text_loss": text_loss, "test/image_loss": image_loss},
                       sync_dist=True)
 
-    # --- generation ---------------------------------------------------------------------------------------
-    @torch.no_grad()
+    # --- generation: lit_gen.dalle.generation ------------------------------------------------------------
     def generate(self, text: torch.Tensor, generators: list[torch.Generator], temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, guidance_scale: float = 1.0,
                  prefix: torch.Tensor | None = None, use_cache: bool = True,
                  progress: bool = False) -> torch.Tensor:
-        """Image codes (B, N) for captions (B, T), token by token; row i draws with ``generators[i]``;
-        ``prefix`` (B, n) codes start every row."""
-        B, T, N = text.shape[0], self.tokenizer.max_length, self.grid[0] * self.grid[1]
-        guided = guidance_scale != 1.0
-        V_text = self.tokenizer.num_tokens
-        ids = torch.cat([text.new_zeros(B, 1), text], 1)  # [bos, text]
-        if guided:
-            ids = torch.cat([ids, torch.cat([text.new_zeros(B, 1), self.tokenizer.null(B)], 1)])
-        codes = text.new_zeros(B, N)
+        """Image codes (B, N) for captions (B, T) with the EMA network (see :func:`generate_codes`)."""
         with eval_mode(self.sampling_net) as net, gathered(net):
-            cache = KVCache() if use_cache else None
-            logits = net.forward_positions(ids, 0, cache)[:, -1, V_text:]  # (B or 2B, K)
-            for j in tqdm(range(N), desc="tokens", unit="tok", leave=False, disable=not progress):
-                if prefix is not None and j < prefix.shape[1]:
-                    token = prefix[:, j]
-                else:
-                    cond = logits[:B].float()
-                    if guided:  # classifier-free guidance on the text (Ho & Salimans 2022, in logit space)
-                        cond = logits[B:].float() + guidance_scale * (cond - logits[B:].float())
-                    token = sample_next(cond, generators, temperature, top_k, top_p)
-                codes[:, j] = token
-                if j == N - 1:
-                    break
-                step = token.repeat(2) if guided else token
-                if use_cache:
-                    logits = net.forward_positions(step[:, None], T + 1 + j, cache)[:, -1, V_text:]
-                else:
-                    ids = torch.cat([ids, step[:, None]], 1)
-                    logits = net.forward_positions(ids)[:, -1, V_text:]
-        return codes
+            return generate_codes(net, self.tokenizer, self.grid[0] * self.grid[1], text, generators,
+                                  temperature, top_k, top_p, guidance_scale, prefix, use_cache, progress)
 
     def check_sample_options(self, options: dict, labels: torch.Tensor | None = None) -> None:
         super().check_sample_options(options, labels)
@@ -308,10 +279,10 @@ class DALLE(GenerativeModule):
             o["keep"] = 1 if o["clip_ckpt"] is not None else o["num_candidates"]
         return o
 
-    def _clip(self, path: str) -> CLIP:
+    def _clip(self, path: str):
         cache = self.__dict__.setdefault("_clips", {})  # loaded for reranking, never saved with the model
         if path not in cache:
-            clip = load_frozen(path, self.device, CLIP)
+            clip = load_frozen(path, self.device, "CLIP")
             if clip.data_shape != self.data_shape:
                 raise ValueError(f"CLIP {path} was trained on images of shape {clip.data_shape}, this model "
                                  f"makes {self.data_shape}")
@@ -364,10 +335,8 @@ class DALLE(GenerativeModule):
         scores = None
         if o["clip_ckpt"] is not None:
             scores = self._clip(o["clip_ckpt"]).score(x, repeated).view(num_samples, n)
-            best = scores.topk(o["keep"], dim=1).indices  # (P, keep), best first
-            rows = (best + torch.arange(num_samples, device=best.device)[:, None] * n).flatten()
-            x, scores = x[rows], scores.gather(1, best).flatten()
-            repeated = [repeated[i] for i in rows.tolist()]
+            rows, scores = best_candidates(scores, o["keep"])
+            x, repeated = x[rows], [repeated[i] for i in rows.tolist()]
         return SampleOutput(x, captions=repeated, scores=scores)
 
 
@@ -380,7 +349,7 @@ def _dvae_hparams(path: str | None) -> dict:
         raise FileNotFoundError(f"dvae_ckpt not found: {path!r} (train the dVAE first: lit-gen fit --config "
                                 "experiments/dalle/dvae_shapes.yaml)")
     ckpt = read_checkpoint(path)
-    check_method(ckpt, DiscreteVAE, path)
+    check_method(ckpt, "DiscreteVAE", path)
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if "num_codes" not in hparams:
         raise CheckpointError(f"dvae_ckpt {path!r} has no DiscreteVAE hyperparameters")

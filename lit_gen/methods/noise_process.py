@@ -7,11 +7,67 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lit_gen.checkpoints import load_frozen
+from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
-from lit_gen.methods.noisy_classifier import ClassifierGuided
 from lit_gen.process import ClassifierGuidance
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
+
+
+class ClassifierGuided:
+    """For a generative method that a :class:`NoisyClassifier` can guide: the classifier of
+    ``classifier_ckpt`` (loaded once, frozen, checked against :meth:`classifier_process`) and the requested
+    labels."""
+
+    num_classes: int = 0
+
+    def classifier_process(self) -> GaussianDiffusion:
+        """The discrete noise process a guiding classifier must have been trained for."""
+        raise NotImplementedError
+
+    def _classifier(self, options: dict):
+        """The frozen classifier of ``classifier_ckpt``, loaded once, checked against this model."""
+        path = options.get("classifier_ckpt")
+        if path is None:
+            if options.get("classifier_scale") is not None or options.get("classifier_form") not in (None,
+                                                                                                     "auto"):
+                raise ValueError("classifier_scale and classifier_form need a classifier: give "
+                                 "classifier_ckpt")
+            return None
+        # loaded for guidance, never saved with the model
+        cache = self.__dict__.setdefault("_classifiers", {})
+        if path not in cache:
+            classifier = load_frozen(path, self.device, "NoisyClassifier")
+            classifier.check_process(self.classifier_process(), path)
+            if self.num_classes and classifier.num_classes != self.num_classes:
+                raise ValueError(f"classifier {path} has {classifier.num_classes} classes, the model "
+                                 f"{self.num_classes}")
+            cache[path] = classifier
+        return cache[path]
+
+    def label_classes(self, options: dict) -> int:
+        """The model's classes, or the guiding classifier's for an unconditional model."""
+        classifier = self._classifier(options)
+        return self.num_classes or (classifier.num_classes if classifier is not None else 0)
+
+    def _labels(self, num_samples: int, labels: torch.Tensor | None, num_classes: int | None = None):
+        """Requested labels (B,) on the device, balanced over the classes by default; None without classes."""
+        num_classes = self.num_classes if num_classes is None else num_classes
+        if not num_classes:
+            if labels is not None:
+                raise ValueError(f"labels were given, but this {type(self).__name__} is unconditional; train "
+                                 "it with class_conditional: true, or guide it with a classifier "
+                                 "(classifier_ckpt)")
+            return None
+        if labels is None:
+            labels = torch.arange(num_samples) % num_classes
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        bad = labels[(labels < 0) | (labels >= num_classes)]
+        if len(bad):
+            raise ValueError(f"label {bad[0].item()} is out of range: the model has {num_classes} classes "
+                             f"(0 to {num_classes - 1})")
+        return labels.to(self.device)
 
 
 class NoiseProcessMethod(ClassifierGuided, GenerativeModule):

@@ -161,6 +161,11 @@ class VPSDE(SDE):
         super().__init__(num_scales, t_min)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
+    @classmethod
+    def from_settings(cls, num_scales: int, t_min: float | None, settings: dict) -> VPSDE:
+        """From flat settings (a method's hyperparameters); t_min defaults to 1e-3 (the paper's, sampling)."""
+        return cls(settings["beta_min"], settings["beta_max"], num_scales, 1e-3 if t_min is None else t_min)
+
     @property
     def discrete_betas(self) -> torch.Tensor:
         return torch.linspace(self.beta_min / self.N, self.beta_max / self.N, self.N, dtype=torch.float64)
@@ -235,6 +240,11 @@ class VESDE(SDE):
         super().__init__(num_scales, t_min)
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.prior_std = self.sigma_max
+
+    @classmethod
+    def from_settings(cls, num_scales: int, t_min: float | None, settings: dict) -> VESDE:
+        """From flat settings (a method's hyperparameters); t_min defaults to the paper's 1e-5."""
+        return cls(settings["sigma_min"], settings["sigma_max"], num_scales, 1e-5 if t_min is None else t_min)
 
     def f(self, t):
         return torch.zeros_like(_time(t))
@@ -338,9 +348,8 @@ def sigma_max_from_data(x: torch.Tensor, max_points: int = 2000,
 
 def make_sde(name: str, num_scales: int = 1000, t_min: float | None = None, beta_min: float = 0.1,
              beta_max: float = 20.0, sigma_min: float = 0.01, sigma_max: float = 50.0) -> SDE:
-    """Build ``vp``, ``subvp`` or ``ve`` from flat parameters (those of the other SDEs are ignored)."""
+    """Build ``vp``, ``subvp`` or ``ve`` from flat parameters (each takes its own; the others are ignored)."""
     if name not in SDES:
         raise ValueError(f"sde={name!r} is not supported; choose one of {sorted(SDES)}")
-    if name == "ve":
-        return VESDE(sigma_min, sigma_max, num_scales, 1e-5 if t_min is None else t_min)
-    return SDES[name](beta_min, beta_max, num_scales, 1e-3 if t_min is None else t_min)
+    settings = dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max)
+    return SDES[name].from_settings(num_scales, t_min, settings)

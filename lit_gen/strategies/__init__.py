@@ -198,6 +198,12 @@ def step_applied(strategy) -> bool:
     return True
 
 
+def shard_new(strategy, net: nn.Module) -> nn.Module:
+    """A network made after the strategy set up, sharded as the strategy shards (FSDP wraps it; ZeRO-3 shards
+    inside its own init context, the others keep it whole)."""
+    return strategy.shard(net) if isinstance(strategy, FSDP) else net
+
+
 def shards_parameters(strategy) -> bool:
     """Whether ``strategy`` splits the parameters themselves across ranks (ZeRO-3, FSDP)."""
     return isinstance(strategy, FSDP) or (isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3)

@@ -14,7 +14,8 @@ import torch
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_gen.cli import LitGenCLI, cli_main
+from lit_gen.cli import LitGenCLI
+from lit_gen.main import cli_main
 from lit_gen.methods import DDPM, ImprovedDDPM
 from tests.conftest import EXPERIMENTS
 from tests.integration.tiny import method_configs, required_args, tiny_args

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from lit_gen.cli import cli_main
 from lit_gen.console import COMMANDS, SILENCED, one_line
+from lit_gen.main import cli_main
 from lit_gen.visual import scatter_figure
 from tests.conftest import ROOT, subprocess_env
 from tests.integration.tiny import tiny_args

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lit_gen.checkpoints import load_module
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from lit_gen.methods import DiscreteVAE
 from lit_gen.methods.base import TinyCheckpoint
 from lit_gen.utils import sample_generators

@@ -96,7 +96,7 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from lit_gen.cli import cli_main
+    from lit_gen.main import cli_main
 
     cli_main(["fit", *tiny_args("cfg/digits.yaml", tmp_path, name="cfg")])
     ckpt = str(tmp_path / "cfg" / "checkpoints" / "last.ckpt")

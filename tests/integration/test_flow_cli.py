@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from tests.integration.test_cli import fit
 from tests.integration.tiny import tiny_args
 

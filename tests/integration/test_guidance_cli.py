@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from tests.integration.tiny import fit_tiny
 
 

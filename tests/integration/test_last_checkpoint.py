@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lit_gen.cli import LitGenCLI, cli_main
+from lit_gen.cli import LitGenCLI
+from lit_gen.main import cli_main
 from tests.conftest import start_fit
 from tests.integration.tiny import tiny_args
 

@@ -11,7 +11,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from lit_gen.methods import DDPM
 from tests.integration.tiny import tiny_args
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 import yaml
 
-from lit_gen.cli import cli_main
 from lit_gen.data.fakes import write_image_folder
+from lit_gen.main import cli_main
 from tests.conftest import start_fit
 from tests.integration.test_cli import _digest
 from tests.integration.tiny import tiny_args

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lit_gen.checkpoints import TAG, load_weights, read_checkpoint
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from tests.conftest import EXPERIMENTS
 from tests.integration.test_cli import fit
 

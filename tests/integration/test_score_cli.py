@@ -12,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lit_gen.checkpoints import load_module
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from lit_gen.score.sde import sigma_max_from_data
 from lit_gen.utils import sample_generators
 from tests.integration.tiny import fit_tiny, tiny_args

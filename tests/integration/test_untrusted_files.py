@@ -13,7 +13,7 @@ import yaml
 
 from lit_gen.allowlist import UntrustedClassError, allowed_classes, check_file_data
 from lit_gen.checkpoints import TAG, load_frozen
-from lit_gen.cli import cli_main
+from lit_gen.main import cli_main
 from lit_gen.methods import DiscreteVAE, NoisyClassifier
 from tests.conftest import EXPERIMENTS
 

@@ -102,9 +102,9 @@ def tiny_checkpoint(spec: TinyCheckpoint) -> str:
     import torch
 
     from lit_gen import __version__
-    from lit_gen.checkpoints import TAG, class_path
+    from lit_gen.checkpoints import TAG, class_path, expected_class
 
-    cls, shape = spec.method, spec.init_args.get("data_shape")
+    cls, shape = expected_class(spec.method), spec.init_args.get("data_shape")
     hparams = {**cls.tiny_args(spec.init_args, shape), **spec.init_args, "ema_decay": 0.0}
     key = hashlib.sha256(json.dumps([class_path(cls), hparams, _code_digest()], default=str).encode())
     path = Path(tempfile.gettempdir()) / f"lit_gen_tiny_{cls.__name__}_{key.hexdigest()[:16]}.ckpt"
@@ -167,7 +167,7 @@ def tiny_args(config: str, runs_dir, name: str = "tiny", max_steps: int = 2, mon
 
 def fit_tiny(config: str, runs_dir, name: str, *extra: str) -> str:
     """Fit the tiny version of ``config`` without sample grids; returns the path of its last.ckpt."""
-    from lit_gen.cli import cli_main
+    from lit_gen.main import cli_main
 
     cli_main(["fit", *tiny_args(config, runs_dir, name), "--samples.every_n_steps=0", *extra])
     return str(runs_dir / name / "checkpoints" / "last.ckpt")
