@@ -32,6 +32,42 @@ from lit_gen.visual import (
     save_npz,
 )
 
+# the flags every method shares: (flag, type, default, help)
+COMMON_FLAGS = [
+    ("--ckpt_path", str | None, None, "Checkpoint written by lit-gen fit."),
+    ("--weights", str | None, None, "Instead of --ckpt_path: a .safetensors file written by lit-gen "
+                                    "export (its metadata holds the config)."),
+    ("--config", str | None, None, "With --weights: a run's config.yaml whose model section replaces "
+                                   "the hyperparameters in the metadata."),
+    ("--num_samples", int | None, None, "How many samples (default 64; with --text or --text_file: "
+                                        "how many prompts, default one per prompt)."),
+    ("--text", list[str] | str | None, None, 'Prompts of a text-to-image model, cycled over the '
+                                             'samples: "a small red circle" or [..., ...].'),
+    ("--text_file", str | None, None, "Instead of --text: one prompt per line."),
+    ("--seed", int, 0, "Sample i depends only on (seed, i), not on the batch."),
+    ("--output", str, "samples", "Output folder."),
+    ("--batch_size", int, 64, "Samples per forward pass."),
+    ("--labels", list[int] | int | None, None, "Class labels, cycled over the samples: 3 or [3, 5] "
+                                               "(conditional or classifier-guided models; default: "
+                                               "balanced over the classes)."),
+    ("--ema", bool, True, "Use the EMA weights when the checkpoint has them."),
+    ("--device", str, "auto", "auto, cpu, cuda, cuda:1, ..."),
+    ("--devices", int, 1, "Processes (CPU) or GPUs per node to shard the samples over, by index: the "
+                          "same samples as one process."),
+    ("--num_nodes", int, 1, "Nodes for --devices (torchrun / SLURM)."),
+    ("--png", bool, False, "Also write every sample as OUTPUT/png/<index>.png (for clean-fid / torch-"
+                           "fidelity)."),
+    ("--interpolate", int | None, None, "Decode an N x N grid of latents slerped between 4 drawn from "
+                                        "--seed, deterministically (methods with latents)."),
+    ("--invert", str | None, None, "An npz of images (arr_0: uint8 N x H x W x C) to invert to "
+                                   "latents and reconstruct (methods with latents)."),
+    ("--inpaint", str | None, None, "An npz of images (arr_0: uint8 N x H x W x C), cycled over the "
+                                    "samples, to fill in where --mask is 0 (methods that inpaint; the"
+                                    " checkpoint's --help lists its samplers)."),
+    ("--mask", str | None, None, "An npz (arr_0: H x W, H x W x C, N x H x W or N x H x W x C; "
+                                 "nonzero = known pixel) for --inpaint."),
+]
+
 
 def build_parser(method: type | None = None) -> ArgumentParser:
     """The flags every method shares, plus those ``method`` declares in its ``SampleOptions`` dataclass."""
@@ -43,72 +79,8 @@ def build_parser(method: type | None = None) -> ArgumentParser:
                              "--help."),
         exit_on_error=False,
     )
-    parser.add_argument("--ckpt_path", type=str | None, default=None,
-                        help="Checkpoint written by lit-gen fit.")
-    parser.add_argument(
-        "--weights", type=str | None, default=None,
-        help="Instead of --ckpt_path: a .safetensors file written by lit-gen export "
-             "(its metadata holds the config).",
-    )
-    parser.add_argument(
-        "--config", type=str | None, default=None,
-        help="With --weights: a run's config.yaml whose model section replaces the hyperparameters in the "
-             "metadata.",
-    )
-    parser.add_argument(
-        "--num_samples", type=int | None, default=None,
-        help="How many samples (default 64; with --text or --text_file: how many prompts, default one per "
-             "prompt).",
-    )
-    parser.add_argument(
-        "--text", type=list[str] | str | None, default=None,
-        help='Prompts of a text-to-image model, cycled over the samples: "a small red circle" or '
-             '[..., ...].',
-    )
-    parser.add_argument("--text_file", type=str | None, default=None, help="Instead of --text: one prompt "
-                                                                           "per line.")
-    parser.add_argument("--seed", type=int, default=0, help="Sample i depends only on (seed, i), not on the "
-                                                            "batch.")
-    parser.add_argument("--output", type=str, default="samples", help="Output folder.")
-    parser.add_argument("--batch_size", type=int, default=64, help="Samples per forward pass.")
-    parser.add_argument(
-        "--labels", type=list[int] | int | None, default=None,
-        help="Class labels, cycled over the samples: 3 or [3, 5] "
-        "(conditional or classifier-guided models; default: balanced over the classes).",
-    )
-    parser.add_argument("--ema", type=bool, default=True, help="Use the EMA weights when the checkpoint has "
-                                                               "them.")
-    parser.add_argument("--device", type=str, default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument(
-        "--devices", type=int, default=1,
-        help="Processes (CPU) or GPUs per node to shard the samples over, by index: the same samples as one "
-             "process.",
-    )
-    parser.add_argument("--num_nodes", type=int, default=1, help="Nodes for --devices (torchrun / SLURM).")
-    parser.add_argument(
-        "--png", type=bool, default=False,
-        help="Also write every sample as OUTPUT/png/<index>.png (for clean-fid / torch-fidelity).",
-    )
-    parser.add_argument(
-        "--interpolate", type=int | None, default=None,
-        help="Decode an N x N grid of latents slerped between 4 drawn from --seed "
-             "(diffusion: deterministic DDIM).",
-    )
-    parser.add_argument(
-        "--invert", type=str | None, default=None,
-        help="An npz of images (arr_0: uint8 N x H x W x C) to invert to latents (DDIM or the flow) and "
-             "reconstruct.",
-    )
-    parser.add_argument(
-        "--inpaint", type=str | None, default=None,
-        help="An npz of images (arr_0: uint8 N x H x W x C), cycled over the samples, to fill in where "
-        "--mask is 0 (methods that inpaint; the checkpoint's --help lists its samplers).",
-    )
-    parser.add_argument(
-        "--mask", type=str | None, default=None,
-        help="An npz (arr_0: H x W, H x W x C, N x H x W or N x H x W x C; nonzero = known pixel) for "
-             "--inpaint.",
-    )
+    for flag, kind, default, description in COMMON_FLAGS:
+        parser.add_argument(flag, type=kind, default=default, help=description)
     if method is not None and method.sample_options:
         parser.add_class_arguments(method.SampleOptions, None, as_group=True)
     return parser
@@ -188,6 +160,33 @@ def sample_main(argv: list[str]) -> Path:
     cfg.text = read_prompts(cfg)
     if cfg.num_samples is None:
         cfg.num_samples = len(cfg.text) if cfg.text else 64
+    check_flags(cfg, method)
+    device = sampling_device(cfg.device)
+    model = load_model(cfg, device)
+    options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
+    model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
+    known = read_inpainting(model, cfg) if cfg.inpaint is not None else None
+    output = check_writable_folder(cfg.output, "--output")  # before the work, not after it
+    nrow = None
+    if cfg.interpolate is not None:
+        out, nrow = SampleOutput(interpolate(model, cfg, options)), cfg.interpolate
+    elif cfg.invert is not None:
+        out = SampleOutput(invert_and_reconstruct(model, cfg, options, output))
+    elif cfg.devices > 1 or cfg.num_nodes > 1:
+        out = draw_sharded(model, cfg, options, output)
+        if out is None:  # not rank 0: rank 0 writes
+            return output
+    else:
+        out = draw(model, cfg, options, known)
+    out.write(output, cfg.png, nrow)
+    print(f"wrote {len(out.x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}",
+          file=sys.stderr)
+    return output
+
+
+def check_flags(cfg, method: type | None) -> None:
+    """One-line errors for flags that do not go together, or that the checkpoint's method cannot take (its
+    declared abilities), before anything is loaded."""
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.interpolate is not None and cfg.invert is not None:
@@ -217,27 +216,6 @@ def sample_main(argv: list[str]) -> Path:
                          "--invert on one device")
     if method is not None and not method.abilities.latents and (cfg.interpolate is not None or cfg.invert):
         raise ValueError(f"{method.__name__} has no latents to interpolate or invert")
-    device = sampling_device(cfg.device)
-    model = load_model(cfg, device)
-    options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
-    model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
-    known = read_inpainting(model, cfg) if cfg.inpaint is not None else None
-    output = check_writable_folder(cfg.output, "--output")  # before the work, not after it
-    nrow = None
-    if cfg.interpolate is not None:
-        out, nrow = SampleOutput(interpolate(model, cfg, options)), cfg.interpolate
-    elif cfg.invert is not None:
-        out = SampleOutput(invert_and_reconstruct(model, cfg, options, output))
-    elif cfg.devices > 1 or cfg.num_nodes > 1:
-        out = draw_sharded(model, cfg, options, output)
-        if out is None:  # not rank 0: rank 0 writes
-            return output
-    else:
-        out = draw(model, cfg, options, known)
-    out.write(output, cfg.png, nrow)
-    print(f"wrote {len(out.x)} samples to {output / 'samples.npz'} and {output / 'grid.png'}",
-          file=sys.stderr)
-    return output
 
 
 def read_inpainting(model, cfg) -> tuple[torch.Tensor, torch.Tensor]:

@@ -169,20 +169,23 @@ class Glow(Flow):
                     layers.append(InvertibleConv1x1(C, lu_decomposed))
                 else:
                     layers.append(Permutation(C, permutation, seed=1000 * level + k))
-                mask = channel_mask(C, 0)  # keep the first half x_a, transform the second x_b
-                c_a, c_b = coupling_channels(mask, C)
-                if coupling == "affine":
-                    layers.append(AffineCoupling(mask, GlowConditioner(c_a, 2 * c_b, hidden_channels),
-                                                 scale_fn))
-                elif coupling == "additive":
-                    layers.append(AdditiveCoupling(mask, GlowConditioner(c_a, c_b, hidden_channels)))
-                else:
-                    out_channels = SplineCoupling.params_per_element(num_bins) * c_b
-                    net = GlowConditioner(c_a, out_channels, hidden_channels)
-                    layers.append(SplineCoupling(mask, net, num_bins, tail_bound))
+                layers.append(_glow_coupling(C, coupling, hidden_channels, scale_fn, num_bins, tail_bound))
             levels.append(FlowSequence(layers))
             if level < num_levels - 1:
                 splits.append(Split(C, learn_prior))
                 C = C - C // 2
         prior = DiagonalGaussian((C, H, W)) if learn_prior else StandardNormal((C, H, W))
         super().__init__(data_shape, levels, splits, prior)
+
+
+def _glow_coupling(C: int, coupling: str, hidden_channels: int, scale_fn: ScaleFn, num_bins: int,
+                   tail_bound: float) -> FlowLayer:
+    """One step's coupling on C channels: the first half x_a conditions the transform of the second x_b."""
+    mask = channel_mask(C, 0)
+    c_a, c_b = coupling_channels(mask, C)
+    if coupling == "affine":
+        return AffineCoupling(mask, GlowConditioner(c_a, 2 * c_b, hidden_channels), scale_fn)
+    if coupling == "additive":
+        return AdditiveCoupling(mask, GlowConditioner(c_a, c_b, hidden_channels))
+    out_channels = SplineCoupling.params_per_element(num_bins) * c_b
+    return SplineCoupling(mask, GlowConditioner(c_a, out_channels, hidden_channels), num_bins, tail_bound)

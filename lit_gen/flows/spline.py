@@ -98,15 +98,7 @@ def rational_quadratic_spline(
         (y, log|dy/dx|) elementwise, both shaped like x. With ``inverse``, y is the preimage of x and the
         log-derivative is that of the inverse map (the negative of the forward one at y).
     """
-    num_bins = widths.shape[-1]
-    if heights.shape[-1] != num_bins or derivatives.shape[-1] != num_bins - 1:
-        raise ValueError(
-            f"need K widths, K heights and K - 1 derivatives, got {widths.shape[-1]}, {heights.shape[-1]} "
-            f"and {derivatives.shape[-1]}"
-        )
-    if min_bin_width * num_bins >= 1 or min_bin_height * num_bins >= 1:
-        raise ValueError(f"min_bin_width/min_bin_height times num_bins={num_bins} must be below 1")
-
+    _check_spline(widths, heights, derivatives, min_bin_width, min_bin_height)
     x_knots, w_all = _knots(widths, tail_bound, min_bin_width)  # (..., K + 1), (..., K)
     y_knots, h_all = _knots(heights, tail_bound, min_bin_height)
     d_all = _knot_derivatives(derivatives, min_derivative)  # (..., K + 1)
@@ -118,12 +110,30 @@ def rational_quadratic_spline(
     search = y_knots if inverse else x_knots
     # bin k holds v in [knot_k, knot_{k+1}); v = B falls in the last bin
     k = torch.searchsorted(search[..., 1:-1].contiguous(), v[..., None].contiguous(), right=True)[..., 0]
-    x_k, y_k = _gather(x_knots, k), _gather(y_knots, k)
-    w, h = _gather(w_all, k), _gather(h_all, k)
-    d_k, d_k1 = _gather(d_all, k), _gather(d_all[..., 1:], k)
+    bin_k = (_gather(x_knots, k), _gather(y_knots, k), _gather(w_all, k), _gather(h_all, k),
+             _gather(d_all, k), _gather(d_all[..., 1:], k))
+    out, log_deriv = _in_bin(v, *bin_k, inverse)
+    out = torch.where(inside, out, x)
+    log_deriv = torch.where(inside, log_deriv, torch.zeros_like(log_deriv))
+    return out, log_deriv
+
+
+def _check_spline(widths, heights, derivatives, min_bin_width: float, min_bin_height: float) -> None:
+    num_bins = widths.shape[-1]
+    if heights.shape[-1] != num_bins or derivatives.shape[-1] != num_bins - 1:
+        raise ValueError(
+            f"need K widths, K heights and K - 1 derivatives, got {widths.shape[-1]}, {heights.shape[-1]} "
+            f"and {derivatives.shape[-1]}"
+        )
+    if min_bin_width * num_bins >= 1 or min_bin_height * num_bins >= 1:
+        raise ValueError(f"min_bin_width/min_bin_height times num_bins={num_bins} must be below 1")
+
+
+def _in_bin(v, x_k, y_k, w, h, d_k, d_k1, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The spline (or its inverse) on its bin [x_k, x_k + w] -> [y_k, y_k + h] with knot derivatives d_k,
+    d_k1, at v; and log|dy/dx| (of the inverse map with ``inverse``)."""
     s = h / w
     sigma = d_k1 + d_k - 2 * s
-
     if inverse:
         u = v - y_k
         a = h * (s - d_k) + u * sigma
@@ -143,17 +153,11 @@ def rational_quadratic_spline(
         # s alpha / xi - 1 = [s (delta_k - 1) + (s (s - delta_k) - sigma) xi + sigma xi^2] / denom.
         excess = s * (d_k - 1) + (s * (s - d_k) - sigma) * xi + sigma * xi * xi
         out = v + (y_k - x_k) + (v - x_k) * excess / denom
-
     # dy/dx of Sec. 3.1; the numerator is a sum of positive terms (no cancellation), 1 up to round-off at
     # the identity
     numer = d_k1 * xi * xi + 2 * s * xi * (1 - xi) + d_k * (1 - xi) * (1 - xi)
     log_deriv = 2 * torch.log(s) + torch.log(numer) - 2 * torch.log(denom)
-    if inverse:
-        log_deriv = -log_deriv
-
-    out = torch.where(inside, out, x)
-    log_deriv = torch.where(inside, log_deriv, torch.zeros_like(log_deriv))
-    return out, log_deriv
+    return out, -log_deriv if inverse else log_deriv
 
 
 class SplineCoupling(MaskedCoupling):

@@ -13,7 +13,7 @@ from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import OutputLayout, drop_labels
 from lit_gen.sampling import NoiseModel
@@ -91,13 +91,7 @@ class DDPM(NoiseProcessMethod):
     ) -> None:
         super().__init__(optimizer, lr_scheduler, ema_decay, seed)
         self.save_hyperparameters()
-        if class_conditional and num_classes < 1:
-            raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
-        if not 0 <= p_uncond <= 1:
-            raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
-        if guidance_scale != 1 and not class_conditional:
-            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True "
-                             "(an unconditional model has nothing to guide towards; 1 means no guidance)")
+        check_conditioning(class_conditional, num_classes, p_uncond, guidance_scale)
         if variance == "learned" and loss_type == "simple":
             raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', "
                              "not 'simple'")

@@ -15,6 +15,18 @@ from lit_gen.process import ClassifierGuidance
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
 
 
+def check_conditioning(class_conditional: bool, num_classes: int, p_uncond: float,
+                       guidance_scale: float) -> None:
+    """One-line errors for a method's class-conditioning settings (classifier-free guidance)."""
+    if class_conditional and num_classes < 1:
+        raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
+    if not 0 <= p_uncond <= 1:
+        raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
+    if guidance_scale != 1 and not class_conditional:
+        raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True "
+                         "(an unconditional model has nothing to guide towards; 1 means no guidance)")
+
+
 class ClassifierGuided:
     """For a generative method that a :class:`NoisyClassifier` can guide: the classifier of
     ``classifier_ckpt`` (loaded once, frozen, checked against :meth:`classifier_process`) and the requested

@@ -14,7 +14,7 @@ from torch import nn
 
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import OutputLayout, drop_labels
 from lit_gen.sampling import NoiseModel
@@ -121,13 +121,7 @@ class ScoreSDE(NoiseProcessMethod):
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
             p_uncond=p_uncond, guidance_scale=guidance_scale,
         )
-        if class_conditional and num_classes < 1:
-            raise ValueError("class_conditional=True needs a dataset with labels, but num_classes=0")
-        if not 0 <= p_uncond <= 1:
-            raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
-        if guidance_scale != 1 and not class_conditional:
-            raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True "
-                             "(an unconditional model has nothing to guide towards; 1 means no guidance)")
+        check_conditioning(class_conditional, num_classes, p_uncond, guidance_scale)
         if weighting not in ("paper", "likelihood"):
             raise ValueError(f"weighting={weighting!r} is not supported; choose one of "
                              f"['likelihood', 'paper']")

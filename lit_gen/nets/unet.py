@@ -124,6 +124,22 @@ class _EmbedSequential(nn.Sequential):
         return h
 
 
+def _check_shape(name: str, data_shape: tuple[int, ...], num_classes: int, channel_mults) -> None:
+    if len(data_shape) != 3:
+        raise ValueError(f"{name} needs data_shape=(C, H, W), got data_shape={data_shape}")
+    if num_classes < 0:
+        raise ValueError(f"num_classes={num_classes} must be >= 0")
+    if len(channel_mults) < 1:
+        raise ValueError(f"channel_mults={channel_mults} must have at least one level")
+    _, height, width = data_shape
+    factor = 2 ** (len(channel_mults) - 1)
+    if height % factor != 0 or width % factor != 0:
+        raise ValueError(
+            f"image size {height}x{width} is not divisible by 2**(len(channel_mults)-1)={factor} "
+            f"(channel_mults={tuple(channel_mults)})"
+        )
+
+
 class _Trunk(nn.Module):
     """What the UNet and its encoder half share: the time (+ label) embedding, the input convolution, the
     down path (each unit's output kept as a skip) and the middle block. Arguments as in :class:`UNet`."""
@@ -145,19 +161,8 @@ class _Trunk(nn.Module):
     ):
         super().__init__()
         data_shape = tuple(data_shape)
-        if len(data_shape) != 3:
-            raise ValueError(f"{type(self).__name__} needs data_shape=(C, H, W), got data_shape={data_shape}")
-        if num_classes < 0:
-            raise ValueError(f"num_classes={num_classes} must be >= 0")
-        if len(channel_mults) < 1:
-            raise ValueError(f"channel_mults={channel_mults} must have at least one level")
+        _check_shape(type(self).__name__, data_shape, num_classes, channel_mults)
         in_channels, height, width = data_shape
-        factor = 2 ** (len(channel_mults) - 1)
-        if height % factor != 0 or width % factor != 0:
-            raise ValueError(
-                f"image size {height}x{width} is not divisible by 2**(len(channel_mults)-1)={factor} "
-                f"(channel_mults={tuple(channel_mults)})"
-            )
         self.data_shape = data_shape
         self.num_classes = num_classes
         self.time_scale = time_scale
@@ -292,26 +297,30 @@ class UNet(_Trunk):
             num_heads, num_groups, time_scale, gradient_checkpointing, adaptive_norm,
         )
         self.out_channels = out_channels if out_channels is not None else self.data_shape[0]
-        # Up path: num_res_blocks + 1 units per level, each consuming one skip connection.
+        self.up, ch = self._up_path(channel_mults, num_res_blocks, attention_resolutions)
+        self.norm_out = _group_norm(ch, num_groups)
+        self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # the net predicts 0 at init
+        nn.init.zeros_(self.conv_out.bias)
+
+    def _up_path(self, channel_mults, num_res_blocks: int,
+                 attention_resolutions) -> tuple[nn.ModuleList, int]:
+        """num_res_blocks + 1 units per level, each consuming one skip connection; and the last width."""
         skip_channels = list(self.skip_channels)
         ch, resolution = self.trunk_channels, self.trunk_resolution
-        self.up = nn.ModuleList()
+        up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             for i in range(num_res_blocks + 1):
-                unit = [self.res(ch + skip_channels.pop(), base_channels * mult)]
-                ch = base_channels * mult
+                unit = [self.res(ch + skip_channels.pop(), self.base_channels * mult)]
+                ch = self.base_channels * mult
                 if resolution in attention_resolutions:
                     unit.append(self.attn(ch))
                 if level != 0 and i == num_res_blocks:
                     unit.append(Upsample(ch))
                     resolution *= 2
-                self.up.append(_EmbedSequential(*unit))
+                up.append(_EmbedSequential(*unit))
         assert not skip_channels
-
-        self.norm_out = _group_norm(ch, num_groups)
-        self.conv_out = nn.Conv2d(ch, self.out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)  # the net predicts 0 at init
-        nn.init.zeros_(self.conv_out.bias)
+        return up, ch
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the network target for noisy images.
