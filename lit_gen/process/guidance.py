@@ -133,13 +133,13 @@ class ClassifierFree:
     def _rescale(self, pred: torch.Tensor, pred_c: torch.Tensor, x_t: torch.Tensor,
                  t: torch.Tensor) -> torch.Tensor:
         # Lin et al. 2024, Sec. 3.4, in eps space: match the guided eps's std to the conditional one's
-        prediction, (alpha, sigma) = self.layout.prediction, coefficients(self.sde, t, x_t)
-        eps = prediction.to_eps_x0(pred, x_t, alpha, sigma)[0]
-        eps_c = prediction.to_eps_x0(pred_c, x_t, alpha, sigma)[0]
+        prediction, c = self.layout.prediction, coefficients(self.sde, t, x_t)
+        eps = prediction.to_eps_x0(pred, x_t, *c)[0]
+        eps_c = prediction.to_eps_x0(pred_c, x_t, *c)[0]
         dims = tuple(range(1, x_t.ndim))
         ratio = eps_c.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True)
         eps = self.cfg.rescale * eps * ratio + (1 - self.cfg.rescale) * eps
-        return prediction.from_eps(eps, x_t, alpha, sigma)
+        return prediction.from_eps(eps, x_t, *c)
 
 
 class ClassifierShift:
@@ -151,10 +151,10 @@ class ClassifierShift:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.fn(x_t, t)
-        alpha, sigma = coefficients(self.sde, t, x_t)
-        eps_shift = -sigma * self.guidance.gradient(x_t, model_time(self.sde, t, x_t))
+        c = coefficients(self.sde, t, x_t)
+        eps_shift = -c.sigma * self.guidance.gradient(x_t, model_time(self.sde, t, x_t))
         pred, var = self.layout.split(out)
-        pred = pred + self.layout.prediction.eps_coefficient(alpha, sigma) * eps_shift
+        pred = pred + self.layout.prediction.eps_coefficient(*c) * eps_shift
         return self.layout.join(pred, var)
 
 

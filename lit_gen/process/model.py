@@ -5,6 +5,7 @@ of either protocol see only this; guidance wraps the output function below it.""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -34,9 +35,19 @@ def at_steps(fn: OutputFn, sde) -> Callable[[torch.Tensor, torch.Tensor], torch.
     return lambda x, n: fn(x, sde.time_of_step(n).to(x.device))
 
 
-def coefficients(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """alpha(t) and sigma(t), broadcastable against x and in its dtype."""
-    return append_dims(sde.alpha(t).to(x.dtype), x.ndim), append_dims(sde.sigma(t).to(x.dtype), x.ndim)
+class Coefficients(NamedTuple):
+    """alpha(t), sigma(t) and their time derivatives, broadcastable against x and in its dtype."""
+
+    alpha: torch.Tensor
+    sigma: torch.Tensor
+    d_alpha: torch.Tensor
+    d_sigma: torch.Tensor
+
+
+def coefficients(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> Coefficients:
+    """The path's coefficients at t (B,) for x."""
+    return Coefficients(*(append_dims(f(t).to(x.dtype), x.ndim)
+                          for f in (sde.alpha, sde.sigma, sde.d_alpha, sde.d_sigma)))
 
 
 class ModelFunction:
@@ -63,7 +74,7 @@ class ModelFunction:
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """grad_x log p_t(x) = -eps / sigma."""
         eps, _ = self.eps_x0(x, t)
-        return -eps / coefficients(self.sde, t, x)[1]
+        return -eps / coefficients(self.sde, t, x).sigma
 
     def x0(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E[x0 | x_t] (Tweedie), clamped to [-1, 1] with ``clip_denoised``."""
@@ -71,5 +82,6 @@ class ModelFunction:
         return x0.clamp(-1, 1) if self.clip_denoised else x0
 
     def ode_drift(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """dx/dt of the probability-flow ODE (Song et al. 2021, Eq. 13)."""
-        return self.sde.reverse_drift(x, t, self.score(x, t), probability_flow=True)
+        """dx/dt of the probability-flow ODE (Song et al. 2021, Eq. 13), as the process writes it."""
+        eps, x0 = self.eps_x0(x, t)
+        return self.sde.ode_drift(x, t, eps, x0)

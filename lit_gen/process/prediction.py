@@ -1,7 +1,9 @@
 """What a network predicts, for any Gaussian perturbation x_t = alpha x0 + sigma eps (VP, sub-VP, VE, or a
 flow-matching path): one class per parameterisation, each turning an output into (eps, x0) and back, and
-giving its training target. :class:`OutputLayout` adds the learned-variance channels (Nichol & Dhariwal 2021)
-and is the one place they are split off. alpha and sigma broadcast against x_t."""
+giving its training target; those that need the path's time derivatives (a velocity) take d_alpha and
+d_sigma too. A new parameterisation is a subclass registered in ``PREDICTIONS``. :class:`OutputLayout` adds
+the learned-variance channels (Nichol & Dhariwal 2021) and is the one place they are split off. The
+coefficients broadcast against x_t."""
 
 from __future__ import annotations
 
@@ -17,21 +19,24 @@ class Prediction:
 
     name: ClassVar[str]
 
-    def to_eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor,
-                  sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def to_eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+                  d_alpha: torch.Tensor | None = None,
+                  d_sigma: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) from an output; d_alpha and d_sigma (the time derivatives) for those that need them."""
         raise NotImplementedError
 
-    def from_eps(self, eps: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor,
-                 sigma: torch.Tensor) -> torch.Tensor:
+    def from_eps(self, eps: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+                 d_alpha: torch.Tensor | None = None, d_sigma: torch.Tensor | None = None) -> torch.Tensor:
         """The output that corresponds to ``eps`` at x_t (the inverse of :meth:`to_eps_x0` in eps)."""
         raise NotImplementedError
 
-    def target(self, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor,
-               sigma: torch.Tensor) -> torch.Tensor:
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+               d_alpha: torch.Tensor | None = None, d_sigma: torch.Tensor | None = None) -> torch.Tensor:
         """What the network regresses for the pair (x0, eps)."""
         raise NotImplementedError
 
-    def eps_coefficient(self, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    def eps_coefficient(self, alpha: torch.Tensor, sigma: torch.Tensor, d_alpha: torch.Tensor | None = None,
+                        d_sigma: torch.Tensor | None = None) -> torch.Tensor:
         """d(output) / d(eps) at fixed x_t: the output is affine in eps, so a shift of eps by d is a shift of
         the output by this factor times d (guidance in eps space applied to any output)."""
         raise NotImplementedError
@@ -42,16 +47,16 @@ class EpsPrediction(Prediction):
 
     name = "eps"
 
-    def to_eps_x0(self, out, x_t, alpha, sigma):
+    def to_eps_x0(self, out, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         return out, (x_t - sigma * out) / alpha
 
-    def from_eps(self, eps, x_t, alpha, sigma):
+    def from_eps(self, eps, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         return eps
 
-    def target(self, x0, eps, alpha, sigma):
+    def target(self, x0, eps, alpha, sigma, d_alpha=None, d_sigma=None):
         return eps
 
-    def eps_coefficient(self, alpha, sigma):
+    def eps_coefficient(self, alpha, sigma, d_alpha=None, d_sigma=None):
         return torch.ones_like(alpha)
 
 
@@ -60,16 +65,16 @@ class X0Prediction(Prediction):
 
     name = "x0"
 
-    def to_eps_x0(self, out, x_t, alpha, sigma):
+    def to_eps_x0(self, out, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         return (x_t - alpha * out) / sigma, out
 
-    def from_eps(self, eps, x_t, alpha, sigma):
+    def from_eps(self, eps, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         return (x_t - sigma * eps) / alpha
 
-    def target(self, x0, eps, alpha, sigma):
+    def target(self, x0, eps, alpha, sigma, d_alpha=None, d_sigma=None):
         return x0
 
-    def eps_coefficient(self, alpha, sigma):
+    def eps_coefficient(self, alpha, sigma, d_alpha=None, d_sigma=None):
         return -sigma / alpha
 
 
@@ -79,17 +84,17 @@ class VPrediction(Prediction):
 
     name = "v"
 
-    def to_eps_x0(self, out, x_t, alpha, sigma):
+    def to_eps_x0(self, out, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         norm = alpha**2 + sigma**2
         return (sigma * x_t + alpha * out) / norm, (alpha * x_t - sigma * out) / norm
 
-    def from_eps(self, eps, x_t, alpha, sigma):
+    def from_eps(self, eps, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         return ((alpha**2 + sigma**2) * eps - sigma * x_t) / alpha
 
-    def target(self, x0, eps, alpha, sigma):
+    def target(self, x0, eps, alpha, sigma, d_alpha=None, d_sigma=None):
         return alpha * eps - sigma * x0
 
-    def eps_coefficient(self, alpha, sigma):
+    def eps_coefficient(self, alpha, sigma, d_alpha=None, d_sigma=None):
         return (alpha**2 + sigma**2) / alpha
 
 
@@ -98,17 +103,17 @@ class ScorePrediction(Prediction):
 
     name = "score"
 
-    def to_eps_x0(self, out, x_t, alpha, sigma):
+    def to_eps_x0(self, out, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         eps = -sigma * out
         return eps, (x_t - sigma * eps) / alpha
 
-    def from_eps(self, eps, x_t, alpha, sigma):
+    def from_eps(self, eps, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         return -eps / sigma
 
-    def target(self, x0, eps, alpha, sigma):
+    def target(self, x0, eps, alpha, sigma, d_alpha=None, d_sigma=None):
         return -eps / sigma
 
-    def eps_coefficient(self, alpha, sigma):
+    def eps_coefficient(self, alpha, sigma, d_alpha=None, d_sigma=None):
         return -1 / sigma
 
 
@@ -140,6 +145,7 @@ class OutputLayout:
     def join(pred: torch.Tensor, var: torch.Tensor | None) -> torch.Tensor:
         return pred if var is None else torch.cat([pred, var], dim=1)
 
-    def to_eps_x0(self, out, x_t, alpha, sigma) -> tuple[torch.Tensor, torch.Tensor]:
-        """(eps, x0) from a full output (variance channels ignored)."""
-        return self.prediction.to_eps_x0(self.split(out)[0], x_t, alpha, sigma)
+    def to_eps_x0(self, out, x_t, *coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0) from a full output (variance channels ignored); ``coefficients`` as
+        :meth:`Prediction.to_eps_x0` takes them."""
+        return self.prediction.to_eps_x0(self.split(out)[0], x_t, *coefficients)

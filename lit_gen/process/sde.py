@@ -53,6 +53,24 @@ class SDE:
         raise NotImplementedError
 
     # --- derived ------------------------------------------------------------------------------------
+    def d_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """d alpha / dt = f alpha (f = d log alpha / dt)."""
+        return self.f(t) * self.alpha(t)
+
+    def d_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """d sigma / dt, from g^2 = d sigma^2 / dt - 2 f sigma^2 (Kingma et al. 2021, "Variational Diffusion
+        Models", Eq. 29 in reverse)."""
+        sigma = self.sigma(t)
+        return (self.g2(t) + 2 * self.f(t) * sigma**2) / (2 * sigma)
+
+    def ode_drift(self, x: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                  x0: torch.Tensor) -> torch.Tensor:
+        """The probability-flow drift f x - g^2 score / 2 (Song et al. 2021, Eq. 13) at the model's eps (the
+        score is -eps / sigma). It equals d_alpha x0 + d_sigma eps; a path whose f and g^2 are singular
+        somewhere (the linear path at t = 1) overrides it with that form."""
+        sigma = append_dims(self.sigma(t).to(x.dtype), x.ndim)
+        return self.reverse_drift(x, t, -eps / sigma, probability_flow=True)
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
         """The time input of the network: (N - 1) t."""
         return (self.N - 1) * _time(t)
