@@ -21,7 +21,7 @@ from lit_gen.process.sde import SDE
 from lit_gen.utils import append_dims
 
 ClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, model time) -> logits (B, K)
-Batching = Literal["auto", "joint", "split"]
+Batching = Literal["joint", "split"]
 
 
 def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None):
@@ -72,18 +72,19 @@ class CFG:
         rescale: phi of Lin et al. 2024, Sec. 3.4: the guided eps is rescaled to the conditional eps's
             standard deviation per sample, mixed as phi * rescaled + (1 - phi) * guided (0: off).
         batching: ``joint``: one 2B forward pass (best on GPUs); ``split``: two passes of B (on CPUs, where a
-            pass costs more than twice as much at twice the batch); ``auto``: joint on CUDA, split elsewhere.
+            pass costs more than twice as much at twice the batch). The caller chooses (the sampler assembly:
+            joint on CUDA, split elsewhere, unless told).
     """
 
     scale: float = 1.0
     interval: tuple[float, float] | None = None
     rescale: float = 0.0
-    batching: Batching = "auto"
+    batching: Batching = "split"
 
     def __post_init__(self) -> None:
-        if self.batching not in ("auto", "joint", "split"):
+        if self.batching not in ("joint", "split"):
             raise ValueError(f"guidance_batching={self.batching!r} is not supported; choose one of "
-                             "['auto', 'joint', 'split']")
+                             "['joint', 'split']")
         if self.interval is not None and not 0 <= self.interval[0] <= self.interval[1]:
             raise ValueError(f"guidance_interval={tuple(self.interval)} must be (t_lo, t_hi) with 0 <= t_lo "
                              f"<= t_hi")
@@ -111,8 +112,7 @@ class ClassifierFree:
         inside = self._guided_here(mt)
         if not inside.any():
             return self.net(x_t, mt, y)
-        batching = self.cfg.batching
-        if batching == "joint" or (batching == "auto" and x_t.device.type == "cuda"):  # one 2B pass
+        if self.cfg.batching == "joint":  # one 2B pass
             out_c, out_u = self.net(torch.cat([x_t, x_t]), torch.cat([mt, mt]), torch.cat([y, null])).chunk(2)
         else:
             out_c, out_u = self.net(x_t, mt, y), self.net(x_t, mt, null)

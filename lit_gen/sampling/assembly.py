@@ -72,8 +72,9 @@ class NoiseModel:
 
 
 # --- guidance --------------------------------------------------------------------------------------------
-def cfg_of(model: NoiseModel, options: dict) -> CFG:
-    """The classifier-free guidance ``options`` ask for; a one-line error on an unconditional model."""
+def cfg_of(model: NoiseModel, options: dict, device: torch.device | None = None) -> CFG:
+    """The classifier-free guidance ``options`` ask for; a one-line error on an unconditional model. Batching
+    ``auto`` is one pass of 2B on CUDA ``device``s, two of B elsewhere."""
     scale = options.get("guidance_scale")
     scale = model.guidance_scale if scale is None else scale
     given = {k: options[k] for k in CFG_KEYS if options.get(k) is not None}
@@ -82,8 +83,11 @@ def cfg_of(model: NoiseModel, options: dict) -> CFG:
         raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; this "
                          f"{model.name} is unconditional (guide it with --classifier_ckpt instead)")
     interval = options.get("guidance_interval")
+    batching = options.get("guidance_batching") or "auto"
+    if batching == "auto":
+        batching = "joint" if device is not None and device.type == "cuda" else "split"
     return CFG(scale, tuple(interval) if interval is not None else None,
-               options.get("guidance_rescale") or 0.0, options.get("guidance_batching") or "auto")
+               options.get("guidance_rescale") or 0.0, batching)
 
 
 def classifier_form(options: dict, sampler: DiffusionSampler | None, name: str) -> str:
@@ -99,9 +103,11 @@ def classifier_form(options: dict, sampler: DiffusionSampler | None, name: str) 
 
 
 def guided(model: NoiseModel, options: dict, labels: torch.Tensor | None,
-           classifier: ClassifierGuidance | None, sampler: DiffusionSampler | None = None):
-    """(the output function with the guidance of ``options``, the mean shift of an ancestral step or None)."""
-    cfg = cfg_of(model, options)
+           classifier: ClassifierGuidance | None, sampler: DiffusionSampler | None = None,
+           device: torch.device | None = None):
+    """(the output function with the guidance of ``options``, the mean shift of an ancestral step or None),
+    for samples on ``device``."""
+    cfg = cfg_of(model, options, device)
     fn: OutputFn = ClassifierFree(model.net, model.sde, model.layout, labels if model.num_classes else None,
                                   model.num_classes, cfg)
     if classifier is None:
@@ -168,12 +174,12 @@ def sample(
             raise ValueError(f"inpainting runs on the samplers of lit_gen.score "
                              f"({', '.join(sorted(SOLVERS))}); {name!r} does not support it")
         sampler = step_sampler(model, options, name)
-        fn, shift = guided(model, options, labels, classifier, sampler)
+        fn, shift = guided(model, options, labels, classifier, sampler, x_T.device)
         x, trajectory = sample_loop(at_steps(fn, model.sde), sampler, x_T, generator, progress,
                                     trajectory_points, shift)
         return x, trajectory, len(sampler.timesteps)  # one (batched) call per step
     built, times = solver(model, options, name), time_grid(model, options, name)
-    fn, _ = guided(model, options, labels, classifier)
+    fn, _ = guided(model, options, labels, classifier, device=x_T.device)
     function = ModelFunction(fn, model.sde, model.layout, model.clip_denoised)
     denoise = options.get("denoise")
     x, trajectory = solve(function, built, x_T, times, generator,

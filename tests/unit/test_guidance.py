@@ -25,6 +25,8 @@ from lit_gen.process import (
     drop_labels,
     mean_shift,
 )
+from lit_gen.sampling import NoiseModel
+from lit_gen.sampling.assembly import cfg_of
 from lit_gen.utils import sample_generators
 
 F64 = torch.float64
@@ -64,7 +66,7 @@ def _mt(t: torch.Tensor, diffusion: GaussianDiffusion | None = None) -> torch.Te
 
 def _guided(net, s: float = 1.0, prediction_type: str = "eps", learned: bool = False, labels="default",
             classifier: ClassifierGuidance | None = None, guidance_interval=None,
-            guidance_rescale: float = 0.0, guidance_batching: str = "auto",
+            guidance_rescale: float = 0.0, guidance_batching: str = "split",
             diffusion: GaussianDiffusion | None = None):
     """The guided output function at DDPM's integer steps, composed as the sampler assembly composes it
     (classifier guidance in its eps form)."""
@@ -102,8 +104,7 @@ def test_scale_0_and_1_are_the_unconditional_and_conditional_models_exactly(adap
 TOL = 1e-8
 
 
-# auto: CPU
-@pytest.mark.parametrize("batching, passes", [("joint", [8]), ("split", [4, 4]), ("auto", [4, 4])])
+@pytest.mark.parametrize("batching, passes", [("joint", [8]), ("split", [4, 4])])
 def test_guided_output_is_linear_in_the_scale_in_one_batched_pass_or_two(batching, passes):
     net = _unet()
     x, t, y = _inputs()
@@ -114,6 +115,13 @@ def test_guided_output_is_linear_in_the_scale_in_one_batched_pass_or_two(batchin
         guided = _guided(counting, s, guidance_batching=batching)(x, t)
         torch.testing.assert_close(guided, out_u + s * (out_c - out_u), rtol=0, atol=TOL)
     assert calls == passes * 5  # one forward of 2B, or two of B, per call
+
+
+def test_the_assembly_chooses_the_batching_by_the_device_unless_told():
+    model = NoiseModel("DDPM", None, GaussianDiffusion("linear", T).sde, OutputLayout(), True, num_classes=K)
+    for device, batching in (("cpu", "split"), ("cuda", "joint"), ("cuda:1", "joint")):
+        assert cfg_of(model, {"guidance_scale": 2.0}, torch.device(device)).batching == batching
+        assert cfg_of(model, {"guidance_batching": "split"}, torch.device(device)).batching == "split"
 
 
 @pytest.mark.parametrize("prediction_type", ["x0", "v"])
