@@ -7,7 +7,6 @@ dtype of ``x`` when gathered, so mixed precision never degrades the schedule.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from torch import nn
@@ -22,8 +21,6 @@ from lit_gen.likelihood import (
 from lit_gen.process.prediction import OutputLayout, make_prediction
 from lit_gen.process.sde import DiscreteVPSDE
 from lit_gen.utils import append_dims
-
-PredictionType = Literal["eps", "x0", "v"]
 
 
 def _alpha_sigma(alpha_bar_t: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

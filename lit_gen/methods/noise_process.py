@@ -96,8 +96,7 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
                   options: dict) -> tuple[torch.Tensor | None, ClassifierGuidance | None]:
         """(the requested labels, or None for an unguided unconditional model; the classifier guidance)."""
         classifier = self._classifier(options)
-        num_classes = self.num_classes or (classifier.num_classes if classifier is not None else 0)
-        classes = self._labels(num_samples, labels, num_classes)
+        classes = self._labels(num_samples, labels, self.label_classes(options))
         if classifier is None:
             return classes, None
         scale = options.get("classifier_scale")
@@ -146,6 +145,6 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
     def invert(self, x0: torch.Tensor, labels: torch.Tensor | None = None, progress: bool = False,
                **options) -> torch.Tensor:
         """Encode x0 to its latent x_T by the deterministic sampler of ``options`` run backwards."""
-        labels = self._labels(x0.shape[0], labels)
+        labels = self._labels(x0.shape[0], labels) if self.num_classes else None  # a classifier's: unused
         with eval_mode(self.sampling_net) as net:
             return assembly.invert(self.noise_model(net), options, x0.to(self.device), labels, progress)

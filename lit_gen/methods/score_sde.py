@@ -28,7 +28,7 @@ class ScoreSDE(NoiseProcessMethod):
     """A score model on a forward SDE, trained with the weighted DSM loss of ``lit_gen.score.losses``.
 
     The network predicts the noise, eps(x_t, (N - 1) t), and the score is -eps / sigma(t) (NCSNv2's output
-    scaling); ``lit_gen.score.ScoreModel`` turns it into whatever a sampler needs.
+    scaling); the sampler assembly (``lit_gen.sampling``) turns it into whatever a sampler needs.
 
     Args:
         data_shape: shape of one sample, (C, H, W) or (D,); linked from the DataModule by the CLI.

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from lit_gen.process.model import NetFn, OutputFn, coefficients, model_time
+from lit_gen.process.model import NetFn, OutputFn, coefficients_for, model_time
 from lit_gen.process.prediction import OutputLayout
 from lit_gen.process.sde import SDE
 from lit_gen.utils import append_dims
@@ -82,9 +82,8 @@ class CFG:
     batching: Batching = "split"
 
     def __post_init__(self) -> None:
-        if self.batching not in ("joint", "split"):
-            raise ValueError(f"guidance_batching={self.batching!r} is not supported; choose one of "
-                             "['joint', 'split']")
+        if self.batching not in ("joint", "split"):  # the caller resolves lit-gen's "auto"
+            raise ValueError(f"batching={self.batching!r} is not supported; choose one of ['joint', 'split']")
         if self.interval is not None and not 0 <= self.interval[0] <= self.interval[1]:
             raise ValueError(f"guidance_interval={tuple(self.interval)} must be (t_lo, t_hi) with 0 <= t_lo "
                              f"<= t_hi")
@@ -133,7 +132,7 @@ class ClassifierFree:
     def _rescale(self, pred: torch.Tensor, pred_c: torch.Tensor, x_t: torch.Tensor,
                  t: torch.Tensor) -> torch.Tensor:
         # Lin et al. 2024, Sec. 3.4, in eps space: match the guided eps's std to the conditional one's
-        prediction, c = self.layout.prediction, coefficients(self.sde, t, x_t)
+        prediction, c = self.layout.prediction, coefficients_for(self.layout, self.sde, t, x_t)
         eps = prediction.to_eps_x0(pred, x_t, *c)[0]
         eps_c = prediction.to_eps_x0(pred_c, x_t, *c)[0]
         dims = tuple(range(1, x_t.ndim))
@@ -151,7 +150,7 @@ class ClassifierShift:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = self.fn(x_t, t)
-        c = coefficients(self.sde, t, x_t)
+        c = coefficients_for(self.layout, self.sde, t, x_t)
         eps_shift = -c.sigma * self.guidance.gradient(x_t, model_time(self.sde, t, x_t))
         pred, var = self.layout.split(out)
         pred = pred + self.layout.prediction.eps_coefficient(*c) * eps_shift

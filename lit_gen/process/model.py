@@ -20,8 +20,9 @@ NetFn = Callable[..., torch.Tensor]
 
 
 def model_time(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The network's time input at t (B,), on x's device and in its dtype."""
-    return sde.model_time(t).to(device=x.device, dtype=x.dtype)
+    """The network's time input at t (B,), on x's device, in x's dtype but at least float32 (a step like 999
+    is not exact in bf16)."""
+    return sde.model_time(t).to(device=x.device, dtype=torch.promote_types(x.dtype, torch.float32))
 
 
 def on_model_time(net: NetFn, sde: SDE) -> OutputFn:
@@ -36,18 +37,24 @@ def at_steps(fn: OutputFn, sde) -> Callable[[torch.Tensor, torch.Tensor], torch.
 
 
 class Coefficients(NamedTuple):
-    """alpha(t), sigma(t) and their time derivatives, broadcastable against x and in its dtype."""
+    """alpha(t), sigma(t) and (when asked for) their time derivatives, broadcastable against x and in its
+    dtype."""
 
     alpha: torch.Tensor
     sigma: torch.Tensor
-    d_alpha: torch.Tensor
-    d_sigma: torch.Tensor
+    d_alpha: torch.Tensor | None = None
+    d_sigma: torch.Tensor | None = None
 
 
-def coefficients(sde: SDE, t: torch.Tensor, x: torch.Tensor) -> Coefficients:
-    """The path's coefficients at t (B,) for x."""
-    return Coefficients(*(append_dims(f(t).to(x.dtype), x.ndim)
-                          for f in (sde.alpha, sde.sigma, sde.d_alpha, sde.d_sigma)))
+def coefficients(sde: SDE, t: torch.Tensor, x: torch.Tensor, derivatives: bool = True) -> Coefficients:
+    """The path's coefficients at t (B,) for x; ``derivatives`` False leaves d_alpha and d_sigma None."""
+    parts = (sde.alpha, sde.sigma) + ((sde.d_alpha, sde.d_sigma) if derivatives else ())
+    return Coefficients(*(append_dims(f(t).to(x.dtype), x.ndim) for f in parts))
+
+
+def coefficients_for(layout: OutputLayout, sde: SDE, t: torch.Tensor, x: torch.Tensor) -> Coefficients:
+    """The coefficients the layout's parameterisation converts with."""
+    return coefficients(sde, t, x, layout.prediction.uses_derivatives)
 
 
 class ModelFunction:
@@ -69,12 +76,12 @@ class ModelFunction:
         """(eps, x0) at x (B, ...), time t (B,) float64; one network call."""
         out = self.fn(x, t)
         self.nfe += 1
-        return self.layout.to_eps_x0(out, x, *coefficients(self.sde, t, x))
+        return self.layout.to_eps_x0(out, x, *coefficients_for(self.layout, self.sde, t, x))
 
     def score(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """grad_x log p_t(x) = -eps / sigma."""
         eps, _ = self.eps_x0(x, t)
-        return -eps / coefficients(self.sde, t, x).sigma
+        return -eps / coefficients(self.sde, t, x, derivatives=False).sigma
 
     def x0(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """E[x0 | x_t] (Tweedie), clamped to [-1, 1] with ``clip_denoised``."""

@@ -18,6 +18,7 @@ class Prediction:
     """A parameterisation: the conversions between its output and (eps, x0) at fixed x_t."""
 
     name: ClassVar[str]
+    uses_derivatives: ClassVar[bool] = False  # needs d_alpha and d_sigma (a velocity does)
 
     def to_eps_x0(self, out: torch.Tensor, x_t: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
                   d_alpha: torch.Tensor | None = None,

@@ -301,20 +301,26 @@ class DiscreteVPSDE(SDE):
         self._t = torch.linspace(0, 1, self.N + 1, dtype=torch.float64)
         self._log_alpha = torch.cat([torch.zeros(1, dtype=torch.float64), 0.5 * alpha_bar.log()])
 
-    def _segment(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _knots(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(t knots, log alpha at them) on ``device``, copied there once."""
+        cache = self.__dict__.setdefault("_on_device", {})
+        if device not in cache:
+            cache[device] = (self._t.to(device), self._log_alpha.to(device))
+        return cache[device]
+
+    def _segment(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         t = _time(t)
-        i = torch.searchsorted(self._t.to(t.device), t.clamp(0, 1), right=True).clamp(1, self.N) - 1
-        return t, i
+        knots, values = self._knots(t.device)
+        i = torch.searchsorted(knots, t.clamp(0, 1), right=True).clamp(1, self.N) - 1
+        return t, i, knots, values
 
     def log_alpha(self, t):
-        t, i = self._segment(t)
-        knots, values = self._t.to(t.device), self._log_alpha.to(t.device)
+        t, i, knots, values = self._segment(t)
         slope = (values[i + 1] - values[i]) / (knots[i + 1] - knots[i])
         return values[i] + slope * (t - knots[i])
 
     def f(self, t):
-        t, i = self._segment(t)
-        knots, values = self._t.to(t.device), self._log_alpha.to(t.device)
+        t, i, knots, values = self._segment(t)
         return (values[i + 1] - values[i]) / (knots[i + 1] - knots[i])  # d log alpha / dt
 
     def g2(self, t):

@@ -29,7 +29,7 @@ from lit_gen.sampling.options import SAMPLER_NAMES, SOLVER_KEYS
 from lit_gen.score.solvers import DETERMINISTIC, SOLVERS, make_solver, solve, solver_options
 from lit_gen.utils import Generator
 
-CFG_KEYS = ("guidance_interval", "guidance_rescale", "guidance_batching")
+CFG_KEYS = ("guidance_interval", "guidance_rescale")  # what guides (batching only says how)
 
 
 @dataclass
@@ -84,6 +84,9 @@ def cfg_of(model: NoiseModel, options: dict, device: torch.device | None = None)
                          f"{model.name} is unconditional (guide it with --classifier_ckpt instead)")
     interval = options.get("guidance_interval")
     batching = options.get("guidance_batching") or "auto"
+    if batching not in ("auto", "joint", "split"):
+        raise ValueError(f"guidance_batching={batching!r} is not supported; choose one of "
+                         "['auto', 'joint', 'split']")
     if batching == "auto":
         batching = "joint" if device is not None and device.type == "cuda" else "split"
     return CFG(scale, tuple(interval) if interval is not None else None,
@@ -137,7 +140,7 @@ def step_sampler(model: NoiseModel, options: dict, name: str) -> DiffusionSample
 def solver(model: NoiseModel, options: dict, name: str):
     """The solver ``name``: the options given are checked against what it takes; the model's defaults fill in
     only those it takes."""
-    if options.get("eta") is not None:
+    if options.get("eta"):  # eta 0 is deterministic, as every solver of the ODE is
         raise ValueError(f"eta={options['eta']} works with the ddpm and ddim samplers, not {name!r}")
     given = {k: options[k] for k in SOLVER_KEYS if options.get(k) is not None}
     takes = solver_options(name)

@@ -1,5 +1,6 @@
-"""Pure-torch score-based modelling (Song & Ermon 2019; Song et al. 2021): SDEs, the model adapter, DSM
-losses, the solver-owned samplers and the probability-flow ODE likelihood (no Lightning imports)."""
+"""Pure-torch score-based modelling (Song & Ermon 2019; Song et al. 2021): DSM losses, the solver-owned
+samplers and the probability-flow ODE likelihood (no Lightning imports). The SDEs and the model function live
+in lit_gen.process and are re-exported here."""
 
 from lit_gen.process.sde import SDE, SDES, VESDE, VPSDE, DiscreteVPSDE, SubVPSDE, make_sde
 from lit_gen.score.likelihood import divergence, ode_bits_per_dim, ode_log_likelihood

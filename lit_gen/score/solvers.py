@@ -308,7 +308,8 @@ DETERMINISTIC = frozenset({"euler", "heun", "ode", "dpmpp2m"})
 def solver_options(name: str) -> frozenset[str]:
     """The options the sampler ``name`` takes (its constructor's parameters)."""
     params = inspect.signature(SOLVERS[name].__init__).parameters.values()
-    return frozenset(p.name for p in params if p.name != "self" and p.kind is p.POSITIONAL_OR_KEYWORD)
+    return frozenset(p.name for p in params
+                     if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def make_solver(name: str, **options) -> Solver:

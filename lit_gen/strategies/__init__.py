@@ -6,7 +6,7 @@
   ``ModelParallelStrategy``; ``reshard_after_forward=False`` keeps the gathered weights from forward to
   backward (ZeRO-2-like "grad-op").
 
-Both shard the networks that :meth:`GenerativeModule.configure_model` builds; :mod:`lit_gen.sharding` is the
+Both shard the networks that :meth:`LitGenModule.configure_model` builds; :mod:`lit_gen.sharding` is the
 one place that knows how each stores a parameter (plain torch, no Lightning: networks use it too).
 """
 

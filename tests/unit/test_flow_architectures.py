@@ -8,10 +8,7 @@ import pytest
 import torch
 
 from lit_gen.flows import (
-    NICE,
     POTENTIALS,
-    DiagonalGaussian,
-    Flow,
     Glow,
     MLPFlow,
     RealNVP,
@@ -24,76 +21,14 @@ from lit_gen.flows import (
     preprocess,
 )
 from tests.unit.flow_helpers import (
+    ARCH_CASES,
     F64,
+    assert_log_prob_by_jacobian,
     gen,
     jacobian_log_det,
     ready,
     seed_parameter_init,  # noqa: F401  (an autouse fixture)
 )
-
-
-def _arch_cases():
-    return {
-        "nice": (lambda: NICE((4,), num_coupling_layers=4, hidden_features=8, num_hidden_layers=2), (4,)),
-        "nice_logistic": (lambda: NICE((4,), 3, 8, 1, prior="logistic"), (4,)),
-        "nice_image": (lambda: NICE((1, 2, 2), 2, 8, 1), (1, 2, 2)),
-        "mlpflow_alternate_actnorm": (lambda: MLPFlow((3,), num_layers=3, hidden_features=8), (3,)),
-        "mlpflow_linear_batchnorm": (
-            lambda: MLPFlow((3,), 3, 8, 1, scale_fn="sigmoid", norm="batchnorm", permutation="linear"),
-            (3,),
-        ),
-        "realnvp_batchnorm": (
-            lambda: RealNVP((1, 4, 4), num_scales=2, num_steps_per_scale=2, hidden_channels=4, num_blocks=1),
-            (1, 4, 4),
-        ),
-        "realnvp_actnorm_sigmoid": (
-            lambda: RealNVP((2, 4, 4), 2, 1, 4, 1, scale_fn="sigmoid", norm="actnorm"),
-            (2, 4, 4),
-        ),
-        "glow_learned_prior": (
-            lambda: Glow((1, 4, 4), num_levels=2, num_steps=2, hidden_channels=4, learn_prior=True),
-            (1, 4, 4),
-        ),
-        "glow_fixed_prior_additive_shuffle": (
-            lambda: Glow((2, 4, 4), 2, 1, 4, learn_prior=False, coupling="additive", permutation="shuffle"),
-            (2, 4, 4),
-        ),
-        "glow_plain_conv_reverse_tanh": (
-            lambda: Glow((1, 4, 4), 1, 2, 4, scale_fn="tanh", lu_decomposed=False),
-            (1, 4, 4),
-        ),
-    }
-
-
-ARCH_CASES = _arch_cases()
-
-
-def _whitened_latents(model: Flow, x: torch.Tensor) -> torch.Tensor:
-    """All latents of x, each standardised by its own prior (learned conditional priors included), flattened:
-    a bijection of x whose density is N(0, I)."""
-    eps, h = [], x
-    for i, level in enumerate(model.levels):
-        h, _ = level(h)
-        if i < len(model.splits):
-            split = model.splits[i]
-            h, z = h.split([split.num_kept, split.num_factored], dim=1)
-            mean, log_std = split.prior_params(h)
-            eps.append(((z - mean) * torch.exp(-log_std)).flatten(1))
-    if isinstance(model.prior, DiagonalGaussian):
-        h = (h - model.prior.mean) * torch.exp(-model.prior.log_std)
-    eps.append(h.flatten(1))
-    return torch.cat(eps, dim=1)
-
-
-def assert_log_prob_by_jacobian(model: Flow, x: torch.Tensor, log_prob: torch.Tensor, rows=(0,)) -> None:
-    """log p(x) = log N(eps(x); 0, I) + log|det d eps / dx| over everything (factored-out latents and
-    learned priors included), with the full autograd Jacobian, for the given rows of x."""
-    for i in rows:
-        x1 = x[i : i + 1]
-        eps = _whitened_latents(model, x1)
-        expected = torch.distributions.Normal(0.0, 1.0).log_prob(eps).sum()
-        expected = expected + jacobian_log_det(lambda v: _whitened_latents(model, v), x1)
-        assert log_prob[i].item() == pytest.approx(expected.item(), abs=1e-8)
 
 
 @pytest.mark.parametrize("name", sorted(ARCH_CASES))

@@ -23,7 +23,7 @@ from lit_gen.flows import (
     StandardNormal,
 )
 from lit_gen.methods import NormalizingFlow
-from tests.unit.test_flows import ARCH_CASES, F64, _gen, _ready, _whitened_latents
+from tests.unit.flow_helpers import ARCH_CASES, F64, gen, ready, whitened_latents
 
 
 def _identity_flow(data_shape):
@@ -41,16 +41,16 @@ def _trainer(**kwargs) -> L.Trainer:
 @pytest.mark.parametrize("name", sorted(ARCH_CASES))
 def test_noise_is_a_bijection_of_the_data(name):
     make, shape = ARCH_CASES[name]
-    x = torch.randn(4, *shape, generator=_gen(1), dtype=F64)
-    model = _ready(make(), x, scale=0.02)
+    x = torch.randn(4, *shape, generator=gen(1), dtype=F64)
+    model = ready(make(), x, scale=0.02)
     with torch.no_grad():
         noise = model.to_noise(x)
         assert noise.shape == (4, model.num_dims)
         if not isinstance(model.prior, StandardLogistic):
-            torch.testing.assert_close(noise, _whitened_latents(model, x))  # every latent standardised
+            torch.testing.assert_close(noise, whitened_latents(model, x))  # every latent standardised
         torch.testing.assert_close(model.sample(4, noise=noise), x, atol=1e-6, rtol=0)
         # sample() draws exactly this noise from its generators: decoding it again gives the same samples
-        drawn = model.sample(3, [_gen(5), _gen(6), _gen(7)])
+        drawn = model.sample(3, [gen(5), gen(6), gen(7)])
         torch.testing.assert_close(model.sample(3, noise=model.to_noise(drawn)), drawn, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="dimensions"):
         model.sample(2, noise=torch.zeros(2, model.num_dims + 1, dtype=F64))
@@ -58,7 +58,7 @@ def test_noise_is_a_bijection_of_the_data(name):
 
 def test_logistic_prior_maps_gaussian_noise_to_a_logistic():
     prior = StandardLogistic((1,)).to(F64)
-    eps = torch.randn(20000, 1, generator=_gen(2), dtype=F64)
+    eps = torch.randn(20000, 1, generator=gen(2), dtype=F64)
     z = prior.from_noise(eps)
     assert stats.kstest(z.flatten().numpy(), stats.logistic.cdf).pvalue > 0.01
     torch.testing.assert_close(prior.to_noise(z), eps)
@@ -71,19 +71,19 @@ def test_logistic_prior_maps_gaussian_noise_to_a_logistic():
 def test_nll_of_the_identity_flow_is_the_closed_form():
     # continuous 2-D data: -log N(x; 0, I) in nats
     model = NormalizingFlow((2,), flow=_identity_flow).double()
-    x = torch.randn(6, 2, generator=_gen(3), dtype=F64)
+    x = torch.randn(6, 2, generator=gen(3), dtype=F64)
     expected = -torch.distributions.Normal(0.0, 1.0).log_prob(x).sum(1)
     torch.testing.assert_close(model.nll(model.net, x), expected)
     assert model.metric == "nll" and not model.dequantize
     # 8-bit images: dequantised y = 2 (k + u) / 256 - 1, bits/dim = -(log N(y) + D log(2/256)) / (D ln 2)
     model = NormalizingFlow((1, 2, 2), flow=_identity_flow).double()
-    k = torch.randint(0, 256, (5, 1, 2, 2), generator=_gen(4))
+    k = torch.randint(0, 256, (5, 1, 2, 2), generator=gen(4))
     x = 2 * k.double() / 255 - 1
-    u = torch.rand(5, 1, 2, 2, generator=_gen(5), dtype=F64)
+    u = torch.rand(5, 1, 2, 2, generator=gen(5), dtype=F64)
     y = 2 * (k + u) / 256 - 1
     log_p = torch.distributions.Normal(0.0, 1.0).log_prob(y).flatten(1).sum(1)
     expected = -(log_p + 4 * math.log(2 / 256)) / (4 * math.log(2))
-    torch.testing.assert_close(model.nll(model.net, x, _gen(5)), expected)
+    torch.testing.assert_close(model.nll(model.net, x, gen(5)), expected)
     assert model.metric == "bpd"
 
 
@@ -108,12 +108,12 @@ def test_temperature_sampling_and_options():
     model = NormalizingFlow((1, 4, 4), flow=partial(Glow, num_levels=2, num_steps=1, hidden_channels=4),
                             temperature=0.7)
     model.net(torch.rand(8, 1, 4, 4) * 2 - 1)  # ActNorm init
-    cold = model.sample(3, [_gen(1), _gen(2), _gen(3)], temperature=0.0).x
+    cold = model.sample(3, [gen(1), gen(2), gen(3)], temperature=0.0).x
     # T = 0: every sample is the mode's decode
     torch.testing.assert_close(cold, cold[:1].expand(3, -1, -1, -1))
-    hot = model.sample(3, [_gen(1), _gen(2), _gen(3)]).x  # the config's 0.7
+    hot = model.sample(3, [gen(1), gen(2), gen(3)]).x  # the config's 0.7
     assert hot.shape == (3, 1, 4, 4) and hot.min() >= -1 and hot.max() <= 1
-    assert (hot - model.sample(3, [_gen(1), _gen(2), _gen(3)], temperature=0.7).x).abs().max() == 0
+    assert (hot - model.sample(3, [gen(1), gen(2), gen(3)], temperature=0.7).x).abs().max() == 0
     with pytest.raises(ValueError, match=r"does not take sampling option\(s\) \['steps'\]"):
         model.sample(2, steps=5)
     with pytest.raises(ValueError, match="temperature=-1"):
@@ -127,7 +127,7 @@ def test_invert_then_decode_gives_back_the_8bit_image(logit_alpha):
     make = (lambda s: RealNVP(s, num_scales=2, num_steps_per_scale=1, hidden_channels=4, num_blocks=1)) \
         if logit_alpha else (lambda s: Glow(s, num_levels=2, num_steps=2, hidden_channels=4))
     model = NormalizingFlow((1, 4, 4), flow=make, logit_alpha=logit_alpha)
-    k = torch.randint(0, 256, (6, 1, 4, 4), generator=_gen(8))
+    k = torch.randint(0, 256, (6, 1, 4, 4), generator=gen(8))
     x = 2 * k.float() / 255 - 1
     model.net(x)  # initialise
     noise = model.invert(x)
@@ -156,8 +156,8 @@ def test_nan_loss_stops_training_naming_the_step():
 def test_flow_arithmetic_stays_float32_under_bf16_autocast(name):
     make, shape = ARCH_CASES[name]
     torch.manual_seed(0)
-    x = torch.randn(6, *shape, generator=_gen(9))
-    model = _ready(make(), x.double(), scale=0.02).float()
+    x = torch.randn(6, *shape, generator=gen(9))
+    model = ready(make(), x.double(), scale=0.02).float()
     reference = model.log_prob(x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         latents, log_prob = model(x)
@@ -172,7 +172,7 @@ def test_planar_flow_round_trip_under_bf16_autocast():
     from lit_gen.flows import PlanarFlow
 
     model = PlanarFlow((2,), num_layers=4)
-    x = torch.randn(5, 2, generator=_gen(10))
+    x = torch.randn(5, 2, generator=gen(10))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         latents, log_prob = model(x)
         back = model.decode(latents)
@@ -197,12 +197,12 @@ class _OverflowOnce(Flow):
 
 def test_overflowed_samples_are_redrawn_from_their_own_generator():
     model = NormalizingFlow((2,), flow=_OverflowOnce)
-    out = model.sample(3, [_gen(1), _gen(2), _gen(3)]).x
+    out = model.sample(3, [gen(1), gen(2), gen(3)]).x
     assert torch.isfinite(out).all() and model.net.calls == 2
-    g = _gen(2)
+    g = gen(2)
     torch.randn(2, generator=g)  # the overflowed first draw
     torch.testing.assert_close(out[1], torch.randn(2, generator=g))  # its redraw continues generator 2
-    torch.testing.assert_close(out[0], torch.randn(2, generator=_gen(1)))  # the others are untouched
+    torch.testing.assert_close(out[0], torch.randn(2, generator=gen(1)))  # the others are untouched
 
 
 def test_density_plot_needs_a_2d_density_model():
@@ -243,6 +243,6 @@ def test_worked_examples_affine_1d_and_linear_2d_densities():
         linear.U.add_(0.8)
     flow = Flow((2,), [FlowSequence([linear])], [], StandardNormal((2,))).double()
     W = linear.weight_matrix().detach()
-    x = torch.randn(6, 2, generator=_gen(4), dtype=F64)
+    x = torch.randn(6, 2, generator=gen(4), dtype=F64)
     expected = multivariate_normal(mean=[0, 0], cov=torch.linalg.inv(W.T @ W).numpy()).logpdf(x.numpy())
     torch.testing.assert_close(flow.log_prob(x), torch.as_tensor(expected, dtype=F64))

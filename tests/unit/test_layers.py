@@ -16,7 +16,7 @@ from tests.conftest import ROOT, subprocess_env
 
 PACKAGE = ROOT / "lit_gen"
 # what a method may not import
-UPWARD = ("lit_gen.cli", "lit_gen.main", "lit_gen.callbacks", "lit_gen.sample")
+UPWARD = ("lit_gen.cli", "lit_gen.main", "lit_gen.callbacks", "lit_gen.sample", "lit_gen.memory")
 PLAIN_TORCH = ["lit_gen.nets", "lit_gen.flows", "lit_gen.diffusion", "lit_gen.score", "lit_gen.process",
                "lit_gen.sampling", "lit_gen.likelihood", "lit_gen.dalle", "lit_gen.text", "lit_gen.sharding",
                "lit_gen.visual"]

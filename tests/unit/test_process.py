@@ -89,6 +89,7 @@ class VelocityPrediction(Prediction):
     """v = d_alpha x0 + d_sigma eps, the path's velocity (eps - x0 on the linear path)."""
 
     name = "velocity"
+    uses_derivatives = True
 
     def to_eps_x0(self, out, x_t, alpha, sigma, d_alpha=None, d_sigma=None):
         det = alpha * d_sigma - d_alpha * sigma

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from functools import partial
-from typing import get_args
+from typing import get_args, get_type_hints
 
 import pytest
 import torch
@@ -18,6 +18,7 @@ from lit_gen.nets import UNet
 from lit_gen.sampling import SOLVER_KEYS, NoiseSampleOptions
 from lit_gen.sampling.options import Sampler
 from lit_gen.score import SOLVERS, solver_options
+from lit_gen.score.solvers import PREDICTORS
 from lit_gen.utils import sample_generators
 
 K = 3
@@ -43,6 +44,26 @@ def test_the_declared_options_cover_every_sampler_and_solver_option():
     takes = set().union(*(solver_options(name) for name in SOLVERS))
     assert takes == set(SOLVER_KEYS) and set(SOLVER_KEYS) <= declared
     assert set(get_args(Sampler)) == set(SAMPLERS) | set(SOLVERS)
+    predictor = get_type_hints(NoiseSampleOptions)["predictor"]  # Literal[...] | None
+    assert set(get_args(get_args(predictor)[0])) == set(PREDICTORS)
+
+
+def test_options_that_are_not_guidance_and_deterministic_eta_pass_where_they_always_did():
+    model = DDPM((1, 8, 8), 0, net=NET, num_timesteps=20, ema_decay=0)
+    model.check_sample_options({"guidance_batching": "joint"})  # how to batch, not guidance
+    model.check_sample_options({"sampler": "heun", "eta": 0.0})  # eta 0: deterministic, as the ODE is
+    with pytest.raises(ValueError, match="eta=0.5 works with the ddpm and ddim samplers, not 'heun'"):
+        model.check_sample_options({"sampler": "heun", "eta": 0.5})
+    with pytest.raises(ValueError, match="guidance_batching='both' is not supported"):
+        model.check_sample_options({"guidance_batching": "both"})
+
+
+def test_an_unconditional_score_model_inverts_with_a_classifier_s_labels_given():
+    model = ScoreSDE((1, 8, 8), K, net=NET, num_scales=20, ema_decay=0)
+    x0 = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    options = model.deterministic_options({"sampler": "euler", "steps": 3})
+    latents = model.invert(x0, labels=torch.tensor([0, 1]), **options)  # lit-gen sample passes them
+    assert latents.shape == x0.shape and torch.isfinite(latents).all()
 
 
 @pytest.mark.parametrize("sampler", ["heun", "dpmpp2m", "pc"])

@@ -27,7 +27,7 @@ from lit_gen.flows.spline import (
     _knot_derivatives,
     _knots,
 )
-from tests.unit.test_flows import F64, _gen, _jacobian_log_det, _perturb, _ready, assert_log_prob_by_jacobian
+from tests.unit.flow_helpers import F64, assert_log_prob_by_jacobian, gen, jacobian_log_det, perturb, ready
 
 B = 3.0  # tail bound
 K = 6  # bins
@@ -45,7 +45,7 @@ def _seed_parameter_init():
 
 def _spline_params(shape: tuple[int, ...], seed: int, scale: float = 1.0):
     """Random unnormalised widths, heights (..., K) and interior derivatives (..., K - 1)."""
-    g = _gen(seed)
+    g = gen(seed)
     widths = scale * torch.randn(*shape, K, generator=g, dtype=F64)
     heights = scale * torch.randn(*shape, K, generator=g, dtype=F64)
     derivatives = scale * torch.randn(*shape, K - 1, generator=g, dtype=F64)
@@ -54,7 +54,7 @@ def _spline_params(shape: tuple[int, ...], seed: int, scale: float = 1.0):
 
 def _inputs(n: int, seed: int) -> torch.Tensor:
     """n points over [-1.6B, 1.6B], both bounds and a knot-free edge case (0) included."""
-    x = (torch.rand(n, generator=_gen(seed), dtype=F64) * 2 - 1) * 1.6 * B
+    x = (torch.rand(n, generator=gen(seed), dtype=F64) * 2 - 1) * 1.6 * B
     x[:4] = torch.tensor([-B, B, 0.0, -B - 1e-9], dtype=F64)
     return x
 
@@ -156,12 +156,12 @@ def test_zero_parameters_give_the_identity_exactly(dtype):
         assert torch.equal(y, x)
         assert ld.abs().max() <= 4 * torch.finfo(dtype).eps  # log(1) up to round-off
     # zero-initialised conditioners: vector and image couplings start as the identity map
-    v = torch.randn(5, 4, generator=_gen(7), dtype=dtype) * 2
+    v = torch.randn(5, 4, generator=gen(7), dtype=dtype) * 2
     layer = SplineCoupling(alternating_mask(4, 0), MLPConditioner(2, 2 * (3 * K - 1), 8, 1), K, B).to(dtype)
     for fn in (layer, layer.inverse):
         z, ld = fn(v)
         assert torch.equal(z, v) and ld.abs().max() <= 64 * torch.finfo(dtype).eps
-    img = torch.randn(2, 4, 4, 4, generator=_gen(8), dtype=dtype) * 2
+    img = torch.randn(2, 4, 4, 4, generator=gen(8), dtype=dtype) * 2
     layer = SplineCoupling(channel_mask(4, 0), GlowConditioner(2, 2 * (3 * K - 1), 8), K, B).to(dtype)
     for fn in (layer, layer.inverse):
         z, ld = fn(img)
@@ -211,10 +211,10 @@ def _coupling_spline_params(layer: SplineCoupling, x: torch.Tensor):
 @pytest.mark.parametrize("name", sorted(COUPLING_CASES))
 def test_spline_coupling_inverse_and_log_det_match_autograd(name):
     make, shape, scale = COUPLING_CASES[name]
-    x = torch.randn(6, *shape, generator=_gen(9), dtype=F64) * 1.5 + 0.3  # some entries beyond the bound
+    x = torch.randn(6, *shape, generator=gen(9), dtype=F64) * 1.5 + 0.3  # some entries beyond the bound
     # larger perturbations than 0.2 make the zero-conv outputs (exp(3 logs) scaled) huge, and the spline's
     # slopes so small that the inverse's round trip is ill-conditioned
-    layer = _ready(make(), x, scale=scale)
+    layer = ready(make(), x, scale=scale)
     z, ld_fwd = layer(x)
     kept = layer.mask.bool().expand_as(x)
     assert torch.equal(z[kept], x[kept]) and not torch.allclose(z, x)
@@ -229,10 +229,10 @@ def test_spline_coupling_inverse_and_log_det_match_autograd(name):
     ld_tol = layer.only_transformed(ld_tol).flatten(1).sum(1)  # a sum of per-entry log-dets
     _assert_within(ld_fwd + ld_inv, torch.zeros(6, dtype=F64), ld_tol, "log-det forward + inverse")
     for i in (0, 3):
-        assert _jacobian_log_det(lambda v: layer(v)[0], x[i : i + 1]).item() == pytest.approx(
+        assert jacobian_log_det(lambda v: layer(v)[0], x[i : i + 1]).item() == pytest.approx(
             ld_fwd[i].item(), abs=1e-8
         )
-        assert _jacobian_log_det(lambda v: layer.inverse(v)[0], z[i : i + 1]).item() == pytest.approx(
+        assert jacobian_log_det(lambda v: layer.inverse(v)[0], z[i : i + 1]).item() == pytest.approx(
             ld_inv[i].item(), abs=1e-8
         )
 
@@ -284,8 +284,8 @@ def _assert_decode_within_conditioning(model, x: torch.Tensor, latents) -> None:
 @pytest.mark.parametrize("name", sorted(ARCH_CASES))
 def test_spline_architecture_round_trip_and_total_log_prob(name):
     make, shape = ARCH_CASES[name]
-    x = torch.randn(5, *shape, generator=_gen(10), dtype=F64)
-    model = _ready(make(), x, scale=0.2)
+    x = torch.randn(5, *shape, generator=gen(10), dtype=F64)
+    model = ready(make(), x, scale=0.2)
     latents, log_prob = model(x)
     assert log_prob.shape == (5,) and sum(z[0].numel() for z in latents) == model.num_dims
     _assert_decode_within_conditioning(model, x, latents)
@@ -293,14 +293,14 @@ def test_spline_architecture_round_trip_and_total_log_prob(name):
 
 
 def test_mlpflow_spline_fits_8gaussians_by_maximum_likelihood():
-    data = sample_8gaussians(2048, _gen(11))
-    test = sample_8gaussians(2048, _gen(12))
+    data = sample_8gaussians(2048, gen(11))
+    test = sample_8gaussians(2048, gen(12))
     model = MLPFlow((2,), num_layers=4, hidden_features=32, coupling="spline", num_bins=8, tail_bound=3.0)
     with torch.no_grad():
         model(data)  # ActNorm data-dependent init; the couplings are the identity, so this is a Gaussian fit
         nll_start = -model.log_prob(test).mean().item()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    batches = torch.randperm(2048, generator=_gen(13))
+    batches = torch.randperm(2048, generator=gen(13))
     for step in range(300):
         idx = batches[(step * 256) % 2048 : (step * 256) % 2048 + 256]
         loss = -model.log_prob(data[idx]).mean()
@@ -326,8 +326,8 @@ def test_bad_spline_options_name_the_value():
 
 
 def test_perturbed_spline_glow_still_samples_finite_values():
-    model = _ready(Glow((1, 4, 4), 2, 1, 4, coupling="spline"), torch.randn(8, 1, 4, 4, dtype=F64), scale=0.3)
-    _perturb(model, 0.3, seed=1)
+    model = ready(Glow((1, 4, 4), 2, 1, 4, coupling="spline"), torch.randn(8, 1, 4, 4, dtype=F64), scale=0.3)
+    perturb(model, 0.3, seed=1)
     with torch.no_grad():
-        x = model.sample(16, _gen(14))
+        x = model.sample(16, gen(14))
     assert x.shape == (16, 1, 4, 4) and torch.isfinite(x).all()
