@@ -11,8 +11,9 @@ from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
-from lit_gen.process import ClassifierGuidance
+from lit_gen.process import ClassifierGuidance, ModelFunction
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
+from lit_gen.score.likelihood import ode_bits_per_dim, ode_log_likelihood
 
 
 def check_conditioning(class_conditional: bool, num_classes: int, p_uncond: float,
@@ -82,6 +83,14 @@ class ClassifierGuided:
         return labels.to(self.device)
 
 
+def ode_likelihood(function: ModelFunction, x: torch.Tensor, generator=None, **options) -> dict:
+    """The probability-flow ODE likelihood of x (B, ...) under a model function: ``bpd`` for 8-bit images
+    (C, H, W), ``log_p`` (nats) for vectors, and ``nfe``. ``options``: trace, n_probes, rtol, atol."""
+    if x.ndim == 4:
+        return ode_bits_per_dim(function, x, generator, **options)
+    return ode_log_likelihood(function, x, generator=generator, **options)
+
+
 class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
     """Sampling of a model of a noise process, with the options of :class:`NoiseSampleOptions`."""
 
@@ -148,3 +157,9 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
         labels = self._labels(x0.shape[0], labels) if self.num_classes else None  # a classifier's: unused
         with eval_mode(self.sampling_net) as net:
             return assembly.invert(self.noise_model(net), options, x0.to(self.device), labels, progress)
+
+    def log_likelihood_metrics(self, out: dict) -> None:
+        """test/bpd on 8-bit images or test/nll (nats) on vectors, and test/nfe, of :func:`ode_likelihood`."""
+        name, value = ("bpd", out["bpd"]) if "bpd" in out else ("nll", -out["log_p"])
+        self.log(f"test/{name}", value.mean().float(), sync_dist=True, prog_bar=True)
+        self.log("test/nfe", float(out["nfe"]), sync_dist=True, prog_bar=True)

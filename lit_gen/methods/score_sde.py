@@ -14,11 +14,11 @@ from torch import nn
 
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning, ode_likelihood
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import OutputLayout, drop_labels
 from lit_gen.sampling import NoiseModel
-from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde, ode_bits_per_dim, ode_log_likelihood
+from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde
 from lit_gen.score.solvers import make_solver
 from lit_gen.utils import append_dims, randn
 from lit_gen.visual import figure_to_array, quiver_figure
@@ -192,9 +192,7 @@ class ScoreSDE(NoiseProcessMethod):
             loss = self.loss(net, batch["x"], generator, self._labels_of(batch))
             self.log("test/loss", loss, sync_dist=True)
             out = self.log_likelihood(batch["x"], generator, net)
-        name, value = ("bpd", out["bpd"]) if "bpd" in out else ("nll", -out["log_p"])
-        self.log(f"test/{name}", value.mean().float(), sync_dist=True, prog_bar=True)
-        self.log("test/nfe", float(out["nfe"]), sync_dist=True, prog_bar=True)
+        self.log_likelihood_metrics(out)
 
     def score_model(self, net: nn.Module, sde=None) -> ScoreModel:
         """The model function of ``net`` (the null label of a conditional model: its unconditional part)."""
@@ -215,10 +213,8 @@ class ScoreSDE(NoiseProcessMethod):
         ``nfe``."""
         h = self.settings
         model = self.score_model(net or self.sampling_net, self.likelihood_sde)
-        options = dict(trace=h.likelihood_trace, n_probes=h.n_probes, rtol=h.ode_rtol, atol=h.ode_atol)
-        if len(self.data_shape) == 3:
-            return ode_bits_per_dim(model, x, generator, **options)
-        return ode_log_likelihood(model, x, generator=generator, **options)
+        return ode_likelihood(model, x, generator, trace=h.likelihood_trace, n_probes=h.n_probes,
+                              rtol=h.ode_rtol, atol=h.ode_atol)
 
     # --- sampling: the shared assembly on this model's SDE ----------------------------------------------
     def sampling_defaults(self) -> dict:

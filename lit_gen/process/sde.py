@@ -31,6 +31,7 @@ class SDE:
 
     T = 1.0
     prior_std = 1.0
+    solver_spacing = "logsnr"  # DPM-Solver's default grid (Lu et al. 2022, Sec. 3.3)
 
     def __init__(self, num_scales: int, t_min: float) -> None:
         if num_scales < 2:

@@ -1,0 +1,164 @@
+"""Flow matching (Lipman et al. 2023) and rectified flow (Liu et al. 2023): a network regresses the velocity
+of a probability path from data (t = 0) to Gaussian noise (t = 1), and samples by integrating that ODE from
+noise back to data with any solver of the house."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import AttributeDict
+from torch import nn
+
+from lit_gen.diffusion import GaussianDiffusion
+from lit_gen.methods.base import _adam, eval_mode
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning, ode_likelihood
+from lit_gen.nets import NetFactory, UNet
+from lit_gen.process import PATHS, OutputLayout, drop_labels
+from lit_gen.process.couplings import couple, sample_times
+from lit_gen.process.model import ModelFunction, coefficients, model_time, on_model_time
+from lit_gen.sampling import NoiseModel, assembly
+from lit_gen.utils import randn
+
+
+class FlowMatching(NoiseProcessMethod):
+    """Conditional flow matching with a velocity network: for t from ``time_distribution``, x0 from the data
+    and eps ~ N(0, I) paired by ``coupling``, x_t = alpha_t x0 + sigma_t eps and the loss is
+    ||net(x_t, t) - (d_alpha_t x0 + d_sigma_t eps)||^2 (eps - x0 on the linear path).
+
+    Args:
+        data_shape: shape of one sample; linked from the DataModule by the CLI.
+        num_classes: linked from the DataModule; used with ``class_conditional``.
+        net: the velocity network, built as ``net(data_shape, num_classes, C)``.
+        path: ``linear`` (rectified flow) or ``cosine``.
+        time_distribution: ``uniform`` or ``logit_normal`` (SD3's) times for training.
+        logit_loc: location m of the logit-normal.
+        logit_scale: scale s of the logit-normal.
+        coupling: ``independent`` or ``ot`` (minibatch optimal transport).
+        shift: SD3's shift of the sampling grid towards the noise (1: none).
+        num_scales: N; the network sees (N - 1) t, as the score models' networks do.
+        class_conditional: feed labels to the network; label ``num_classes`` is the null label.
+        p_uncond: with ``class_conditional``, the probability of training on the null label (for CFG).
+        guidance_scale: default classifier-free guidance scale of grids and ``lit-gen sample`` (in velocity
+            space: v_u + s (v_c - v_u)).
+        clip_denoised: clamp predicted x0 to [-1, 1] where a solver uses it (DPM-Solver++).
+        sampler: default sampler (``euler``; any solver of ``lit_gen.score``).
+        sampling_steps: default grid points of the sampler.
+        likelihood_trace: divergence of the test-time ODE likelihood: ``rademacher``, ``gaussian`` or
+            ``exact``.
+        n_probes: Hutchinson probes averaged per divergence.
+        ode_rtol: RK45 relative tolerance of the likelihood.
+        ode_atol: RK45 absolute tolerance of the likelihood.
+        optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
+        lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
+        ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
+        seed: see :class:`~lit_gen.methods.base.LitGenModule`.
+    """
+
+    family = "flow_matching"
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        return super().tiny_args(init_args, data_shape) | {"ode_rtol": 1e-2, "ode_atol": 1e-2}
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 16, 16),
+        num_classes: int = 0,
+        net: NetFactory = UNet,
+        path: Literal["linear", "cosine"] = "linear",
+        time_distribution: Literal["uniform", "logit_normal"] = "uniform",
+        logit_loc: float = 0.0,
+        logit_scale: float = 1.0,
+        coupling: Literal["independent", "ot"] = "independent",
+        shift: float = 1.0,
+        num_scales: int = 1000,
+        class_conditional: bool = False,
+        p_uncond: float = 0.1,
+        guidance_scale: float = 1.0,
+        clip_denoised: bool = False,
+        sampler: str = "euler",
+        sampling_steps: int = 50,
+        likelihood_trace: Literal["rademacher", "gaussian", "exact"] = "rademacher",
+        n_probes: int = 1,
+        ode_rtol: float = 1e-5,
+        ode_atol: float = 1e-5,
+        optimizer: OptimizerCallable = _adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float = 0.9999,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(optimizer, lr_scheduler, ema_decay, seed)
+        self.save_hyperparameters()
+        check_conditioning(class_conditional, num_classes, p_uncond, guidance_scale)
+        if path not in PATHS:
+            raise ValueError(f"path={path!r} is not supported; choose one of {sorted(PATHS)}")
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale={logit_scale} must be > 0")
+        sample_times(1, time_distribution)  # a bad distribution fails here, not at the first step
+        couple(torch.zeros(1, 1), torch.zeros(1, 1), coupling)  # likewise a bad coupling
+        self.settings = AttributeDict(self.hparams)
+        self.data_shape = tuple(data_shape)
+        self.num_classes = num_classes if class_conditional else 0
+        self.net_factory = net
+        self.path = PATHS[path](num_scales, 0.0, shift)
+        self.layout = OutputLayout("velocity")
+        assembly.check(self.noise_model(None), {})  # the default sampler and steps, checked now
+
+    def build_net(self) -> nn.Module:
+        return self.net_factory(self.data_shape, self.num_classes, self.data_shape[0])
+
+    # --- training ------------------------------------------------------------------------------------
+    def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None,
+             y: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.settings
+        t = sample_times(x0.shape[0], h.time_distribution, generator, x0.device, h.logit_loc, h.logit_scale)
+        eps = couple(x0, randn(x0.shape, generator, x0.device, x0.dtype), h.coupling)
+        c = coefficients(self.path, t, x0)
+        x_t = c.alpha * x0 + c.sigma * eps
+        target = self.layout.prediction.target(x0, eps, *c)
+        return (net(x_t, model_time(self.path, t, x0), y) - target).pow(2).flatten(1).mean(1).mean()
+
+    def _labels_of(self, batch: dict) -> torch.Tensor | None:
+        return batch.get("y") if self.num_classes else None
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        y = self._labels_of(batch)
+        if y is not None and self.settings.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
+            y = drop_labels(y, self.settings.p_uncond, self.num_classes)
+        loss = self.loss(self.net, batch["x"], y=y)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        with eval_mode(self.sampling_net) as net:
+            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self._labels_of(batch))
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        """test/loss, and the likelihood by the ODE from the data to the prior: test/bpd on 8-bit images
+        (dequantised), test/nll in nats on vectors, and test/nfe (the unconditional model's)."""
+        generator = self.eval_generator(batch_idx)
+        with eval_mode(self.sampling_net) as net:
+            loss = self.loss(net, batch["x"], generator, self._labels_of(batch))
+            self.log("test/loss", loss, sync_dist=True)
+            self.log_likelihood_metrics(self.log_likelihood(batch["x"], generator, net))
+
+    def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
+        """The ODE likelihood of x (B, ...) (see :func:`~lit_gen.methods.noise_process.ode_likelihood`)."""
+        h, net = self.settings, net or self.sampling_net
+        function = ModelFunction(on_model_time(lambda x_, s: net(x_, s), self.path), self.path, self.layout)
+        return ode_likelihood(function, x, generator, trace=h.likelihood_trace, n_probes=h.n_probes,
+                              rtol=h.ode_rtol, atol=h.ode_atol)
+
+    # --- sampling: the shared assembly on this model's path -----------------------------------------------
+    def noise_model(self, net: nn.Module) -> NoiseModel:
+        h = self.settings
+        defaults = {"sampler": h.sampler, "steps": h.sampling_steps, "denoise": False}
+        return NoiseModel(type(self).__name__, net, self.path, self.layout, h.clip_denoised, defaults,
+                          num_classes=self.num_classes, guidance_scale=h.guidance_scale)
+
+    def classifier_process(self) -> GaussianDiffusion:
+        raise ValueError("classifier guidance needs a DDPM or VP score model (a NoisyClassifier knows DDPM's "
+                         "process); guide a flow-matching model with class_conditional and guidance_scale")
