@@ -96,7 +96,7 @@ class FlowMatching(NoiseProcessMethod):
             raise ValueError(f"path={path!r} is not supported; choose one of {sorted(PATHS)}")
         if not logit_scale > 0:
             raise ValueError(f"logit_scale={logit_scale} must be > 0")
-        sample_times(1, time_distribution)  # a bad distribution fails here, not at the first step
+        sample_times(1, time_distribution, torch.Generator())  # a bad one fails here, not at the first step
         couple(torch.zeros(1, 1), torch.zeros(1, 1), coupling)  # likewise a bad coupling
         self.settings = AttributeDict(self.hparams)
         self.data_shape = tuple(data_shape)

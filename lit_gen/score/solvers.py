@@ -282,7 +282,9 @@ class DPMSolverPP(Solver):
         h = sde.log_snr(nb) - sde.log_snr(tb)  # (B,) > 0
         x0 = model.x0(x, tb)
         D = x0
-        if self.order == 2 and self._prev is not None:
+        # a step to or from an end of the path where sigma or alpha is 0 (h infinite) is first order
+        if self.order == 2 and self._prev is not None and torch.isfinite(self._prev[1]).all() \
+                and torch.isfinite(h).all():
             x0_prev, h_prev = self._prev
             r = _dims(h_prev / h, x)
             D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
