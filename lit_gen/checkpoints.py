@@ -260,6 +260,17 @@ def sampling_state_dict(model) -> dict[str, torch.Tensor]:
     return state
 
 
+def network_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The sampling network's weights (EMA when the run kept one) of a lit_gen checkpoint (file or sharded
+    folder), as the network's own state dict."""
+    state = consolidate(path)["state_dict"]
+    for prefix in ("ema.module.", "net."):
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            return weights
+    raise CheckpointError(f"{str(path)!r} holds no network weights (net.* or ema.module.*)")
+
+
 def export_weights(ckpt_path: str | Path, output: str | Path) -> Path:
     """``output`` ``.safetensors``: the sampling weights of a lit_gen checkpoint (file or sharded folder),
     with the method's class and hyperparameters (plain data, as JSON) in its metadata. ``.ckpt``: the

@@ -89,7 +89,7 @@ class StepProgressBar(TQDMProgressBar):
 
 
 # --- one-line errors ----------------------------------------------------------------------------------------
-COMMANDS = ("fit", "validate", "test", "sample", "export", "memory")
+COMMANDS = ("fit", "validate", "test", "sample", "reflow", "export", "memory")
 
 
 def check_command(argv: list[str]) -> None:

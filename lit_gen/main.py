@@ -1,5 +1,5 @@
 """``lit-gen``: the dispatch of its commands (fit, validate, test through :class:`lit_gen.cli.LitGenCLI`;
-sample, export, memory) and the one place user errors become one line on stderr."""
+sample, reflow, export, memory) and the one place user errors become one line on stderr."""
 
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ def cli_main(args: list[str] | None = None) -> None:
             from lit_gen.sample import sample_main
 
             sample_main(argv[1:])
+        elif argv and argv[0] == "reflow":
+            from lit_gen.reflow import reflow_main
+
+            reflow_main(argv[1:])
         elif argv and argv[0] == "export":
             export_main(argv[1:])
         elif argv and argv[0] == "memory":

@@ -4,6 +4,7 @@ sampling contract is :class:`lit_gen.methods.generative.GenerativeModule`'s."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import lightning.pytorch as L
@@ -13,7 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_gen import __version__
-from lit_gen.checkpoints import TAG, check_method, class_path, consolidate
+from lit_gen.checkpoints import TAG, check_method, class_path, consolidate, network_weights
 from lit_gen.nets.ema import EMA
 from lit_gen.optim import check_factories, follow_trainer
 from lit_gen.sharding import load_full_state_dict
@@ -56,6 +57,7 @@ class LitGenModule(L.LightningModule):
     evaluation_args: frozenset[str] = frozenset()
     family = ""  # diffusion, score, flow, dalle or classifier: what the README and the CI sweep group by
     usage = ""  # an auxiliary module (not a GenerativeModule): how it is used, for lit-gen sample's error
+    init_from: str | None = None  # a method's checkpoint whose weights a fresh fit starts from (init_args)
 
     def __init__(
         self,
@@ -100,6 +102,23 @@ class LitGenModule(L.LightningModule):
         if self.init_weights is not None:
             load_full_state_dict(self, consolidate(self.init_weights)["state_dict"])
             self.init_weights = None
+        elif self.init_from is not None and self._fitting_afresh():
+            self._start_from(self.init_from)
+
+    def _start_from(self, path: str) -> None:
+        """Both networks start from the sampling weights (EMA where kept) of the checkpoint at ``path``."""
+        weights = network_weights(path)
+        for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
+            load_full_state_dict(net, weights)
+        if self.global_rank == 0:
+            print(f"lit-gen: the weights start from the sampling weights of {path}; the optimizer, LR "
+                  "schedule and step count start afresh", file=sys.stderr)
+
+    def _fitting_afresh(self) -> bool:
+        """In a fit that does not resume a checkpoint (a resumed fit, a test or a loaded module keeps its own
+        weights and never reads ``init_from``)."""
+        trainer = self._trainer
+        return trainer is not None and trainer.state.fn == "fit" and trainer.ckpt_path is None
 
     def __getattr__(self, name: str):
         if name in ("net", "ema") and "net" not in self.__dict__.get("_modules", {"net": None}):

@@ -1,6 +1,8 @@
 """Flow matching (Lipman et al. 2023) and rectified flow (Liu et al. 2023): a network regresses the velocity
 of a probability path from data (t = 0) to Gaussian noise (t = 1), and samples by integrating that ODE from
-noise back to data with any solver of the house."""
+noise back to data with any solver of the house. Trained on (noise, data) pairs drawn by a teacher's ODE
+(:class:`~lit_gen.data.PairsDataModule`, written by ``lit-gen reflow``) it is a 2-rectified flow, or with
+``time_distribution: one_step`` its one-step distillation (Liu et al. 2023, Sec. 2.3)."""
 
 from __future__ import annotations
 
@@ -18,24 +20,29 @@ from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import PATHS, OutputLayout, drop_labels
 from lit_gen.process.couplings import couple, sample_times
 from lit_gen.process.model import ModelFunction, coefficients, model_time, on_model_time
+from lit_gen.process.velocity import straightness
 from lit_gen.sampling import NoiseModel, assembly
 from lit_gen.utils import randn
 
 
 class FlowMatching(NoiseProcessMethod):
     """Conditional flow matching with a velocity network: for t from ``time_distribution``, x0 from the data
-    and eps ~ N(0, I) paired by ``coupling``, x_t = alpha_t x0 + sigma_t eps and the loss is
-    ||net(x_t, t) - (d_alpha_t x0 + d_sigma_t eps)||^2 (eps - x0 on the linear path).
+    and eps ~ N(0, I) paired by ``coupling`` (or the batch's own ``noise``: reflow pairs), x_t = alpha_t x0 +
+    sigma_t eps and the loss is ||net(x_t, t) - (d_alpha_t x0 + d_sigma_t eps)||^2 (eps - x0 on the linear
+    path). ``lit-gen test`` reports test/straightness, Liu et al.'s S of the model's Euler paths (0:
+    straight).
 
     Args:
         data_shape: shape of one sample; linked from the DataModule by the CLI.
         num_classes: linked from the DataModule; used with ``class_conditional``.
         net: the velocity network, built as ``net(data_shape, num_classes, C)``.
         path: ``linear`` (rectified flow) or ``cosine``.
-        time_distribution: ``uniform`` or ``logit_normal`` (SD3's) times for training.
+        time_distribution: ``uniform`` or ``logit_normal`` (SD3's) times for training; ``one_step`` (t = 1
+            only) distils reflow pairs into one Euler step.
         logit_loc: location m of the logit-normal.
         logit_scale: scale s of the logit-normal.
-        coupling: ``independent`` or ``ot`` (minibatch optimal transport).
+        coupling: ``independent`` or ``ot`` (minibatch optimal transport); pairs that come with their noise
+            are kept as they are.
         shift: SD3's shift of the sampling grid towards the noise (1: none).
         num_scales: N; the network sees (N - 1) t, as the score models' networks do.
         class_conditional: feed labels to the network; label ``num_classes`` is the null label.
@@ -50,6 +57,7 @@ class FlowMatching(NoiseProcessMethod):
         n_probes: Hutchinson probes averaged per divergence.
         ode_rtol: RK45 relative tolerance of the likelihood.
         ode_atol: RK45 absolute tolerance of the likelihood.
+        init_from: a checkpoint (a reflow teacher's) whose weights a fresh fit starts from.
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -68,7 +76,7 @@ class FlowMatching(NoiseProcessMethod):
         num_classes: int = 0,
         net: NetFactory = UNet,
         path: Literal["linear", "cosine"] = "linear",
-        time_distribution: Literal["uniform", "logit_normal"] = "uniform",
+        time_distribution: Literal["uniform", "logit_normal", "one_step"] = "uniform",
         logit_loc: float = 0.0,
         logit_scale: float = 1.0,
         coupling: Literal["independent", "ot"] = "independent",
@@ -84,6 +92,7 @@ class FlowMatching(NoiseProcessMethod):
         n_probes: int = 1,
         ode_rtol: float = 1e-5,
         ode_atol: float = 1e-5,
+        init_from: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -104,6 +113,7 @@ class FlowMatching(NoiseProcessMethod):
         self.net_factory = net
         self.path = PATHS[path](num_scales, 0.0, shift)
         self.layout = OutputLayout("velocity")
+        self.init_from = init_from
         assembly.check(self.noise_model(None), {})  # the default sampler and steps, checked now
 
     def build_net(self) -> nn.Module:
@@ -111,10 +121,14 @@ class FlowMatching(NoiseProcessMethod):
 
     # --- training ------------------------------------------------------------------------------------
     def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None,
-             y: torch.Tensor | None = None) -> torch.Tensor:
+             y: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """The velocity loss at x0 (B, ...); ``noise`` (B, ...): the eps paired with each x0 (reflow)."""
         h = self.settings
         t = sample_times(x0.shape[0], h.time_distribution, generator, x0.device, h.logit_loc, h.logit_scale)
-        eps = couple(x0, randn(x0.shape, generator, x0.device, x0.dtype), h.coupling)
+        if noise is None:
+            eps = couple(x0, randn(x0.shape, generator, x0.device, x0.dtype), h.coupling)
+        else:
+            eps = noise.to(x0.dtype)
         c = coefficients(self.path, t, x0)
         x_t = c.alpha * x0 + c.sigma * eps
         target = self.layout.prediction.target(x0, eps, *c)
@@ -123,27 +137,55 @@ class FlowMatching(NoiseProcessMethod):
     def _labels_of(self, batch: dict) -> torch.Tensor | None:
         return batch.get("y") if self.num_classes else None
 
+    def _noise_of(self, batch: dict, training: bool = False) -> torch.Tensor | None:
+        """The batch's paired noise (reflow), or None; in training, one-line errors for settings that cannot
+        use it."""
+        noise = batch.get("noise")
+        if not training:
+            return noise
+        if noise is None and self.settings.time_distribution == "one_step":
+            raise ValueError("time_distribution='one_step' distils (noise, data) pairs of a teacher: train "
+                             "on the pairs of lit-gen reflow (data: PairsDataModule)")
+        if noise is not None and self.settings.coupling != "independent":
+            raise ValueError(f"coupling={self.settings.coupling!r} re-pairs noise and data, but these reflow "
+                             "pairs come paired: use coupling: independent")
+        return noise
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         y = self._labels_of(batch)
         if y is not None and self.settings.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
             y = drop_labels(y, self.settings.p_uncond, self.num_classes)
-        loss = self.loss(self.net, batch["x"], y=y)
+        loss = self.loss(self.net, batch["x"], y=y, noise=self._noise_of(batch, training=True))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self._labels_of(batch))
+            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self._labels_of(batch),
+                             self._noise_of(batch))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        """test/loss, and the likelihood by the ODE from the data to the prior: test/bpd on 8-bit images
-        (dequantised), test/nll in nats on vectors, and test/nfe (the unconditional model's)."""
+        """test/loss; test/straightness of the Euler paths (``sampling_steps``) from noise; the likelihood
+        by the ODE from the data to the prior: test/bpd on 8-bit images (dequantised), test/nll in nats on
+        vectors, and test/nfe (the unconditional model's)."""
         generator = self.eval_generator(batch_idx)
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch["x"], generator, self._labels_of(batch))
-            self.log("test/loss", loss, sync_dist=True)
-            self.log_likelihood_metrics(self.log_likelihood(batch["x"], generator, net))
+            x, y = batch["x"], self._labels_of(batch)
+            self.log("test/loss", self.loss(net, x, generator, y, self._noise_of(batch)), sync_dist=True)
+            straightness = self.straightness(randn(x.shape, generator, x.device), y, net)
+            self.log("test/straightness", straightness.mean(), sync_dist=True, prog_bar=True)
+            self.log_likelihood_metrics(self.log_likelihood(x, generator, net))
+
+    def straightness(self, x1: torch.Tensor, labels: torch.Tensor | None = None,
+                     net: nn.Module | None = None, steps: int | None = None) -> torch.Tensor:
+        """Liu et al.'s straightness S (B,) of the paths from x1 (B, ...) by Euler on ``steps`` grid points
+        (default ``sampling_steps``), conditional on ``labels`` for a class-conditional model."""
+        net = net or self.sampling_net
+        function = ModelFunction(on_model_time(lambda x_, s: net(x_, s, labels), self.path), self.path,
+                                 self.layout)
+        times = self.path.time_grid(steps or self.settings.sampling_steps).to(x1.device)
+        return straightness(function.ode_drift, x1, times)[0]
 
     def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
         """The ODE likelihood of x (B, ...) (see :func:`~lit_gen.methods.noise_process.ode_likelihood`)."""

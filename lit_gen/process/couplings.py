@@ -7,7 +7,8 @@ al. 2023), which straightens the learned paths. The assignment is the Hungarian 
 B = 4,096 takes seconds), computed from one B x B distance matrix.
 
 Time distributions (Esser et al. 2024, Sec. 3.1): ``uniform`` on [0, 1], and ``logit_normal``, t =
-sigmoid(m + s n) with n ~ N(0, 1), which weights the middle of the path.
+sigmoid(m + s n) with n ~ N(0, 1), which weights the middle of the path; and ``one_step``, t = 1 only, which
+distils paired (noise, data) draws of a teacher into one Euler step (Liu et al. 2023, Sec. 2.3).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 import torch
 
 Coupling = Literal["independent", "ot"]
-TimeDistribution = Literal["uniform", "logit_normal"]
+TimeDistribution = Literal["uniform", "logit_normal", "one_step"]
 
 
 def ot_pairing(x0: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,9 @@ def sample_times(n: int, distribution: str, generator: torch.Generator | None = 
     elif distribution == "logit_normal":
         n_ = torch.randn(n, dtype=torch.float64, generator=generator, device=where)
         t = torch.sigmoid(loc + scale * n_)
+    elif distribution == "one_step":
+        t = torch.ones(n, dtype=torch.float64, device=where)
     else:
         raise ValueError(f"time_distribution={distribution!r} is not supported; choose one of "
-                         f"['logit_normal', 'uniform']")
+                         f"['logit_normal', 'one_step', 'uniform']")
     return t.to(device)

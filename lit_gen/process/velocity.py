@@ -5,6 +5,8 @@ the linear path, pi / 2 on the cosine path, at every t including both ends)."""
 
 from __future__ import annotations
 
+import torch
+
 from lit_gen.process.prediction import PREDICTIONS, Prediction
 
 
@@ -30,3 +32,20 @@ class VelocityPrediction(Prediction):
 
 
 PREDICTIONS[VelocityPrediction.name] = VelocityPrediction  # the registry
+
+
+def straightness(drift, x1: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(S, x_end): the straightness of the flow ``drift(x, t)`` from x1 (B, ...) along Euler steps on
+    ``times`` (from 1 down to 0), and where the steps end. S (B,) is Liu et al. 2023's
+    int_0^1 ||(x_1 - x_0) - dx_t/dt||^2 dt per dimension: 0 for straight paths, which one Euler step follows.
+    On Euler's piecewise-constant velocities v_k over steps dt_k summing to 1, x_1 - x_0 = sum_k dt_k v_k, so
+    S = sum_k dt_k ||v_k||^2 - ||sum_k dt_k v_k||^2 and nothing but two sums is kept."""
+    x, energy = x1, torch.zeros(x1.shape[0], dtype=torch.float64, device=x1.device)
+    for t, s in zip(times[:-1], times[1:], strict=True):
+        v = drift(x, t.expand(x.shape[0]))
+        dt = float(t - s)
+        energy += dt * v.double().pow(2).flatten(1).mean(1)
+        x = x - dt * v
+    displacement = (x1 - x).double().flatten(1)
+    span = float(times[0] - times[-1])  # 1 on the full path
+    return energy / span - displacement.pow(2).mean(1) / span**2, x
