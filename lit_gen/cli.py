@@ -139,6 +139,8 @@ class LitGenCLI(LightningCLI):
         checkpoints is refused; the folder is locked and must take files), then say what one optimizer step
         sees: micro-batch x accumulation x ranks (rank 0 only)."""
         self._check_resume()
+        if self.config_init["fit"]["ckpt_path"] is not None:  # a resume continues its own weights
+            self.model.init_from = None
         if rank_zero_only.rank == 0:
             run_dir, checkpoint_dir = self.run_dir(), Path(self._config().checkpoint.dirpath)
             if self.config_init["fit"]["ckpt_path"] is None:

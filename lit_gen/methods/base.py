@@ -115,10 +115,10 @@ class LitGenModule(L.LightningModule):
                   "schedule and step count start afresh", file=sys.stderr)
 
     def _fitting_afresh(self) -> bool:
-        """In a fit that does not resume a checkpoint (a resumed fit, a test or a loaded module keeps its own
-        weights and never reads ``init_from``)."""
+        """In a fit (a test or a loaded module keeps its own weights and never reads ``init_from``; ``lit-gen
+        fit`` clears ``init_from`` when it resumes)."""
         trainer = self._trainer
-        return trainer is not None and trainer.state.fn == "fit" and trainer.ckpt_path is None
+        return trainer is not None and trainer.state.fn == "fit"
 
     def __getattr__(self, name: str):
         if name in ("net", "ema") and "net" not in self.__dict__.get("_modules", {"net": None}):
