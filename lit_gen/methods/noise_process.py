@@ -143,8 +143,8 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
     def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
                  **options) -> torch.Tensor:
         """dx_t/dt = d_alpha x0 + d_sigma eps at x (B, ...) and continuous t (B,) float64 on the model's own
-        path: the probability-flow ODE's velocity field, of a DDPM or score checkpoint as of a flow-matching one
-        (with the classifier-free guidance of ``options`` on a conditional model)."""
+        path: the probability-flow ODE's velocity field, of a DDPM or score checkpoint as of a flow-matching
+        one (with the classifier-free guidance of ``options`` on a conditional model)."""
         with eval_mode(self.sampling_net) as net:
             model = self.noise_model(net)
             fn, _ = assembly.guided(model, options, labels, None, device=x.device)

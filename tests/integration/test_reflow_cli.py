@@ -27,8 +27,8 @@ def teacher(tmp_path_factory) -> str:
 
 
 def reflow(lit_gen, teacher: str, output, *extra: str):
-    return lit_gen("reflow", "--ckpt_path", teacher, "--num_pairs", "40", "--steps", "5", "--batch_size", "16",
-                   "--output", str(output), *extra)
+    return lit_gen("reflow", "--ckpt_path", teacher, "--num_pairs", "40", "--steps", "5", "--batch_size",
+                   "16", "--output", str(output), *extra)
 
 
 def test_reflow_writes_the_teachers_ode_pairs(lit_gen, teacher, tmp_path):
@@ -101,10 +101,10 @@ def test_reflow_one_line_errors_for_bad_flags(lit_gen, teacher, tmp_path):
 def test_reflow_over_two_processes_equals_one_process(teacher, tmp_path):
     env = subprocess_env() | {"OMP_NUM_THREADS": "1"}
     for devices in (1, 2):
-        proc = subprocess.run([sys.executable, "-m", "lit_gen", "reflow", "--ckpt_path", teacher, "--num_pairs",
-                               "11", "--steps", "4", "--batch_size", "3", "--device", "cpu", "--devices",
-                               str(devices), "--output", str(tmp_path / str(devices))], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+        proc = subprocess.run([sys.executable, "-m", "lit_gen", "reflow", "--ckpt_path", teacher,
+                               "--num_pairs", "11", "--steps", "4", "--batch_size", "3", "--device", "cpu",
+                               "--devices", str(devices), "--output", str(tmp_path / str(devices))],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     one, two = np.load(tmp_path / "1" / "pairs.npz"), np.load(tmp_path / "2" / "pairs.npz")
     for key in ("x0", "noise"):

@@ -104,3 +104,29 @@ def test_shipped_shapes_feature_net_classifies_held_out_shapes():
     features = load_feature_net(resolve_features("shapes16"))
     accuracy = (features.classifier(batch["x"]).argmax(-1) == batch["y"]).float().mean().item()
     assert accuracy > 0.97, accuracy
+
+
+def test_precision_recall_against_brute_force_and_mode_dropping():
+    """Kynkäänniemi et al.'s k-NN precision and recall equal a loop over the definition; a model that drops
+    half of the modes keeps its precision and loses recall; disjoint sets score 0."""
+    from lit_gen.metrics import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0], [6.0, 6.0]])
+    real = centres[torch.arange(200) % 4] + 0.5 * torch.randn(200, 2, generator=g)
+    fake = centres[torch.arange(150) % 2] + 0.5 * torch.randn(150, 2, generator=g)  # modes 0 and 1 only
+
+    def brute(a, b, k=3):  # share of a inside the k-NN balls of b
+        b = b.double().tolist()
+        dist = lambda p, q: sum((u - v) ** 2 for u, v in zip(p, q, strict=True)) ** 0.5  # noqa: E731
+        radius = [sorted(dist(q, o) for o in b)[k] for q in b]  # [0] is q itself
+        return sum(any(dist(p, q) <= r for q, r in zip(b, radius, strict=True))
+                   for p in a.double().tolist()) / len(a)
+
+    precision, recall = precision_recall(real, fake)
+    assert precision == pytest.approx(brute(fake, real), abs=1e-12)
+    assert recall == pytest.approx(brute(real, fake), abs=1e-12)
+    assert precision > 0.9 and 0.4 < recall < 0.6
+    assert precision_recall(real, real + 100) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="k=3 must be in"):
+        precision_recall(real[:3], fake)

@@ -1,8 +1,8 @@
 """Reflow against closed forms: Liu et al.'s straightness S on Euler paths equals its integral computed
-directly (and is 0 for straight paths); the pairs that ``lit-gen reflow`` draws with the exact 1-rectified flow
-between Gaussians are the affine map x0 = mu + s x1; the 2-rectified flow fitted on them (least squares: its
-velocity is affine in x_t) is straight, so one Euler step lands on the ODE's endpoint; the pairs file, the
-DataModule and the method's one-line errors."""
+directly (and is 0 for straight paths); the pairs that ``lit-gen reflow`` draws with the exact 1-rectified
+flow between Gaussians are the affine map x0 = mu + s x1; the 2-rectified flow fitted on them (least squares:
+its velocity is affine in x_t) is straight, so one Euler step lands on the ODE's endpoint; a DDPM's velocity
+on its own path; the pairs file, the DataModule and the method's one-line errors."""
 
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def test_straightness_is_the_integral_of_the_deviation_from_the_straight_line():
 
 
 def test_the_pairs_of_the_exact_1_rectified_flow_are_the_affine_map():
-    """draw_pairs with RK45 on the exact field between N(0, I) and N(MU, S^2 I): x0 = MU + S x1 (the flow of an
-    isotropic Gaussian path is affine), and pair i depends on (seed, i) only."""
+    """draw_pairs with RK45 on the exact field between N(0, I) and N(MU, S^2 I): x0 = MU + S x1 (the flow of
+    an isotropic Gaussian path is affine), and pair i depends on (seed, i) only."""
     teacher, cfg = exact_teacher(), SimpleNamespace(seed=3, labels=None)
     options = teacher.deterministic_options({"sampler": "ode", "rtol": 1e-7, "atol": 1e-7})
     pairs = draw_pairs(teacher, cfg, options, list(range(64)))
