@@ -39,6 +39,8 @@ DESCRIPTION = """Generative-model methods behind one command.
   lit-gen validate | test --config CONFIG --ckpt_path CKPT      losses, bits/dim, likelihoods
   lit-gen sample --ckpt_path CKPT [--help]                      draw samples (samples.npz, grid.png); the
                                                                 checkpoint's method adds its sampling flags
+  lit-gen reflow --ckpt_path CKPT --num_pairs N --output DIR    a teacher's (noise, sample) pairs for a
+                                                                2-rectified flow (DIR/pairs.npz)
   lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
   lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one
                                                                 file
