@@ -211,7 +211,7 @@ def main() -> None:
     quality_tables(m, Evaluator(digits, args.num_samples, args.batch), len(digits.train_dataset))
     x1 = randn((args.num_samples, *m["fm"].data_shape), sample_generators(0, 0, args.num_samples), "cpu")
     print("\nStraightness S (Liu et al. 2023) of the Euler paths (32 steps), same noise (0: straight)")
-    print_table(["model", "S"], [[k, f"{float(m[k].straightness(x1, steps=33).mean()):.4f}"]
+    print_table(["model", "S"], [[k, f"{float(m[k].straightness(x1, steps=33).mean()):.4g}"]
                                  for k in ("fm", "fm_ot", "rf2", "distill")])
     likelihood_tables(m, ckpt["toy"], digits, args.bpd_images)
 

@@ -151,8 +151,9 @@ def solver(model: NoiseModel, options: dict, name: str):
 
 
 def time_grid(model: NoiseModel, options: dict, name: str) -> torch.Tensor:
-    """The solver's grid (``steps``, ``spacing``); the adaptive ``ode`` defaults to the two end points."""
-    steps = options.get("steps") or (2 if name == "ode" else model.defaults["steps"])
+    """The solver's grid (``steps``, ``spacing``); the adaptive ``ode`` (``rk45``) defaults to the two end
+    points."""
+    steps = options.get("steps") or (2 if name in ("ode", "rk45") else model.defaults["steps"])
     default = model.sde.solver_spacing if name == "dpmpp2m" else "linear"
     return model.sde.time_grid(steps, options.get("spacing") or default)
 

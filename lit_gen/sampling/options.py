@@ -11,7 +11,7 @@ from lit_gen.diffusion.samplers import SAMPLERS
 from lit_gen.score.solvers import SOLVERS, solver_options
 
 Sampler = Literal["ddpm", "ddim", "pc", "em", "reverse_diffusion", "ancestral", "langevin", "euler", "heun",
-                  "ode", "dpmpp2m"]
+                  "midpoint", "ode", "rk45", "dpmpp2m"]
 Spacing = Literal["linear", "quadratic", "logsnr"]
 
 
@@ -23,10 +23,10 @@ class NoiseSampleOptions:
         sampler: ``ddpm`` (ancestral, respaced with ``steps``) or ``ddim`` on a DDPM checkpoint's steps; or a
             solver of ``lit_gen.score`` on the model's process: ``pc`` (predictor-corrector), ``em``
             (Euler-Maruyama), ``reverse_diffusion``, ``ancestral``, ``langevin`` (annealed Langevin, NCSN), or
-            a probability-flow ODE solver: ``euler``, ``heun``, ``ode`` (adaptive RK45), ``dpmpp2m``
-            (DPM-Solver++(2M)).
+            a probability-flow ODE solver: ``euler``, ``heun``, ``midpoint``, ``ode`` (adaptive RK45; also
+            ``rk45``), ``dpmpp2m`` (DPM-Solver++(2M)).
         steps: sampling steps: a subsequence of a DDPM checkpoint's T steps, or the points of the solver's
-            time grid (``ode`` steps adaptively between them).
+            time grid (``ode`` / ``rk45`` step adaptively between them).
         spacing: how the steps are spread: ``linear`` or ``quadratic`` (denser near t = 0) in t, or ``logsnr``
             (uniform in log(alpha / sigma); the default of ``dpmpp2m``).
         eta: DDIM noise scale: 0 deterministic, 1 the DDPM posterior variance.
@@ -36,8 +36,8 @@ class NoiseSampleOptions:
         n_corrector: Langevin corrector steps per grid point of ``pc``.
         step_lr: epsilon of annealed Langevin (step size epsilon sigma_i^2 / sigma_L^2).
         n_steps_each: Langevin steps per noise level of annealed Langevin.
-        rtol: relative tolerance of ``ode``.
-        atol: absolute tolerance of ``ode``.
+        rtol: relative tolerance of ``ode`` / ``rk45``.
+        atol: absolute tolerance of ``ode`` / ``rk45``.
         order: 1 or 2 for ``dpmpp2m`` (order 1 is deterministic DDIM).
         guidance_scale: classifier-free guidance scale s: 0 unconditional, 1 conditional (no guidance),
             > 1 stronger; Ho & Salimans' w is s - 1. Needs a class-conditional model.

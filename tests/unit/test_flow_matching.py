@@ -72,7 +72,8 @@ def test_the_training_target_regresses_to_the_marginal_velocity():
                                    rtol=0, atol=0.02)
 
 
-@pytest.mark.parametrize("sampler, steps", [("euler", 200), ("heun", 20), ("ode", 2), ("dpmpp2m", 20)])
+@pytest.mark.parametrize("sampler, steps", [("euler", 200), ("heun", 20), ("midpoint", 20), ("ode", 2),
+                                            ("rk45", 2), ("dpmpp2m", 20)])
 def test_the_exact_velocity_carries_noise_to_a_gaussian(sampler, steps):
     n = 4000
     x_T = torch.randn(n, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
@@ -141,6 +142,24 @@ def test_classifier_free_guidance_at_zero_ignores_the_labels():
                        draw(sample_generators(0, 0, 4), labels=b, guidance_scale=0.0).x)
     assert not torch.allclose(draw(sample_generators(0, 0, 4), labels=a, guidance_scale=2.0).x,
                               draw(sample_generators(0, 0, 4), labels=b, guidance_scale=2.0).x)
+
+
+def test_classifier_free_guidance_in_velocity_space_is_v_u_plus_s_times_v_c_minus_v_u():
+    """velocity() with guidance_scale s: at 0 the unconditional output (null label K), at 1 the conditional
+    one, at 3 v_u + 3 (v_c - v_u), from the network called directly at time 999 t."""
+    model = FlowMatching((2,), 3, net=NET, class_conditional=True, ema_decay=0)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.net.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    x, t, labels = torch.randn(4, 2, generator=g), torch.tensor([0.1, 0.4, 0.7, 1.0], dtype=F64), \
+        torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        v_c = model.net(x, (999 * t).float(), labels)
+        v_u = model.net(x, (999 * t).float(), torch.full((4,), 3))
+    for scale, expected in [(0.0, v_u), (1.0, v_c), (3.0, v_u + 3 * (v_c - v_u))]:
+        torch.testing.assert_close(model.velocity(x, t, labels, guidance_scale=scale), expected, rtol=1e-5,
+                                   atol=1e-6)
 
 
 @pytest.mark.parametrize("kwargs, message", [

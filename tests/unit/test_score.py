@@ -141,7 +141,8 @@ def test_annealed_langevin_refuses_a_vp_process():
 STEPS = {"em": (500, "linear", {}), "reverse_diffusion": (500, "linear", {}),
          "ancestral": (1000, "linear", {}),
          "pc": (500, "linear", {"snr": 0.05}), "euler": (2000, "linear", {}), "heun": (150, "linear", {}),
-         "ode": (2, "linear", {}), "dpmpp2m": (25, "logsnr", {})}
+         "midpoint": (150, "linear", {}), "ode": (2, "linear", {}), "rk45": (2, "linear", {}),
+         "dpmpp2m": (25, "logsnr", {})}
 
 
 @pytest.mark.parametrize("name", sorted(SDES))
@@ -216,6 +217,23 @@ def test_annealed_langevin_recovers_the_weights_of_a_separated_mixture():
     assert abs((plain.sum(1) > 0).double().mean() - 0.5) < 0.05  # stuck with the start's proportions
 
 
+def test_midpoint_and_heun_are_second_order_and_euler_first():
+    """Halving the steps divides the error against RK45 at 1e-10 by about 4 (Euler: 2)."""
+    sde, D, s = VPSDE(), 8, 0.3
+    mu = torch.linspace(-0.5, 0.5, D, dtype=F64)
+    x_T = sde.prior_sampling((64, D), torch.Generator().manual_seed(1), dtype=F64)
+    ref, _ = solve(ScoreModel(gaussian_net(sde, mu, s), sde), make_solver("ode", rtol=1e-10, atol=1e-10), x_T,
+                   sde.time_grid(2, "quadratic"), denoise=False)  # the same end point t_min
+    for name, expected in [("euler", 2.0), ("heun", 4.0), ("midpoint", 4.0)]:
+        errors = []
+        for steps in (41, 81, 161):
+            x, _ = solve(ScoreModel(gaussian_net(sde, mu, s), sde), make_solver(name), x_T,
+                         sde.time_grid(steps, "quadratic"), denoise=False)
+            errors.append(float((x - ref).abs().max()))
+        ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+        assert all(0.75 * expected < r < 1.35 * expected for r in ratios), (name, errors, ratios)
+
+
 def test_dpm_solver_pp_is_second_order_and_order_one_is_first():
     sde, D, s = VPSDE(), 8, 0.3
     mu = torch.linspace(-0.5, 0.5, D, dtype=F64)
@@ -235,12 +253,13 @@ def test_dpm_solver_pp_is_second_order_and_order_one_is_first():
 def test_nfe_is_counted_for_every_sampler():
     sde = VESDE(0.01, 50.0)
     expected = {"em": 10, "reverse_diffusion": 10, "ancestral": 10, "euler": 10, "dpmpp2m": 10, "heun": 19,
+                "midpoint": 19,
                 "pc": 9 * 2 + 1 + 1, "langevin": 10 * 3 + 1}
     for name in sorted(SOLVERS):
         model = ScoreModel(gaussian_net(sde, torch.zeros(2, dtype=F64), 1.0), sde)
         options = {"n_steps_each": 3} if name == "langevin" else {}
         solve(model, make_solver(name, **options), sde.prior_sampling((4, 2), dtype=F64), sde.time_grid(10))
-        if name == "ode":
+        if name in ("ode", "rk45"):
             assert model.nfe > 6  # adaptive: at least one accepted dopri5 step plus the denoising call
         else:
             assert model.nfe == expected[name], name
