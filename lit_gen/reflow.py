@@ -67,9 +67,26 @@ def teacher_options(model: NoiseProcessMethod, cfg) -> dict:
     default = model.noise_model(model.sampling_net).defaults["sampler"]
     options = {"sampler": cfg.sampler or (default if default in DETERMINISTIC else None), "steps": cfg.steps,
                "guidance_scale": cfg.guidance_scale}
-    options = model.deterministic_options({k: v for k, v in options.items() if v is not None})
+    try:
+        options = model.deterministic_options({k: v for k, v in options.items() if v is not None})
+    except ValueError:
+        ddim = "ddim (eta 0) or " if "ddim" in model.noise_model(None).samplers() else ""
+        raise ValueError(f"reflow pairs need a deterministic sampler: {ddim}one of {sorted(DETERMINISTIC)}; "
+                         f"got --sampler {cfg.sampler!r}") from None
+    options.pop("denoise", None)  # the teacher's own final step, deterministic as the rest
     model.check_sample_options(options, torch.tensor(cfg.labels) if cfg.labels else None)
     return options
+
+
+def description(model: NoiseProcessMethod, cfg, options: dict) -> dict:
+    """What the pairs file records of their draw: the teacher and its effective sampler, steps and
+    guidance."""
+    noise_model = model.noise_model(model.sampling_net)
+    adaptive = options["sampler"] in ("ode", "rk45")  # the two end points by default
+    steps = options.get("steps") or (2 if adaptive else noise_model.defaults["steps"])
+    scale = options.get("guidance_scale")
+    return {"num_classes": model.num_classes, "teacher": str(cfg.ckpt_path), "sampler": options["sampler"],
+            "steps": steps, "guidance_scale": noise_model.guidance_scale if scale is None else scale}
 
 
 def draw_pairs(model, cfg, options: dict, indices: list[int], progress: bool = False) -> dict:
@@ -106,9 +123,8 @@ def reflow_main(argv: list[str]) -> Path:
         parts = [draw_pairs(model, cfg, options, list(range(s, min(s + cfg.batch_size, cfg.num_pairs))))
                  for s in starts]
         rows = {k: None if parts[0][k] is None else torch.cat([p[k].cpu() for p in parts]) for k in parts[0]}
-    write_pairs(output / "pairs.npz", rows["x"], rows["noise"], rows["labels"],
-                num_classes=model.num_classes, teacher=str(cfg.ckpt_path), sampler=options["sampler"],
-                steps=options.get("steps") or 0)
-    print(f"wrote {cfg.num_pairs} pairs of {cfg.ckpt_path} ({options['sampler']}, "
-          f"{options.get('steps') or 'default'} steps) to {output / 'pairs.npz'}", file=sys.stderr)
+    drawn = description(model, cfg, options)
+    write_pairs(output / "pairs.npz", rows["x"], rows["noise"], rows["labels"], **drawn)
+    print(f"wrote {cfg.num_pairs} pairs of {cfg.ckpt_path} ({drawn['sampler']}, {drawn['steps']} steps) to "
+          f"{output / 'pairs.npz'}", file=sys.stderr)
     return output

@@ -7,6 +7,7 @@ teacher is class-conditional, and ``num_classes``, ``teacher``, ``sampler`` and 
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,23 @@ def read_pairs(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"pairs file not found: {str(path)!r} (write one with lit-gen reflow "
                                 "--ckpt_path TEACHER --num_pairs N --output DIR; it is DIR/pairs.npz)")
-    with np.load(path, allow_pickle=False) as f:
-        missing = [k for k in PAIRS_KEYS if k not in f.files]
-        if missing:
-            raise ValueError(f"{str(path)!r} is not a pairs file of lit-gen reflow: it lacks {missing} (it "
-                             f"has {sorted(f.files)})")
-        out = {k: f[k] for k in f.files}
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            out = {k: f[k] for k in f.files}
+    except (OSError, TypeError, ValueError, zipfile.BadZipFile) as err:  # .npy, corrupt, foreign
+        raise ValueError(f"{str(path)!r} is not a pairs file of lit-gen reflow (an npz with "
+                         f"{list(PAIRS_KEYS)}): {' '.join(str(err).split())[:200]}") from None
+    missing = [k for k in PAIRS_KEYS if k not in out]
+    if missing:
+        raise ValueError(f"{str(path)!r} is not a pairs file of lit-gen reflow: it lacks {missing} (it has "
+                         f"{sorted(out)})")
     pairs = {k: torch.from_numpy(out[k]).float() for k in PAIRS_KEYS}
     pairs["labels"] = torch.from_numpy(out["labels"]).long() if "labels" in out else None
     pairs["num_classes"] = int(out.get("num_classes", 0))
+    labels, k = pairs["labels"], pairs["num_classes"]
+    if labels is not None and len(labels) and not (0 <= int(labels.min()) and int(labels.max()) < k):
+        raise ValueError(f"{str(path)!r}: labels {int(labels.min())} to {int(labels.max())} do not fit its "
+                         f"num_classes={k}")
     return pairs
 
 

@@ -14,7 +14,15 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from lit_gen import __version__
-from lit_gen.checkpoints import TAG, check_method, class_path, consolidate, network_weights
+from lit_gen.checkpoints import (
+    TAG,
+    CheckpointError,
+    check_method,
+    class_path,
+    consolidate,
+    network_weights,
+    read_checkpoint,
+)
 from lit_gen.nets.ema import EMA
 from lit_gen.optim import check_factories, follow_trainer
 from lit_gen.sharding import load_full_state_dict
@@ -106,10 +114,18 @@ class LitGenModule(L.LightningModule):
             self._start_from(self.init_from)
 
     def _start_from(self, path: str) -> None:
-        """Both networks start from the sampling weights (EMA where kept) of the checkpoint at ``path``."""
+        """Both networks start from the sampling weights (EMA where kept) of a checkpoint of this method at
+        ``path``; once (a second fit of this module continues its own weights)."""
+        check_method(read_checkpoint(path), type(self), f"init_from {path}")
         weights = network_weights(path)
-        for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
-            load_full_state_dict(net, weights)
+        try:
+            for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
+                load_full_state_dict(net, weights)
+        except RuntimeError as err:  # strict loading: another network
+            detail = " ".join(str(err).split())[:300]
+            raise CheckpointError(f"init_from {path}: its network does not fit this model's (another net "
+                                  f"config?): {detail}") from None
+        self.init_from = None
         if self.global_rank == 0:
             print(f"lit-gen: the weights start from the sampling weights of {path}; the optimizer, LR "
                   "schedule and step count start afresh", file=sys.stderr)

@@ -38,6 +38,7 @@ def test_reflow_writes_the_teachers_ode_pairs(lit_gen, teacher, tmp_path):
     pairs = np.load(tmp_path / "pairs" / "pairs.npz")
     assert pairs["x0"].shape == pairs["noise"].shape == (40, 2) and "labels" not in pairs.files
     assert str(pairs["sampler"]) == "euler" and int(pairs["steps"]) == 5 and int(pairs["num_classes"]) == 0
+    assert float(pairs["guidance_scale"]) == 1.0 and str(pairs["teacher"]) == teacher
     model = load_module(teacher)  # the teacher's own sampler from the same noise
     noise = torch.from_numpy(pairs["noise"][:7])
     x = model.sample(7, latents=noise, sampler="euler", steps=5).x
@@ -58,10 +59,13 @@ def test_a_student_starts_from_the_teacher_resumes_without_it_and_reports_straig
     assert f"the weights start from the sampling weights of {teacher}" in proc.stderr
     state, source = read_checkpoint(runs / "student/checkpoints/last.ckpt")["state_dict"], read_checkpoint(
         teacher)["state_dict"]
+    compared = 0
     for key, value in source.items():  # lr 0: both networks still hold the teacher's EMA weights
         if key.startswith("ema.module."):
             torch.testing.assert_close(state[key], value, rtol=0, atol=0)
             torch.testing.assert_close(state["net." + key.removeprefix("ema.module.")], value, rtol=0, atol=0)
+            compared += 1
+    assert compared > 4
     gone = tmp_path / "teacher_gone.ckpt"
     (ROOT / teacher).rename(gone)  # a resume reads its own checkpoint, never the teacher's
     try:
@@ -75,6 +79,15 @@ def test_a_student_starts_from_the_teacher_resumes_without_it_and_reports_straig
     assert proc.returncode == 0, proc.stderr
     scalars = EventAccumulator(str(runs / "student")).Reload().Tags()["scalars"]
     assert {"test/straightness", "test/nll", "test/loss"} <= set(scalars)
+
+
+def test_init_from_a_checkpoint_of_another_method_fails_in_one_line(lit_gen, tmp_path):
+    ddpm = fit_tiny("ddpm/toy2d.yaml", tmp_path / "runs", "ddpm")
+    proc = lit_gen("fit", *tiny_args(TOY, tmp_path / "runs", name="student"),
+                   f"--model.init_args.init_from={ddpm}")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) <= 2, proc.stderr
+    assert f"'init_from {ddpm}' is a checkpoint of lit_gen.methods.ddpm.DDPM" in proc.stderr, proc.stderr
+    assert not (tmp_path / "runs" / "student").exists()
 
 
 @pytest.mark.parametrize("config, message", [
@@ -91,7 +104,9 @@ def test_reflow_refuses_teachers_it_cannot_use_in_one_line(lit_gen, config, mess
 
 def test_reflow_one_line_errors_for_bad_flags(lit_gen, teacher, tmp_path):
     for extra, message in ((["--num_pairs", "0"], "--num_pairs 0 must be >= 1"),
-                           (["--sampler", "em"], "deterministic sampler")):
+                           (["--sampler", "em"], "reflow pairs need a deterministic sampler: one of "
+                                                 "['dpmpp2m', 'euler', 'heun', 'midpoint', 'ode', 'rk45']; "
+                                                 "got --sampler 'em'")):
         proc = lit_gen("reflow", "--ckpt_path", teacher, "--output", str(tmp_path / "p"), *extra)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "p").exists()

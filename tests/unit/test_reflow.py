@@ -98,6 +98,12 @@ def test_a_2_rectified_flow_of_the_exact_1_rectified_flow_is_straight():
     torch.testing.assert_close(one_step, x0, rtol=0, atol=1e-4)
 
 
+def test_the_method_reports_straightness_on_32_euler_steps_of_its_own_field():
+    x1 = torch.randn(16, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    expected = straightness(lambda x, t: gaussian_velocity(x, t), x1, LinearPath().time_grid(33))[0]
+    torch.testing.assert_close(exact_teacher().straightness(x1), expected, rtol=1e-9, atol=1e-12)
+
+
 def test_the_method_trains_on_paired_noise_and_one_step_at_t_1():
     """With the batch's noise the loss uses it, with the times drawn first from the generator; one_step puts
     every time at 1."""
@@ -119,11 +125,22 @@ def test_one_line_errors_for_settings_that_cannot_use_pairs(tmp_path):
         FlowMatching(data_shape=(2,), net=net, time_distribution="one_step").training_step(batch, 0)
     with pytest.raises(ValueError, match="coupling='ot'.*independent"):
         FlowMatching(data_shape=(2,), net=net, coupling="ot").training_step({**batch, "noise": batch["x"]}, 0)
+    with pytest.raises(ValueError, match="one_step.*only on the linear path; path='cosine'"):
+        FlowMatching(data_shape=(2,), net=net, time_distribution="one_step", path="cosine")
     with pytest.raises(FileNotFoundError, match="pairs file not found.*lit-gen reflow"):
         read_pairs(tmp_path / "none.npz")
     np.savez(tmp_path / "other.npz", arr_0=np.zeros((2, 2)))
     with pytest.raises(ValueError, match=r"not a pairs file.*\['x0', 'noise'\]"):
         read_pairs(tmp_path / "other.npz")
+    np.save(tmp_path / "array.npy", np.zeros(3))
+    (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 not a zip")
+    for name in ("array.npy", "corrupt.npz"):
+        with pytest.raises(ValueError, match=f"{name}' is not a pairs file of lit-gen reflow"):
+            read_pairs(tmp_path / name)
+    write_pairs(tmp_path / "labels.npz", torch.zeros(3, 2), torch.zeros(3, 2), torch.tensor([0, 1, 5]),
+                num_classes=3)
+    with pytest.raises(ValueError, match="labels 0 to 5 do not fit its num_classes=3"):
+        read_pairs(tmp_path / "labels.npz")
 
 
 def test_the_pairs_data_module_reads_shape_classes_and_items(tmp_path):
