@@ -48,4 +48,5 @@ def straightness(drift, x1: torch.Tensor, times: torch.Tensor) -> tuple[torch.Te
         x = x - dt * v
     displacement = (x1 - x).double().flatten(1)
     span = float(times[0] - times[-1])  # 1 on the full path
-    return energy / span - displacement.pow(2).mean(1) / span**2, x
+    s_z = energy / span - displacement.pow(2).mean(1) / span**2  # >= 0 (Jensen), but for rounding
+    return s_z.clamp(min=0), x
