@@ -15,6 +15,7 @@ from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from lit_gen.allowlist import check_file_data
+from lit_gen.api import device_of as sampling_device
 from lit_gen.checkpoints import (
     checkpoint_class,
     load_module,
@@ -118,22 +119,6 @@ def model_config(path: str | None) -> dict | None:
                          f"(a run's config.yaml has one)")
     check_file_data(model, f"--config {path!r}")  # the classes it names, before anything imports them
     return model
-
-
-def sampling_device(name: str) -> torch.device:
-    """``--device``: auto (a GPU when there is one), cpu, cuda, cuda:1, ...; one-line errors for a bad name or
-    a GPU this machine lacks."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name!r}: this machine has no CUDA GPU (use --device cpu, or auto)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} GPU(s)")
-    return device
 
 
 def load_model(cfg, device: torch.device):

@@ -13,7 +13,6 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen import __version__
 from lit_gen.checkpoints import (
     TAG,
     CheckpointError,
@@ -28,6 +27,7 @@ from lit_gen.optim import check_factories, follow_trainer
 from lit_gen.sharding import load_full_state_dict
 from lit_gen.strategies import shard_new, shards_parameters, step_applied
 from lit_gen.utils import eval_mode  # noqa: F401  (methods import it from here)
+from lit_gen.version import __version__
 
 
 @dataclass

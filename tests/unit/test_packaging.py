@@ -43,7 +43,7 @@ def test_install_requires_are_ranges_that_admit_the_constraints():
 
 def test_version_license_and_classifiers_agree():
     metadata = _setup()["metadata"]
-    assert metadata["version"].strip() == "attr: lit_gen.__version__"  # the one place
+    assert metadata["version"].strip() == "attr: lit_gen.version.__version__"  # the one place
     assert importlib.metadata.version("lit_gen") == lit_gen.__version__
     assert metadata["license"].strip() == "MIT"
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
