@@ -7,6 +7,7 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import Literal
 
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -44,6 +45,9 @@ DESCRIPTION = """Generative-model methods behind one command.
   lit-gen export --ckpt_path CKPT --output model.safetensors    the sampling weights with their config
   lit-gen export --ckpt_path DIR --output model.ckpt            a DeepSpeed / FSDP checkpoint folder as one
                                                                 file
+  lit-gen export --ckpt_path CKPT --format diffusers --output DIR   a diffusers pipeline folder
+  lit-gen import diffusers SRC --output model.ckpt              a diffusers DDPM / DDIM / ScoreSdeVe pipeline
+                                                                (folder or Hub id) as a lit_gen checkpoint
   lit-gen memory --config CONFIG [--config PRESET] --devices N  memory per device under DDP / ZeRO / FSDP"""
 
 
@@ -265,8 +269,19 @@ def export_main(argv: list[str]) -> None:
         "strategy."))
     parser.add_argument("--ckpt_path", type=str, required=True, help="Checkpoint written by lit-gen fit "
                                                                      "(file or folder).")
-    parser.add_argument("--output", type=str, required=True, help="The .safetensors or .ckpt file to write.")
+    parser.add_argument("--output", type=str, required=True, help="The .safetensors or .ckpt file to write "
+                                                                  "(a folder with --format diffusers).")
+    parser.add_argument("--format", type=Literal["lit_gen", "diffusers"], default="lit_gen", help=(
+        "lit_gen: a .safetensors or .ckpt file; diffusers: a pipeline folder (DDPMPipeline, DDIMPipeline or "
+        "ScoreSdeVePipeline) that from_pretrained loads, for a model whose net is DiffusersUNet."))
     cfg = parser.parse_args(argv)
+    if cfg.format == "diffusers":
+        from lit_gen.interop.pipelines import export_diffusers
+
+        folder, pipeline = export_diffusers(cfg.ckpt_path, cfg.output)
+        print(f"wrote {pipeline} of {cfg.ckpt_path} to {folder} (load it with "
+              f"{pipeline}.from_pretrained({str(folder)!r}))", file=sys.stderr)
+        return
     path = export_weights(cfg.ckpt_path, cfg.output)
     what = "the sampling weights" if path.suffix == ".safetensors" else "every weight"
     print(f"wrote {what} of {cfg.ckpt_path} to {path}", file=sys.stderr)

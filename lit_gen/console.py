@@ -89,7 +89,7 @@ class StepProgressBar(TQDMProgressBar):
 
 
 # --- one-line errors ----------------------------------------------------------------------------------------
-COMMANDS = ("fit", "validate", "test", "sample", "reflow", "export", "memory")
+COMMANDS = ("fit", "validate", "test", "sample", "reflow", "export", "import", "memory")
 
 
 def check_command(argv: list[str]) -> None:
@@ -109,6 +109,10 @@ def check_config_files(argv: list[str]) -> None:
         path = Path(name)
         if not path.is_file():
             continue  # the parser names a missing file
+        if "DiffusersUNet" in path.read_text():
+            from lit_gen.nets.diffusers_unet import require_diffusers
+
+            require_diffusers(f"--config {name!r} (its net lit_gen.nets.DiffusersUNet)")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:

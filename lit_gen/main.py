@@ -1,5 +1,5 @@
 """``lit-gen``: the dispatch of its commands (fit, validate, test through :class:`lit_gen.cli.LitGenCLI`;
-sample, reflow, export, memory) and the one place user errors become one line on stderr."""
+sample, reflow, export, import, memory) and the one place user errors become one line on stderr."""
 
 from __future__ import annotations
 
@@ -35,6 +35,10 @@ def cli_main(args: list[str] | None = None) -> None:
             reflow_main(argv[1:])
         elif argv and argv[0] == "export":
             export_main(argv[1:])
+        elif argv and argv[0] == "import":
+            from lit_gen.interop.pipelines import import_main
+
+            import_main(argv[1:])
         elif argv and argv[0] == "memory":
             from lit_gen.memory import memory_main
 

@@ -51,12 +51,16 @@ class GaussianDiffusion(nn.Module):
         schedule: beta schedule name, ``linear`` (Ho et al. 2020) or ``cosine`` (Nichol & Dhariwal 2021).
         num_timesteps: number of diffusion steps T.
         betas: explicit betas (T,) instead of a named schedule (used for respacing).
+        beta_start: beta_1 of the linear schedules.
+        beta_end: beta_T of the linear schedules.
     """
 
     def __init__(self, schedule: str = "linear", num_timesteps: int = 1000,
-                 betas: torch.Tensor | None = None) -> None:
+                 betas: torch.Tensor | None = None, beta_start: float = 1e-4, beta_end: float = 0.02) -> None:
         super().__init__()
-        betas = make_betas(schedule, num_timesteps) if betas is None else betas.to(torch.float64)
+        if betas is None:
+            betas = make_betas(schedule, num_timesteps, beta_start, beta_end)
+        betas = betas.to(torch.float64)
         alphas = 1 - betas
         alpha_bar = torch.cumprod(alphas, 0)
         alpha_bar_prev = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])

@@ -30,7 +30,10 @@ class DDPM(NoiseProcessMethod):
         net: the denoiser, built as ``net(data_shape, num_classes, out_channels)`` (``lit_gen.nets.UNet`` or
             ``MLPDenoiser``); out_channels is 2C with a learned variance.
         num_timesteps: diffusion steps T (1000 in the paper).
-        beta_schedule: ``linear`` (Ho et al. 2020) or ``cosine`` (Nichol & Dhariwal 2021).
+        beta_schedule: ``linear`` (Ho et al. 2020), ``cosine`` (Nichol & Dhariwal 2021) or ``scaled_linear``
+            (sqrt(beta) linear, Stable Diffusion's).
+        beta_start: beta_1 of the linear schedules (1e-4 in Ho et al. 2020).
+        beta_end: beta_T of the linear schedules (0.02 in Ho et al. 2020).
         prediction_type: what the network predicts: ``eps`` (the paper), ``x0`` or ``v``.
         variance: reverse-process variance: ``small`` (beta_tilde) or ``large`` (beta), fixed as in Ho et al.
             2020, or ``learned`` as in Nichol & Dhariwal 2021 (needs ``loss_type`` hybrid or vlb).
@@ -71,7 +74,9 @@ class DDPM(NoiseProcessMethod):
         num_classes: int = 0,
         net: NetFactory = UNet,
         num_timesteps: int = 1000,
-        beta_schedule: Literal["linear", "cosine"] = "linear",
+        beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
         prediction_type: Literal["eps", "x0", "v"] = "eps",
         variance: Literal["small", "large", "learned"] = "small",
         loss_type: Literal["simple", "hybrid", "vlb"] = "simple",
@@ -108,7 +113,8 @@ class DDPM(NoiseProcessMethod):
         self.loss_type = loss_type
         out_channels = self.data_shape[0] * (2 if variance == "learned" else 1)
         self.net_factory, self.out_channels = net, out_channels
-        self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
+        self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps, beta_start=beta_start,
+                                           beta_end=beta_end)
         sampler_class = LossAwareTimesteps if timestep_sampler == "loss-aware" else UniformTimesteps
         self.timesteps = sampler_class(num_timesteps)
 

@@ -23,7 +23,7 @@ class ImprovedDDPM(DDPM):
 
     def __init__(
         self,
-        beta_schedule: Literal["linear", "cosine"] = "cosine",
+        beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "cosine",
         variance: Literal["small", "large", "learned"] = "learned",
         loss_type: Literal["simple", "hybrid", "vlb"] = "hybrid",
         timestep_sampler: Literal["uniform", "loss-aware"] = "uniform",

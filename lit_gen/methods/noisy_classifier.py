@@ -32,7 +32,9 @@ class NoisyClassifier(LitGenModule):
         num_classes: number of labels; linked from the DataModule by the CLI.
         net: the classifier, built as ``net(data_shape, num_classes)`` (``lit_gen.nets.EncoderUNet``).
         num_timesteps: T of the diffusion models it will guide.
-        beta_schedule: their beta schedule, ``linear`` or ``cosine``.
+        beta_schedule: their beta schedule, ``linear``, ``cosine`` or ``scaled_linear``.
+        beta_start: their beta_1 (linear schedules).
+        beta_end: their beta_T (linear schedules).
         t_buckets: how many ranges of t validation accuracy is reported for.
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -55,7 +57,9 @@ class NoisyClassifier(LitGenModule):
         num_classes: int = 10,
         net: ClassifierFactory = EncoderUNet,
         num_timesteps: int = 1000,
-        beta_schedule: Literal["linear", "cosine"] = "linear",
+        beta_schedule: Literal["linear", "cosine", "scaled_linear"] = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
         t_buckets: int = 4,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -71,7 +75,8 @@ class NoisyClassifier(LitGenModule):
         self.data_shape = tuple(data_shape)
         self.num_classes = num_classes
         self.net_factory = net
-        self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps)
+        self.diffusion = GaussianDiffusion(beta_schedule, num_timesteps, beta_start=beta_start,
+                                           beta_end=beta_end)
 
     def build_net(self) -> nn.Module:
         return self.net_factory(self.data_shape, self.num_classes)

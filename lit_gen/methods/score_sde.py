@@ -42,6 +42,10 @@ class ScoreSDE(NoiseProcessMethod):
         sigma_max: largest noise level of VE: about the largest distance between two training points
             (50 for CIFAR-10; NCSNv2, Technique 1).
         num_scales: N, the discretisation of the SDE (the network sees (N - 1) t).
+        time_input: the network's time input: ``scaled``, (N - 1) t, or ``sigma``, the noise level sigma(t)
+            (an NCSN++ UNet imported from a diffusers ScoreSdeVe pipeline).
+        prediction_type: what the network predicts: ``eps`` (lit_gen's nets) or the ``score`` (NCSN++ with
+            its output divided by sigma, as diffusers' UNet2DModel with a Fourier time embedding does).
         t_eps: the small-t cutoff of training and of the likelihood integral (1e-5 in the paper).
         sampling_eps: the small-t cutoff of sampling (default 1e-3 for VP / sub-VP, 1e-5 for VE, as in the
             paper).
@@ -88,6 +92,8 @@ class ScoreSDE(NoiseProcessMethod):
         sigma_min: float = 0.01,
         sigma_max: float = 50.0,
         num_scales: int = 1000,
+        time_input: Literal["scaled", "sigma"] = "scaled",
+        prediction_type: Literal["eps", "score"] = "eps",
         t_eps: float = 1e-5,
         sampling_eps: float | None = None,
         weighting: Literal["paper", "likelihood"] = "paper",
@@ -115,7 +121,8 @@ class ScoreSDE(NoiseProcessMethod):
         # the settings below, also when a subclass (NCSN) saves its own hyperparameters instead
         self.settings = AttributeDict(
             sde=sde, beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max,
-            num_scales=num_scales, t_eps=t_eps, sampling_eps=sampling_eps, weighting=weighting,
+            num_scales=num_scales, time_input=time_input, prediction_type=prediction_type, t_eps=t_eps,
+            sampling_eps=sampling_eps, weighting=weighting,
             importance_sampling=importance_sampling, clip_denoised=clip_denoised, sampler=sampler,
             sampling_steps=sampling_steps, predictor=predictor, snr=snr, n_corrector=n_corrector,
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
@@ -142,7 +149,8 @@ class ScoreSDE(NoiseProcessMethod):
         likelihood (t_min = t_eps)."""
         h = self.settings
         self.sde = make_sde(h.sde, h.num_scales, h.sampling_eps, h.beta_min, h.beta_max, h.sigma_min,
-                            h.sigma_max)
+                            h.sigma_max, h.time_input)
+        self.layout = OutputLayout(h.prediction_type)
         self.likelihood_sde = copy.copy(self.sde)
         if not 0 < h.t_eps < self.sde.T:
             raise ValueError(f"t_eps={h.t_eps} must lie in (0, {self.sde.T})")
@@ -164,7 +172,9 @@ class ScoreSDE(NoiseProcessMethod):
         z = randn(x0.shape, generator, x0.device, x0.dtype)
         mean, std = self.sde.marginal_prob(x0, t)
         x_t = mean + append_dims(std, x0.ndim) * z
-        eps = net(x_t, self.sde.model_time(t).to(x0.dtype), y)
+        out = net(x_t, self.sde.model_time(t).to(x0.dtype), y)
+        alpha, sigma = (append_dims(c(t).to(x0.dtype), x0.ndim) for c in (self.sde.alpha, self.sde.sigma))
+        eps = self.layout.prediction.to_eps_x0(out, x_t, alpha, sigma)[0]
         weight = self.importance.weight if self.importance is not None else None
         return dsm_loss(eps, z, self.sde, t, self.settings.weighting, weight).mean()
 
@@ -196,7 +206,7 @@ class ScoreSDE(NoiseProcessMethod):
 
     def score_model(self, net: nn.Module, sde=None) -> ScoreModel:
         """The model function of ``net`` (the null label of a conditional model: its unconditional part)."""
-        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, "eps",
+        return ScoreModel(lambda x, s: net(x, s), sde or self.sde, self.settings.prediction_type,
                           clip_denoised=self.settings.clip_denoised)
 
     def classifier_process(self) -> GaussianDiffusion:
@@ -223,7 +233,7 @@ class ScoreSDE(NoiseProcessMethod):
                 "predictor": h.predictor, "snr": h.snr, "n_corrector": h.n_corrector}
 
     def noise_model(self, net: nn.Module) -> NoiseModel:
-        return NoiseModel(type(self).__name__, net, self.sde, OutputLayout("eps"),
+        return NoiseModel(type(self).__name__, net, self.sde, self.layout,
                           self.settings.clip_denoised, self.sampling_defaults(), num_classes=self.num_classes,
                           guidance_scale=self.settings.guidance_scale)
 

@@ -72,9 +72,13 @@ class SDE:
         sigma = append_dims(self.sigma(t).to(x.dtype), x.ndim)
         return self.reverse_drift(x, t, -eps / sigma, probability_flow=True)
 
+    #: what the network sees as time: ``scaled``, (N - 1) t; ``sigma``, the noise level sigma(t) (NCSN++ as
+    #: diffusers' ScoreSdeVe pipelines feed it)
+    time_input = "scaled"
+
     def model_time(self, t: torch.Tensor) -> torch.Tensor:
-        """The time input of the network: (N - 1) t."""
-        return (self.N - 1) * _time(t)
+        """The time input of the network: (N - 1) t, or sigma(t) with ``time_input`` 'sigma'."""
+        return self.sigma(_time(t)) if self.time_input == "sigma" else (self.N - 1) * _time(t)
 
     def log_snr(self, t: torch.Tensor) -> torch.Tensor:
         """lambda(t) = log(alpha / sigma), DPM-Solver's half log-SNR (Lu et al. 2022, Sec. 3.1)."""
@@ -372,9 +376,14 @@ def sigma_max_from_data(x: torch.Tensor, max_points: int = 2000,
 
 
 def make_sde(name: str, num_scales: int = 1000, t_min: float | None = None, beta_min: float = 0.1,
-             beta_max: float = 20.0, sigma_min: float = 0.01, sigma_max: float = 50.0) -> SDE:
+             beta_max: float = 20.0, sigma_min: float = 0.01, sigma_max: float = 50.0,
+             time_input: str = "scaled") -> SDE:
     """Build ``vp``, ``subvp`` or ``ve`` from flat parameters (each takes its own; the others are ignored)."""
     if name not in SDES:
         raise ValueError(f"sde={name!r} is not supported; choose one of {sorted(SDES)}")
+    if time_input not in ("scaled", "sigma"):
+        raise ValueError(f"time_input={time_input!r} is not supported; choose one of ['scaled', 'sigma']")
     settings = dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max)
-    return SDES[name].from_settings(num_scales, t_min, settings)
+    sde = SDES[name].from_settings(num_scales, t_min, settings)
+    sde.time_input = time_input
+    return sde

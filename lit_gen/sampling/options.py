@@ -12,7 +12,7 @@ from lit_gen.score.solvers import SOLVERS, solver_options
 
 Sampler = Literal["ddpm", "ddim", "pc", "em", "reverse_diffusion", "ancestral", "langevin", "euler", "heun",
                   "midpoint", "ode", "rk45", "dpmpp2m"]
-Spacing = Literal["linear", "quadratic", "logsnr"]
+Spacing = Literal["linear", "quadratic", "logsnr", "leading", "trailing"]
 
 
 @dataclass
@@ -28,7 +28,8 @@ class NoiseSampleOptions:
         steps: sampling steps: a subsequence of a DDPM checkpoint's T steps, or the points of the solver's
             time grid (``ode`` / ``rk45`` step adaptively between them).
         spacing: how the steps are spread: ``linear`` or ``quadratic`` (denser near t = 0) in t, or ``logsnr``
-            (uniform in log(alpha / sigma); the default of ``dpmpp2m``).
+            (uniform in log(alpha / sigma); the default of ``dpmpp2m``); on a DDPM checkpoint also diffusers'
+            ``leading`` and ``trailing``.
         eta: DDIM noise scale: 0 deterministic, 1 the DDPM posterior variance.
         denoise: solvers: end with the Tweedie denoising step x0 = E[x0 | x_{t_min}] (one more network call).
         predictor: the predictor of ``pc``: ``reverse_diffusion``, ``ancestral`` or ``euler_maruyama``.
