@@ -6,9 +6,10 @@ from pathlib import Path
 
 import torch
 
-UNET = dict(block_out_channels=(16, 32), layers_per_block=1,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-            up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=8, attention_head_dim=8)
+from lit_gen.nets import DiffusersUNet
+
+# DiffusersUNet's tiny settings: a pipeline of them fits the tiny runs of the diffusers configs
+UNET = {k: tuple(v) if isinstance(v, list) else v for k, v in DiffusersUNet.tiny_args.items()}
 
 
 def tiny_unet(channels: int = 1, size: int = 8, out_channels: int | None = None, seed: int = 0, **overrides):

@@ -21,7 +21,9 @@ import torch
 from lit_gen.checkpoints import TAG, class_path, load_module, read_checkpoint
 from lit_gen.files import atomic_write, check_new_file, check_writable_folder
 from lit_gen.interop.schedulers import DISCRETE, method_of, scheduler_of
-from lit_gen.nets.diffusers_unet import DiffusersUNet, require_diffusers
+from lit_gen.interop.unet import to_unet2d
+from lit_gen.nets import DiffusersUNet, UNet
+from lit_gen.nets.diffusers_unet import require_diffusers
 from lit_gen.version import __version__
 
 PIPELINES = {"DDPMPipeline": DISCRETE, "DDIMPipeline": DISCRETE,
@@ -138,9 +140,9 @@ def import_diffusers(src: str, output: str | Path, null_class: bool = False) -> 
 
 
 def export_diffusers(ckpt_path: str | Path, output: str | Path) -> tuple[Path, str]:
-    """Write the pipeline folder of a lit_gen checkpoint whose network is a :class:`DiffusersUNet`: its
-    sampling (EMA) weights and the scheduler of its process, loadable by ``from_pretrained``. Returns (the
-    folder, the pipeline's name)."""
+    """Write the pipeline folder of a lit_gen checkpoint whose network is a :class:`DiffusersUNet` or
+    lit_gen's UNet (converted to the equal ``UNet2DModel``): its sampling (EMA) weights and the scheduler of
+    its process, loadable by ``from_pretrained``. Returns (the folder, the pipeline's name)."""
     diffusers = require_diffusers("lit-gen export --format diffusers")
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
@@ -150,14 +152,17 @@ def export_diffusers(ckpt_path: str | Path, output: str | Path) -> tuple[Path, s
     model = load_module(ckpt_path)
     scheduler_name, scheduler_config = scheduler_of(type(model).__name__, hparams)
     net = model.sampling_net
-    if not isinstance(net, DiffusersUNet):
-        raise ValueError(f"{ckpt_path}'s network is lit_gen's {type(net).__name__}, which has no exact "
-                         f"UNet2DModel counterpart; export a model trained with net "
-                         f"lit_gen.nets.DiffusersUNet")
+    if isinstance(net, UNet):
+        unet = to_unet2d(net)  # checked against net's output
+    elif isinstance(net, DiffusersUNet):
+        unet = net.unet
+    else:
+        raise ValueError(f"{ckpt_path}'s network is a {type(net).__name__}, which has no UNet2DModel "
+                         f"counterpart (lit_gen's UNet and DiffusersUNet export)")
     pipeline_name = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline",
                      "ScoreSdeVeScheduler": "ScoreSdeVePipeline"}[scheduler_name]
     scheduler = getattr(diffusers, scheduler_name).from_config(scheduler_config)
-    pipeline = getattr(diffusers, pipeline_name)(unet=net.unet, scheduler=scheduler)
+    pipeline = getattr(diffusers, pipeline_name)(unet=unet, scheduler=scheduler)
     with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
         pipeline.save_pretrained(tmp)
         output.mkdir(parents=True, exist_ok=True)

@@ -54,6 +54,9 @@ class DDPM(NoiseProcessMethod):
         bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T
             passes per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per
             image (K + 1 passes), with test/bpd_se, the standard error of that estimate over the draw of t.
+        init_from: a checkpoint of this method (lit_gen's, or a diffusers pipeline imported by ``lit-gen
+            import diffusers``) whose sampling weights a fresh fit starts from: fine-tuning, with a fresh
+            optimizer.
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -89,6 +92,7 @@ class DDPM(NoiseProcessMethod):
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         sampling_steps: int | None = None,
         bound_timesteps: int | None = None,
+        init_from: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -108,6 +112,7 @@ class DDPM(NoiseProcessMethod):
                              f"or 'uniform'")
         self.data_shape = tuple(data_shape)
         self.num_classes = num_classes if class_conditional else 0
+        self.init_from = init_from
         self.prediction_type = prediction_type
         self.variance = variance
         self.loss_type = loss_type

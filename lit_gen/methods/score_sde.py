@@ -68,6 +68,9 @@ class ScoreSDE(NoiseProcessMethod):
         p_uncond: with ``class_conditional``, the probability of replacing a training label by the null label
             (condition dropout for classifier-free guidance, Ho & Salimans 2022).
         guidance_scale: default classifier-free guidance scale s for sample grids and ``lit-gen sample``.
+        init_from: a checkpoint of this method (lit_gen's, or a diffusers pipeline imported by ``lit-gen
+            import diffusers``) whose sampling weights a fresh fit starts from: fine-tuning, with a fresh
+            optimizer.
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -111,6 +114,7 @@ class ScoreSDE(NoiseProcessMethod):
         class_conditional: bool = False,
         p_uncond: float = 0.1,
         guidance_scale: float = 1.0,
+        init_from: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -137,6 +141,7 @@ class ScoreSDE(NoiseProcessMethod):
                              "weighting='likelihood'")
         self.data_shape = tuple(data_shape)
         self.num_classes = num_classes if class_conditional else 0
+        self.init_from = init_from
         self.net_factory = net
         self.build_sde()
         make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid

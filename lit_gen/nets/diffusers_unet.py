@@ -42,6 +42,11 @@ class DiffusersUNet(nn.Module):
         **config: ``UNet2DModel``'s config keys.
     """
 
+    # a seconds-long CPU version, for tests and smoke runs
+    tiny_args = {"block_out_channels": [16, 32], "layers_per_block": 1, "norm_num_groups": 8,
+                 "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+                 "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8}
+
     def __init__(self, data_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 0, out_channels: int = 3,
                  null_class: bool = True, unit_range: bool = False, gradient_checkpointing: bool = False,
                  **config) -> None:

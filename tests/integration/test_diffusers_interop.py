@@ -6,6 +6,8 @@ nothing written."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -14,7 +16,9 @@ import torch
 from lit_gen.api import load
 from lit_gen.interop.pipelines import export_diffusers, import_diffusers
 from lit_gen.sampling import assembly
+from tests.conftest import ROOT, subprocess_env
 from tests.diffusers_pipelines import save_pipeline, tiny_unet
+from tests.integration.tiny import fit_tiny, tiny_args
 
 diffusers = pytest.importorskip("diffusers")  # a test dependency (the dev extra): always installed in CI
 
@@ -197,3 +201,71 @@ def test_cli_import_sample_and_refusals(lit_gen, tmp_path):
                      str(tmp_path / "exported"))
     assert result.returncode == 0, result.stderr
     assert diffusers.DDPMPipeline.from_pretrained(str(tmp_path / "exported")).unet is not None
+
+
+# the keys of experiments/ddpm/cifar10_diffusers.yaml beyond DiffusersUNet's tiny settings
+CIFAR_UNET = dict(flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, norm_eps=1e-6,
+                  attention_head_dim=8)
+
+
+def test_fine_tune_and_test_an_imported_pipeline(lit_gen, tmp_path, monkeypatch):
+    """``--model.init_args.init_from`` an imported pipeline starts a fit from its weights (lr 0 keeps them),
+    and ``lit-gen test`` reports the bound in bits/dim of the imported checkpoint."""
+    src = save_pipeline(tmp_path / "pipe", unet=tiny_unet(channels=3, size=16, **CIFAR_UNET),
+                        num_train_timesteps=10)
+    assert lit_gen("import", "diffusers", str(src), "--output", str(tmp_path / "x.ckpt")).returncode == 0
+    args = tiny_args("ddpm/cifar10_diffusers.yaml", tmp_path / "runs", "tune", monkeypatch=monkeypatch)
+    args += ["--model.init_args.num_timesteps=10", "--model.init_args.optimizer.init_args.lr=0",
+             "--samples.every_n_steps=0"]
+    result = lit_gen("fit", *args, f"--model.init_args.init_from={tmp_path / 'x.ckpt'}")
+    assert result.returncode == 0, result.stderr
+    assert "start from the sampling weights" in result.stderr
+    last = tmp_path / "runs" / "tune" / "checkpoints" / "last.ckpt"
+    tuned = torch.load(last, weights_only=True)["state_dict"]
+    imported = torch.load(tmp_path / "x.ckpt", weights_only=True)["state_dict"]
+    for key, value in imported.items():
+        if key.startswith(("net.", "ema.module.")):
+            assert torch.equal(tuned[key], value), key
+    test_args = [a for a in args if not a.startswith("--checkpoint")]
+    result = lit_gen("test", *test_args, "--ckpt_path", str(tmp_path / "x.ckpt"))
+    assert result.returncode == 0, result.stderr
+    assert "test/bpd" in result.stdout
+
+
+def test_missing_diffusers_is_one_line(tmp_path):
+    """Without the extra, a diffusers config and lit-gen import each end in one line naming it."""
+    code = ("import sys; sys.modules['diffusers'] = None; from lit_gen.main import cli_main; "
+            "cli_main(sys.argv[1:])")
+    for args in (["fit", "--config", "experiments/ddpm/folder64_diffusers.yaml"],
+                 ["import", "diffusers", str(tmp_path), "--output", str(tmp_path / "x.ckpt")]):
+        result = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True,
+                                env=subprocess_env())
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+        assert "pip install 'lit_gen[diffusers]'" in result.stderr
+
+
+def test_lit_gen_unet_exports_to_an_equal_pipeline(tmp_path):
+    """A DDPM trained with lit_gen's own UNet exports to a DDPMPipeline whose UNet2DModel gives the same
+    outputs (1e-5) and whose DDIM samples are lit_gen's (1e-4); a UNet that does not map is one line."""
+    from lit_gen.checkpoints import load_module
+
+    ckpt = fit_tiny("ddpm/digits.yaml", tmp_path / "runs", "unet",
+                    "--model.init_args.net.init_args.num_groups=4", "--model.init_args.ema_decay=0.5")
+    folder, name = export_diffusers(ckpt, tmp_path / "pipe")
+    pipe = diffusers.DDIMPipeline.from_pretrained(str(folder))
+    module = load_module(ckpt)
+    x, t = torch.randn(2, *module.data_shape), torch.tensor([0.0, 9.0])
+    with torch.no_grad():
+        ours, theirs = module.sampling_net(x, t), pipe.unet(x, t).sample
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)
+    shape = (3, *module.data_shape)
+    ref = pipe(batch_size=3, generator=torch.Generator().manual_seed(1), num_inference_steps=5,
+               use_clipped_model_output=True, output_type="np").images
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    sampled = load(ckpt).sample(3, x_T=x_T, sampler="ddim", steps=5, spacing="leading", output="tensor")
+    assert np.abs(_images(sampled) - ref).max() < 1e-4
+    narrow = fit_tiny("ddpm/digits.yaml", tmp_path / "runs", "narrow")  # 4 groups at width 8, 8 at 16
+    with pytest.raises(ValueError, match="GroupNorm groups"):
+        export_diffusers(narrow, tmp_path / "narrow")
+    assert not (tmp_path / "narrow").exists()

@@ -23,6 +23,19 @@ PRESETS = sorted(p.stem for p in (EXPERIMENTS / "trainer").glob("*.yaml")
 SHARDED = ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 # where CI fits every method's config, not only one per family: data parallel, and the most sharded preset
 EVERY_METHOD_PRESETS = ("ddp", "deepspeed_zero3")
+# and a network with its own units of sharding (``fsdp_units``) that no family representative uses
+# (diffusers' UNet2DModel) under FSDP too
+EVERY_NET_PRESETS = ("fsdp",)
+
+
+def net_of(config: str) -> str | None:
+    """The class path of a config's network (``net`` or ``flow``)."""
+    args = yaml.safe_load((EXPERIMENTS / config).read_text())["model"].get("init_args", {})
+    return (args.get("net") or args.get("flow") or {}).get("class_path")
+
+
+def has_units(net: str | None) -> bool:
+    return net is not None and hasattr(resolve(net, "lit_gen.nets"), "fsdp_units")
 
 
 def method_representatives() -> list[str]:
@@ -32,11 +45,9 @@ def method_representatives() -> list[str]:
     for config in method_configs():
         if reads_files(config):  # embedded data only: nothing to write for each rank
             continue
-        cfg = yaml.safe_load((EXPERIMENTS / config).read_text())
-        model = cfg["model"]
-        args = model.get("init_args", {})
-        net = (args.get("net") or args.get("flow") or {}).get("class_path")
-        chosen.setdefault((model["class_path"], net, bool(args.get("class_conditional"))), config)
+        model = yaml.safe_load((EXPERIMENTS / config).read_text())["model"]
+        conditional = bool(model.get("init_args", {}).get("class_conditional"))
+        chosen.setdefault((model["class_path"], net_of(config), conditional), config)
     return sorted(chosen.values())
 
 
@@ -78,6 +89,9 @@ def test_every_family_under_every_preset_and_every_method_under_ddp_and_zero3(tm
     entries = [f"{preset}:{config}" for preset in PRESETS for config in families]
     entries += [f"{preset}:{config}" for preset in EVERY_METHOD_PRESETS for config in method_representatives()
                 if config not in families]
+    nets = {net_of(config) for config in families}
+    entries += [f"{preset}:{config}" for preset in EVERY_NET_PRESETS for config in method_representatives()
+                if net_of(config) not in nets and has_units(net_of(config))]
     check_sweep(entries, tmp_path)
 
 

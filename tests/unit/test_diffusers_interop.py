@@ -151,3 +151,58 @@ def test_unet_config_keys_pass_through():
     config = net.unet.config
     assert (config.in_channels, config.sample_size, config.out_channels) == (1, 8, 2)
     assert tuple(net.unet.config.block_out_channels) == UNET["block_out_channels"]
+
+
+def test_gradient_checkpointing_keeps_the_gradients():
+    plain = DiffusersUNet((1, 8, 8), 0, 1, **UNET).train()
+    ckpt = DiffusersUNet((1, 8, 8), 0, 1, gradient_checkpointing=True, **UNET).train()
+    ckpt.load_state_dict(plain.state_dict())
+    assert ckpt.unet.is_gradient_checkpointing and not plain.unet.is_gradient_checkpointing
+    x, t = torch.randn(2, 1, 8, 8), torch.tensor([1.0, 7.0])
+    for net in (plain, ckpt):
+        net(x, t).square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6), name
+
+
+UNET_CASES = [
+    dict(base_channels=32, channel_mults=[1, 2, 2], num_res_blocks=1, attention_resolutions=[4],
+         num_groups=8),
+    dict(base_channels=32, channel_mults=[1, 2], num_res_blocks=2, attention_resolutions=[8], num_heads=2,
+         adaptive_norm=True, num_groups=8, dropout=0.1),
+]
+
+
+@pytest.mark.parametrize("case", range(len(UNET_CASES)))
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_lit_gen_unet_converts_to_an_equal_unet2dmodel(case, num_classes):
+    from lit_gen.interop.unet import to_unet2d
+    from lit_gen.nets import UNet
+
+    torch.manual_seed(case)
+    net = UNet((3, 16, 16), num_classes, 6, **UNET_CASES[case])
+    for p in net.parameters():  # the zero-initialised output layers too
+        torch.nn.init.normal_(p, std=0.05)
+    unet = to_unet2d(net, check=False)
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in net.parameters())
+    x, t = torch.randn(4, 3, 16, 16), torch.tensor([0.0, 3.0, 500.0, 999.0])
+    y = torch.tensor([0, 2, num_classes, 1]) if num_classes else None
+    with torch.no_grad():
+        ours, theirs = net.eval()(x, t, y), unet(x, t, class_labels=y).sample
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("args,words", [
+    (dict(num_groups=32), "GroupNorm groups"),  # 16 groups at width 32, 32 at 64
+    (dict(num_groups=8, time_scale=1000.0), "time_scale"),
+    (dict(num_groups=8, num_heads=2, attention_resolutions=[16, 8]), "head size"),
+])
+def test_unets_that_do_not_map_are_refused(args, words):
+    from lit_gen.interop.unet import to_unet2d
+    from lit_gen.nets import UNet
+
+    net = UNet((3, 16, 16), 0, 3, base_channels=32, channel_mults=[1, 2], num_res_blocks=1,
+               **{"attention_resolutions": [8], **args})
+    with pytest.raises(ValueError, match=words) as err:
+        to_unet2d(net)
+    assert "\n" not in str(err.value)
