@@ -126,8 +126,8 @@ class ScoreSDE(NoiseProcessMethod):
         self.settings = AttributeDict(
             sde=sde, beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max,
             num_scales=num_scales, time_input=time_input, prediction_type=prediction_type, t_eps=t_eps,
-            sampling_eps=sampling_eps, weighting=weighting,
-            importance_sampling=importance_sampling, clip_denoised=clip_denoised, sampler=sampler,
+            sampling_eps=sampling_eps, weighting=weighting, importance_sampling=importance_sampling,
+            clip_denoised=clip_denoised, sampler=sampler,
             sampling_steps=sampling_steps, predictor=predictor, snr=snr, n_corrector=n_corrector,
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
             p_uncond=p_uncond, guidance_scale=guidance_scale,
@@ -139,10 +139,8 @@ class ScoreSDE(NoiseProcessMethod):
         if importance_sampling and weighting != "likelihood":
             raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
                              "weighting='likelihood'")
-        self.data_shape = tuple(data_shape)
-        self.num_classes = num_classes if class_conditional else 0
-        self.init_from = init_from
-        self.net_factory = net
+        self.data_shape, self.num_classes = tuple(data_shape), num_classes if class_conditional else 0
+        self.init_from, self.net_factory = init_from, net
         self.build_sde()
         make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid
 
