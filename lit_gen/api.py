@@ -60,34 +60,54 @@ class Model:
 
     @torch.no_grad()
     def sample(self, num_samples: int, seed: int = 0, labels=None, x_T: torch.Tensor | None = None,
-               batch_size: int = 64, output: str = "numpy", progress: bool = False, **options):
+               batch_size: int = 64, output: str = "numpy", progress: bool = False,
+               prompts: list[str] | str | None = None, **options):
         """``num_samples`` samples with the method's sampling options (``sampler``, ``steps``,
         ``guidance_scale``, ...): uint8 images (N, H, W, C) (float32 points for vector data), or with
         ``output="tensor"`` the (N, *data_shape) tensor in data space ([-1, 1] for images). ``x_T``: the
-        initial noise (N, *data_shape) of a method with latents; ``labels``: classes, cycled."""
+        initial noise (N, *data_shape) of a method with latents; ``labels``: classes, cycled; ``prompts``: the
+        captions of a text-to-image model, cycled."""
         if output not in OUTPUTS:
             raise ValueError(f"output={output!r} is not supported; choose one of {list(OUTPUTS)}")
         if num_samples < 1 or batch_size < 1:
             raise ValueError(f"num_samples={num_samples} and batch_size={batch_size} must be >= 1")
         module = self.module
-        if module.abilities.prompts:
-            raise ValueError(f"{type(module).__name__} draws from text prompts: use lit-gen sample --text")
         wanted = (num_samples, *self.data_shape)
         if x_T is not None and (not module.abilities.latents or tuple(x_T.shape) != wanted):
             raise ValueError(f"x_T must be {wanted} noise of a method with latents; got "
                              f"{tuple(x_T.shape)} for {type(module).__name__}")
+        prompts = [prompts] if isinstance(prompts, str) else prompts
         module.check_sample_options(options, None if labels is None else self.labels([0], labels, options))
-        outs = []
-        for start in range(0, num_samples, batch_size):
-            indices = list(range(start, min(start + batch_size, num_samples)))
-            extra = {} if x_T is None else {"latents": x_T[indices].to(module.device)}
-            generators = sample_generators(seed, start, len(indices))
-            outs.append(module.sample(len(indices), generators, labels=self.labels(indices, labels, options),
-                                      progress=progress, **extra, **options))
+        outs = [self.draw(list(range(start, min(start + batch_size, num_samples))), seed, labels, prompts,
+                          latents=x_T, progress=progress, **options)
+                for start in range(0, num_samples, batch_size)]
         x = SampleOutput.concat(outs).x
         if output == "tensor":
             return x
         return x.numpy().astype(np.float32) if x.ndim == 2 else to_uint8_nhwc(x)
+
+    def draw(self, indices: list[int], seed: int = 0, labels=None, prompts: list[str] | None = None,
+             inpaint: tuple[torch.Tensor, torch.Tensor] | None = None, latents: torch.Tensor | None = None,
+             progress: bool = False, **options) -> SampleOutput:
+        """The samples of ``indices`` (one batch), sample i from the generator of (seed, i): labels, prompts,
+        inpainting images and masks, and given latents (indexed by i) cycled over them. What ``lit-gen
+        sample`` draws each batch with."""
+        module, extra = self.module, {}
+        if module.abilities.prompts:
+            if not prompts:
+                raise ValueError(f"{type(module).__name__} draws images from prompts: give prompts=[...]")
+            extra = {"captions": [prompts[i % len(prompts)] for i in indices], "prompt_indices": indices}
+        elif prompts:
+            raise ValueError(f"prompts are for a text-to-image model; {type(module).__name__} is not one")
+        idx = torch.tensor(indices)
+        if inpaint is not None:
+            images, mask = inpaint
+            extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
+        if latents is not None:
+            extra["latents"] = latents[idx].to(module.device)
+        generators = [g for i in indices for g in sample_generators(seed, i, 1)]
+        return module.sample(len(indices), generators, labels=self.labels(indices, labels, options),
+                             progress=progress, **extra, **options)
 
     @torch.no_grad()
     def log_likelihood(self, images) -> dict:

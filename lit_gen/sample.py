@@ -15,10 +15,10 @@ from jsonargparse import ArgumentParser
 from tqdm.auto import tqdm
 
 from lit_gen.allowlist import check_file_data
+from lit_gen.api import Model, load
 from lit_gen.api import device_of as sampling_device
 from lit_gen.checkpoints import (
     checkpoint_class,
-    load_module,
     load_weights,
     method_class,
     read_checkpoint,
@@ -127,7 +127,7 @@ def load_model(cfg, device: torch.device):
         if cfg.config is not None:
             raise ValueError("--config goes with --weights; a checkpoint (--ckpt_path) carries its own "
                              "config")
-        return load_module(cfg.ckpt_path, device, ema=cfg.ema)
+        return load(cfg.ckpt_path, device, ema=cfg.ema).module
     if cfg.weights:
         return load_weights(cfg.weights, device, model_config(cfg.config))
     raise ValueError("lit-gen sample needs --ckpt_path CKPT (written by lit-gen fit) or --weights FILE "
@@ -250,26 +250,13 @@ def read_prompts(cfg) -> list[str] | None:
 def labels_of(model, cfg, options: dict, indices: list[int]) -> torch.Tensor | None:
     """The requested label of each sample index: ``--labels`` cycled, else balanced over the classes (i mod
     K)."""
-    if cfg.labels:
-        return torch.tensor([cfg.labels[i % len(cfg.labels)] for i in indices])
-    k = model.label_classes(options)
-    return torch.tensor([i % k for i in indices]) if k else None
+    return Model(model).labels(indices, cfg.labels or None, options)
 
 
 def draw_indices(model, cfg, options: dict, indices: list[int], known=None, progress: bool = True):
-    """The samples of ``indices`` (one batch): sample i from the generator of (seed, i); returns the
-    output."""
-    extra = {}
-    if known is not None:  # images and masks cycled over the samples
-        images, mask = known
-        idx = torch.tensor(indices)
-        extra["inpaint"] = (images[idx % len(images)], mask[idx % len(mask)])
-    if model.abilities.prompts:  # prompt i of the cycle for sample index i
-        extra["captions"] = [cfg.text[i % len(cfg.text)] for i in indices]
-        extra["prompt_indices"] = indices
-    gens = [g for i in indices for g in sample_generators(cfg.seed, i, 1)]
-    return model.sample(len(indices), gens, labels=labels_of(model, cfg, options, indices), progress=progress,
-                        **extra, **options)
+    """The samples of ``indices`` (one batch), drawn through :meth:`lit_gen.api.Model.draw`."""
+    return Model(model).draw(indices, cfg.seed, cfg.labels or None, cfg.text, known, progress=progress,
+                             **options)
 
 
 def draw(model, cfg, options: dict, known=None) -> SampleOutput:

@@ -13,9 +13,9 @@ from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning, ode_likelihood
 from lit_gen.nets import NetFactory, UNet
-from lit_gen.process import OutputLayout, drop_labels
+from lit_gen.process import ModelFunction, OutputLayout, drop_labels, on_model_time
 from lit_gen.sampling import NoiseModel
 from lit_gen.utils import randn
 
@@ -54,6 +54,9 @@ class DDPM(NoiseProcessMethod):
         bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T
             passes per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per
             image (K + 1 passes), with test/bpd_se, the standard error of that estimate over the draw of t.
+        ode_bpd: ``lit-gen test`` also reports test/ode_bpd (test/ode_nll in nats for vectors), the
+            likelihood of the probability-flow ODE on the model's process (DPM-Solver's continuous extension
+            of its steps), with test/ode_nfe.
         init_from: a checkpoint of this method (lit_gen's, or a diffusers pipeline imported by ``lit-gen
             import diffusers``) whose sampling weights a fresh fit starts from: fine-tuning, with a fresh
             optimizer.
@@ -63,7 +66,7 @@ class DDPM(NoiseProcessMethod):
         seed: see :class:`~lit_gen.methods.base.LitGenModule`.
     """
 
-    evaluation_args = frozenset({"bound_timesteps"})
+    evaluation_args = frozenset({"bound_timesteps", "ode_bpd"})
 
     family = "diffusion"
 
@@ -92,6 +95,7 @@ class DDPM(NoiseProcessMethod):
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         sampling_steps: int | None = None,
         bound_timesteps: int | None = None,
+        ode_bpd: bool = False,
         init_from: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -171,7 +175,8 @@ class DDPM(NoiseProcessMethod):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/loss and the negative log-likelihood bound in bits/dim with its parts: all T terms, or the
-        unbiased estimate of ``bound_timesteps``, whose variance over t is summed for test/bpd_se."""
+        unbiased estimate of ``bound_timesteps``, whose variance over t is summed for test/bpd_se; with
+        ``ode_bpd``, the ODE likelihood too."""
         with eval_mode(self.sampling_net) as net:
             generator = self.eval_generator(batch_idx)
             self.log("test/loss", self.loss(net, batch, generator), sync_dist=True)
@@ -180,12 +185,28 @@ class DDPM(NoiseProcessMethod):
                 lambda x_t, t: net(x_t, t, y), batch["x"], self.prediction_type, self.variance, generator,
                 self.hparams.get("bound_timesteps"), progress=self._show_progress(),
             )
+            if self.hparams.get("ode_bpd"):  # bits/dim of images, the NLL in nats of vectors
+                ode = self.log_likelihood(batch["x"], generator, net)
+                name, value = ("ode_bpd", ode["bpd"]) if "bpd" in ode else ("ode_nll", -ode["log_p"])
+                self.log(f"test/{name}", value.mean().float(), sync_dist=True, prog_bar=True)
+                self.log("test/ode_nfe", float(ode["nfe"]), sync_dist=True)
         if "var" in nll:
             var = nll.pop("var")  # (B,) float64: each image's estimate's variance over t
             self._bound_var += torch.stack([var.sum(), var.new_tensor(float(var.numel()))])
         for name, value in nll.items():
             self.log("test/bpd" if name == "bpd" else f"test/bpd_{name}", value.mean().float(),
                      sync_dist=True)
+
+    def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None,
+                       **options) -> dict:
+        """The probability-flow ODE likelihood of x (B, ...) on the model's process, from its first step t = 1
+        / T (the unconditional model of a conditional one): ``bpd`` for 8-bit images, ``log_p`` for vectors,
+        and ``nfe``; ``options``: trace, n_probes, rtol, atol (see
+        :func:`~lit_gen.methods.noise_process.ode_likelihood`)."""
+        model = self.noise_model(net or self.sampling_net)
+        function = ModelFunction(on_model_time(lambda x_, s: model.net(x_, s, None), model.sde), model.sde,
+                                 model.layout)
+        return ode_likelihood(function, x, generator, **options)
 
     def on_test_epoch_start(self) -> None:
         # (sum of variances, images)

@@ -56,7 +56,8 @@ def test_one_line_errors(ckpts):
     for kwargs, message in [({"output": "png"}, "output='png' is not supported"),
                             ({"x_T": torch.zeros(2, 1, 8, 8)}, r"x_T must be \(3, 1, 8, 8\)"),
                             ({"sampler": "nope"}, "sampler 'nope' is not supported"),
-                            ({"labels": 12}, "label 12 is out of range")]:
+                            ({"labels": 12}, "label 12 is out of range"),
+                            ({"prompts": ["a cat"]}, "prompts are for a text-to-image model")]:
         with pytest.raises(ValueError, match=message):
             model.sample(3, **kwargs)
     with pytest.raises(ValueError, match=r"images of shape \(3, 4, 4\) do not fit"):

@@ -164,3 +164,21 @@ def test_dvae_test_reports_elbo_bits_per_dim(tmp_path):
     # an untrained 16-code dVAE with the shapes config's Gaussian decoder (std 0.1): a loose bound, never
     # negative
     assert 0 < value < 100
+
+
+def test_python_api_draws_from_prompts_as_lit_gen_sample(runs, tmp_path):
+    """lit_gen.load(...).sample(prompts=...) gives lit-gen sample --text's images (the same seed, cycle and
+    candidates), and a prompt-less call or prompts for a model without text fail in one line."""
+    from lit_gen.api import load
+
+    model = load(runs["dalle"], device="cpu")
+    prompts = [PROMPT, "a large blue square at the center"]
+    images = model.sample(3, prompts=prompts, seed=2, num_candidates=2, batch_size=2)
+    cli_main(["sample", "--ckpt_path", runs["dalle"], "--text", f"[{PROMPT!r}, 'a large blue square at the "
+              f"center']".replace("'", '"'), "--num_samples", "3", "--seed", "2", "--num_candidates", "2",
+              "--output", str(tmp_path / "cli")])
+    expected = np.load(tmp_path / "cli" / "samples.npz")["arr_0"]
+    assert images.shape == expected.shape == (6, 32, 32, 3)
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # decoder batches of other sizes
+    with pytest.raises(ValueError, match="draws images from prompts"):
+        model.sample(2)

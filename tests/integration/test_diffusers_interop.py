@@ -269,3 +269,32 @@ def test_lit_gen_unet_exports_to_an_equal_pipeline(tmp_path):
     with pytest.raises(ValueError, match="GroupNorm groups"):
         export_diffusers(narrow, tmp_path / "narrow")
     assert not (tmp_path / "narrow").exists()
+
+
+def test_classifier_guidance_and_ode_likelihood_on_an_imported_pipeline(lit_gen, tmp_path):
+    """A noisy classifier trained for the pipeline's process (linear betas, T = 10) guides the imported
+    model, and lit-gen test reports the ODE bits/dim beside the bound."""
+    classifier = fit_tiny("classifier/digits.yaml", tmp_path / "runs", "classifier")  # 8x8 digits, T = 10
+    src = save_pipeline(tmp_path / "pipe", unet=tiny_unet(channels=1, size=8), num_train_timesteps=10)
+    import_diffusers(str(src), tmp_path / "x.ckpt")
+    for sampler in ("ddpm", "ddim"):
+        result = lit_gen("sample", "--ckpt_path", str(tmp_path / "x.ckpt"), "--num_samples", "4", "--sampler",
+                         sampler, "--classifier_ckpt", classifier, "--classifier_scale", "3", "--labels", "7",
+                         "--output", str(tmp_path / sampler))
+        assert result.returncode == 0, result.stderr
+        assert np.load(tmp_path / sampler / "samples.npz")["arr_1"].tolist() == [7] * 4
+    args = tiny_args("ddpm/digits_diffusers.yaml", tmp_path / "runs", "test")
+    args = [a for a in args if not a.startswith("--model.init_args.net")]
+    result = lit_gen("test", *args, "--ckpt_path", str(tmp_path / "x.ckpt"), "--model.init_args.ode_bpd=true",
+                     "--data.init_args.image_size=8")
+    assert result.returncode == 0, result.stderr
+    assert "test/ode_bpd" in result.stdout and "test/bpd" in result.stdout
+
+
+def test_a_hub_id_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1 does
+    with pytest.raises(ValueError, match="could not download 'google/ddpm-cifar10-32' from the Hugging Face"):
+        import_diffusers("google/ddpm-cifar10-32", tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()
