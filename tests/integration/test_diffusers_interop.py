@@ -275,7 +275,10 @@ def test_classifier_guidance_and_ode_likelihood_on_an_imported_pipeline(lit_gen,
     """A noisy classifier trained for the pipeline's process (linear betas, T = 10) guides the imported
     model, and lit-gen test reports the ODE bits/dim beside the bound."""
     classifier = fit_tiny("classifier/digits.yaml", tmp_path / "runs", "classifier")  # 8x8 digits, T = 10
-    src = save_pipeline(tmp_path / "pipe", unet=tiny_unet(channels=1, size=8), num_train_timesteps=10)
+    unet = tiny_unet(channels=1, size=8)
+    with torch.no_grad():  # a smooth ODE for the likelihood: a random net's raw output is far from one
+        unet.conv_out.weight.mul_(0.01)
+    src = save_pipeline(tmp_path / "pipe", unet=unet, num_train_timesteps=10)
     import_diffusers(str(src), tmp_path / "x.ckpt")
     for sampler in ("ddpm", "ddim"):
         result = lit_gen("sample", "--ckpt_path", str(tmp_path / "x.ckpt"), "--num_samples", "4", "--sampler",
@@ -285,8 +288,10 @@ def test_classifier_guidance_and_ode_likelihood_on_an_imported_pipeline(lit_gen,
         assert np.load(tmp_path / sampler / "samples.npz")["arr_1"].tolist() == [7] * 4
     args = tiny_args("ddpm/digits_diffusers.yaml", tmp_path / "runs", "test")
     args = [a for a in args if not a.startswith("--model.init_args.net")]
+    # 2 test batches of 4 (an ODE solve each; "=1" would parse as the float 1.0, all of them)
     result = lit_gen("test", *args, "--ckpt_path", str(tmp_path / "x.ckpt"), "--model.init_args.ode_bpd=true",
-                     "--data.init_args.image_size=8")
+                     "--data.init_args.image_size=8", "--trainer.limit_test_batches=2",
+                     "--data.init_args.batch_size=4")
     assert result.returncode == 0, result.stderr
     assert "test/ode_bpd" in result.stdout and "test/bpd" in result.stdout
 
