@@ -109,7 +109,7 @@ def test_class_conditional_pipeline(tmp_path):
 
 
 def test_score_sde_ve_pipeline(tmp_path):
-    unet = tiny_unet(time_embedding_type="fourier", flip_sin_to_cos=True, freq_shift=0)
+    unet = tiny_unet(channels=3, time_embedding_type="fourier", flip_sin_to_cos=True, freq_shift=0)
     src = save_pipeline(tmp_path / "pipe", "ScoreSdeVeScheduler", unet=unet, num_train_timesteps=20,
                         sigma_min=0.01, sigma_max=50.0, snr=0.15)
     import_diffusers(str(src), tmp_path / "ve.ckpt")
@@ -122,13 +122,21 @@ def test_score_sde_ve_pipeline(tmp_path):
     # the grid: the pipeline's noise levels, on lit_gen's [-1, 1] scale (twice its [0, 1] scale)
     assert torch.allclose(module.sde.sigma(times) / 2, scheduler.sigmas.double(), rtol=1e-6, atol=0)
     # the score: the pipeline's UNet output (its score in [0, 1]) at the same point and noise level
-    u = torch.rand(2, 1, 8, 8)
+    u = torch.rand(2, 3, 8, 8)  # ScoreSdeVePipeline draws 3 channels
     x, t = 2 * u - 1, times[3:5]
     score = module.score_model(module.sampling_net).score(x, t)
     with torch.no_grad():
         ref = unet(u, (module.sde.sigma(t) / 2).float()).sample
     assert torch.allclose(score * 2, ref, rtol=1e-5, atol=1e-5)
     assert model.sample(2, sampler="pc", steps=5, output="tensor").isfinite().all()
+    # and back: the same scheduler config and UNet
+    folder, name = export_diffusers(tmp_path / "ve.ckpt", tmp_path / "out")
+    pipe = diffusers.ScoreSdeVePipeline.from_pretrained(str(folder))
+    assert name == "ScoreSdeVePipeline"
+    for key in ("num_train_timesteps", "sigma_min", "sigma_max", "snr", "sampling_eps", "correct_steps"):
+        assert pipe.scheduler.config[key] == pytest.approx(scheduler.config[key], rel=1e-12), key
+    assert all(torch.equal(v, pipe.unet.state_dict()[k]) for k, v in unet.state_dict().items())
+    assert pipe(num_inference_steps=2, output_type="np").images.shape == (1, 8, 8, 3)
 
 
 def test_export_round_trip(tmp_path):
@@ -303,3 +311,11 @@ def test_a_hub_id_that_cannot_be_downloaded_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="could not download 'google/ddpm-cifar10-32' from the Hugging Face"):
         import_diffusers("google/ddpm-cifar10-32", tmp_path / "x.ckpt")
     assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_memory_reads_the_diffusers_unet(lit_gen):
+    result = lit_gen("memory", "--config", "experiments/ddpm/digits_diffusers.yaml", "--devices", "2",
+                     "--batch_size", "8")
+    assert result.returncode == 0, result.stderr
+    assert "network: 1.11 M parameters (DiffusersUNet)" in result.stdout
+    assert "fsdp " in result.stdout and "deepspeed_zero3 " in result.stdout
