@@ -109,10 +109,6 @@ def check_config_files(argv: list[str]) -> None:
         path = Path(name)
         if not path.is_file():
             continue  # the parser names a missing file
-        if "DiffusersUNet" in path.read_text():
-            from lit_gen.nets.diffusers_unet import require_diffusers
-
-            require_diffusers(f"--config {name!r} (its net lit_gen.nets.DiffusersUNet)")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
@@ -126,6 +122,20 @@ def check_config_files(argv: list[str]) -> None:
         if not isinstance(data, dict):
             raise ValueError(f"--config {name!r} holds a {type(data).__name__}, not a mapping of sections "
                              "(trainer:, model:, data:, ...)")
+        if "DiffusersUNet" in class_paths(data):
+            from lit_gen.nets.diffusers_unet import require_diffusers
+
+            require_diffusers(f"--config {name!r} (its net lit_gen.nets.DiffusersUNet)")
+
+
+def class_paths(data) -> set[str]:
+    """The class names (last dotted part) of every ``class_path`` in a parsed config."""
+    if isinstance(data, dict):
+        found = {str(data["class_path"]).rsplit(".", 1)[-1]} if "class_path" in data else set()
+        return found.union(*(class_paths(v) for v in data.values()))
+    if isinstance(data, list):
+        return set().union(*(class_paths(v) for v in data))
+    return set()
 
 
 def one_line(message: str) -> str:

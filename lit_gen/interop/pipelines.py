@@ -39,18 +39,27 @@ def _json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{str(path)!r} is not a readable JSON file ({type(err).__name__})") from None
 
 
-def pipeline_folder(src: str) -> Path:
-    """A local folder written by ``save_pretrained``, or a Hub id downloaded with huggingface_hub."""
+def pipeline_folder(src: str) -> tuple[Path, bool]:
+    """(the folder, whether it came from the Hub): a local folder written by ``save_pretrained``, or for a Hub
+    id the snapshot folder holding its three config files (the weights come after they are checked)."""
     folder = Path(src)
     if folder.is_dir():
-        return folder
+        return folder, False
     if folder.exists() or src.count("/") != 1 or src.startswith((".", "/")):
         raise ValueError(f"{src!r} is neither a pipeline folder (save_pretrained's) nor a Hub id "
                          f"(owner/name)")
+    return Path(_download(src, CONFIGS)), True
+
+
+CONFIGS = ["model_index.json", "unet/config.json", "scheduler/scheduler_config.json"]
+
+
+def _download(src: str, patterns: list[str]) -> str:
+    """The snapshot folder of Hub repo ``src`` with the files matching ``patterns``; one line on failure."""
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(src))
+        return snapshot_download(src, allow_patterns=patterns)
     except Exception as err:  # noqa: BLE001 - offline, unknown id, gated: one line either way
         reason = str(err).splitlines()[0][:160] if str(err) else ""
         raise ValueError(f"could not download {src!r} from the Hugging Face Hub "
@@ -95,6 +104,14 @@ def method_config(unet: dict, scheduler: dict, null_class: bool) -> tuple[str, d
     embeds = unet.get("num_class_embeds")
     classes = (embeds - int(null_class)) if embeds else 0
     net_args = {k: v for k, v in unet.items() if not k.startswith("_") and k not in DERIVED}
+    import inspect
+
+    from diffusers import UNet2DModel
+
+    unknown = sorted(set(net_args) - set(inspect.signature(UNet2DModel.__init__).parameters))
+    if unknown:
+        raise ValueError(f"the UNet's config has keys this diffusers version's UNet2DModel does not take: "
+                         f"{unknown} (a newer diffusers wrote it: upgrade diffusers)")
     net_args.update(null_class=null_class, unit_range=method == "ScoreSDE")
     hparams.update(data_shape=(channels, size, size), num_classes=classes, class_conditional=bool(classes),
                    net={"class_path": class_path(DiffusersUNet), "init_args": net_args},
@@ -117,7 +134,11 @@ def build_checkpoint(method: str, hparams: dict, weights: dict[str, torch.Tensor
     model = instantiate_module(cls, {k: v for k, v in full.items() if k != "_instantiator"})
     model.configure_model()
     for net in [model.net] + ([model.ema.module] if model.ema is not None else []):
-        net.unet.load_state_dict(weights)
+        try:
+            net.unet.load_state_dict(weights)
+        except RuntimeError as err:
+            detail = " ".join(str(err).split())[:300]
+            raise ValueError(f"the pipeline's UNet weights do not fit its own config: {detail}") from None
     return {"epoch": 0, "global_step": 0, "pytorch-lightning_version": lightning_version,
             "state_dict": model.state_dict(), "hparams_name": "kwargs", "hyper_parameters": full,
             TAG: {"class_path": class_path(cls), "version": __version__, "world_size": 1, "imported": source}}
@@ -128,9 +149,11 @@ def import_diffusers(src: str, output: str | Path, null_class: bool = False) -> 
     Returns (the path, the method's name)."""
     diffusers = require_diffusers("lit-gen import diffusers")
     output = check_new_file(output, "--output", (".ckpt",))
-    folder = pipeline_folder(src)
+    folder, hub = pipeline_folder(src)
     name, unet_config, scheduler = read_pipeline(folder)
     method, hparams = method_config(unet_config, scheduler, null_class)
+    if hub:  # checked: now the weights
+        folder = Path(_download(src, [*CONFIGS, "unet/*.safetensors", "unet/*.bin"]))
     unet = diffusers.UNet2DModel.from_pretrained(str(folder), subfolder="unet", low_cpu_mem_usage=False)
     source = {"format": "diffusers", "pipeline": name, "scheduler": scheduler.get("_class_name"),
               "source": src}
@@ -151,14 +174,7 @@ def export_diffusers(ckpt_path: str | Path, output: str | Path) -> tuple[Path, s
     hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
     model = load_module(ckpt_path)
     scheduler_name, scheduler_config = scheduler_of(type(model).__name__, hparams)
-    net = model.sampling_net
-    if isinstance(net, UNet):
-        unet = to_unet2d(net)  # checked against net's output
-    elif isinstance(net, DiffusersUNet):
-        unet = net.unet
-    else:
-        raise ValueError(f"{ckpt_path}'s network is a {type(net).__name__}, which has no UNet2DModel "
-                         f"counterpart (lit_gen's UNet and DiffusersUNet export)")
+    unet = exported_unet(model.sampling_net, scheduler_name, ckpt_path)
     pipeline_name = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline",
                      "ScoreSdeVeScheduler": "ScoreSdeVePipeline"}[scheduler_name]
     scheduler = getattr(diffusers, scheduler_name).from_config(scheduler_config)
@@ -169,6 +185,28 @@ def export_diffusers(ckpt_path: str | Path, output: str | Path) -> tuple[Path, s
         for item in Path(tmp).iterdir():
             shutil.move(str(item), output / item.name)
     return output, pipeline_name
+
+
+def exported_unet(net, scheduler: str, ckpt_path):
+    """The ``UNet2DModel`` of a model's sampling network, or one line on why the pipeline could not run it:
+    the pipelines sample unconditionally, and ScoreSdeVePipeline feeds 3-channel [0, 1] images and sigma to an
+    NCSN++ that returns the score."""
+    if getattr(net, "num_classes", 0):
+        raise ValueError(f"{ckpt_path} is class-conditional; diffusers' {scheduler.replace('Scheduler', '')} "
+                         f"pipeline calls its UNet without class labels, so it could not sample it")
+    if isinstance(net, UNet):
+        unet = to_unet2d(net)  # checked against net's output
+    elif isinstance(net, DiffusersUNet):
+        unet = net.unet
+    else:
+        raise ValueError(f"{ckpt_path}'s network is a {type(net).__name__}, which has no UNet2DModel "
+                         f"counterpart (lit_gen's UNet and DiffusersUNet export)")
+    ncsnpp = isinstance(net, DiffusersUNet) and net.unit_range and unet.config.in_channels == 3 and (
+        unet.config.time_embedding_type == "fourier")
+    if scheduler == "ScoreSdeVeScheduler" and not ncsnpp:
+        raise ValueError(f"{ckpt_path}: a ScoreSdeVePipeline runs a 3-channel DiffusersUNet with unit_range "
+                         f"and a fourier time embedding (an imported NCSN++); this network is not one")
+    return unet
 
 
 def import_main(argv: list[str]) -> None:

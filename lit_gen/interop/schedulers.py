@@ -11,9 +11,13 @@ PREDICTIONS = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 # diffusers' variance_type -> lit_gen's variance; the _log forms are the same variances computed in log space
 VARIANCES = {"fixed_small": "small", "fixed_small_log": "small", "fixed_large": "large",
              "fixed_large_log": "large", "learned_range": "learned"}
+# diffusers' timestep_spacing -> the spacing of lit_gen's ddpm and ddim samplers (exact for leading; diffusers
+# steps from t to t - T // K, which for linspace, and for trailing when K does not divide T, is not the next
+# kept step that lit_gen steps to)
+SPACINGS = {"leading": "leading", "trailing": "trailing", "linspace": "linear"}
 # options whose only supported value is diffusers' default: lit_gen's samplers have no other
-FIXED = {"trained_betas": None, "thresholding": False, "clip_sample_range": 1.0, "steps_offset": 0,
-         "set_alpha_to_one": True, "rescale_betas_zero_snr": False}
+FIXED = {"trained_betas": None, "thresholding": False, "steps_offset": 0, "set_alpha_to_one": True,
+         "rescale_betas_zero_snr": False}
 DISCRETE = ("DDPMScheduler", "DDIMScheduler")
 
 
@@ -34,6 +38,9 @@ def discrete_hparams(config: dict[str, Any]) -> dict[str, Any]:
         if config.get(key, supported) != supported:
             raise ValueError(f"scheduler option {key}={config[key]!r} is not supported; lit_gen's samplers "
                              f"need {key}={supported!r}")
+    if config.get("clip_sample", True) and config.get("clip_sample_range", 1.0) != 1.0:
+        raise ValueError(f"scheduler option clip_sample_range={config['clip_sample_range']!r} is not "
+                         f"supported; lit_gen clips x0 to [-1, 1] (clip_sample_range 1.0)")
     variance = _choice(config, "variance_type", VARIANCES, "fixed_small")
     hparams = {
         "num_timesteps": int(config.get("num_train_timesteps", 1000)),
@@ -44,6 +51,7 @@ def discrete_hparams(config: dict[str, Any]) -> dict[str, Any]:
         "variance": variance,
         "clip_denoised": bool(config.get("clip_sample", True)),
         "sampler": "ddim" if config.get("_class_name") == "DDIMScheduler" else "ddpm",
+        "spacing": _choice(config, "timestep_spacing", SPACINGS, "leading"),
     }
     if variance == "learned":
         hparams["loss_type"] = "hybrid"
@@ -90,6 +98,8 @@ def scheduler_of(method: str, hparams: dict[str, Any]) -> tuple[str, dict[str, A
             "beta_end": float(hparams.get("beta_end", 0.02)),
             "prediction_type": _inverse(PREDICTIONS)[prediction],
             "clip_sample": bool(hparams.get("clip_denoised", True)),
+            "timestep_spacing": _choice({"spacing": hparams.get("spacing") or "linear"}, "spacing",
+                                        _inverse(SPACINGS), "linear"),
         }
         if hparams.get("sampler", "ddpm") == "ddim":
             if variance == "learned":
@@ -97,7 +107,8 @@ def scheduler_of(method: str, hparams: dict[str, Any]) -> tuple[str, dict[str, A
                                  "model's sampler 'ddpm' (DDPMScheduler, variance_type learned_range)")
             return "DDIMScheduler", config
         return "DDPMScheduler", {**config, "variance_type": _inverse(VARIANCES)[variance]}
-    if method == "ScoreSDE" and hparams.get("sde") == "ve" and hparams.get("time_input") == "sigma":
+    if (method == "ScoreSDE" and hparams.get("sde") == "ve" and hparams.get("time_input") == "sigma"
+            and hparams.get("prediction_type") == "score"):
         return "ScoreSdeVeScheduler", {
             "num_train_timesteps": int(hparams["num_scales"]), "sigma_min": hparams["sigma_min"] / 2,
             "sigma_max": hparams["sigma_max"] / 2, "sampling_eps": hparams.get("sampling_eps") or 1e-5,
@@ -105,4 +116,5 @@ def scheduler_of(method: str, hparams: dict[str, Any]) -> tuple[str, dict[str, A
         }
     raise ValueError(f"a {method} checkpoint has no diffusers pipeline to export to; lit-gen export --format "
                      f"diffusers writes DDPM and Improved DDPM checkpoints (DDPMPipeline / DDIMPipeline) and "
-                     f"VE score SDEs imported from a ScoreSdeVe pipeline")
+                     f"VE score SDEs with the time input and output of a ScoreSdeVe pipeline's NCSN++ "
+                     f"(time_input sigma, prediction_type score)")

@@ -51,6 +51,8 @@ class DDPM(NoiseProcessMethod):
         clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
         sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
         sampling_steps: default number of sampling steps (None: all T).
+        spacing: default spacing of the ``ddpm`` and ``ddim`` samplers' steps: ``linear``, ``quadratic``, or
+            diffusers' ``leading`` and ``trailing`` (an imported pipeline's ``timestep_spacing``).
         bound_timesteps: what ``lit-gen test`` reports as test/bpd: None the full bound over all T steps (T
             passes per batch: the figure to report); K >= 2 its unbiased estimate from K random steps per
             image (K + 1 passes), with test/bpd_se, the standard error of that estimate over the draw of t.
@@ -94,6 +96,7 @@ class DDPM(NoiseProcessMethod):
         clip_denoised: bool = True,
         sampler: Literal["ddpm", "ddim"] = "ddpm",
         sampling_steps: int | None = None,
+        spacing: Literal["linear", "quadratic", "leading", "trailing"] = "linear",
         bound_timesteps: int | None = None,
         ode_bpd: bool = False,
         init_from: str | None = None,
@@ -229,7 +232,8 @@ class DDPM(NoiseProcessMethod):
         return NoiseModel(
             type(self).__name__, net, self.diffusion.sde, OutputLayout(self.prediction_type,
                                                                             self.variance == "learned"),
-            h.clip_denoised, {"sampler": h.sampler, "steps": steps, "denoise": True}, self.diffusion,
+            h.clip_denoised, {"sampler": h.sampler, "steps": steps, "denoise": True,
+                              "spacing": h.get("spacing") or "linear"}, self.diffusion,
             self.variance, self.num_classes, h.guidance_scale,
         )
 

@@ -133,6 +133,7 @@ class NoisyClassifier(LitGenModule):
             raise ValueError(
                 f"classifier {path} was trained for the noise process "
                 f"({mine.schedule}, T={mine.num_timesteps}), but the model uses another "
-                f"(T={theirs.num_timesteps}{gap}); train a classifier with the model's beta_schedule and "
-                f"num_timesteps (a VP score model's are linear betas from beta_min / N to beta_max / N)"
+                f"(T={theirs.num_timesteps}{gap}); train a classifier with the model's beta_schedule, "
+                f"beta_start, beta_end and num_timesteps (a VP score model's are linear betas from "
+                f"beta_min / N to beta_max / N)"
             )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from torch import nn
 
 from lit_gen.nets.diffusers_unet import DiffusersUNet
+from lit_gen.nets.dit import DiT
 from lit_gen.nets.embeddings import timestep_embedding
 from lit_gen.nets.encoder import EncoderUNet
 from lit_gen.nets.mlp import MLPDenoiser
@@ -15,4 +16,4 @@ from lit_gen.nets.unet import UNet
 # rest.
 NetFactory = Callable[[tuple[int, ...], int, int], nn.Module]
 
-__all__ = ["DiffusersUNet", "EncoderUNet", "MLPDenoiser", "NetFactory", "UNet", "timestep_embedding"]
+__all__ = ["DiT", "DiffusersUNet", "EncoderUNet", "MLPDenoiser", "NetFactory", "UNet", "timestep_embedding"]

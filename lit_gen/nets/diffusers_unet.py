@@ -26,7 +26,8 @@ class DiffusersUNet(nn.Module):
     The keyword arguments are ``UNet2DModel``'s own config keys (``block_out_channels``,
     ``layers_per_block``, ``down_block_types``, ...); ``sample_size``, ``in_channels`` and ``out_channels``
     follow ``data_shape`` and the method (values given for them are replaced), and a class-conditional
-    method's labels (null label ``num_classes``) go through ``num_class_embeds = num_classes + 1``.
+    method's labels go through ``num_class_embeds``: ``num_classes + 1`` with the null label ``num_classes``
+    (lit_gen's convention), ``num_classes`` with ``null_class: false``.
 
     Args:
         data_shape: (C, H, W) of one sample.
@@ -73,11 +74,12 @@ class DiffusersUNet(nn.Module):
         if self.num_classes and labels is None:  # an unconditional call of a conditional net: the null label
             labels = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
         if labels is not None and not self.null_class and bool((labels >= self.num_classes).any()):
-            raise ValueError("this UNet has no null class, so it samples conditionally only: classifier-free "
-                             "guidance (guidance_scale other than 1) and unconditional samples need one")
+            raise ValueError("this UNet has no null class, so it runs conditionally only: classifier-free "
+                             "guidance (guidance_scale other than 1), unconditional samples and the ODE "
+                             "likelihood need one (import with --null_class true if it was trained with one)")
         if self.unit_range:  # x = 2 u - 1: sigma_u = sigma / 2 and the score in x is half the score in u
-            return self.unet((x + 1) / 2, (t / 2).to(x.dtype), class_labels=labels).sample / 2
-        return self.unet(x, t.to(x.dtype), class_labels=labels).sample
+            return self.unet((x + 1) / 2, t.float() / 2, class_labels=labels).sample / 2
+        return self.unet(x, t.float(), class_labels=labels).sample  # float32: integer steps stay exact
 
     def fsdp_units(self) -> list[nn.Module]:
         """The UNet's down, middle and up blocks: FSDP's and ZeRO-3's units of sharding."""

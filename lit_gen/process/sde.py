@@ -349,10 +349,15 @@ class DiscreteVPSDE(SDE):
         return (torch.as_tensor(n).double() + 1) / self.N
 
     def time_grid(self, steps: int, spacing: str = "linear") -> torch.Tensor:
-        """The DDIM / respaced-DDPM steps of :func:`~lit_gen.process.grid.timestep_subsequence` as times
-        (``linear``, ``quadratic``), or uniform in log-SNR between them (``logsnr``, fractional steps)."""
+        """The solvers' grid: the DDIM / respaced-DDPM steps of
+        :func:`~lit_gen.process.grid.timestep_subsequence` as times (``linear``, ``quadratic``), or uniform in
+        log-SNR between them (``logsnr``, fractional steps). diffusers' ``leading`` and ``trailing`` are
+        spacings of the ddpm and ddim samplers only (the grid must end at t_min)."""
         if spacing == "logsnr":
             return super().time_grid(steps, spacing)
+        if spacing in ("leading", "trailing"):
+            raise ValueError(f"spacing={spacing!r} is a spacing of the ddpm and ddim samplers; the solvers "
+                             f"take ['linear', 'logsnr', 'quadratic']")
         if steps < 2:
             raise ValueError(f"steps={steps} must be >= 2 (the grid runs from T down to t_min)")
         return self.time_of_step(timestep_subsequence(self.N, steps, spacing))
@@ -383,6 +388,9 @@ def make_sde(name: str, num_scales: int = 1000, t_min: float | None = None, beta
         raise ValueError(f"sde={name!r} is not supported; choose one of {sorted(SDES)}")
     if time_input not in ("scaled", "sigma"):
         raise ValueError(f"time_input={time_input!r} is not supported; choose one of ['scaled', 'sigma']")
+    if time_input == "sigma" and name != "ve":
+        raise ValueError(f"time_input='sigma' is for the VE SDE (NCSN++ conditioned on its noise level); "
+                         f"sde={name!r} takes time_input 'scaled'")
     settings = dict(beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max)
     sde = SDES[name].from_settings(num_scales, t_min, settings)
     sde.time_input = time_input

@@ -133,7 +133,7 @@ def step_sampler(model: NoiseModel, options: dict, name: str) -> DiffusionSample
     sampler = make_sampler(name, model.diffusion, prediction_type=model.layout.prediction.name,
                            clip_denoised=model.clip_denoised, variance=model.variance, **extra)
     sampler.set_timesteps(options.get("steps") or model.defaults["steps"],
-                          options.get("spacing") or "linear")
+                          options.get("spacing") or model.defaults.get("spacing") or "linear")
     return sampler
 
 

@@ -59,9 +59,10 @@ def test_samplers_equal_the_pipelines(tmp_path, prediction_type, clip_sample):
     ref = ddpm(batch_size=3, generator=torch.Generator().manual_seed(1), num_inference_steps=10,
                output_type="np").images
     assert np.abs(_ours(model, {"sampler": "ddpm", "steps": 10, "spacing": "leading"}) - ref).max() < 1e-4
-    # load(...).sample with the pipeline's x_T (eta 0): the same images
+    # load(...).sample with the pipeline's x_T (eta 0): the same images, at the pipeline's spacing
+    assert model.module.hparams.spacing == "leading"
     x_T = torch.randn(SHAPE, generator=torch.Generator().manual_seed(1))
-    sampled = model.sample(3, x_T=x_T, sampler="ddim", steps=10, spacing="leading", output="tensor")
+    sampled = model.sample(3, x_T=x_T, sampler="ddim", steps=10, output="tensor")
     ref = ddim(batch_size=3, generator=torch.Generator().manual_seed(1), num_inference_steps=10,
                use_clipped_model_output=True, output_type="np").images
     assert np.abs(_images(sampled) - ref).max() < 1e-4
@@ -259,7 +260,8 @@ def test_lit_gen_unet_exports_to_an_equal_pipeline(tmp_path):
     from lit_gen.checkpoints import load_module
 
     ckpt = fit_tiny("ddpm/digits.yaml", tmp_path / "runs", "unet",
-                    "--model.init_args.net.init_args.num_groups=4", "--model.init_args.ema_decay=0.5")
+                    "--model.init_args.net.init_args.num_groups=4", "--model.init_args.ema_decay=0.5",
+                    "--model.init_args.spacing=leading")  # exported as the pipeline's timestep_spacing
     folder, name = export_diffusers(ckpt, tmp_path / "pipe")
     pipe = diffusers.DDIMPipeline.from_pretrained(str(folder))
     module = load_module(ckpt)
@@ -271,7 +273,8 @@ def test_lit_gen_unet_exports_to_an_equal_pipeline(tmp_path):
     ref = pipe(batch_size=3, generator=torch.Generator().manual_seed(1), num_inference_steps=5,
                use_clipped_model_output=True, output_type="np").images
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(1))
-    sampled = load(ckpt).sample(3, x_T=x_T, sampler="ddim", steps=5, spacing="leading", output="tensor")
+    assert pipe.scheduler.config.timestep_spacing == "leading"
+    sampled = load(ckpt).sample(3, x_T=x_T, sampler="ddim", steps=5, output="tensor")
     assert np.abs(_images(sampled) - ref).max() < 1e-4
     narrow = fit_tiny("ddpm/digits.yaml", tmp_path / "runs", "narrow")  # 4 groups at width 8, 8 at 16
     with pytest.raises(ValueError, match="GroupNorm groups"):
@@ -319,3 +322,18 @@ def test_memory_reads_the_diffusers_unet(lit_gen):
     assert result.returncode == 0, result.stderr
     assert "network: 1.11 M parameters (DiffusersUNet)" in result.stdout
     assert "fsdp " in result.stdout and "deepspeed_zero3 " in result.stdout
+
+
+def test_refused_imports_and_exports_are_one_line(tmp_path):
+    """A UNet config key this diffusers does not know, and the export of a class-conditional model (the
+    pipelines sample unconditionally), each end in one line with nothing written."""
+    folder = save_pipeline(tmp_path / "pipe", unet=tiny_unet(num_class_embeds=4), num_train_timesteps=10)
+    import_diffusers(str(folder), tmp_path / "cond.ckpt", null_class=True)
+    with pytest.raises(ValueError, match="class-conditional; diffusers' DDPM pipeline calls its UNet"):
+        export_diffusers(tmp_path / "cond.ckpt", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "future_option": 1}))
+    with pytest.raises(ValueError, match=r"does not take: \['future_option'\]"):
+        import_diffusers(str(folder), tmp_path / "x.ckpt")
+    assert not (tmp_path / "x.ckpt").exists()

@@ -206,3 +206,28 @@ def test_unets_that_do_not_map_are_refused(args, words):
     with pytest.raises(ValueError, match=words) as err:
         to_unet2d(net)
     assert "\n" not in str(err.value)
+
+
+def test_spacing_and_time_input_are_refused_where_they_do_not_apply():
+    from lit_gen.diffusion import GaussianDiffusion
+    from lit_gen.process import make_sde
+
+    sde = GaussianDiffusion("linear", 100).sde
+    for spacing in ("leading", "trailing"):  # the solvers' grid must end at t_min
+        with pytest.raises(ValueError, match="spacing of the ddpm and ddim samplers"):
+            sde.time_grid(10, spacing)
+    with pytest.raises(ValueError, match="time_input='sigma' is for the VE SDE"):
+        make_sde("vp", time_input="sigma")
+    assert float(make_sde("ve", time_input="sigma", sigma_min=0.1, sigma_max=10).model_time(
+        torch.tensor(1.0))) == pytest.approx(10.0)
+
+
+def test_scheduler_spacing_and_clip_range():
+    _, hparams = method_of({"_class_name": "DDIMScheduler", "timestep_spacing": "trailing"})
+    assert hparams["spacing"] == "trailing"
+    assert scheduler_of("DDPM", {**hparams, "spacing": "linear"})[1]["timestep_spacing"] == "linspace"
+    with pytest.raises(ValueError, match="spacing='quadratic'"):
+        scheduler_of("DDPM", {**hparams, "spacing": "quadratic"})
+    assert method_of({"_class_name": "DDPMScheduler", "clip_sample": False, "clip_sample_range": 3.0})
+    with pytest.raises(ValueError, match="clip_sample_range=3.0"):
+        method_of({"_class_name": "DDPMScheduler", "clip_sample_range": 3.0})
