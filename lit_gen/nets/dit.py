@@ -6,6 +6,8 @@ embeddings (as PixArt-alpha adds it, Chen et al. 2023). A denoiser like lit_gen'
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,7 +125,8 @@ class DiT(nn.Module):
         num_classes: classes of a conditional method (0: unconditional); label ``num_classes`` is the null
             one.
         out_channels: what the method predicts (2C with a learned variance).
-        size: a preset of the paper, ``S``, ``B``, ``L`` or ``XL`` (Table 1), or None for the three below.
+        size: a preset of the paper, ``S``, ``B``, ``L`` or ``XL`` (Table 1), or None (default) for the three
+            below.
         hidden_size: token width (with ``size`` None).
         depth: transformer blocks (with ``size`` None).
         num_heads: attention heads (with ``size`` None).
@@ -136,10 +139,11 @@ class DiT(nn.Module):
     """
 
     # a seconds-long CPU version, for tests and smoke runs
-    tiny_args = {"size": None, "hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": 2}
+    tiny_args = {"hidden_size": 32, "depth": 2, "num_heads": 2, "patch_size": 2}
 
     def __init__(self, data_shape: tuple[int, ...] = (3, 32, 32), num_classes: int = 0,
-                 out_channels: int | None = None, size: str | None = "S", hidden_size: int = 384,
+                 out_channels: int | None = None, size: Literal["S", "B", "L", "XL"] | None = None,
+                 hidden_size: int = 384,
                  depth: int = 12, num_heads: int = 6, patch_size: int = 2, mlp_ratio: float = 4.0,
                  learned_positions: bool = False, context_dim: int | None = None, time_scale: float = 1.0,
                  gradient_checkpointing: bool = False) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from lit_gen.nets.dit import PRESETS, DiT, DiTBlock, patchify, sincos_2d, unpatchify
 
-TINY = dict(size=None, hidden_size=32, depth=2, num_heads=2, patch_size=2)
+TINY = dict(hidden_size=32, depth=2, num_heads=2, patch_size=2)
 
 
 def randomize(net: torch.nn.Module) -> torch.nn.Module:
