@@ -13,9 +13,9 @@ from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning, ode_likelihood
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
 from lit_gen.nets import NetFactory, UNet
-from lit_gen.process import ModelFunction, OutputLayout, drop_labels, on_model_time
+from lit_gen.process import OutputLayout, drop_labels
 from lit_gen.sampling import NoiseModel
 from lit_gen.utils import randn
 
@@ -199,17 +199,6 @@ class DDPM(NoiseProcessMethod):
         for name, value in nll.items():
             self.log("test/bpd" if name == "bpd" else f"test/bpd_{name}", value.mean().float(),
                      sync_dist=True)
-
-    def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None,
-                       **options) -> dict:
-        """The probability-flow ODE likelihood of x (B, ...) on the model's process, from its first step t = 1
-        / T (the unconditional model of a conditional one): ``bpd`` for 8-bit images, ``log_p`` for vectors,
-        and ``nfe``; ``options``: trace, n_probes, rtol, atol (see
-        :func:`~lit_gen.methods.noise_process.ode_likelihood`)."""
-        model = self.noise_model(net or self.sampling_net)
-        function = ModelFunction(on_model_time(lambda x_, s: model.net(x_, s, None), model.sde), model.sde,
-                                 model.layout)
-        return ode_likelihood(function, x, generator, **options)
 
     def on_test_epoch_start(self) -> None:
         # (sum of variances, images)

@@ -15,7 +15,7 @@ from torch import nn
 
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning, ode_likelihood
+from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import PATHS, OutputLayout, drop_labels
 from lit_gen.process.couplings import couple, sample_times
@@ -195,10 +195,9 @@ class FlowMatching(NoiseProcessMethod):
 
     def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None) -> dict:
         """The ODE likelihood of x (B, ...) (see :func:`~lit_gen.methods.noise_process.ode_likelihood`)."""
-        h, net = self.settings, net or self.sampling_net
-        function = ModelFunction(on_model_time(lambda x_, s: net(x_, s), self.path), self.path, self.layout)
-        return ode_likelihood(function, x, generator, trace=h.likelihood_trace, n_probes=h.n_probes,
-                              rtol=h.ode_rtol, atol=h.ode_atol)
+        h = self.settings
+        return super().log_likelihood(x, generator, net, trace=h.likelihood_trace, n_probes=h.n_probes,
+                                      rtol=h.ode_rtol, atol=h.ode_atol)
 
     # --- sampling: the shared assembly on this model's path -----------------------------------------------
     def noise_model(self, net: nn.Module) -> NoiseModel:

@@ -11,7 +11,7 @@ from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
-from lit_gen.process import ClassifierGuidance, ModelFunction
+from lit_gen.process import ClassifierGuidance, ModelFunction, on_model_time
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
 from lit_gen.score.likelihood import ode_bits_per_dim, ode_log_likelihood
 
@@ -100,6 +100,16 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
     def noise_model(self, net: nn.Module) -> NoiseModel:
         """This model, with ``net`` as its network, as the sampler assembly sees it."""
         raise NotImplementedError
+
+    def log_likelihood(self, x: torch.Tensor, generator=None, net: nn.Module | None = None,
+                       **options) -> dict:
+        """The probability-flow ODE likelihood of x (B, ...) on the model's own process, from its t_min (the
+        unconditional model of a conditional one); ``options``: trace, n_probes, rtol, atol (see
+        :func:`ode_likelihood`)."""
+        model = self.noise_model(net or self.sampling_net)
+        function = ModelFunction(on_model_time(lambda x_, s: model.net(x_, s, None), model.sde), model.sde,
+                                 model.layout)
+        return ode_likelihood(function, x, generator, **options)
 
     def _guidance(self, num_samples: int, labels: torch.Tensor | None,
                   options: dict) -> tuple[torch.Tensor | None, ClassifierGuidance | None]:
