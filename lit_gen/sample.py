@@ -87,9 +87,9 @@ def build_parser(method: type | None = None) -> ArgumentParser:
     return parser
 
 
-def method_of(argv: list[str]) -> type | None:
-    """The method class of the checkpoint (``--ckpt_path``) or exported weights (``--weights``, or the model
-    section of ``--config``) named in ``argv``; None when there is none."""
+def method_of(argv: list[str]) -> tuple[type | None, dict]:
+    """The method class and hyperparameters of the checkpoint (``--ckpt_path``) or exported weights
+    (``--weights``, or the model section of ``--config``) named in ``argv``; (None, {}) when there is none."""
     pre = argparse.ArgumentParser(add_help=False)
     for flag in ("--ckpt_path", "--weights", "--config"):
         pre.add_argument(flag)
@@ -98,13 +98,15 @@ def method_of(argv: list[str]) -> type | None:
         raise ValueError("give --ckpt_path (a checkpoint) or --weights (an exported .safetensors file), not "
                          "both")
     if args.ckpt_path:
-        return checkpoint_class(read_checkpoint(args.ckpt_path))
+        ckpt = read_checkpoint(args.ckpt_path)
+        return checkpoint_class(ckpt), dict(ckpt.get("hyper_parameters") or {})
     if args.weights:
         model = model_config(args.config)
         if model:
-            return method_class(model["class_path"], f"--config {args.config!r}")
-        return method_class(read_weights_metadata(args.weights)["class_path"], repr(args.weights))
-    return None
+            return method_class(model["class_path"], f"--config {args.config!r}"), model.get("init_args") or {}
+        meta = read_weights_metadata(args.weights)
+        return method_class(meta["class_path"], repr(args.weights)), meta.get("hyper_parameters") or {}
+    return None, {}
 
 
 def model_config(path: str | None) -> dict | None:
@@ -135,7 +137,7 @@ def load_model(cfg, device: torch.device):
 
 
 def sample_main(argv: list[str]) -> Path:
-    method = method_of(argv)
+    method, hparams = method_of(argv)
     if method is not None and not issubclass(method, GenerativeModule):
         raise ValueError(f"{method.__name__} is not a generative model; lit-gen sample needs a checkpoint of "
                          f"one ({method.usage})")
@@ -145,7 +147,7 @@ def sample_main(argv: list[str]) -> Path:
     cfg.text = read_prompts(cfg)
     if cfg.num_samples is None:
         cfg.num_samples = len(cfg.text) if cfg.text else 64
-    check_flags(cfg, method)
+    check_flags(cfg, method, method.abilities_of(hparams) if method is not None else None)
     device = sampling_device(cfg.device)
     model = load_model(cfg, device)
     options = {k: cfg[k] for k in sorted(model.sample_options) if cfg[k] is not None}
@@ -169,9 +171,9 @@ def sample_main(argv: list[str]) -> Path:
     return output
 
 
-def check_flags(cfg, method: type | None) -> None:
-    """One-line errors for flags that do not go together, or that the checkpoint's method cannot take (its
-    declared abilities), before anything is loaded."""
+def check_flags(cfg, method: type | None, abilities=None) -> None:
+    """One-line errors for flags that do not go together, or that the checkpoint's method cannot take (the
+    ``abilities`` of its hyperparameters), before anything is loaded."""
     if cfg.num_samples < 1 or cfg.batch_size < 1:
         raise ValueError(f"num_samples={cfg.num_samples} and batch_size={cfg.batch_size} must be >= 1")
     if cfg.interpolate is not None and cfg.invert is not None:
@@ -182,11 +184,11 @@ def check_flags(cfg, method: type | None) -> None:
         raise ValueError("--inpaint is a job of its own; give it without --interpolate or --invert")
     if cfg.devices < 1 or cfg.num_nodes < 1:
         raise ValueError(f"devices={cfg.devices} and num_nodes={cfg.num_nodes} must be >= 1")
-    takes_text = method is not None and method.abilities.prompts
+    takes_text = abilities is not None and abilities.prompts
     if cfg.text and not takes_text:
         raise ValueError(f"--text / --text_file prompt a text-to-image model; "
                          f"{method.__name__ if method else 'this'} checkpoint is not one "
-                         f"(experiments/dalle/ trains one)")
+                         f"(experiments/dalle/ and experiments/t2i/ train them)")
     if takes_text and not cfg.text:
         raise ValueError(f"{method.__name__} draws images from prompts: give --text \"a caption\" or "
                          f"--text_file FILE")
@@ -199,7 +201,7 @@ def check_flags(cfg, method: type | None) -> None:
     if (cfg.devices > 1 or cfg.num_nodes > 1) and (cfg.inpaint or cfg.interpolate is not None or cfg.invert):
         raise ValueError("--devices / --num_nodes shard plain sampling; run --inpaint, --interpolate and "
                          "--invert on one device")
-    if method is not None and not method.abilities.latents and (cfg.interpolate is not None or cfg.invert):
+    if abilities is not None and not abilities.latents and (cfg.interpolate is not None or cfg.invert):
         raise ValueError(f"{method.__name__} has no latents to interpolate or invert")
 
 

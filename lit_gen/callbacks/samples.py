@@ -13,7 +13,14 @@ from lit_gen.callbacks.periodic import EveryNSteps
 from lit_gen.image_logging import log_image
 from lit_gen.methods.generative import GenerativeModule
 from lit_gen.utils import sample_generators
-from lit_gen.visual import figure_to_array, image_grid, labelled_grid, save_png, scatter_figure
+from lit_gen.visual import (
+    captioned_grid,
+    figure_to_array,
+    image_grid,
+    labelled_grid,
+    save_png,
+    scatter_figure,
+)
 
 
 class SampleGrid(EveryNSteps):
@@ -103,7 +110,9 @@ class SampleGrid(EveryNSteps):
             image = figure_to_array(scatter_figure(out.x, reference, title=title))
             log_image(trainer, f"samples/scatter{suffix}", image, step)
         else:
-            if nrow is not None:  # one row per class, named left of it
+            if out.captions is not None:  # a text-to-image model: each image under its prompt
+                image = captioned_grid(out.x, out.captions, out.scores)
+            elif nrow is not None:  # one row per class, named left of it
                 names = getattr(trainer.datamodule, "class_names", None)
                 rows = range(len(out.x) // nrow)
                 image = labelled_grid(out.x, [str(c) + (f" {names[c]}" if names else "") for c in rows])

@@ -15,6 +15,12 @@ from lit_gen.nets.unet import AttentionBlock, Downsample, ResBlock, UNet, Upsamp
 
 def unet2d_config(net: UNet) -> dict:
     """``UNet2DModel``'s config for lit_gen's ``net``, or a one-line error naming what has no counterpart."""
+    if not isinstance(net, UNet):
+        raise ValueError(f"a {type(net).__name__} has no UNet2DModel counterpart (a text-conditional model "
+                         "cross-attends to its caption, which UNet2DModel cannot)")
+    if net.context_dim:
+        raise ValueError(f"a UNet with context_dim={net.context_dim} has no UNet2DModel counterpart "
+                         "(cross-attention to text is UNet2DConditionModel's)")
     if net.time_scale != 1.0:
         raise ValueError(f"a UNet with time_scale={net.time_scale} has no UNet2DModel counterpart (it embeds "
                          f"the time as given)")

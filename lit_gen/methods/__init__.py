@@ -1,5 +1,6 @@
 """LightningModules, one file per method."""
 
+from lit_gen.methods.autoencoder import Autoencoder
 from lit_gen.methods.base import LitGenModule
 from lit_gen.methods.clip import CLIP
 from lit_gen.methods.dalle import DALLE
@@ -14,7 +15,7 @@ from lit_gen.methods.noisy_classifier import NoisyClassifier
 from lit_gen.methods.score_sde import ScoreSDE
 
 __all__ = [
-    "Abilities", "CLIP", "DALLE", "DDPM", "DiscreteVAE", "FlowMatching", "GenerativeModule",
+    "Abilities", "Autoencoder", "CLIP", "DALLE", "DDPM", "DiscreteVAE", "FlowMatching", "GenerativeModule",
     "ImprovedDDPM", "LitGenModule", "NCSN", "NoisyClassifier", "NormalizingFlow", "SampleOutput",
     "ScoreSDE",
 ]

@@ -14,8 +14,9 @@ from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import _adam, eval_mode
 from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
+from lit_gen.methods.text import TextConditioning, check_text, text_settings
 from lit_gen.nets import NetFactory, UNet
-from lit_gen.process import OutputLayout, drop_labels
+from lit_gen.process import OutputLayout
 from lit_gen.sampling import NoiseModel
 from lit_gen.utils import randn
 
@@ -48,7 +49,8 @@ class DDPM(NoiseProcessMethod):
             (condition dropout for classifier-free guidance, Ho & Salimans 2022; 0.1 to 0.2 in the paper).
         guidance_scale: default classifier-free guidance scale s for sample grids and ``lit-gen sample``:
             0 unconditional, 1 conditional, > 1 stronger (the paper's w is s - 1).
-        clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data).
+        clip_denoised: clamp predicted x0 to [-1, 1] while sampling (images; turn off for unbounded data;
+            never on latents).
         sampler: default sampler for sample grids and ``lit-gen sample``: ``ddpm`` (ancestral) or ``ddim``.
         sampling_steps: default number of sampling steps (None: all T).
         spacing: default spacing of the ``ddpm`` and ``ddim`` samplers' steps: ``linear``, ``quadratic``, or
@@ -62,6 +64,13 @@ class DDPM(NoiseProcessMethod):
         init_from: a checkpoint of this method (lit_gen's, or a diffusers pipeline imported by ``lit-gen
             import diffusers``) whose sampling weights a fresh fit starts from: fine-tuning, with a fresh
             optimizer.
+        text: condition on captions (:class:`~lit_gen.methods.text.TextConditioning`: a text encoder whose
+            states a ``context_dim`` net cross-attends to); ``p_uncond`` drops them for classifier-free
+            guidance. None: no text.
+        autoencoder_ckpt: an :class:`~lit_gen.methods.Autoencoder` checkpoint: the model learns its latents
+            (scaled to unit variance on the training data at fit start) and decodes its samples (latent
+            diffusion, Rombach et al. 2022).
+        autoencoder_hparams: filled from ``autoencoder_ckpt`` when the model is made (leave unset).
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -100,14 +109,20 @@ class DDPM(NoiseProcessMethod):
         bound_timesteps: int | None = None,
         ode_bpd: bool = False,
         init_from: str | None = None,
+        text: TextConditioning | None = None,
+        autoencoder_ckpt: str | None = None,
+        autoencoder_hparams: dict | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
         seed: int = 0,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, ema_decay, seed)
-        self.save_hyperparameters()
-        check_conditioning(class_conditional, num_classes, p_uncond, guidance_scale)
+        self.save_hyperparameters(ignore=["autoencoder_hparams"])
+        text = text_settings(text)
+        check_text(text, class_conditional)
+        conditional = class_conditional or text is not None
+        check_conditioning(conditional, num_classes if text is None else 1, p_uncond, guidance_scale)
         if variance == "learned" and loss_type == "simple":
             raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', "
                              "not 'simple'")
@@ -117,7 +132,7 @@ class DDPM(NoiseProcessMethod):
         if timestep_sampler not in ("uniform", "loss-aware"):
             raise ValueError(f"timestep_sampler={timestep_sampler!r} is not supported; choose 'loss-aware' "
                              f"or 'uniform'")
-        self.data_shape = tuple(data_shape)
+        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape))
         self.num_classes = num_classes if class_conditional else 0
         self.init_from = init_from
         self.prediction_type = prediction_type
@@ -131,14 +146,15 @@ class DDPM(NoiseProcessMethod):
         self.timesteps = sampler_class(num_timesteps)
 
     def build_net(self) -> nn.Module:
-        return self.net_factory(self.data_shape, self.num_classes, self.out_channels)
+        return self.denoiser(self.net_factory, self.data_shape, self.num_classes, self.out_channels)
 
-    def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None) -> dict:
+    def loss_terms(self, net: nn.Module, batch: dict, generator: torch.Generator | None = None,
+                   y: torch.Tensor | None = None) -> dict:
         """The terms of :func:`~lit_gen.diffusion.losses.diffusion_loss_terms` at t drawn by the timestep
         sampler (uniformly when a ``generator`` is given, as in validation), ``loss`` weighted by 1 / (T
-        p_t)."""
+        p_t); ``y``: the condition (default: the batch's, none dropped)."""
         x0 = batch["x"]  # (B, *data_shape)
-        y = batch.get("y") if self.num_classes else None
+        y = self.condition_of(batch) if y is None else y
         if generator is None:
             t, weights = self.timesteps.sample(x0.shape[0], x0.device)
         else:
@@ -157,9 +173,9 @@ class DDPM(NoiseProcessMethod):
         return self.loss_terms(net, batch, generator)["loss"].mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        if self.num_classes and self.hparams.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
-            batch = {**batch, "y": drop_labels(batch["y"], self.hparams.p_uncond, self.num_classes)}
-        terms = self.loss_terms(self.net, batch)
+        batch = self.latent_batch(batch, sample=True)
+        # dropped conditions are drawn from the per-step seed: resume stays exact
+        terms = self.loss_terms(self.net, batch, y=self.condition_of(batch, self.hparams.p_uncond))
         loss = terms["loss"].mean()
         if isinstance(self.timesteps, LossAwareTimesteps):
             # every rank records every rank's (t, L_t), so the histories stay identical
@@ -172,6 +188,7 @@ class DDPM(NoiseProcessMethod):
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        batch = self.latent_batch(batch, sample=False)
         with eval_mode(self.sampling_net) as net:
             loss = self.loss(net, batch, self.eval_generator(batch_idx))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
@@ -179,11 +196,15 @@ class DDPM(NoiseProcessMethod):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/loss and the negative log-likelihood bound in bits/dim with its parts: all T terms, or the
         unbiased estimate of ``bound_timesteps``, whose variance over t is summed for test/bpd_se; with
-        ``ode_bpd``, the ODE likelihood too."""
+        ``ode_bpd``, the ODE likelihood too. A latent model reports test/loss only (its bounds would be of
+        latents, not of images)."""
+        batch = self.latent_batch(batch, sample=False)
         with eval_mode(self.sampling_net) as net:
             generator = self.eval_generator(batch_idx)
             self.log("test/loss", self.loss(net, batch, generator), sync_dist=True)
-            y = batch.get("y") if self.num_classes else None
+            if self.autoencoder is not None:
+                return
+            y = self.condition_of(batch)
             nll = self.diffusion.nll_bpd(
                 lambda x_t, t: net(x_t, t, y), batch["x"], self.prediction_type, self.variance, generator,
                 self.hparams.get("bound_timesteps"), progress=self._show_progress(),
@@ -221,9 +242,10 @@ class DDPM(NoiseProcessMethod):
         return NoiseModel(
             type(self).__name__, net, self.diffusion.sde, OutputLayout(self.prediction_type,
                                                                             self.variance == "learned"),
-            h.clip_denoised, {"sampler": h.sampler, "steps": steps, "denoise": True,
-                              "spacing": h.get("spacing") or "linear"}, self.diffusion,
-            self.variance, self.num_classes, h.guidance_scale,
+            h.clip_denoised and self.autoencoder is None,
+            {"sampler": h.sampler, "steps": steps, "denoise": True, "spacing": h.get("spacing") or "linear"},
+            self.diffusion,
+            self.variance, self.num_classes, h.guidance_scale, self.null_text,
         )
 
     def classifier_process(self) -> GaussianDiffusion:

@@ -16,8 +16,9 @@ from torch import nn
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import _adam, eval_mode
 from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
+from lit_gen.methods.text import TextConditioning, check_text, text_settings
 from lit_gen.nets import NetFactory, UNet
-from lit_gen.process import PATHS, OutputLayout, drop_labels
+from lit_gen.process import PATHS, OutputLayout
 from lit_gen.process.couplings import couple, sample_times
 from lit_gen.process.model import ModelFunction, coefficients, model_time, on_model_time
 from lit_gen.process.velocity import straightness
@@ -60,6 +61,9 @@ class FlowMatching(NoiseProcessMethod):
         ode_rtol: RK45 relative tolerance of the likelihood.
         ode_atol: RK45 absolute tolerance of the likelihood.
         init_from: a checkpoint (a reflow teacher's) whose weights a fresh fit starts from.
+        text: condition on captions (see :class:`~lit_gen.methods.DDPM`); None: no text.
+        autoencoder_ckpt: learn an Autoencoder's latents (see :class:`~lit_gen.methods.DDPM`).
+        autoencoder_hparams: filled from ``autoencoder_ckpt`` when the model is made (leave unset).
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -95,14 +99,20 @@ class FlowMatching(NoiseProcessMethod):
         ode_rtol: float = 1e-5,
         ode_atol: float = 1e-5,
         init_from: str | None = None,
+        text: TextConditioning | None = None,
+        autoencoder_ckpt: str | None = None,
+        autoencoder_hparams: dict | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
         seed: int = 0,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, ema_decay, seed)
-        self.save_hyperparameters()
-        check_conditioning(class_conditional, num_classes, p_uncond, guidance_scale)
+        self.save_hyperparameters(ignore=["autoencoder_hparams"])
+        text = text_settings(text)
+        check_text(text, class_conditional)
+        conditional = class_conditional or text is not None
+        check_conditioning(conditional, num_classes if text is None else 1, p_uncond, guidance_scale)
         if path not in PATHS:
             raise ValueError(f"path={path!r} is not supported; choose one of {sorted(PATHS)}")
         if not logit_scale > 0:
@@ -112,8 +122,8 @@ class FlowMatching(NoiseProcessMethod):
             raise ValueError(f"time_distribution='one_step' distils into one Euler step, which lands on x0 "
                              f"only on the linear path; path={path!r} (use path: linear)")
         couple(torch.zeros(1, 1), torch.zeros(1, 1), coupling)  # likewise a bad coupling
+        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape))
         self.settings = AttributeDict(self.hparams)
-        self.data_shape = tuple(data_shape)
         self.num_classes = num_classes if class_conditional else 0
         self.net_factory = net
         self.path = PATHS[path](num_scales, 0.0, shift)
@@ -122,7 +132,7 @@ class FlowMatching(NoiseProcessMethod):
         assembly.check(self.noise_model(None), {})  # the default sampler and steps, checked now
 
     def build_net(self) -> nn.Module:
-        return self.net_factory(self.data_shape, self.num_classes, self.data_shape[0])
+        return self.denoiser(self.net_factory, self.data_shape, self.num_classes, self.data_shape[0])
 
     # --- training ------------------------------------------------------------------------------------
     def loss(self, net: nn.Module, x0: torch.Tensor, generator: torch.Generator | None = None,
@@ -139,9 +149,6 @@ class FlowMatching(NoiseProcessMethod):
         target = self.layout.prediction.target(x0, eps, *c)
         return (net(x_t, model_time(self.path, t, x0), y) - target).pow(2).flatten(1).mean(1).mean()
 
-    def _labels_of(self, batch: dict) -> torch.Tensor | None:
-        return batch.get("y") if self.num_classes else None
-
     def _noise_of(self, batch: dict, training: bool = False) -> torch.Tensor | None:
         """The batch's paired noise (reflow), or None; in training, one-line errors for settings that cannot
         use it."""
@@ -157,28 +164,32 @@ class FlowMatching(NoiseProcessMethod):
         return noise
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        y = self._labels_of(batch)
-        if y is not None and self.settings.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
-            y = drop_labels(y, self.settings.p_uncond, self.num_classes)
+        batch = self.latent_batch(batch, sample=True)
+        # dropped conditions are drawn from the per-step seed: resume stays exact
+        y = self.condition_of(batch, self.settings.p_uncond)
         loss = self.loss(self.net, batch["x"], y=y, noise=self._noise_of(batch, training=True))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        batch = self.latent_batch(batch, sample=False)
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self._labels_of(batch),
+            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self.condition_of(batch),
                              self._noise_of(batch))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/loss; the likelihood by the ODE from the data to the prior: test/bpd on 8-bit images
         (dequantised), test/nll in nats on vectors, and test/nfe (the unconditional model's); then
-        test/straightness of the Euler paths (32 steps) from noise."""
+        test/straightness of the Euler paths (32 steps) from noise. A latent model has no likelihood of
+        images to report."""
         generator = self.eval_generator(batch_idx)
+        batch = self.latent_batch(batch, sample=False)
         with eval_mode(self.sampling_net) as net:
-            x, y = batch["x"], self._labels_of(batch)
+            x, y = batch["x"], self.condition_of(batch)
             self.log("test/loss", self.loss(net, x, generator, y, self._noise_of(batch)), sync_dist=True)
-            self.log_likelihood_metrics(self.log_likelihood(x, generator, net))
+            if self.autoencoder is None:
+                self.log_likelihood_metrics(self.log_likelihood(x, generator, net))
             straightness = self.straightness(randn(x.shape, generator, x.device), y, net)
             self.log("test/straightness", straightness.mean(), sync_dist=True, prog_bar=True)
 
@@ -204,7 +215,8 @@ class FlowMatching(NoiseProcessMethod):
         h = self.settings
         defaults = {"sampler": h.sampler, "steps": h.sampling_steps, "denoise": False}
         return NoiseModel(type(self).__name__, net, self.path, self.layout, h.clip_denoised, defaults,
-                          num_classes=self.num_classes, guidance_scale=h.guidance_scale)
+                          num_classes=self.num_classes, guidance_scale=h.guidance_scale,
+                          null_text=self.null_text)
 
     def classifier_process(self) -> GaussianDiffusion:
         raise ValueError("classifier guidance needs a DDPM or VP score model (a NoisyClassifier knows DDPM's "

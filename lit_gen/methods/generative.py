@@ -111,6 +111,13 @@ class GenerativeModule(LitGenModule):
         super().__init_subclass__(**kwargs)
         cls.sample_options = frozenset(f.name for f in fields(cls.SampleOptions))
 
+    @classmethod
+    def abilities_of(cls, hparams: dict) -> Abilities:
+        """What a model of these hyperparameters can do (a method whose abilities depend on them, a text-
+        conditional diffusion model, says so here); ``lit-gen sample`` checks its flags against it before
+        loading."""
+        return cls.abilities
+
     def sample(
         self,
         num_samples: int,

@@ -79,6 +79,7 @@ class NCSN(ScoreSDE):
         self._sigma_begin = sigma_begin  # None until fitting measures it on the data
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         if self._sigma_begin is None:
             self.set_sigma_begin(sigma_max_from_data(self._training_points()))
 

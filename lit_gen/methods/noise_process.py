@@ -11,7 +11,9 @@ from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
-from lit_gen.process import ClassifierGuidance, ModelFunction, on_model_time
+from lit_gen.methods.latent import LatentSpace
+from lit_gen.methods.text import TextConditional
+from lit_gen.process import ClassifierGuidance, ModelFunction, drop_labels, on_model_time
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
 from lit_gen.score.likelihood import ode_bits_per_dim, ode_log_likelihood
 
@@ -91,11 +93,63 @@ def ode_likelihood(function: ModelFunction, x: torch.Tensor, generator=None, **o
     return ode_log_likelihood(function, x, generator=generator, **options)
 
 
-class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
-    """Sampling of a model of a noise process, with the options of :class:`NoiseSampleOptions`."""
+class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, GenerativeModule):
+    """Sampling of a model of a noise process, with the options of :class:`NoiseSampleOptions`; conditioned on
+    classes or on text (:class:`~lit_gen.methods.text.TextConditional`), on images or on an autoencoder's
+    latents (:class:`~lit_gen.methods.latent.LatentSpace`)."""
 
     SampleOptions = NoiseSampleOptions
     abilities = Abilities(inpainting=True, latents=True)
+
+    @classmethod
+    def abilities_of(cls, hparams: dict) -> Abilities:
+        """A text-conditional model draws from prompts; a latent model does not inpaint pixels."""
+        latent = bool(hparams.get("autoencoder_ckpt") or hparams.get("autoencoder_hparams"))
+        return Abilities(prompts=hparams.get("text") is not None, inpainting=not latent, latents=True)
+
+    def init_conditions(self, text: dict | None, autoencoder_ckpt: str | None,
+                        autoencoder_hparams: dict | None, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Text and latent space set up from the init arguments; the shape the process lives in."""
+        self.init_text(text)
+        if "text" in self.hparams:  # plain data in checkpoints, a CLIP's architecture filled in
+            self.hparams["text"] = text
+        shape = self.init_latent(autoencoder_ckpt, autoencoder_hparams, data_shape)
+        self.abilities = self.abilities_of(self.hparams)
+        return shape
+
+    def denoiser(self, factory, data_shape: tuple[int, ...], num_classes: int, out_channels: int):
+        """``factory``'s net for this model: a class-conditional or unconditional denoiser, or with text, one
+        that cross-attends to its text encoder."""
+        if self.text is not None:
+            return self.text_net(factory, data_shape, out_channels)
+        return factory(data_shape, num_classes, out_channels)
+
+    def condition_of(self, batch: dict, p_uncond: float = 0.0) -> torch.Tensor | None:
+        """The network's condition for a batch: its captions' ids (text), its labels (class-conditional) or
+        None; with ``p_uncond``, each replaced by the null condition with that probability (for CFG)."""
+        if self.text is not None:
+            y, null = self.caption_ids(batch["caption"]), self.null_text
+        elif self.num_classes:
+            y, null = batch["y"], self.num_classes
+        else:
+            return None
+        return drop_labels(y, p_uncond, null) if p_uncond > 0 else y
+
+    # --- fit start: the tokenizer, the autoencoder and its latent scale, a CLIP's text tower ---------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.setup_text(self.trainer)
+            if self.trainer.ckpt_path is None:
+                self.load_autoencoder(self.hparams.get("autoencoder_ckpt"))
+
+    def configure_model(self) -> None:
+        fresh = "net" not in self._modules and self._fitting_afresh() and self.trainer.ckpt_path is None
+        super().configure_model()
+        if fresh:
+            self.load_clip_text()
+
+    def on_fit_start(self) -> None:
+        self.measure_latent_scale(self.trainer.datamodule.train_dataset)
 
     def noise_model(self, net: nn.Module) -> NoiseModel:
         """This model, with ``net`` as its network, as the sampler assembly sees it."""
@@ -106,14 +160,29 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
         """The probability-flow ODE likelihood of x (B, ...) on the model's own process, from its t_min (the
         unconditional model of a conditional one); ``options``: trace, n_probes, rtol, atol (see
         :func:`ode_likelihood`)."""
+        if self.autoencoder is not None:
+            raise ValueError(f"this {type(self).__name__} models an autoencoder's latents: its ODE "
+                             "likelihood would be of latents, not of images")
         model = self.noise_model(net or self.sampling_net)
         function = ModelFunction(on_model_time(lambda x_, s: model.net(x_, s, None), model.sde), model.sde,
                                  model.layout)
         return ode_likelihood(function, x, generator, **options)
 
-    def _guidance(self, num_samples: int, labels: torch.Tensor | None,
-                  options: dict) -> tuple[torch.Tensor | None, ClassifierGuidance | None]:
-        """(the requested labels, or None for an unguided unconditional model; the classifier guidance)."""
+    def _guidance(self, num_samples: int, labels: torch.Tensor | None, options: dict,
+                  captions: list[str] | None = None) -> tuple[torch.Tensor | None, ClassifierGuidance | None]:
+        """(the requested labels or captions' ids, or None for an unguided unconditional model; the classifier
+        guidance)."""
+        if self.text is not None:
+            if labels is not None or options.get("classifier_ckpt") is not None:
+                raise ValueError(f"this {type(self).__name__} is conditioned on text, not labels: give "
+                                 "captions (lit-gen sample --text or --text_file), without --labels or "
+                                 "classifier_ckpt")
+            if captions is None:  # checking options: the null caption stands for any
+                return self.null_text.to(self.device).expand(num_samples, -1), None
+            return self.caption_ids(captions), None
+        if captions is not None:
+            raise ValueError(f"captions were given, but this {type(self).__name__} is not text-conditional "
+                             "(train it with text: {...} on a captioned data set)")
         classifier = self._classifier(options)
         classes = self._labels(num_samples, labels, self.label_classes(options))
         if classifier is None:
@@ -131,23 +200,33 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
         trajectory_points: int = 0,
         latents: torch.Tensor | None = None,
         inpaint: tuple[torch.Tensor, torch.Tensor] | None = None,
+        captions: list[str] | None = None,
+        prompt_indices: list[int] | None = None,
         **options,
     ) -> SampleOutput:
         """Sample with the options of :class:`NoiseSampleOptions` from x_T ~ the prior (or ``latents``, e.g.
         from :meth:`invert` or an interpolation). ``labels`` (B,) are the requested classes of a conditional
         or classifier-guided model (default: balanced over the classes); ``inpaint`` = (x_known, mask) fills
-        in where mask is 0 (solvers of lit_gen.score)."""
+        in where mask is 0 (solvers of lit_gen.score); ``captions`` (one per sample) prompt a text-conditional
+        model (default: validation captions). A latent model's samples and trajectory are decoded to
+        images."""
         self.check_options(options, self.sample_options, type(self).__name__)
+        if inpaint is not None and self.autoencoder is not None:
+            raise ValueError(f"this {type(self).__name__} models latents: it cannot inpaint pixels")
+        if captions is None and self.text is not None:
+            captions = self.default_captions(num_samples)
         with eval_mode(self.sampling_net) as net:
             model = self.noise_model(net)
             shape = (num_samples, *self.data_shape)
             x_T = model.sde.prior_sampling(shape, generators, self.device) if latents is None else latents
-            classes, classifier = self._guidance(num_samples, labels, options)
+            condition, classifier = self._guidance(num_samples, labels, options, captions)
             if inpaint is not None:
                 inpaint = tuple(a.to(self.device) for a in inpaint)
-            x, trajectory, nfe = assembly.sample(model, options, x_T, generators, classes, classifier,
+            x, trajectory, nfe = assembly.sample(model, options, x_T, generators, condition, classifier,
                                                  progress, trajectory_points, inpaint)
-        return SampleOutput(x, classes, trajectory, nfe=nfe)
+        classes = None if self.text is not None else condition
+        return SampleOutput(self.decode_latents(x), classes, [self.decode_latents(z) for z in trajectory],
+                            nfe=nfe, captions=captions)
 
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
@@ -176,8 +255,9 @@ class NoiseProcessMethod(ClassifierGuided, GenerativeModule):
                **options) -> torch.Tensor:
         """Encode x0 to its latent x_T by the deterministic sampler of ``options`` run backwards."""
         labels = self._labels(x0.shape[0], labels) if self.num_classes else None  # a classifier's: unused
+        x0 = self.encode_images(x0.to(self.device))  # a latent model inverts the image's latents
         with eval_mode(self.sampling_net) as net:
-            return assembly.invert(self.noise_model(net), options, x0.to(self.device), labels, progress)
+            return assembly.invert(self.noise_model(net), options, x0, labels, progress)
 
     def log_likelihood_metrics(self, out: dict) -> None:
         """test/bpd on 8-bit images or test/nll (nats) on vectors, and test/nfe, of :func:`ode_likelihood`."""

@@ -139,7 +139,8 @@ class ScoreSDE(NoiseProcessMethod):
         if importance_sampling and weighting != "likelihood":
             raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
                              "weighting='likelihood'")
-        self.data_shape, self.num_classes = tuple(data_shape), num_classes if class_conditional else 0
+        self.data_shape = self.init_conditions(None, None, None, tuple(data_shape))  # images, no text
+        self.num_classes = num_classes if class_conditional else 0
         self.init_from, self.net_factory = init_from, net
         self.build_sde()
         make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid

@@ -88,6 +88,34 @@ class AttentionBlock(nn.Module):
         return x + self.proj_out(h)
 
 
+class CrossAttentionBlock(nn.Module):
+    """Attention from every position to a context sequence (B, M, context_dim), e.g. a caption's token
+    states, with a residual connection and a zero-initialised output (LDM's conditioning, Rombach et al.
+    2022, Eq. 3). Without a context it is the identity."""
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int, num_groups: int):
+        super().__init__()
+        if channels % num_heads != 0:
+            raise ValueError(f"num_heads={num_heads} must divide the attention width {channels}")
+        self.num_heads = num_heads
+        self.norm = _group_norm(channels, num_groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is None:
+            return x
+        B, C, H, W = x.shape
+        heads, d = self.num_heads, C // self.num_heads
+        q = self.q(self.norm(x)).reshape(B, heads, d, H * W).transpose(-1, -2)  # (B, heads, HW, d)
+        k, v = self.kv(context).reshape(B, context.shape[1], 2, heads, d).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))  # (B, heads, HW, d)
+        return x + self.proj_out(h.transpose(-1, -2).reshape(B, C, H, W))
+
+
 class Downsample(nn.Module):
     """Halve H and W with a stride-2 3x3 convolution."""
 
@@ -111,12 +139,15 @@ class Upsample(nn.Module):
 
 
 class _EmbedSequential(nn.Sequential):
-    """A sequence of blocks; residual blocks also receive the embedding. Optionally checkpointed."""
+    """A sequence of blocks; residual blocks also receive the embedding, cross-attention the context.
+    Optionally checkpointed."""
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor, use_checkpoint: bool = False) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, use_checkpoint: bool = False,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         for layer in self:
-            args = (h, emb) if isinstance(layer, ResBlock) else (h,)
-            if use_checkpoint and isinstance(layer, (ResBlock, AttentionBlock)):
+            args = (h, emb) if isinstance(layer, ResBlock) else (h, context) if isinstance(
+                layer, CrossAttentionBlock) else (h,)
+            if use_checkpoint and isinstance(layer, (ResBlock, AttentionBlock, CrossAttentionBlock)):
                 # Recompute activations in backward instead of storing them; RNG state (dropout) is replayed.
                 h = checkpoint(layer, *args, use_reentrant=False)
             else:
@@ -158,6 +189,7 @@ class _Trunk(nn.Module):
         time_scale: float,
         gradient_checkpointing: bool,
         adaptive_norm: bool,
+        context_dim: int | None = None,
     ):
         super().__init__()
         data_shape = tuple(data_shape)
@@ -176,6 +208,7 @@ class _Trunk(nn.Module):
         )
         self.label_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes > 0 else None
         self._block_args = (emb_dim, dropout, num_groups, adaptive_norm, num_heads)
+        self.context_dim = context_dim
 
         # Down path: every unit's output is kept as a skip connection for the up path.
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
@@ -187,23 +220,25 @@ class _Trunk(nn.Module):
                 unit = [self.res(ch, base_channels * mult)]
                 ch = base_channels * mult
                 if resolution in attention_resolutions:
-                    unit.append(self.attn(ch))
+                    unit.extend(self.attn(ch))
                 self.down.append(_EmbedSequential(*unit))
                 self.skip_channels.append(ch)
             if level != len(channel_mults) - 1:
                 self.down.append(_EmbedSequential(Downsample(ch)))
                 resolution //= 2
                 self.skip_channels.append(ch)
-        self.middle = _EmbedSequential(self.res(ch, ch), self.attn(ch), self.res(ch, ch))
+        self.middle = _EmbedSequential(self.res(ch, ch), *self.attn(ch), self.res(ch, ch))
         self.trunk_channels, self.trunk_resolution = ch, resolution
 
     def res(self, c_in: int, c_out: int) -> ResBlock:
         emb_dim, dropout, num_groups, adaptive_norm, _ = self._block_args
         return ResBlock(c_in, c_out, emb_dim, dropout, num_groups, adaptive_norm)
 
-    def attn(self, c: int) -> AttentionBlock:
+    def attn(self, c: int) -> list[nn.Module]:
+        """Self-attention, then cross-attention to the context when the net takes one."""
         _, _, num_groups, _, num_heads = self._block_args
-        return AttentionBlock(c, num_heads, num_groups)
+        cross = [CrossAttentionBlock(c, self.context_dim, num_heads, num_groups)] if self.context_dim else []
+        return [AttentionBlock(c, num_heads, num_groups), *cross]
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None, batch_size: int) -> torch.Tensor:
         """Time (+ label) embedding, shape (B, 4 * base_channels)."""
@@ -222,9 +257,10 @@ class _Trunk(nn.Module):
         return [*self.down, self.middle, *getattr(self, "up", [])]
 
     def encode(
-        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None, context: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor, bool]:
-        """(h after the middle block, the skips, the embedding, whether to checkpoint activations)."""
+        """(h after the middle block, the skips, the embedding, whether to checkpoint activations);
+        ``context`` (B, M, context_dim): what cross-attention attends to."""
         if x.ndim != 4 or x.shape[1] != self.data_shape[0]:
             raise ValueError(
                 f"{type(self).__name__} expects x of shape (B, {self.data_shape[0]}, H, W), got "
@@ -235,9 +271,9 @@ class _Trunk(nn.Module):
         h = self.conv_in(x)  # (B, ch, H, W)
         skips = [h]
         for unit in self.down:
-            h = unit(h, emb, use_ckpt)
+            h = unit(h, emb, use_ckpt, context)
             skips.append(h)
-        h = self.middle(h, emb, use_ckpt)  # (B, ch * mult[-1], H / 2^L, W / 2^L)
+        h = self.middle(h, emb, use_ckpt, context)  # (B, ch * mult[-1], H / 2^L, W / 2^L)
         return h, skips, emb, use_ckpt
 
 
@@ -267,6 +303,7 @@ class UNet(_Trunk):
         time_scale: float = 1.0,
         gradient_checkpointing: bool = False,
         adaptive_norm: bool = False,
+        context_dim: int | None = None,
     ):
         """Build the UNet.
 
@@ -290,11 +327,14 @@ class UNet(_Trunk):
                 save memory at the cost of extra compute.
             adaptive_norm: Inject the time + label embedding as a scale and shift of each residual block's
                 second GroupNorm (AdaGN, Dhariwal & Nichol 2021) instead of adding it.
+            context_dim: Width of a context sequence (a caption's token states) that cross-attention after
+                each self-attention attends to (Rombach et al. 2022); None: none. Text-conditional methods
+                set it to their text encoder's width.
         """
         super().__init__(
             data_shape, num_classes, base_channels, channel_mults, num_res_blocks, attention_resolutions,
             dropout,
-            num_heads, num_groups, time_scale, gradient_checkpointing, adaptive_norm,
+            num_heads, num_groups, time_scale, gradient_checkpointing, adaptive_norm, context_dim,
         )
         self.out_channels = out_channels if out_channels is not None else self.data_shape[0]
         self.up, ch = self._up_path(channel_mults, num_res_blocks, attention_resolutions)
@@ -314,7 +354,7 @@ class UNet(_Trunk):
                 unit = [self.res(ch + skip_channels.pop(), self.base_channels * mult)]
                 ch = self.base_channels * mult
                 if resolution in attention_resolutions:
-                    unit.append(self.attn(ch))
+                    unit.extend(self.attn(ch))
                 if level != 0 and i == num_res_blocks:
                     unit.append(Upsample(ch))
                     resolution *= 2
@@ -322,7 +362,8 @@ class UNet(_Trunk):
         assert not skip_channels
         return up, ch
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
         """Predict the network target for noisy images.
 
         Args:
@@ -331,11 +372,13 @@ class UNet(_Trunk):
                 broadcast to the batch.
             y: Labels (B,) int64 in [0, num_classes], where ``num_classes`` is NULL; None means all NULL.
                 Ignored by an unconditional net (``num_classes == 0``).
+            context: (B, M, context_dim) states of a text encoder for the cross-attention of a net built with
+                ``context_dim`` (None: no cross-attention).
 
         Returns:
             Tensor of shape (B, out_channels, H, W).
         """
-        h, skips, emb, use_ckpt = self.encode(x, t, y)
+        h, skips, emb, use_ckpt = self.encode(x, t, y, context)
         for unit in self.up:
-            h = unit(torch.cat([h, skips.pop()], dim=1), emb, use_ckpt)
+            h = unit(torch.cat([h, skips.pop()], dim=1), emb, use_ckpt, context)
         return self.conv_out(F.silu(self.norm_out(h)))  # (B, out_channels, H, W)

@@ -24,15 +24,26 @@ ClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x_t, mod
 Batching = Literal["joint", "split"]
 
 
-def drop_labels(y: torch.Tensor, p_uncond: float, null_label: int, generator: torch.Generator | None = None):
-    """Replace each label by ``null_label`` with probability ``p_uncond`` (condition dropout for
-    classifier-free guidance, Ho & Salimans 2022, Algorithm 1). Draws from ``generator``, else from the
-    (per-step seeded) global RNG."""
+Null = int | torch.Tensor  # the null condition: a label, or the (L,) token ids of the empty caption
+
+
+def null_like(y: torch.Tensor, null: Null) -> torch.Tensor:
+    """The null condition for every sample of ``y``: labels (B,) of ``null``, or rows (B, L) of its ids."""
+    if isinstance(null, torch.Tensor):
+        return null.to(y.device, y.dtype).expand_as(y)
+    return torch.full_like(y, null)
+
+
+def drop_labels(y: torch.Tensor, p_uncond: float, null_label: Null,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """Replace each sample's condition (a label, or a caption's ids: a row of y) by the null one with
+    probability ``p_uncond`` (condition dropout for classifier-free guidance, Ho & Salimans 2022, Algorithm
+    1). Draws from ``generator``, else from the (per-step seeded) global RNG."""
     if not 0 <= p_uncond <= 1:
         raise ValueError(f"p_uncond={p_uncond} must be in [0, 1]")
-    drop = torch.rand(y.shape, generator=generator,
+    drop = torch.rand(y.shape[:1], generator=generator,
                       device=y.device if generator is None else generator.device)
-    return torch.where(drop.to(y.device) < p_uncond, torch.full_like(y, null_label), y)
+    return torch.where(append_dims(drop.to(y.device) < p_uncond, y.ndim), null_like(y, null_label), y)
 
 
 class ClassifierGuidance:
@@ -93,11 +104,11 @@ class CFG:
 
 class ClassifierFree:
     """The output function of a conditional ``net(x, model_time, y)`` with :class:`CFG` applied; ``labels``
-    None calls the network without labels. With a learned variance, the conditional model's variance
-    channels are kept."""
+    (B,) classes or (B, L) captions' ids; None calls the network without them. With a learned variance,
+    the conditional model's variance channels are kept."""
 
     def __init__(self, net: NetFn, sde: SDE, layout: OutputLayout, labels: torch.Tensor | None,
-                 null_label: int | None, cfg: CFG | None = None) -> None:
+                 null_label: Null | None, cfg: CFG | None = None) -> None:
         self.net, self.sde, self.layout = net, sde, layout
         self.labels, self.null_label, self.cfg = labels, null_label, cfg or CFG()
 
@@ -105,7 +116,7 @@ class ClassifierFree:
         s, y, mt = self.cfg.scale, self.labels, model_time(self.sde, t, x_t)
         if y is None or s == 1:
             return self.net(x_t, mt, y)
-        null = torch.full_like(y, self.null_label)
+        null = null_like(y, self.null_label)
         if s == 0:
             return self.net(x_t, mt, null)
         inside = self._guided_here(mt)

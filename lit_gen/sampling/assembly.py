@@ -48,6 +48,8 @@ class NoiseModel:
         num_classes: classes of a conditional model; label ``num_classes`` is its null label (0:
             unconditional).
         guidance_scale: the model's default classifier-free guidance scale.
+        null_text: (L,) token ids of the empty caption of a text-conditional model, its null condition
+            (its samples' conditions are the captions' ids, (B, L)); None for other models.
     """
 
     name: str
@@ -60,6 +62,17 @@ class NoiseModel:
     variance: str = "small"
     num_classes: int = 0
     guidance_scale: float = 1.0
+    null_text: torch.Tensor | None = None
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the network takes a condition: class labels or a caption."""
+        return bool(self.num_classes) or self.null_text is not None
+
+    @property
+    def null(self):
+        """The null condition of classifier-free guidance: the null label, or the empty caption's ids."""
+        return self.null_text if self.null_text is not None else self.num_classes
 
     def samplers(self) -> tuple[str, ...]:
         return SAMPLER_NAMES if self.diffusion is not None else tuple(sorted(SOLVERS))
@@ -78,10 +91,11 @@ def cfg_of(model: NoiseModel, options: dict, device: torch.device | None = None)
     scale = options.get("guidance_scale")
     scale = model.guidance_scale if scale is None else scale
     given = {k: options[k] for k in CFG_KEYS if options.get(k) is not None}
-    if not model.num_classes and (scale != 1 or given):
+    if not model.conditional and (scale != 1 or given):
         given = {"guidance_scale": scale, **given} if scale != 1 else given
-        raise ValueError(f"{given} is classifier-free guidance, which needs a class-conditional model; this "
-                         f"{model.name} is unconditional (guide it with --classifier_ckpt instead)")
+        raise ValueError(f"{given} is classifier-free guidance, which needs a class- or text-conditional "
+                         f"model; this {model.name} is unconditional (guide it with --classifier_ckpt "
+                         "instead)")
     interval = options.get("guidance_interval")
     batching = options.get("guidance_batching") or "auto"
     if batching not in ("auto", "joint", "split"):
@@ -111,8 +125,8 @@ def guided(model: NoiseModel, options: dict, labels: torch.Tensor | None,
     """(the output function with the guidance of ``options``, the mean shift of an ancestral step or None),
     for samples on ``device``."""
     cfg = cfg_of(model, options, device)
-    fn: OutputFn = ClassifierFree(model.net, model.sde, model.layout, labels if model.num_classes else None,
-                                  model.num_classes, cfg)
+    fn: OutputFn = ClassifierFree(model.net, model.sde, model.layout, labels if model.conditional else None,
+                                  model.null, cfg)
     if classifier is None:
         return fn, None
     if classifier_form(options, sampler, model.sampler_name(options)) == "mean":

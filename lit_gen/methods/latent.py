@@ -1,0 +1,133 @@
+"""Latent diffusion (Rombach et al. 2022): a noise-process method given ``autoencoder_ckpt`` models the
+latents
+of a frozen :class:`~lit_gen.methods.Autoencoder` scaled to unit variance, and decodes its samples to images.
+The autoencoder's weights are kept in the model's checkpoints, so sampling needs only them."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
+from lit_gen.nets.autoencoder import AutoencoderNet, posterior_sample
+from lit_gen.sharding import gathered
+
+# training images the latent scale is measured on (the first ones: the same on every rank)
+SCALE_IMAGES = 2048
+ARCHITECTURE = ("latent_channels", "channels", "channel_mults", "res_blocks")
+
+
+class LatentCache:
+    """The posterior moments (mean, log-variance) of each training image, computed once: keyed by a digest of
+    the image's 8-bit pixels (a flipped image is another one), valid as long as the frozen autoencoder is."""
+
+    def __init__(self) -> None:
+        self.moments: dict[bytes, torch.Tensor] = {}
+
+    def __call__(self, net: AutoencoderNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pixels = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        keys = [hashlib.blake2b(p.tobytes(), digest_size=16).digest() for p in pixels]
+        missing = [i for i, key in enumerate(keys) if key not in self.moments]
+        if missing:
+            mean, logvar = net.moments(x[missing].float())
+            both = torch.cat([mean, logvar], 1).cpu()
+            self.moments.update({keys[i]: m for i, m in zip(missing, both, strict=True)})
+        return torch.stack([self.moments[key] for key in keys]).to(x.device).chunk(2, dim=1)
+
+
+def autoencoder_hparams(path: str | None) -> dict:
+    """The Autoencoder hyperparameters of the checkpoint at ``path`` (one-line errors for anything else)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"autoencoder_ckpt not found: {path!r} (train the autoencoder first: lit-gen "
+                                "fit --config experiments/t2i/autoencoder_shapes.yaml)")
+    ckpt = read_checkpoint(path)
+    check_method(ckpt, "Autoencoder", path)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if "latent_channels" not in hparams:
+        raise CheckpointError(f"autoencoder_ckpt {path!r} has no Autoencoder hyperparameters")
+    return {k: hparams[k] for k in ("data_shape", *ARCHITECTURE)}
+
+
+class LatentSpace:
+    """What a noise-process method needs to model latents: the frozen autoencoder, the latent scale (measured
+    on the training data at fit start, kept in the checkpoint), the latents of a batch, decoding."""
+
+    def init_latent(self, path: str | None, hparams: dict | None, data_shape: tuple[int, ...]) -> tuple:
+        """The shape the model's process lives in: ``data_shape``, or the autoencoder's latent shape."""
+        self.image_shape = tuple(data_shape)
+        self.autoencoder: AutoencoderNet | None = None
+        if path is None and hparams is None:
+            return self.image_shape
+        hparams = hparams or autoencoder_hparams(path)
+        self.hparams["autoencoder_hparams"] = hparams
+        if tuple(hparams["data_shape"]) != self.image_shape:
+            raise ValueError(f"the autoencoder {path} was trained on images of shape "
+                             f"{tuple(hparams['data_shape'])}, but the data here have shape "
+                             f"{self.image_shape}: use the same data set and image_size")
+        self.autoencoder = AutoencoderNet(self.image_shape, *(hparams[k] for k in ARCHITECTURE))
+        self.autoencoder.requires_grad_(False).eval()
+        self.register_buffer("latent_scale", torch.zeros(()))  # 0: not measured yet
+        self.latent_cache = LatentCache()
+        self._autoencoder_loaded = False
+        return tuple(self.autoencoder.latent_shape)
+
+    def load_autoencoder(self, path: str | None) -> None:
+        """At a fresh fit: the autoencoder's sampling weights from ``path``, once (a checkpoint of this model
+        holds them already)."""
+        if self.autoencoder is None or self._autoencoder_loaded or path is None:
+            return
+        frozen = load_frozen(path, "cpu", "Autoencoder")
+        self.autoencoder.load_state_dict(frozen.sampling_net.state_dict())
+        self._autoencoder_loaded = True
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._autoencoder_loaded = True
+
+    @torch.no_grad()
+    def measure_latent_scale(self, dataset, generator_seed: int = 0) -> None:
+        """latent_scale = 1 / std of posterior samples of the first ``SCALE_IMAGES`` training images (the role
+        of Stable Diffusion's 0.18215), unless a checkpoint brought it."""
+        if self.autoencoder is None or float(self.latent_scale) > 0:
+            return
+        n = min(SCALE_IMAGES, len(dataset))
+        generator = torch.Generator(device=self.device).manual_seed(generator_seed)
+        zs = []
+        with gathered(self.autoencoder):
+            for start in range(0, n, 256):
+                x = torch.stack([dataset[i]["x"] for i in range(start, min(start + 256, n))]).to(self.device)
+                zs.append(posterior_sample(*self.autoencoder.moments(x.float()), generator).double().cpu())
+        std = torch.cat(zs).std()
+        self.latent_scale.fill_(1.0 / float(std))
+        if self.global_rank == 0:
+            print(f"lit-gen: latent scale {float(self.latent_scale):.5g} (1 / std of the latents of {n} "
+                  "training images)", file=sys.stderr)
+
+    def latent_batch(self, batch: dict, sample: bool) -> dict:
+        """The batch with images ``x`` replaced by their scaled latents: a posterior sample (training; the
+        global RNG, seeded per step) or the posterior mean."""
+        if self.autoencoder is None:
+            return batch
+        with torch.no_grad(), gathered(self.autoencoder):
+            mean, logvar = self.latent_cache(self.autoencoder, batch["x"])
+        z = posterior_sample(mean, logvar) if sample else mean
+        return {**batch, "x": (z * self.latent_scale).to(batch["x"].dtype)}
+
+    @torch.no_grad()
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Scaled latents of images (the posterior mean); images unchanged for a model of images."""
+        if self.autoencoder is None:
+            return x
+        with gathered(self.autoencoder):
+            return self.autoencoder.moments(x.float())[0] * self.latent_scale
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] of scaled latents; latents unchanged for a model of images."""
+        if self.autoencoder is None:
+            return z
+        with gathered(self.autoencoder), torch.autocast(z.device.type, enabled=False):
+            return self.autoencoder.decode(z.float() / self.latent_scale).clamp(-1, 1)

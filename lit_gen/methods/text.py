@@ -1,0 +1,140 @@
+"""Text conditioning for the noise-process methods: captions become BPE ids (a tokenizer fitted on the
+training
+captions and kept in the checkpoint, or a frozen CLIP's), a text encoder turns them into states that the
+denoiser cross-attends to, and the empty caption is the null condition of classifier-free guidance."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lit_gen.checkpoints import check_method, network_weights, read_checkpoint
+from lit_gen.data.base import dataset_captions
+from lit_gen.nets.text_encoder import TextConditionedNet, TextEncoder, clip_text_weights
+from lit_gen.sharding import load_full_state_dict
+from lit_gen.text import BPETokenizer
+
+PREVIEW_CAPTIONS = 64  # validation captions that sample grids draw from
+PER_PROMPT = 4  # images per caption in a sample grid
+
+
+@dataclass
+class TextConditioning:
+    """Conditioning on captions (a captioned data set: shapes, captioned image folders).
+
+    Args:
+        vocab_size: BPE vocabulary learned from the training captions.
+        max_length: tokens per caption (longer captions are cut, with a warning).
+        dim: width of the text encoder's states (the denoiser's ``context_dim``).
+        depth: text transformer layers.
+        heads: attention heads of the text encoder.
+        clip_ckpt: a lit_gen CLIP checkpoint whose text tower (frozen) and tokenizer replace the ones above
+            (its vocab_size, max_length, dim, depth and heads are taken from it).
+    """
+
+    vocab_size: int = 512
+    max_length: int = 16
+    dim: int = 128
+    depth: int = 2
+    heads: int = 4
+    clip_ckpt: str | None = None
+
+
+def text_settings(text: TextConditioning | dict | None) -> dict | None:
+    """The settings as plain data (for the checkpoint's hyperparameters); with a ``clip_ckpt`` that exists,
+    its CLIP's architecture (a checkpoint of the model keeps them, so it loads without that file)."""
+    if text is None:
+        return None
+    settings = asdict(text) if isinstance(text, TextConditioning) else dict(text)
+    unknown = sorted(set(settings) - {f.name for f in fields(TextConditioning)})
+    if unknown:
+        names = [f.name for f in fields(TextConditioning)]
+        raise ValueError(f"text has no setting(s) {unknown}; it takes {names}")
+    settings = {**asdict(TextConditioning()), **settings}
+    path = settings["clip_ckpt"]
+    if path is not None and Path(path).exists():
+        ckpt = read_checkpoint(path)
+        check_method(ckpt, "CLIP", f"text.clip_ckpt {path}")
+        h = ckpt["hyper_parameters"]
+        settings.update(vocab_size=h["vocab_size"], max_length=h["text_len"], dim=h["dim"], depth=h["depth"],
+                        heads=h["heads"])
+    return settings
+
+
+def check_text(text: dict | None, class_conditional: bool) -> None:
+    if text is not None and class_conditional:
+        raise ValueError("class_conditional and text are two conditions; a model takes one of them")
+
+
+class TextConditional:
+    """What a noise-process method needs for text: its tokenizer, its text net, the condition of a batch, the
+    tokenizer fitted and the preview captions read at fit start, a CLIP's text weights loaded once."""
+
+    def init_text(self, text: dict | None) -> None:
+        self.text = text
+        self.tokenizer = None if text is None else BPETokenizer(text["vocab_size"], text["max_length"])
+        self.preview_captions: list[str] = []
+
+    @property
+    def null_text(self) -> torch.Tensor | None:
+        """(L,) ids of the empty caption, the null condition; None without text."""
+        return None if self.tokenizer is None else self.tokenizer.null(1)[0]
+
+    def text_net(self, factory, data_shape: tuple[int, ...], out_channels: int) -> nn.Module:
+        """The denoiser of ``factory`` built with ``context_dim`` and wrapped with its text encoder."""
+        t, tok = self.text, self.tokenizer
+        try:
+            denoiser = factory(data_shape, 0, out_channels, context_dim=t["dim"])
+        except TypeError as err:
+            raise ValueError(f"text conditioning needs a net that cross-attends (lit_gen.nets.UNet or DiT, "
+                             f"which take context_dim): {err}") from None
+        encoder = TextEncoder(tok.num_tokens, tok.max_length, tok.vocab_size, t["dim"], t["depth"],
+                              t["heads"])
+        return TextConditionedNet(denoiser, encoder, tok.null(1)[0], frozen=t["clip_ckpt"] is not None)
+
+    def caption_ids(self, captions: list[str]) -> torch.Tensor:
+        return self.tokenizer.encode(list(captions)).to(self.device)
+
+    def setup_text(self, trainer) -> None:
+        """At fit start: the tokenizer fitted on the training captions (or a CLIP's taken) and the preview
+        captions of the sample grids."""
+        if self.text is None:
+            return
+        datamodule = trainer.datamodule
+        if not self.tokenizer.is_fitted:
+            path = self.text["clip_ckpt"]
+            if path is not None:
+                state = read_checkpoint(path)["state_dict"]
+                self.tokenizer.load_state_dict({"json": state["tokenizer.json"]})
+            else:
+                self.tokenizer.fit(dataset_captions(datamodule.train_dataset))
+        captions = dataset_captions(datamodule.val_dataset, "the validation set")
+        self.preview_captions = captions[:PREVIEW_CAPTIONS]
+
+    def load_clip_text(self) -> None:
+        """A fresh fit's text encoder (and its EMA) takes the frozen CLIP's text tower, once."""
+        path = self.text["clip_ckpt"] if self.text else None
+        if path is None or getattr(self, "_clip_text_loaded", False):
+            return
+        if not Path(path).exists():
+            raise FileNotFoundError(f"text.clip_ckpt not found: {path!r} (train one with "
+                                    "experiments/dalle/clip_shapes.yaml)")
+        weights = clip_text_weights(network_weights(path))
+        for net in [self.net] + ([self.ema.module] if self.ema is not None else []):
+            load_full_state_dict(net.text, weights)
+        self._clip_text_loaded = True
+        if self.global_rank == 0:
+            print(f"lit-gen: the text encoder is the frozen text tower of {path}", file=sys.stderr)
+
+    def default_captions(self, num_samples: int) -> list[str]:
+        if not self.preview_captions:
+            raise ValueError(f"{type(self).__name__} is text-conditional: give captions (lit-gen sample "
+                             "--text or --text_file)")
+        # a row of PER_PROMPT images per validation caption (a grid shows each prompt's diversity)
+        per = PER_PROMPT if num_samples >= 2 * PER_PROMPT else 1
+        return [self.preview_captions[(i // per) % len(self.preview_captions)] for i in range(num_samples)]
+
