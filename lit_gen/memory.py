@@ -168,7 +168,8 @@ def activation_bytes(model, batch_size: int, precision: str, example: dict | Non
         batch = {k: v[index] if isinstance(v, torch.Tensor) else [v[i] for i in index.tolist()]
                  for k, v in example.items()}
     else:
-        batch = {"x": torch.randn(batch_size, *tuple(model.data_shape)).clamp(-1, 1)}
+        shape = getattr(model, "image_shape", model.data_shape)  # a latent model's batches hold images
+        batch = {"x": torch.randn(batch_size, *tuple(shape)).clamp(-1, 1)}
         if getattr(model, "num_classes", 0):
             batch["y"] = torch.randint(0, model.num_classes, (batch_size,))
     seen: dict[int, int] = {}

@@ -108,6 +108,9 @@ def reflow_main(argv: list[str]) -> Path:
             raise ValueError(f"--{name} {cfg[name]} must be >= 1")
     check_teacher(cfg.ckpt_path)
     model = load_module(cfg.ckpt_path, sampling_device(cfg.device), ema=cfg.ema)
+    if getattr(model, "autoencoder", None) is not None or getattr(model, "text", None) is not None:
+        raise ValueError(f"{cfg.ckpt_path} is a latent or text-conditional model: lit-gen reflow pairs noise "
+                         "with images of an image-space, unconditional or class-conditional teacher")
     options = teacher_options(model, cfg)
     output = check_writable_folder(cfg.output, "--output")  # before the work, not after it
     if cfg.devices > 1 or cfg.num_nodes > 1:

@@ -311,7 +311,7 @@ def interpolate(model, cfg, options: dict) -> torch.Tensor:
 def invert_and_reconstruct(model, cfg, options: dict, output: Path) -> torch.Tensor:
     """Invert the images of ``--invert`` to latents (written to latents.npz) and decode them again;
     returns originals and reconstructions interleaved row by row."""
-    images = read_uint8_images(Path(cfg.invert), "--invert", model.data_shape)
+    images = read_uint8_images(Path(cfg.invert), "--invert", getattr(model, "image_shape", model.data_shape))
     x0 = torch.from_numpy(images[: cfg.num_samples]).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, C, H, W)
     options = model.deterministic_options(options)
     latents = torch.cat([

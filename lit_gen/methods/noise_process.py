@@ -9,7 +9,7 @@ from torch import nn
 
 from lit_gen.checkpoints import load_frozen
 from lit_gen.diffusion import GaussianDiffusion
-from lit_gen.methods.base import eval_mode
+from lit_gen.methods.base import TinyCheckpoint, eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.methods.latent import LatentSpace
 from lit_gen.methods.text import TextConditional
@@ -100,6 +100,15 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
 
     SampleOptions = NoiseSampleOptions
     abilities = Abilities(inpainting=True, latents=True)
+
+    @classmethod
+    def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
+        tiny = super().tiny_args(init_args, data_shape)
+        if init_args.get("autoencoder_ckpt"):
+            tiny["autoencoder_ckpt"] = TinyCheckpoint("Autoencoder", {"data_shape": tuple(data_shape)})
+        if init_args.get("text"):
+            tiny["text"] = {**init_args["text"], "dim": 16, "depth": 1, "heads": 2}
+        return tiny
 
     @classmethod
     def abilities_of(cls, hparams: dict) -> Abilities:
