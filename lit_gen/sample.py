@@ -103,7 +103,8 @@ def method_of(argv: list[str]) -> tuple[type | None, dict]:
     if args.weights:
         model = model_config(args.config)
         if model:
-            return method_class(model["class_path"], f"--config {args.config!r}"), model.get("init_args") or {}
+            cls = method_class(model["class_path"], f"--config {args.config!r}")
+            return cls, model.get("init_args") or {}
         meta = read_weights_metadata(args.weights)
         return method_class(meta["class_path"], repr(args.weights)), meta.get("hyper_parameters") or {}
     return None, {}

@@ -15,10 +15,11 @@ from torch import nn
 
 from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
 from lit_gen.dalle.codec import DVAECodec
-from lit_gen.dalle.generation import best_candidates, candidate_generators, generate_codes
+from lit_gen.dalle.generation import candidate_generators, generate_codes
 from lit_gen.data.base import dataset_captions
 from lit_gen.methods.base import TinyCheckpoint, _adam, eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
+from lit_gen.methods.text import rerank
 from lit_gen.nets.transformer import DALLETransformer, MaskKind
 from lit_gen.sharding import gathered
 from lit_gen.text import BPETokenizer
@@ -279,16 +280,6 @@ class DALLE(GenerativeModule):
             o["keep"] = 1 if o["clip_ckpt"] is not None else o["num_candidates"]
         return o
 
-    def _clip(self, path: str):
-        cache = self.__dict__.setdefault("_clips", {})  # loaded for reranking, never saved with the model
-        if path not in cache:
-            clip = load_frozen(path, self.device, "CLIP")
-            if clip.data_shape != self.data_shape:
-                raise ValueError(f"CLIP {path} was trained on images of shape {clip.data_shape}, this model "
-                                 f"makes {self.data_shape}")
-            cache[path] = clip
-        return cache[path]
-
     def _prefix(self, path: str, rows: int, prompts: torch.Tensor) -> torch.Tensor:
         """(P, rows * w) codes of the prefix images, cycled over the prompt indices."""
         from lit_gen.visual import read_uint8_images
@@ -332,11 +323,7 @@ class DALLE(GenerativeModule):
         with gathered(self.dvae):
             x = self.dvae.decode(codes.view(-1, *self.grid))  # (P n, C, H, W), fp32
         repeated = [c for c in captions for _ in range(n)]
-        scores = None
-        if o["clip_ckpt"] is not None:
-            scores = self._clip(o["clip_ckpt"]).score(x, repeated).view(num_samples, n)
-            rows, scores = best_candidates(scores, o["keep"])
-            x, repeated = x[rows], [repeated[i] for i in rows.tolist()]
+        x, repeated, scores = rerank(self, x, repeated, n, o["keep"], o["clip_ckpt"], self.data_shape)
         return SampleOutput(x, captions=repeated, scores=scores)
 
 

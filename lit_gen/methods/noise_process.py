@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from lit_gen.checkpoints import load_frozen
+from lit_gen.dalle.generation import candidate_generators
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import TinyCheckpoint, eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.methods.latent import LatentSpace
-from lit_gen.methods.text import TextConditional
+from lit_gen.methods.text import TextConditional, load_clip, rerank
 from lit_gen.process import ClassifierGuidance, ModelFunction, drop_labels, on_model_time
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
 from lit_gen.score.likelihood import ode_bits_per_dim, ode_log_likelihood
+from lit_gen.utils import sample_generators
 
 
 def check_conditioning(class_conditional: bool, num_classes: int, p_uncond: float,
@@ -133,6 +135,11 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
             return self.text_net(factory, data_shape, out_channels)
         return factory(data_shape, num_classes, out_channels)
 
+    def rerank_candidates(self, x: torch.Tensor, captions: list[str] | None, n: int, keep: int,
+                          clip: str | None) -> tuple[torch.Tensor, list[str] | None, torch.Tensor | None]:
+        """The kept candidates by CLIP (see :func:`~lit_gen.methods.text.rerank`)."""
+        return rerank(self, x, captions, n, keep, clip, self.image_shape) if captions else (x, captions, None)
+
     def condition_of(self, batch: dict, p_uncond: float = 0.0) -> torch.Tensor | None:
         """The network's condition for a batch: its captions' ids (text), its labels (class-conditional) or
         None; with ``p_uncond``, each replaced by the null condition with that probability (for CFG)."""
@@ -220,10 +227,17 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         model (default: validation captions). A latent model's samples and trajectory are decoded to
         images."""
         self.check_options(options, self.sample_options, type(self).__name__)
+        (n, keep, clip), options = self.candidates(options)
         if inpaint is not None and self.autoencoder is not None:
             raise ValueError(f"this {type(self).__name__} models latents: it cannot inpaint pixels")
-        if captions is None and self.text is not None:
+        if captions is None and labels is None and self.text is not None:
             captions = self.default_captions(num_samples)
+        if n > 1:  # prompt-major candidates, candidate j of prompt i from (the seed of generators[i], j)
+            if latents is not None:
+                raise ValueError("num_candidates draws each candidate's own noise: give no latents")
+            generators = generators or sample_generators(self.seed, 0, num_samples)
+            generators = [g for gen in generators for g in candidate_generators(gen, n, self.device)]
+            captions, num_samples = [c for c in captions for _ in range(n)], num_samples * n
         with eval_mode(self.sampling_net) as net:
             model = self.noise_model(net)
             shape = (num_samples, *self.data_shape)
@@ -234,8 +248,9 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
             x, trajectory, nfe = assembly.sample(model, options, x_T, generators, condition, classifier,
                                                  progress, trajectory_points, inpaint)
         classes = None if self.text is not None else condition
-        return SampleOutput(self.decode_latents(x), classes, [self.decode_latents(z) for z in trajectory],
-                            nfe=nfe, captions=captions)
+        x, captions, scores = self.rerank_candidates(self.decode_latents(x), captions, n, keep, clip)
+        return SampleOutput(x, classes, [self.decode_latents(z) for z in trajectory], nfe=nfe,
+                            captions=captions, scores=scores)
 
     @torch.no_grad()
     def velocity(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None,
@@ -252,6 +267,9 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         """Build the sampler and the guided model function (loading and checking a classifier) without
         sampling."""
         self.check_options(options, self.sample_options, type(self).__name__)
+        (_, _, clip), options = self.candidates(options)
+        if clip is not None:
+            load_clip(self, clip, self.image_shape)
         classes, classifier = self._guidance(1 if labels is None else len(labels), labels, options)
         assembly.check(self.noise_model(self.sampling_net), options, classes, classifier)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lit_gen.checkpoints import check_method, network_weights, read_checkpoint
+from lit_gen.checkpoints import check_method, load_frozen, network_weights, read_checkpoint
+from lit_gen.dalle.generation import best_candidates
 from lit_gen.data.base import dataset_captions
 from lit_gen.nets.text_encoder import TextConditionedNet, TextEncoder, clip_text_weights
 from lit_gen.sharding import load_full_state_dict
@@ -20,6 +21,42 @@ from lit_gen.text import BPETokenizer
 
 PREVIEW_CAPTIONS = 64  # validation captions that sample grids draw from
 PER_PROMPT = 4  # images per caption in a sample grid
+RERANKING = ("num_candidates", "keep", "clip_ckpt")  # the sampling options of DALL-E's reranking
+
+
+def reranking(options: dict) -> tuple[int, int, str | None]:
+    """(candidates per prompt, kept per prompt, the CLIP) of ``options``, with one-line errors."""
+    n, clip = options.get("num_candidates") or 1, options.get("clip_ckpt")
+    keep = options.get("keep") or (1 if clip is not None else n)
+    if n < 1 or not 1 <= keep <= n:
+        raise ValueError(f"num_candidates={n} and keep={keep} must satisfy 1 <= keep <= num_candidates")
+    if keep < n and clip is None:
+        raise ValueError(f"keeping {keep} of {n} candidates needs a reranker: give clip_ckpt")
+    return n, keep, clip
+
+
+def load_clip(owner: nn.Module, path: str, image_shape: tuple[int, ...]):
+    """The frozen CLIP of ``path`` on ``owner``'s device, loaded once per owner (never saved with it), checked
+    against the images the owner makes."""
+    cache = owner.__dict__.setdefault("_clips", {})
+    if path not in cache:
+        clip = load_frozen(path, owner.device, "CLIP")
+        if tuple(clip.data_shape) != tuple(image_shape):
+            raise ValueError(f"CLIP {path} was trained on images of shape {tuple(clip.data_shape)}, this "
+                             f"model makes {tuple(image_shape)}")
+        cache[path] = clip
+    return cache[path]
+
+
+def rerank(owner: nn.Module, x: torch.Tensor, captions: list[str], n: int, keep: int, clip: str | None,
+           image_shape: tuple[int, ...]) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+    """The ``keep`` best of each prompt's ``n`` candidates (prompt-major) by CLIP score, best first, with
+    their captions and scores; all of them unscored without a CLIP."""
+    if clip is None:
+        return x, captions, None
+    scores = load_clip(owner, clip, image_shape).score(x, captions).view(len(captions) // n, n)
+    rows, scores = best_candidates(scores, keep)
+    return x[rows], [captions[i] for i in rows.tolist()], scores
 
 
 @dataclass
@@ -129,6 +166,17 @@ class TextConditional:
         self._clip_text_loaded = True
         if self.global_rank == 0:
             print(f"lit-gen: the text encoder is the frozen text tower of {path}", file=sys.stderr)
+
+    def candidates(self, options: dict) -> tuple[tuple[int, int, str | None], dict]:
+        """((candidates per prompt, kept, CLIP), the other options); reranking options need text."""
+        given = sorted(k for k in RERANKING if options.get(k) is not None)
+        rest = {k: v for k, v in options.items() if k not in RERANKING}
+        if self.text is None:
+            if given:
+                raise ValueError(f"{given[0]} reranks the candidates of a prompt: this {type(self).__name__} "
+                                 "is not text-conditional")
+            return (1, 1, None), rest
+        return reranking(options), rest
 
     def default_captions(self, num_samples: int) -> list[str]:
         if not self.preview_captions:

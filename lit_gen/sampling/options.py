@@ -55,6 +55,10 @@ class NoiseSampleOptions:
         classifier_form: ``auto``: ancestral ``ddpm`` shifts its mean by s Sigma grad log p(y|x_t)
             (Algorithm 1), other samplers shift eps by -s sigma_t grad (Algorithm 2; the score shift of Song
             et al. 2021, Eq. 14); or ``mean`` / ``eps``.
+        num_candidates: a text-conditional model: images drawn per prompt (candidate j of prompt i depends
+            only on (seed, i, j)), as DALL-E draws them.
+        keep: the best candidates kept per prompt by ``clip_ckpt``'s score (default 1 with a CLIP, else all).
+        clip_ckpt: a CLIP checkpoint that scores the candidates against their prompt and reranks them.
     """
 
     sampler: Sampler | None = None
@@ -77,6 +81,9 @@ class NoiseSampleOptions:
     classifier_ckpt: str | None = None
     classifier_scale: float | None = None
     classifier_form: Literal["auto", "mean", "eps"] | None = None
+    num_candidates: int | None = None
+    keep: int | None = None
+    clip_ckpt: str | None = None
 
 
 #: the options of the solvers' constructors (derived from them, so none can be added and then dropped)

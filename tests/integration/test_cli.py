@@ -63,9 +63,10 @@ def test_fit_smoke(config, tmp_path, monkeypatch):
         return
     # helpers: DALL-E's tokenizer of images and reranker, latent diffusion's autoencoder
     if config.startswith(("dalle/dvae", "dalle/clip", "t2i/autoencoder")):
+        kind = config.split("/")[1].split("_")[0]
         expected = {"dvae": {"val/recon_mse", "val/elbo_bpd", "val/perplexity", "val/dead_codes"},
                     "clip": {"val/loss", "val/acc", "train/logit_scale"},
-                    "autoencoder": {"val/recon_mse", "val/recon_l1", "train/kl"}}[config.split("/")[1].split("_")[0]]
+                    "autoencoder": {"val/recon_mse", "val/recon_l1", "train/kl"}}[kind]
         assert expected <= scalars, scalars
         assert ("val/reconstructions" in images) == ("clip" not in config), images
         assert not (run / "samples").exists()
@@ -155,6 +156,9 @@ def _state(path: Path) -> dict:
         ("dalle/dvae_shapes.yaml", []),
         ("dalle/transformer_shapes.yaml", []),
         ("dalle/clip_shapes.yaml", []),
+        # text-to-image latent models: posterior samples of cached latents, the latent scale, caption dropout
+        ("t2i/ldm_shapes.yaml", []),
+        ("t2i/dit_shapes.yaml", []),
     ],
 )
 def test_resume_matches_uninterrupted_run(config, specific, tmp_path):

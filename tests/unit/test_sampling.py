@@ -99,8 +99,8 @@ def test_unconditional_score_models_refuse_classifier_free_guidance_in_one_line(
     model = ScoreSDE((1, 8, 8), K, net=NET, num_scales=20, ema_decay=0)
     with pytest.raises(ValueError, match="guidance_scale=2.0 needs class_conditional=True"):
         ScoreSDE((1, 8, 8), K, net=NET, guidance_scale=2.0)
-    with pytest.raises(ValueError, match="is classifier-free guidance, which needs a class-conditional "
-                                         "model; this ScoreSDE is unconditional"):
+    with pytest.raises(ValueError, match="is classifier-free guidance, which needs a class- or "
+                                         "text-conditional model; this ScoreSDE is unconditional"):
         model.check_sample_options({"guidance_scale": 3.0})
 
 

@@ -1,0 +1,141 @@
+"""Latent diffusion's pieces against oracles: the autoencoder's shapes and the Gaussian KL in closed form
+(torch.distributions in float64), its ELBO in bits/dim, the perceptual term, the latent scale (unit std on the
+data it was measured on, kept in the checkpoint), latent models decoding to images, and the one-line
+errors."""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import pytest
+import torch
+from torch.distributions import Normal, kl_divergence
+
+from lit_gen.data.shapes import generate_shapes
+from lit_gen.methods import DDPM, Autoencoder, FlowMatching
+from lit_gen.methods.latent import LatentCache
+from lit_gen.nets import DiT, UNet
+from lit_gen.nets.autoencoder import AutoencoderNet, gaussian_kl, posterior_sample
+from lit_gen.nets.perceptual import PerceptualLoss
+
+TINY_AE = dict(latent_channels=2, channels=8, channel_mults=[1, 2])
+SHAPES = generate_shapes(64, 16, torch.Generator().manual_seed(0))
+
+
+def Items():  # noqa: N802 - the dataset of the shapes, items {"x", "y", "caption"} with x in [-1, 1]
+    return SHAPES
+
+
+def autoencoder_ckpt(tmp_path, data_shape=(3, 16, 16)) -> str:
+    """An untrained tiny Autoencoder checkpoint (seed 0)."""
+    from lit_gen.methods.base import TinyCheckpoint
+    from tests.integration.tiny import tiny_checkpoint
+
+    return tiny_checkpoint(TinyCheckpoint("Autoencoder", {"data_shape": data_shape, **TINY_AE}))
+
+
+def test_autoencoder_shapes_and_gaussian_kl_closed_form():
+    net = AutoencoderNet((3, 16, 16), 4, 8, (1, 2, 2))
+    assert net.latent_shape == (4, 4, 4)
+    mean, logvar = net.moments(torch.randn(2, 3, 16, 16))
+    assert mean.shape == logvar.shape == (2, 4, 4, 4)
+    assert net.decode(mean).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="not divisible"):
+        AutoencoderNet((3, 10, 10), 4, 8, (1, 2, 2))
+    m, lv = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    expected = kl_divergence(Normal(m, (0.5 * lv).exp()), Normal(0.0, 1.0)).flatten(1).sum(1)
+    torch.testing.assert_close(gaussian_kl(m, lv), expected, rtol=1e-12, atol=1e-12)
+    g = torch.Generator().manual_seed(0)
+    z = posterior_sample(m[:1].expand(20000, -1, -1, -1), lv[:1].expand(20000, -1, -1, -1), g)
+    torch.testing.assert_close(z.mean(0), m[0], rtol=0, atol=0.05 * (0.5 * lv[0]).exp().max().item())
+    torch.testing.assert_close(z.var(0).log(), lv[0], rtol=0, atol=0.05)
+
+
+def test_autoencoder_trains_and_reports_its_elbo():
+    torch.manual_seed(0)
+    model = Autoencoder(data_shape=(3, 16, 16), **TINY_AE)
+    x = torch.stack([Items()[i]["x"] for i in range(8)])
+    optimizer = torch.optim.Adam(model.net.parameters(), lr=3e-3)
+    first = None
+    for _ in range(30):
+        loss = model.training_step({"x": x}, 0)
+        first = first if first is not None else loss.item()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < first  # it learns
+    recon, kl, _ = model._terms(model.net, x, torch.Generator().manual_seed(0))
+    # the decoder's Laplace NLL: |x - x_hat| / b + log(2b) per dimension
+    assert recon.shape == kl.shape == (8,) and (kl >= 0).all()
+    assert (recon / 768 > math.log(0.2)).all()
+
+
+def test_perceptual_term_from_a_weights_file(tmp_path):
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    path = tmp_path / "vgg16.pth"
+    torch.save(vgg16(weights=None).state_dict(), path)
+    loss = PerceptualLoss(str(path))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(loss(x, x), torch.zeros(2))
+    assert (loss(x, x.flip(-1)) > 0).all()
+    assert loss(x[:, :1], x[:, :1]).shape == (2,)  # grey images
+    with pytest.raises(FileNotFoundError, match="downloads nothing"):
+        PerceptualLoss(str(tmp_path / "missing.pth"))
+    torch.save({"a": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="not a torchvision vgg16"):
+        PerceptualLoss(str(tmp_path / "bad.pth"))
+
+
+def test_latent_scale_makes_the_latents_unit_std_and_is_kept(tmp_path):
+    path = autoencoder_ckpt(tmp_path)
+    net = partial(UNet, base_channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[])
+    model = DDPM(data_shape=(3, 16, 16), net=net, num_timesteps=10, autoencoder_ckpt=path)
+    assert model.data_shape == (2, 8, 8) and model.image_shape == (3, 16, 16)
+    model.load_autoencoder(path)
+    model.measure_latent_scale(Items())
+    scale = float(model.latent_scale)
+    x = torch.stack([Items()[i]["x"] for i in range(len(SHAPES))])
+    torch.manual_seed(0)
+    z = model.latent_batch({"x": x}, sample=True)["x"]
+    assert abs(z.std().item() - 1) < 0.02  # unit std on the data it was measured on
+    model.measure_latent_scale(Items())  # measured once: a resumed or loaded model keeps it
+    assert float(model.latent_scale) == scale
+    reloaded = DDPM(**{k: v for k, v in model.hparams.items() if k != "autoencoder_ckpt"})
+    reloaded.load_state_dict(model.state_dict())
+    assert float(reloaded.latent_scale) == scale
+    # the cache gives the moments of recomputation
+    cache, net = LatentCache(), model.autoencoder
+    first = cache(net, x[:4])
+    again = cache(net, x[:4])
+    for a, b, c in zip(first, again, net.moments(x[:4]), strict=True):
+        assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6)
+    assert len(cache.moments) == 4
+
+
+def test_latent_models_decode_to_images_and_refuse_pixel_jobs(tmp_path):
+    path = autoencoder_ckpt(tmp_path)
+    model = FlowMatching(data_shape=(3, 16, 16), net=partial(DiT, hidden_size=16, depth=1, num_heads=2,
+                                                             patch_size=2),
+                         autoencoder_ckpt=path, sampling_steps=3)
+    model.load_autoencoder(path)
+    model.measure_latent_scale(Items())
+    out = model.sample(3, trajectory_points=2)
+    assert out.x.shape == (3, 3, 16, 16) and out.x.abs().max() <= 1
+    assert all(snap.shape == (3, 3, 16, 16) for snap in out.trajectory)
+    z = torch.randn(3, *model.data_shape)
+    decoded = model.sample(3, latents=z).x
+    torch.testing.assert_close(decoded, model.sample(3, latents=z).x)  # deterministic from its latents
+    latents = model.invert(decoded, steps=3)  # an image's latents run backwards
+    assert latents.shape == (3, 2, 8, 8)
+    with pytest.raises(ValueError, match="latents: its ODE"):
+        model.log_likelihood(decoded)
+    with pytest.raises(ValueError, match="cannot inpaint"):
+        model.sample(1, inpaint=(decoded[:1], torch.ones(1, 3, 16, 16)))
+    assert not model.abilities.inpainting and FlowMatching.abilities_of(model.hparams) == model.abilities
+    with pytest.raises(ValueError, match=r"images of shape \(3, 16, 16\).*\(3, 32, 32\)"):
+        DDPM(data_shape=(3, 32, 32), autoencoder_ckpt=path)
+    with pytest.raises(FileNotFoundError, match="autoencoder_ckpt not found"):
+        DDPM(data_shape=(3, 16, 16), autoencoder_ckpt=str(tmp_path / "missing.ckpt"))
