@@ -24,7 +24,7 @@ SHARDED = ["deepspeed_zero1", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
 # where CI fits every method's config, not only one per family: data parallel, and the most sharded preset
 EVERY_METHOD_PRESETS = ("ddp", "deepspeed_zero3")
 # and a network with its own units of sharding (``fsdp_units``) that no family representative uses
-# (diffusers' UNet2DModel) under FSDP too
+# (diffusers' UNet2DModel; a denoiser with its text encoder) under FSDP too
 EVERY_NET_PRESETS = ("fsdp",)
 
 
@@ -34,20 +34,31 @@ def net_of(config: str) -> str | None:
     return (args.get("net") or args.get("flow") or {}).get("class_path")
 
 
+def conditions_of(config: str) -> tuple[str, ...]:
+    """What a config's model is conditioned on and lives in: ``class``, ``text``, ``latent``."""
+    args = yaml.safe_load((EXPERIMENTS / config).read_text())["model"].get("init_args", {})
+    return tuple(name for name, key in (("class", "class_conditional"), ("text", "text"),
+                                        ("latent", "autoencoder_ckpt")) if args.get(key))
+
+
+def net_key(config: str) -> tuple:
+    """The network a config builds: its class, wrapped with a text encoder or not."""
+    return net_of(config), "text" in conditions_of(config)
+
+
 def has_units(net: str | None) -> bool:
     return net is not None and hasattr(resolve(net, "lit_gen.nets"), "fsdp_units")
 
 
 def method_representatives() -> list[str]:
-    """One shipped config per method: per (model class, network class, conditional) in experiments/, the first
+    """One shipped config per method: per (model class, network class, conditions) in experiments/, the first
     on a built-in data set. A method or network that lands later is covered without editing this test."""
     chosen = {}
     for config in method_configs():
         if reads_files(config):  # embedded data only: nothing to write for each rank
             continue
         model = yaml.safe_load((EXPERIMENTS / config).read_text())["model"]
-        conditional = bool(model.get("init_args", {}).get("class_conditional"))
-        chosen.setdefault((model["class_path"], net_of(config), conditional), config)
+        chosen.setdefault((model["class_path"], net_of(config), conditions_of(config)), config)
     return sorted(chosen.values())
 
 
@@ -89,9 +100,9 @@ def test_every_family_under_every_preset_and_every_method_under_ddp_and_zero3(tm
     entries = [f"{preset}:{config}" for preset in PRESETS for config in families]
     entries += [f"{preset}:{config}" for preset in EVERY_METHOD_PRESETS for config in method_representatives()
                 if config not in families]
-    nets = {net_of(config) for config in families}
+    nets = {net_key(config) for config in families}
     entries += [f"{preset}:{config}" for preset in EVERY_NET_PRESETS for config in method_representatives()
-                if net_of(config) not in nets and has_units(net_of(config))]
+                if net_key(config) not in nets and has_units(net_of(config))]
     check_sweep(entries, tmp_path)
 
 
