@@ -19,7 +19,7 @@ from lit_gen.dalle.generation import candidate_generators, generate_codes
 from lit_gen.data.base import dataset_captions
 from lit_gen.methods.base import TinyCheckpoint, _adam, eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
-from lit_gen.methods.text import rerank
+from lit_gen.methods.text import Reranking
 from lit_gen.nets.transformer import DALLETransformer, MaskKind
 from lit_gen.sharding import gathered
 from lit_gen.text import BPETokenizer
@@ -43,7 +43,7 @@ class TokenCache:
         return torch.stack([self.codes[key] for key in keys]).to(x.device, torch.long)
 
 
-class DALLE(GenerativeModule):
+class DALLE(Reranking, GenerativeModule):
     """Text-to-image transformer on a frozen dVAE (``dvae_ckpt``, a DiscreteVAE checkpoint; its weights are
     kept in this model's checkpoints, so sampling needs only them). Its byte-level BPE is fitted on the
     training captions and saved in the checkpoint. Captions are dropped (replaced by the all-padding null
@@ -323,7 +323,7 @@ class DALLE(GenerativeModule):
         with gathered(self.dvae):
             x = self.dvae.decode(codes.view(-1, *self.grid))  # (P n, C, H, W), fp32
         repeated = [c for c in captions for _ in range(n)]
-        x, repeated, scores = rerank(self, x, repeated, n, o["keep"], o["clip_ckpt"], self.data_shape)
+        x, repeated, scores = self.rerank(x, repeated, n, o["keep"], o["clip_ckpt"])
         return SampleOutput(x, captions=repeated, scores=scores)
 
 

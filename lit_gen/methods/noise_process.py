@@ -13,7 +13,7 @@ from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import TinyCheckpoint, eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.methods.latent import LatentSpace
-from lit_gen.methods.text import TextConditional, load_clip, rerank
+from lit_gen.methods.text import TextConditional
 from lit_gen.process import ClassifierGuidance, ModelFunction, drop_labels, on_model_time
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
 from lit_gen.score.likelihood import ode_bits_per_dim, ode_log_likelihood
@@ -138,7 +138,7 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
     def rerank_candidates(self, x: torch.Tensor, captions: list[str] | None, n: int, keep: int,
                           clip: str | None) -> tuple[torch.Tensor, list[str] | None, torch.Tensor | None]:
         """The kept candidates by CLIP (see :func:`~lit_gen.methods.text.rerank`)."""
-        return rerank(self, x, captions, n, keep, clip, self.image_shape) if captions else (x, captions, None)
+        return self.rerank(x, captions, n, keep, clip) if captions else (x, captions, None)
 
     def condition_of(self, batch: dict, p_uncond: float = 0.0) -> torch.Tensor | None:
         """The network's condition for a batch: its captions' ids (text), its labels (class-conditional) or
@@ -269,7 +269,7 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         self.check_options(options, self.sample_options, type(self).__name__)
         (_, _, clip), options = self.candidates(options)
         if clip is not None:
-            load_clip(self, clip, self.image_shape)
+            self.load_clip(clip)
         classes, classifier = self._guidance(1 if labels is None else len(labels), labels, options)
         assembly.check(self.noise_model(self.sampling_net), options, classes, classifier)
 

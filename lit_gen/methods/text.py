@@ -35,28 +35,32 @@ def reranking(options: dict) -> tuple[int, int, str | None]:
     return n, keep, clip
 
 
-def load_clip(owner: nn.Module, path: str, image_shape: tuple[int, ...]):
-    """The frozen CLIP of ``path`` on ``owner``'s device, loaded once per owner (never saved with it), checked
-    against the images the owner makes."""
-    cache = owner.__dict__.setdefault("_clips", {})
-    if path not in cache:
-        clip = load_frozen(path, owner.device, "CLIP")
-        if tuple(clip.data_shape) != tuple(image_shape):
-            raise ValueError(f"CLIP {path} was trained on images of shape {tuple(clip.data_shape)}, this "
-                             f"model makes {tuple(image_shape)}")
-        cache[path] = clip
-    return cache[path]
+class Reranking:
+    """DALL-E's reranking of a prompt's candidates by a CLIP (``clip_ckpt``), for every text-to-image
+    method."""
 
+    def load_clip(self, path: str):
+        """The frozen CLIP of ``path`` on this model's device, loaded once (never saved with the model),
+        checked against the images the model makes."""
+        cache = self.__dict__.setdefault("_clips", {})
+        if path not in cache:
+            clip = load_frozen(path, self.device, "CLIP")
+            shape = tuple(getattr(self, "image_shape", self.data_shape))
+            if tuple(clip.data_shape) != shape:
+                raise ValueError(f"CLIP {path} was trained on images of shape {tuple(clip.data_shape)}, this "
+                                 f"model makes {shape}")
+            cache[path] = clip
+        return cache[path]
 
-def rerank(owner: nn.Module, x: torch.Tensor, captions: list[str], n: int, keep: int, clip: str | None,
-           image_shape: tuple[int, ...]) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
-    """The ``keep`` best of each prompt's ``n`` candidates (prompt-major) by CLIP score, best first, with
-    their captions and scores; all of them unscored without a CLIP."""
-    if clip is None:
-        return x, captions, None
-    scores = load_clip(owner, clip, image_shape).score(x, captions).view(len(captions) // n, n)
-    rows, scores = best_candidates(scores, keep)
-    return x[rows], [captions[i] for i in rows.tolist()], scores
+    def rerank(self, x: torch.Tensor, captions: list[str], n: int, keep: int,
+               clip: str | None) -> tuple[torch.Tensor, list[str], torch.Tensor | None]:
+        """The ``keep`` best of each prompt's ``n`` candidates (prompt-major) by CLIP score, best first, with
+        their captions and scores; all of them unscored without a CLIP."""
+        if clip is None:
+            return x, captions, None
+        scores = self.load_clip(clip).score(x, captions).view(len(captions) // n, n)
+        rows, scores = best_candidates(scores, keep)
+        return x[rows], [captions[i] for i in rows.tolist()], scores
 
 
 @dataclass
@@ -107,7 +111,7 @@ def check_text(text: dict | None, class_conditional: bool) -> None:
         raise ValueError("class_conditional and text are two conditions; a model takes one of them")
 
 
-class TextConditional:
+class TextConditional(Reranking):
     """What a noise-process method needs for text: its tokenizer, its text net, the condition of a batch, the
     tokenizer fitted and the preview captions read at fit start, a CLIP's text weights loaded once."""
 

@@ -67,7 +67,7 @@ def test_sample_help_lists_the_methods_declared_options(ckpts, capsys):
 @pytest.mark.parametrize(
     "which, args, message",
     [
-        ("ddpm", ["--guidance_scale", "3"], "needs a class-conditional model"),
+        ("ddpm", ["--guidance_scale", "3"], "needs a class- or text-conditional model"),
         ("ddpm", ["--labels", "[2]"], "labels were given, but this DDPM is unconditional"),
         ("cfg", ["--labels", "[12]"], "label 12 is out of range: the model has 10 classes"),
         ("ddpm", ["--classifier_ckpt", "COSINE"], r"trained for the noise process \(cosine, T=10\)"),

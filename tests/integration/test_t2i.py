@@ -1,5 +1,7 @@
-"""Text-to-image latent diffusion through the CLI: the autoencoder, then a latent UNet and a latent DiT with text
-fitted on its checkpoint, sampled from prompt files with guidance and CLIP reranking into samples.npz with their
+"""Text-to-image latent diffusion through the CLI: the autoencoder, then a latent UNet and a latent DiT with
+text
+fitted on its checkpoint, sampled from prompt files with guidance and CLIP reranking into samples.npz with
+their
 captions, tested, drawn through the Python API as lit-gen sample draws, and the one-line errors."""
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def test_python_api_draws_as_lit_gen_sample_and_the_model_keeps_its_parts(runs, 
     model = load(runs["ldm"], device="cpu")
     images = model.sample(3, prompts=PROMPTS, seed=4, steps=3, guidance_scale=1.5, batch_size=2)
     cli_main(["sample", "--ckpt_path", runs["ldm"], "--text", str(PROMPTS).replace("'", '"'), "--num_samples",
-              "3", "--seed", "4", "--steps", "3", "--guidance_scale", "1.5", "--output", str(tmp_path / "cli")])
+              "3", "--seed", "4", "--steps", "3", "--guidance_scale", "1.5", "--output",
+              str(tmp_path / "cli")])
     expected = np.load(tmp_path / "cli" / "samples.npz")["arr_0"]
     assert images.shape == expected.shape == (3, 32, 32, 3)
     assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1  # decoder batches of other sizes

@@ -365,7 +365,7 @@ def test_bad_guidance_input_fails_in_one_line_naming_the_value(tmp_path):
     unconditional = DDPM((1, 8, 8), 0,
                          net=partial(UNet, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
                                                    attention_resolutions=(4,)), num_timesteps=T)
-    with pytest.raises(ValueError, match="guidance_scale.*needs a class-conditional model"):
+    with pytest.raises(ValueError, match="guidance_scale.*needs a class- or text-conditional model"):
         unconditional.sample(2, steps=2, guidance_scale=3.0)
     with pytest.raises(ValueError, match="labels were given, but this DDPM is unconditional"):
         unconditional.sample(2, steps=2, labels=torch.tensor([0, 1]))
