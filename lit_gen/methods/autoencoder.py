@@ -1,6 +1,5 @@
-"""The KL-regularised autoencoder of latent diffusion (Rombach et al. 2022, Sec. 3): it compresses images
-into a
-latent grid that a diffusion or flow model then learns (``autoencoder_ckpt`` of DDPM and FlowMatching)."""
+"""The KL-regularised autoencoder of latent diffusion (Rombach et al. 2022, Sec. 3): it compresses images into
+a latent grid that a diffusion or flow model then learns (``autoencoder_ckpt`` of DDPM and FlowMatching)."""
 
 from __future__ import annotations
 
@@ -28,11 +27,10 @@ class Autoencoder(LitGenModule):
     variance.
 
     Logged: ``train/loss``, ``train/recon`` (nats/dim), ``train/kl`` (nats per latent dimension);
-    ``val/recon_mse``
-    and ``val/recon_l1`` of the posterior mean's reconstruction, reconstructions in TensorBoard; ``lit-gen
-    test``
-    reports ``test/recon_mse``, ``test/recon_l1`` and ``test/elbo_bpd`` (-ELBO with the KL at weight 1 on
-    dequantised images, an upper bound on -log2 P(8-bit image) / D, through ``lit_gen.likelihood``).
+    ``val/recon_mse`` and ``val/recon_l1`` of the posterior mean's reconstruction, reconstructions in
+    TensorBoard; ``lit-gen test`` reports ``test/recon_mse``, ``test/recon_l1`` and ``test/elbo_bpd`` (-ELBO
+    with the KL at weight 1 on dequantised images, an upper bound on -log2 P(8-bit image) / D, through
+    ``lit_gen.likelihood``).
 
     Args:
         data_shape: (C, H, W); linked from the DataModule by the CLI.

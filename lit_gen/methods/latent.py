@@ -1,7 +1,6 @@
 """Latent diffusion (Rombach et al. 2022): a noise-process method given ``autoencoder_ckpt`` models the
-latents
-of a frozen :class:`~lit_gen.methods.Autoencoder` scaled to unit variance, and decodes its samples to images.
-The autoencoder's weights are kept in the model's checkpoints, so sampling needs only them."""
+latents of a frozen :class:`~lit_gen.methods.Autoencoder` scaled to unit variance, and decodes its samples to
+images. The autoencoder's weights are kept in the model's checkpoints, so sampling needs only them."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Text conditioning for the noise-process methods: captions become BPE ids (a tokenizer fitted on the
-training
-captions and kept in the checkpoint, or a frozen CLIP's), a text encoder turns them into states that the
-denoiser cross-attends to, and the empty caption is the null condition of classifier-free guidance."""
+training captions and kept in the checkpoint, or a frozen CLIP's), a text encoder turns them into states that
+the denoiser cross-attends to, and the empty caption is the null condition of classifier-free guidance."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """A perceptual distance for autoencoders: VGG-16 features of both images, unit-normalised over channels,
-their
-squared differences averaged over positions and summed over five stages (the distance of LPIPS, Zhang et al.
-2018, Eq. 1, with equal weights). The weights come from a file the user gives; nothing is downloaded."""
+their squared differences averaged over positions and summed over five stages (the distance of LPIPS, Zhang et
+al. 2018, Eq. 1, with equal weights). The weights come from a file the user gives; nothing is downloaded."""
 
 from __future__ import annotations
 

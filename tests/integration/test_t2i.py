@@ -1,8 +1,6 @@
 """Text-to-image latent diffusion through the CLI: the autoencoder, then a latent UNet and a latent DiT with
-text
-fitted on its checkpoint, sampled from prompt files with guidance and CLIP reranking into samples.npz with
-their
-captions, tested, drawn through the Python API as lit-gen sample draws, and the one-line errors."""
+text fitted on its checkpoint, sampled from prompt files with guidance and CLIP reranking into samples.npz
+with their captions, tested, drawn through the Python API as lit-gen sample draws, and the one-line errors."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
 """Text conditioning against independent oracles: cross-attention to a constant context is a context-free
-bias,
-a CLIP's text tower gives CLIP's own embedding, condition dropout drops whole captions, classifier-free
-guidance
-at s = 0 and 1 is the null-caption and the conditional model, and the one-line errors."""
+bias, a CLIP's text tower gives CLIP's own embedding, condition dropout drops whole captions, classifier-free
+guidance at s = 0 and 1 is the null-caption and the conditional model, and the one-line errors."""
 
 from __future__ import annotations
 
