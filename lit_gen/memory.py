@@ -172,6 +172,10 @@ def activation_bytes(model, batch_size: int, precision: str, example: dict | Non
         batch = {"x": torch.randn(batch_size, *tuple(shape)).clamp(-1, 1)}
         if getattr(model, "num_classes", 0):
             batch["y"] = torch.randint(0, model.num_classes, (batch_size,))
+        if getattr(model, "text", None) is not None:  # a text-conditional model (captions are padded)
+            batch["caption"] = ["a shape"] * batch_size
+            if not model.tokenizer.is_fitted:
+                model.tokenizer.fit(batch["caption"])
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):

@@ -71,6 +71,9 @@ class DDPM(NoiseProcessMethod):
             (scaled to unit variance on the training data at fit start) and decodes its samples (latent
             diffusion, Rombach et al. 2022).
         autoencoder_hparams: filled from ``autoencoder_ckpt`` when the model is made (leave unset).
+        latent_cache: a file the training images' posterior moments are kept in across runs (every model on
+            the same autoencoder can share it): read at fit start when the same autoencoder made it, written
+            at the end of each training epoch. None: kept in memory for the run.
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -112,6 +115,7 @@ class DDPM(NoiseProcessMethod):
         text: TextConditioning | None = None,
         autoencoder_ckpt: str | None = None,
         autoencoder_hparams: dict | None = None,
+        latent_cache: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -132,7 +136,8 @@ class DDPM(NoiseProcessMethod):
         if timestep_sampler not in ("uniform", "loss-aware"):
             raise ValueError(f"timestep_sampler={timestep_sampler!r} is not supported; choose 'loss-aware' "
                              f"or 'uniform'")
-        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape))
+        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape),
+                                               latent_cache)
         self.num_classes = num_classes if class_conditional else 0
         self.init_from = init_from
         self.prediction_type = prediction_type

@@ -64,6 +64,7 @@ class FlowMatching(NoiseProcessMethod):
         text: condition on captions (see :class:`~lit_gen.methods.DDPM`); None: no text.
         autoencoder_ckpt: learn an Autoencoder's latents (see :class:`~lit_gen.methods.DDPM`).
         autoencoder_hparams: filled from ``autoencoder_ckpt`` when the model is made (leave unset).
+        latent_cache: a file of the training images' latents kept across runs (see :class:`DDPM`).
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -102,6 +103,7 @@ class FlowMatching(NoiseProcessMethod):
         text: TextConditioning | None = None,
         autoencoder_ckpt: str | None = None,
         autoencoder_hparams: dict | None = None,
+        latent_cache: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -122,7 +124,8 @@ class FlowMatching(NoiseProcessMethod):
             raise ValueError(f"time_distribution='one_step' distils into one Euler step, which lands on x0 "
                              f"only on the linear path; path={path!r} (use path: linear)")
         couple(torch.zeros(1, 1), torch.zeros(1, 1), coupling)  # likewise a bad coupling
-        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape))
+        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape),
+                                               latent_cache)
         self.settings = AttributeDict(self.hparams)
         self.num_classes = num_classes if class_conditional else 0
         self.net_factory = net

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
+from lit_gen.files import atomic_write
 from lit_gen.nets.autoencoder import AutoencoderNet, posterior_sample
 from lit_gen.sharding import gathered
 
@@ -19,12 +20,43 @@ SCALE_IMAGES = 2048
 ARCHITECTURE = ("latent_channels", "channels", "channel_mults", "res_blocks")
 
 
+def weights_digest(net: torch.nn.Module) -> str:
+    """A digest of a network's weights: which autoencoder a cache file was made by."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, value in sorted(net.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class LatentCache:
     """The posterior moments (mean, log-variance) of each training image, computed once: keyed by a digest of
-    the image's 8-bit pixels (a flipped image is another one), valid as long as the frozen autoencoder is."""
+    the image's 8-bit pixels (a flipped image is another one), valid as long as the frozen autoencoder is.
+    :meth:`save` and :meth:`load` keep it in a file across runs (every model on one autoencoder)."""
 
     def __init__(self) -> None:
         self.moments: dict[bytes, torch.Tensor] = {}
+        self.saved = 0  # entries the file holds
+
+    def save(self, path: str | Path, autoencoder: str) -> None:
+        """Write the cache to ``path`` (atomically), tagged with the autoencoder's weights digest."""
+        if len(self.moments) == self.saved:
+            return
+        keys = torch.tensor([list(k) for k in self.moments], dtype=torch.uint8)
+        moments = torch.stack(list(self.moments.values()))
+        data = {"autoencoder": autoencoder, "keys": keys, "moments": moments}
+        atomic_write(path, lambda file: torch.save(data, file))
+        self.saved = len(self.moments)
+
+    def load(self, path: str | Path, autoencoder: str) -> bool:
+        """Read the cache at ``path`` if it was made by this autoencoder (False, and nothing read, if not)."""
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if data.get("autoencoder") != autoencoder:
+            return False
+        pairs = zip(data["keys"], data["moments"], strict=True)
+        self.moments.update({bytes(k.tolist()): m for k, m in pairs})
+        self.saved = len(self.moments)
+        return True
 
     def __call__(self, net: AutoencoderNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
@@ -54,10 +86,13 @@ class LatentSpace:
     """What a noise-process method needs to model latents: the frozen autoencoder, the latent scale (measured
     on the training data at fit start, kept in the checkpoint), the latents of a batch, decoding."""
 
-    def init_latent(self, path: str | None, hparams: dict | None, data_shape: tuple[int, ...]) -> tuple:
-        """The shape the model's process lives in: ``data_shape``, or the autoencoder's latent shape."""
+    def init_latent(self, path: str | None, hparams: dict | None, data_shape: tuple[int, ...],
+                    cache_file: str | None = None) -> tuple:
+        """The shape the model's process lives in: ``data_shape``, or the autoencoder's latent shape;
+        ``cache_file``: where the training images' posterior moments are kept across runs."""
         self.image_shape = tuple(data_shape)
         self.autoencoder: AutoencoderNet | None = None
+        self.latent_cache_file = cache_file
         if path is None and hparams is None:
             return self.image_shape
         hparams = hparams or autoencoder_hparams(path)
@@ -85,6 +120,29 @@ class LatentSpace:
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self._autoencoder_loaded = True
+
+    def load_latent_cache(self) -> None:
+        """At fit start: the cached moments of ``latent_cache`` if its file was made by this autoencoder."""
+        path = self.latent_cache_file
+        if self.autoencoder is None or path is None or not Path(path).exists():
+            return
+        with gathered(self.autoencoder):
+            self._autoencoder_digest = weights_digest(self.autoencoder)
+        if not self.latent_cache.load(path, self._autoencoder_digest) and self.global_rank == 0:
+            print(f"lit-gen: {path} holds the latents of another autoencoder: they are computed again "
+                  "and the file rewritten", file=sys.stderr)
+        elif self.global_rank == 0:
+            print(f"lit-gen: {len(self.latent_cache.moments)} cached latents read from {path}",
+                  file=sys.stderr)
+
+    def save_latent_cache(self) -> None:
+        """After each training epoch, on rank 0: the cache written to ``latent_cache`` (when it grew)."""
+        if self.autoencoder is None or self.latent_cache_file is None or self.global_rank != 0:
+            return
+        if "_autoencoder_digest" not in self.__dict__:
+            with gathered(self.autoencoder):
+                self._autoencoder_digest = weights_digest(self.autoencoder)
+        self.latent_cache.save(self.latent_cache_file, self._autoencoder_digest)
 
     @torch.no_grad()
     def measure_latent_scale(self, dataset, generator_seed: int = 0) -> None:

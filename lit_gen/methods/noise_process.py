@@ -119,12 +119,13 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         return Abilities(prompts=hparams.get("text") is not None, inpainting=not latent, latents=True)
 
     def init_conditions(self, text: dict | None, autoencoder_ckpt: str | None,
-                        autoencoder_hparams: dict | None, data_shape: tuple[int, ...]) -> tuple[int, ...]:
+                        autoencoder_hparams: dict | None, data_shape: tuple[int, ...],
+                        latent_cache: str | None = None) -> tuple[int, ...]:
         """Text and latent space set up from the init arguments; the shape the process lives in."""
         self.init_text(text)
         if "text" in self.hparams:  # plain data in checkpoints, a CLIP's architecture filled in
             self.hparams["text"] = text
-        shape = self.init_latent(autoencoder_ckpt, autoencoder_hparams, data_shape)
+        shape = self.init_latent(autoencoder_ckpt, autoencoder_hparams, data_shape, latent_cache)
         self.abilities = self.abilities_of(self.hparams)
         return shape
 
@@ -165,7 +166,11 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
             self.load_clip_text()
 
     def on_fit_start(self) -> None:
+        self.load_latent_cache()
         self.measure_latent_scale(self.trainer.datamodule.train_dataset)
+
+    def on_train_epoch_end(self) -> None:
+        self.save_latent_cache()
 
     def noise_model(self, net: nn.Module) -> NoiseModel:
         """This model, with ``net`` as its network, as the sampler assembly sees it."""

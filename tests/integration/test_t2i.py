@@ -123,3 +123,19 @@ def test_a_frozen_clip_text_tower_conditions_the_model(runs, tmp_path):
     assert not any(p.requires_grad for p in model.net.text.parameters())
     out = model.sample(2, captions=PROMPTS, steps=2)
     assert out.x.shape == (2, 3, 32, 32)
+
+
+def test_a_latent_cache_file_is_shared_by_models_on_one_autoencoder(runs, tmp_path, capsys):
+    cache = tmp_path / "latents.pt"
+    on_it = [f"--model.init_args.autoencoder_ckpt={runs['autoencoder']}",
+             f"--model.init_args.latent_cache={cache}"]
+    fit_tiny(LDM, tmp_path, "first", *on_it)
+    written = torch.load(cache, weights_only=True)
+    assert len(written["keys"]) == len(written["moments"]) >= 8  # the images of the first epoch
+    capsys.readouterr()
+    fit_tiny(DIT, tmp_path, "second", *on_it)
+    assert f"cached latents read from {cache}" in capsys.readouterr().err
+    other = tiny_checkpoint(TinyCheckpoint(Autoencoder, {"data_shape": (3, 32, 32), "channels": 4}))
+    fit_tiny(DIT, tmp_path, "third", f"--model.init_args.autoencoder_ckpt={other}",
+             f"--model.init_args.latent_cache={cache}")
+    assert "latents of another autoencoder" in capsys.readouterr().err

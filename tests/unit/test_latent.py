@@ -139,3 +139,21 @@ def test_latent_models_decode_to_images_and_refuse_pixel_jobs(tmp_path):
         DDPM(data_shape=(3, 32, 32), autoencoder_ckpt=path)
     with pytest.raises(FileNotFoundError, match="autoencoder_ckpt not found"):
         DDPM(data_shape=(3, 16, 16), autoencoder_ckpt=str(tmp_path / "missing.ckpt"))
+
+
+def test_the_latent_cache_file_round_trips_and_belongs_to_one_autoencoder(tmp_path):
+    from lit_gen.methods.latent import weights_digest
+
+    net = AutoencoderNet((3, 16, 16), 2, 8, (1, 2))
+    x = torch.stack([SHAPES[i]["x"] for i in range(6)])
+    cache = LatentCache()
+    moments = cache(net, x)
+    digest = weights_digest(net)
+    cache.save(tmp_path / "latents.pt", digest)
+    read = LatentCache()
+    assert read.load(tmp_path / "latents.pt", digest) and read.saved == 6
+    for a, b in zip(read(net, x), moments, strict=True):
+        assert torch.equal(a, b)  # served from the file, as computed
+    other = AutoencoderNet((3, 16, 16), 2, 8, (1, 2))
+    assert weights_digest(other) != digest
+    assert not LatentCache().load(tmp_path / "latents.pt", weights_digest(other))
