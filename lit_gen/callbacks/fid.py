@@ -135,7 +135,8 @@ class FIDMonitor(L.Callback):
         for start in bar(batches, len(batches), f"samples for {self.name}"):
             ids = mine[start : start + self.batch_size]
             gens = [g for i in ids for g in sample_generators(self.seed, i, 1)]
-            x = pl_module.sample(len(ids), gens, **self.sample_options).x.clamp(-1, 1)
+            extra = {"prompt_indices": ids} if pl_module.abilities.prompts else {}  # captions by sample id
+            x = pl_module.sample(len(ids), gens, **extra, **self.sample_options).x.clamp(-1, 1)
             keep = torch.tensor([i < self.num_samples for i in ids], device=x.device)
             fid.update(x[keep], real=False)  # possibly empty: the same number of updates on every rank
             kid.update(x[keep], real=False)

@@ -173,6 +173,9 @@ def export_diffusers(ckpt_path: str | Path, output: str | Path) -> tuple[Path, s
     check_writable_folder(output, "--output")
     hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
     model = load_module(ckpt_path)
+    if getattr(model, "autoencoder", None) is not None:
+        raise ValueError(f"{ckpt_path} models an autoencoder's latents: diffusers' DDPM / DDIM pipelines "
+                         "have no VAE to decode them")
     scheduler_name, scheduler_config = scheduler_of(type(model).__name__, hparams)
     unet = exported_unet(model.sampling_net, scheduler_name, ckpt_path)
     pipeline_name = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline",

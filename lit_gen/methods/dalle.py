@@ -304,7 +304,8 @@ class DALLE(Reranking, GenerativeModule):
         if captions is None:
             if not self.preview_captions:
                 raise ValueError("DALLE needs prompts: give --text or --text_file")
-            captions = [self.preview_captions[i % len(self.preview_captions)] for i in range(num_samples)]
+            ids = range(num_samples) if prompt_indices is None else prompt_indices  # an FID's sample ids
+            captions = [self.preview_captions[i % len(self.preview_captions)] for i in ids]
         if len(captions) != num_samples:
             raise ValueError(f"got {len(captions)} captions for {num_samples} prompts")
         if generators is None:

@@ -13,8 +13,8 @@ from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.diffusion.losses import diffusion_loss_terms
 from lit_gen.diffusion.timesteps import LossAwareTimesteps, UniformTimesteps
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
-from lit_gen.methods.text import TextConditioning, check_text, text_settings
+from lit_gen.methods.noise_process import NoiseProcessMethod, conditions
+from lit_gen.methods.text import TextConditioning
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import OutputLayout
 from lit_gen.sampling import NoiseModel
@@ -123,10 +123,7 @@ class DDPM(NoiseProcessMethod):
     ) -> None:
         super().__init__(optimizer, lr_scheduler, ema_decay, seed)
         self.save_hyperparameters(ignore=["autoencoder_hparams"])
-        text = text_settings(text)
-        check_text(text, class_conditional)
-        conditional = class_conditional or text is not None
-        check_conditioning(conditional, num_classes if text is None else 1, p_uncond, guidance_scale)
+        text = conditions(class_conditional, text, num_classes, p_uncond, guidance_scale)
         if variance == "learned" and loss_type == "simple":
             raise ValueError("variance='learned' is trained by the bound: use loss_type 'hybrid' or 'vlb', "
                              "not 'simple'")

@@ -15,8 +15,8 @@ from torch import nn
 
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning
-from lit_gen.methods.text import TextConditioning, check_text, text_settings
+from lit_gen.methods.noise_process import NoiseProcessMethod, conditions
+from lit_gen.methods.text import TextConditioning
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process import PATHS, OutputLayout
 from lit_gen.process.couplings import couple, sample_times
@@ -111,10 +111,7 @@ class FlowMatching(NoiseProcessMethod):
     ) -> None:
         super().__init__(optimizer, lr_scheduler, ema_decay, seed)
         self.save_hyperparameters(ignore=["autoencoder_hparams"])
-        text = text_settings(text)
-        check_text(text, class_conditional)
-        conditional = class_conditional or text is not None
-        check_conditioning(conditional, num_classes if text is None else 1, p_uncond, guidance_scale)
+        text = conditions(class_conditional, text, num_classes, p_uncond, guidance_scale)
         if path not in PATHS:
             raise ValueError(f"path={path!r} is not supported; choose one of {sorted(PATHS)}")
         if not logit_scale > 0:
@@ -217,7 +214,8 @@ class FlowMatching(NoiseProcessMethod):
     def noise_model(self, net: nn.Module) -> NoiseModel:
         h = self.settings
         defaults = {"sampler": h.sampler, "steps": h.sampling_steps, "denoise": False}
-        return NoiseModel(type(self).__name__, net, self.path, self.layout, h.clip_denoised, defaults,
+        clip = h.clip_denoised and self.autoencoder is None  # never on latents
+        return NoiseModel(type(self).__name__, net, self.path, self.layout, clip, defaults,
                           num_classes=self.num_classes, guidance_scale=h.guidance_scale,
                           null_text=self.null_text)
 

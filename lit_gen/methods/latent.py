@@ -20,12 +20,21 @@ SCALE_IMAGES = 2048
 ARCHITECTURE = ("latent_channels", "channels", "channel_mults", "res_blocks")
 
 
+def fp32_moments(net: AutoencoderNet, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The posterior moments of images in fp32, outside autocast, whatever the weights' dtype (a bf16
+    engine casts every module)."""
+    dtype = next(net.parameters()).dtype
+    with torch.autocast(x.device.type, enabled=False):
+        mean, logvar = net.moments(x.to(dtype))
+    return mean.float(), logvar.float()
+
+
 def weights_digest(net: torch.nn.Module) -> str:
     """A digest of a network's weights: which autoencoder a cache file was made by."""
     digest = hashlib.blake2b(digest_size=16)
     for name, value in sorted(net.state_dict().items()):
         digest.update(name.encode())
-        digest.update(value.detach().cpu().numpy().tobytes())
+        digest.update(value.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -63,7 +72,7 @@ class LatentCache:
         keys = [hashlib.blake2b(p.tobytes(), digest_size=16).digest() for p in pixels]
         missing = [i for i, key in enumerate(keys) if key not in self.moments]
         if missing:
-            mean, logvar = net.moments(x[missing].float())
+            mean, logvar = fp32_moments(net, x[missing])
             both = torch.cat([mean, logvar], 1).cpu()
             self.moments.update({keys[i]: m for i, m in zip(missing, both, strict=True)})
         return torch.stack([self.moments[key] for key in keys]).to(x.device).chunk(2, dim=1)
@@ -122,12 +131,15 @@ class LatentSpace:
         self._autoencoder_loaded = True
 
     def load_latent_cache(self) -> None:
-        """At fit start: the cached moments of ``latent_cache`` if its file was made by this autoencoder."""
+        """At fit start, on every rank: the cached moments of ``latent_cache`` if its file was made by this
+        autoencoder."""
         path = self.latent_cache_file
-        if self.autoencoder is None or path is None or not Path(path).exists():
+        if self.autoencoder is None or path is None:
             return
-        with gathered(self.autoencoder):
+        with gathered(self.autoencoder):  # a collective under ZeRO-3: every rank, here
             self._autoencoder_digest = weights_digest(self.autoencoder)
+        if not Path(path).exists():
+            return
         if not self.latent_cache.load(path, self._autoencoder_digest) and self.global_rank == 0:
             print(f"lit-gen: {path} holds the latents of another autoencoder: they are computed again "
                   "and the file rewritten", file=sys.stderr)
@@ -139,9 +151,6 @@ class LatentSpace:
         """After each training epoch, on rank 0: the cache written to ``latent_cache`` (when it grew)."""
         if self.autoencoder is None or self.latent_cache_file is None or self.global_rank != 0:
             return
-        if "_autoencoder_digest" not in self.__dict__:
-            with gathered(self.autoencoder):
-                self._autoencoder_digest = weights_digest(self.autoencoder)
         self.latent_cache.save(self.latent_cache_file, self._autoencoder_digest)
 
     @torch.no_grad()
@@ -156,9 +165,13 @@ class LatentSpace:
         with gathered(self.autoencoder):
             for start in range(0, n, 256):
                 x = torch.stack([dataset[i]["x"] for i in range(start, min(start + 256, n))]).to(self.device)
-                zs.append(posterior_sample(*self.autoencoder.moments(x.float()), generator).double().cpu())
+                zs.append(posterior_sample(*fp32_moments(self.autoencoder, x), generator).double().cpu())
         std = torch.cat(zs).std()
-        self.latent_scale.fill_(1.0 / float(std))
+        # rank 0's (a random flip may differ between ranks, and sharded strategies broadcast no buffers)
+        scale = torch.tensor(1.0 / float(std), device=self.device)
+        if self._trainer is not None:
+            scale = self.trainer.strategy.broadcast(scale, src=0)
+        self.latent_scale.fill_(float(scale))
         if self.global_rank == 0:
             print(f"lit-gen: latent scale {float(self.latent_scale):.5g} (1 / std of the latents of {n} "
                   "training images)", file=sys.stderr)
@@ -179,12 +192,13 @@ class LatentSpace:
         if self.autoencoder is None:
             return x
         with gathered(self.autoencoder):
-            return self.autoencoder.moments(x.float())[0] * self.latent_scale
+            return fp32_moments(self.autoencoder, x)[0] * self.latent_scale
 
     @torch.no_grad()
     def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] of scaled latents; latents unchanged for a model of images."""
         if self.autoencoder is None:
             return z
+        dtype = next(self.autoencoder.parameters()).dtype
         with gathered(self.autoencoder), torch.autocast(z.device.type, enabled=False):
-            return self.autoencoder.decode(z.float() / self.latent_scale).clamp(-1, 1)
+            return self.autoencoder.decode((z.float() / self.latent_scale).to(dtype)).float().clamp(-1, 1)

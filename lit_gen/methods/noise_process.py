@@ -13,7 +13,7 @@ from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import TinyCheckpoint, eval_mode
 from lit_gen.methods.generative import Abilities, GenerativeModule, SampleOutput
 from lit_gen.methods.latent import LatentSpace
-from lit_gen.methods.text import TextConditional
+from lit_gen.methods.text import TextConditional, text_settings
 from lit_gen.process import ClassifierGuidance, ModelFunction, drop_labels, on_model_time
 from lit_gen.sampling import NoiseModel, NoiseSampleOptions, assembly
 from lit_gen.score.likelihood import ode_bits_per_dim, ode_log_likelihood
@@ -30,6 +30,18 @@ def check_conditioning(class_conditional: bool, num_classes: int, p_uncond: floa
     if guidance_scale != 1 and not class_conditional:
         raise ValueError(f"guidance_scale={guidance_scale} needs class_conditional=True "
                          "(an unconditional model has nothing to guide towards; 1 means no guidance)")
+
+
+def conditions(class_conditional: bool, text, num_classes: int, p_uncond: float,
+               guidance_scale: float) -> dict | None:
+    """The text settings as plain data (:func:`~lit_gen.methods.text.text_settings`), after one-line checks of
+    the conditioning settings: one condition at most, classes to condition on, CFG only with a condition."""
+    text = text_settings(text)
+    if text is not None and class_conditional:
+        raise ValueError("class_conditional and text are two conditions; a model takes one of them")
+    check_conditioning(class_conditional or text is not None, num_classes if text is None else 1, p_uncond,
+                       guidance_scale)
+    return text
 
 
 class ClassifierGuided:
@@ -166,8 +178,9 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
             self.load_clip_text()
 
     def on_fit_start(self) -> None:
-        self.load_latent_cache()
-        self.measure_latent_scale(self.trainer.datamodule.train_dataset)
+        if self.autoencoder is not None:
+            self.load_latent_cache()
+            self.measure_latent_scale(self.trainer.datamodule.train_dataset)
 
     def on_train_epoch_end(self) -> None:
         self.save_latent_cache()
@@ -236,10 +249,13 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         if inpaint is not None and self.autoencoder is not None:
             raise ValueError(f"this {type(self).__name__} models latents: it cannot inpaint pixels")
         if captions is None and labels is None and self.text is not None:
-            captions = self.default_captions(num_samples)
+            captions = self.default_captions(num_samples, prompt_indices)
+        if captions is not None and len(captions) != num_samples:
+            raise ValueError(f"got {len(captions)} captions for {num_samples} samples")
         if n > 1:  # prompt-major candidates, candidate j of prompt i from (the seed of generators[i], j)
-            if latents is not None:
-                raise ValueError("num_candidates draws each candidate's own noise: give no latents")
+            if latents is not None or captions is None or trajectory_points:
+                raise ValueError("num_candidates draws candidates of prompts (captions), each from its own "
+                                 "noise: give captions, and no latents, labels or trajectory")
             generators = generators or sample_generators(self.seed, 0, num_samples)
             generators = [g for gen in generators for g in candidate_generators(gen, n, self.device)]
             captions, num_samples = [c for c in captions for _ in range(n)], num_samples * n

@@ -4,6 +4,7 @@ the denoiser cross-attends to, and the empty caption is the null condition of cl
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -105,11 +106,6 @@ def text_settings(text: TextConditioning | dict | None) -> dict | None:
     return settings
 
 
-def check_text(text: dict | None, class_conditional: bool) -> None:
-    if text is not None and class_conditional:
-        raise ValueError("class_conditional and text are two conditions; a model takes one of them")
-
-
 class TextConditional(Reranking):
     """What a noise-process method needs for text: its tokenizer, its text net, the condition of a batch, the
     tokenizer fitted and the preview captions read at fit start, a CLIP's text weights loaded once."""
@@ -127,11 +123,11 @@ class TextConditional(Reranking):
     def text_net(self, factory, data_shape: tuple[int, ...], out_channels: int) -> nn.Module:
         """The denoiser of ``factory`` built with ``context_dim`` and wrapped with its text encoder."""
         t, tok = self.text, self.tokenizer
-        try:
-            denoiser = factory(data_shape, 0, out_channels, context_dim=t["dim"])
-        except TypeError as err:
-            raise ValueError(f"text conditioning needs a net that cross-attends (lit_gen.nets.UNet or DiT, "
-                             f"which take context_dim): {err}") from None
+        cls = getattr(factory, "func", factory)  # a class, or a partial of one (jsonargparse, functools)
+        if "context_dim" not in inspect.signature(cls).parameters:
+            raise ValueError(f"text conditioning needs a net that cross-attends: lit_gen.nets.UNet or DiT "
+                             f"(they take context_dim), not {getattr(cls, '__name__', cls)}")
+        denoiser = factory(data_shape, 0, out_channels, context_dim=t["dim"])
         encoder = TextEncoder(tok.num_tokens, tok.max_length, tok.vocab_size, t["dim"], t["depth"],
                               t["heads"])
         return TextConditionedNet(denoiser, encoder, tok.null(1)[0], frozen=t["clip_ckpt"] is not None)
@@ -181,11 +177,13 @@ class TextConditional(Reranking):
             return (1, 1, None), rest
         return reranking(options), rest
 
-    def default_captions(self, num_samples: int) -> list[str]:
+    def default_captions(self, num_samples: int, indices: list[int] | None = None) -> list[str]:
         if not self.preview_captions:
             raise ValueError(f"{type(self).__name__} is text-conditional: give captions (lit-gen sample "
                              "--text or --text_file)")
-        # a row of PER_PROMPT images per validation caption (a grid shows each prompt's diversity)
-        per = PER_PROMPT if num_samples >= 2 * PER_PROMPT else 1
-        return [self.preview_captions[(i // per) % len(self.preview_captions)] for i in range(num_samples)]
+        # sample i's (``indices``, e.g. an FID's sample ids), or in a grid a row of PER_PROMPT images per
+        # validation caption (each prompt's diversity)
+        per = PER_PROMPT if indices is None and num_samples >= 2 * PER_PROMPT else 1
+        ids = range(num_samples) if indices is None else indices
+        return [self.preview_captions[(i // per) % len(self.preview_captions)] for i in ids]
 

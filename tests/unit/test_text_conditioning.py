@@ -115,6 +115,12 @@ def test_cfg_on_text_at_scale_0_and_1_is_the_null_caption_and_the_conditional_mo
     torch.testing.assert_close(net(x_t, t, None), net(x_t, t, model.null_text.expand(2, -1)), rtol=0, atol=0)
     conditional, unconditional = draw(1.0), draw(0.0)
     assert not torch.allclose(conditional, unconditional)
+    # the oracle: the conditional model on the empty caption's ids, and on the captions' own
+    encode = model.caption_ids
+    model.caption_ids = lambda caps: model.null_text.expand(len(caps), -1)
+    torch.testing.assert_close(draw(1.0), unconditional, rtol=0, atol=0)
+    torch.testing.assert_close(draw(7.0), unconditional, rtol=0, atol=0)  # guiding null to null: no change
+    model.caption_ids = encode
     other = draw(1.0, SHAPES.captions[2:4])
     assert not torch.allclose(conditional, other)
     guided = draw(3.0)
