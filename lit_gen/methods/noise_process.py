@@ -148,11 +148,6 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
             return self.text_net(factory, data_shape, out_channels)
         return factory(data_shape, num_classes, out_channels)
 
-    def rerank_candidates(self, x: torch.Tensor, captions: list[str] | None, n: int, keep: int,
-                          clip: str | None) -> tuple[torch.Tensor, list[str] | None, torch.Tensor | None]:
-        """The kept candidates by CLIP (see :func:`~lit_gen.methods.text.rerank`)."""
-        return self.rerank(x, captions, n, keep, clip) if captions else (x, captions, None)
-
     def condition_of(self, batch: dict, p_uncond: float = 0.0) -> torch.Tensor | None:
         """The network's condition for a batch: its captions' ids (text), its labels (class-conditional) or
         None; with ``p_uncond``, each replaced by the null condition with that probability (for CFG)."""
@@ -268,8 +263,10 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
                 inpaint = tuple(a.to(self.device) for a in inpaint)
             x, trajectory, nfe = assembly.sample(model, options, x_T, generators, condition, classifier,
                                                  progress, trajectory_points, inpaint)
-        classes = None if self.text is not None else condition
-        x, captions, scores = self.rerank_candidates(self.decode_latents(x), captions, n, keep, clip)
+        classes, scores = (None, None) if self.text is not None else (condition, None)
+        x = self.decode_latents(x)
+        if captions is not None:  # DALL-E's reranking of each prompt's candidates (a no-op without a CLIP)
+            x, captions, scores = self.rerank(x, captions, n, keep, clip)
         return SampleOutput(x, classes, [self.decode_latents(z) for z in trajectory], nfe=nfe,
                             captions=captions, scores=scores)
 

@@ -4,7 +4,6 @@ the denoiser cross-attends to, and the empty caption is the null condition of cl
 
 from __future__ import annotations
 
-import inspect
 import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -123,11 +122,13 @@ class TextConditional(Reranking):
     def text_net(self, factory, data_shape: tuple[int, ...], out_channels: int) -> nn.Module:
         """The denoiser of ``factory`` built with ``context_dim`` and wrapped with its text encoder."""
         t, tok = self.text, self.tokenizer
-        cls = getattr(factory, "func", factory)  # a class, or a partial of one (jsonargparse, functools)
-        if "context_dim" not in inspect.signature(cls).parameters:
+        try:
+            denoiser = factory(data_shape, 0, out_channels, context_dim=t["dim"])
+        except TypeError as err:  # only a net without the argument; any other error stays as it is
+            if "context_dim" not in str(err):
+                raise
             raise ValueError(f"text conditioning needs a net that cross-attends: lit_gen.nets.UNet or DiT "
-                             f"(they take context_dim), not {getattr(cls, '__name__', cls)}")
-        denoiser = factory(data_shape, 0, out_channels, context_dim=t["dim"])
+                             f"(they take context_dim): {err}") from None
         encoder = TextEncoder(tok.num_tokens, tok.max_length, tok.vocab_size, t["dim"], t["depth"],
                               t["heads"])
         return TextConditionedNet(denoiser, encoder, tok.null(1)[0], frozen=t["clip_ckpt"] is not None)
