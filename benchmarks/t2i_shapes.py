@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--dalle", help="a DALLE checkpoint trained on shapes (rows: candidate 0, best "
                                         "of 32)")
     parser.add_argument("--clip", help="a CLIP checkpoint trained on shapes (DALL-E's reranker; CLIP scores)")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
@@ -103,8 +104,8 @@ def main() -> None:
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     autoencoder = fit(runs, "t2i/autoencoder_shapes.yaml", "autoencoder")
-    checkpoints = {name: fit(runs, config, name, "--model.init_args.autoencoder_ckpt", autoencoder)
-                   for name, (config, _) in MODELS.items()}
+    checkpoints = {name: fit(runs, MODELS[name][0], name, "--model.init_args.autoencoder_ckpt", autoencoder)
+                   for name in args.models}
     torch.set_grad_enabled(False)
     evaluator = train_attribute_net(Path(args.evaluator))
     held_out = ShapeParams.sample(2000, torch.Generator().manual_seed(4242))
@@ -117,8 +118,8 @@ def main() -> None:
     ae = fit_seconds(runs, "autoencoder")
     budget = []
     rows = []
-    for name, (_, label) in MODELS.items():
-        model = load_module(checkpoints[name])
+    for name in args.models:
+        label, model = MODELS[name][1], load_module(checkpoints[name])
         rows += diffusion_rows(label, model, evaluator, clip, params, captions, args.scales, args.batch)
         own = fit_seconds(runs, name)
         budget.append([label, str(read_checkpoint(checkpoints[name])["global_step"]),
