@@ -87,6 +87,17 @@ def diffusion_rows(name: str, model, evaluator, clip, params: ShapeParams, capti
     return rows
 
 
+def ceiling_row(autoencoder, evaluator, clip, params: ShapeParams, captions: list[str]) -> list:
+    """The autoencoder's reconstructions (posterior mean) of the prompts' own renderings: what a latent model
+    on it can reach at best."""
+    x = render(params)
+    rec = autoencoder.net.decode(autoencoder.net.moments(x)[0]).clamp(-1, 1)
+    hits = attribute_hits(evaluator, rec, params)
+    score = f"{clip.score(rec, captions).mean():.3f}" if clip is not None else ""
+    return ["autoencoder (ceiling)", "reconstruction", *(f"{hits[k].float().mean():.3f}" for k in
+                                                          [*ATTRIBUTES, "all four"]), score, ""]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,7 +128,7 @@ def main() -> None:
     clip = load_module(args.clip) if args.clip else None
     ae = fit_seconds(runs, "autoencoder")
     budget = []
-    rows = []
+    rows = [ceiling_row(load_module(autoencoder), evaluator, clip, params, captions)]
     for name in args.models:
         label, model = MODELS[name][1], load_module(checkpoints[name])
         rows += diffusion_rows(label, model, evaluator, clip, params, captions, args.scales, args.batch)
