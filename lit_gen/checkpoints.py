@@ -212,6 +212,20 @@ def expected_class(expected: type | str) -> type:
     return method_class(expected, "lit_gen") if isinstance(expected, str) else expected
 
 
+def method_hparams(path: str | Path, method: str, arg: str, train_hint: str) -> dict:
+    """The hyperparameters (plain data, no private keys) of the ``method`` checkpoint that init argument
+    ``arg`` names, with one-line errors: a missing file (``train_hint`` says how to make one), another
+    method's checkpoint, none kept."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{arg} not found: {str(path)!r} ({train_hint})")
+    ckpt = read_checkpoint(path)
+    check_method(ckpt, method, path)
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if len(hparams) <= 1:  # at most the class path
+        raise CheckpointError(f"{arg} {str(path)!r} has no {method} hyperparameters")
+    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+
+
 def check_method(ckpt: dict[str, Any], expected: type | str, path: str | Path = "checkpoint") -> None:
     """Raise if ``ckpt`` was written by another method than ``expected`` (a class or a method name)."""
     expected = expected_class(expected)

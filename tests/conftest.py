@@ -85,3 +85,14 @@ def lit_gen(capsys):
         return subprocess.CompletedProcess(args, code, out.out, out.err)
 
     return run
+
+
+def fails_in_one_line(capsys, args: list[str], *expected: str) -> None:
+    """``lit-gen ARGS`` exits with 2 and one ``lit-gen: error:`` line holding every ``expected`` text."""
+    from lit_gen.main import cli_main
+
+    with pytest.raises(SystemExit) as info:
+        cli_main(args)
+    assert info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
+    assert len(err) == 1 and all(e in err[0] for e in expected), err

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
+from lit_gen.checkpoints import load_frozen, method_hparams
 from lit_gen.dalle.codec import DVAECodec
 from lit_gen.dalle.generation import candidate_generators, generate_codes
 from lit_gen.data.base import dataset_captions
@@ -333,15 +333,8 @@ def _dvae_hparams(path: str | None) -> dict:
     if path is None:
         raise ValueError("DALLE needs dvae_ckpt: a DiscreteVAE checkpoint "
                          "(train one with experiments/dalle/dvae_*.yaml)")
-    if not Path(path).exists():
-        raise FileNotFoundError(f"dvae_ckpt not found: {path!r} (train the dVAE first: lit-gen fit --config "
-                                "experiments/dalle/dvae_shapes.yaml)")
-    ckpt = read_checkpoint(path)
-    check_method(ckpt, "DiscreteVAE", path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    if "num_codes" not in hparams:
-        raise CheckpointError(f"dvae_ckpt {path!r} has no DiscreteVAE hyperparameters")
-    return {k: v for k, v in hparams.items() if not k.startswith("_")}
+    return method_hparams(path, "DiscreteVAE", "dvae_ckpt",
+                          "train the dVAE first: lit-gen fit --config experiments/dalle/dvae_shapes.yaml")
 
 
 __all__ = ["DALLE", "TokenCache"]

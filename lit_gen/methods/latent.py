@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from lit_gen.checkpoints import CheckpointError, check_method, load_frozen, read_checkpoint
+from lit_gen.checkpoints import load_frozen, method_hparams
 from lit_gen.files import atomic_write
 from lit_gen.nets.autoencoder import AutoencoderNet, posterior_sample
 from lit_gen.sharding import gathered
@@ -80,14 +80,8 @@ class LatentCache:
 
 def autoencoder_hparams(path: str | None) -> dict:
     """The Autoencoder hyperparameters of the checkpoint at ``path`` (one-line errors for anything else)."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"autoencoder_ckpt not found: {path!r} (train the autoencoder first: lit-gen "
-                                "fit --config experiments/t2i/autoencoder_shapes.yaml)")
-    ckpt = read_checkpoint(path)
-    check_method(ckpt, "Autoencoder", path)
-    hparams = dict(ckpt.get("hyper_parameters") or {})
-    if "latent_channels" not in hparams:
-        raise CheckpointError(f"autoencoder_ckpt {path!r} has no Autoencoder hyperparameters")
+    hparams = method_hparams(path, "Autoencoder", "autoencoder_ckpt", "train the autoencoder first: lit-gen "
+                             "fit --config experiments/t2i/autoencoder_shapes.yaml")
     return {k: hparams[k] for k in ("data_shape", *ARCHITECTURE)}
 
 

@@ -16,7 +16,7 @@ from lit_gen.main import cli_main
 from lit_gen.methods import DiscreteVAE
 from lit_gen.methods.base import TinyCheckpoint
 from lit_gen.utils import sample_generators
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, fails_in_one_line, subprocess_env
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_checkpoint
 
 TRANSFORMER, CLIP_CONFIG = "dalle/transformer_shapes.yaml", "dalle/clip_shapes.yaml"
@@ -131,11 +131,7 @@ def test_sampling_sharded_over_two_processes_equals_one_process(runs, tmp_path):
 
 def test_one_line_errors(runs, tmp_path, capsys):
     def fails(args: list[str], *expected: str) -> None:
-        with pytest.raises(SystemExit) as info:
-            cli_main(args)
-        assert info.value.code == 2
-        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
-        assert len(err) == 1 and all(e in err[0] for e in expected), err
+        fails_in_one_line(capsys, args, *expected)
 
     fails(["sample", "--ckpt_path", runs["dalle"], "--text", "  "], "empty prompt")
     fails(["sample", "--ckpt_path", runs["dalle"]], "--text")

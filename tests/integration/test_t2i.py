@@ -13,6 +13,7 @@ from lit_gen.checkpoints import load_module
 from lit_gen.main import cli_main
 from lit_gen.methods import Autoencoder
 from lit_gen.methods.base import TinyCheckpoint
+from tests.conftest import fails_in_one_line
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_checkpoint
 
 AUTOENCODER, LDM, DIT = "t2i/autoencoder_shapes.yaml", "t2i/ldm_shapes.yaml", "t2i/dit_shapes.yaml"
@@ -83,11 +84,7 @@ def test_lit_gen_test_on_a_latent_model(runs, tmp_path):
 
 def test_one_line_errors(runs, tmp_path, capsys):
     def fails(args: list[str], *expected: str) -> None:
-        with pytest.raises(SystemExit) as info:
-            cli_main(args)
-        assert info.value.code == 2
-        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lit-gen: error:")]
-        assert len(err) == 1 and all(e in err[0] for e in expected), err
+        fails_in_one_line(capsys, args, *expected)
 
     fails(["sample", "--ckpt_path", runs["ldm"]], "--text")
     fails(["sample", "--ckpt_path", runs["ldm"], "--text", PROMPTS[0], "--labels", "2"], "not labels")

@@ -47,8 +47,8 @@ def test_cross_attention_to_a_constant_context_is_a_context_free_bias():
     x1, x2 = torch.randn(2, 2, 8, 5, 5, dtype=torch.float64)
     for context in (token, token.expand(2, 7, 6)):  # M copies of one token attend like that one token
         d1, d2 = block(x1, context) - x1, block(x2, context) - x2
-        torch.testing.assert_close(d1, d2, rtol=0, atol=1e-12)  # independent of x
-        torch.testing.assert_close(d1, d1[..., :1, :1].expand_as(d1), rtol=0, atol=1e-12)  # of the position
+        torch.testing.assert_close(d1, d2, rtol=0, atol=1e-8)  # independent of x
+        torch.testing.assert_close(d1, d1[..., :1, :1].expand_as(d1), rtol=0, atol=1e-8)  # of the position
     assert torch.equal(block(x1, None), x1)
     # a fresh block is the identity (zero output projection): a new text model starts from the unconditional
     fresh = CrossAttentionBlock(8, 6, 2, 4)
@@ -80,7 +80,7 @@ def test_a_clip_text_tower_gives_clips_embedding():
     pooled = (states * keep).sum(1) / keep.sum(1)
     expected = clip.encode_text(ids)
     torch.testing.assert_close(torch.nn.functional.normalize(clip.text_proj(pooled), dim=-1), expected,
-                               rtol=0, atol=1e-12)
+                               rtol=0, atol=1e-8)
 
 
 def test_condition_dropout_drops_whole_captions_and_keeps_label_draws():
