@@ -67,23 +67,25 @@ def fit_seconds(runs: Path, name: str) -> float | None:
 
 
 def diffusion_rows(name: str, model, evaluator, clip, params: ShapeParams, captions: list[str],
-                   scales: list[float], batch: int) -> list[list]:
-    """One image per prompt at each guidance scale: attribute accuracies, CLIP score, seconds per image."""
+                   scales: list[float], steps: list[int | None], batch: int) -> list[list]:
+    """One image per prompt at each guidance scale and number of sampling steps (None: the model's own):
+    attribute accuracies, CLIP score, seconds per image."""
     rows = []
-    for scale in scales:
-        images, seconds = [], 0.0
-        for s in range(0, len(captions), batch):
-            chunk = captions[s : s + batch]
-            start = time.perf_counter()
-            images.append(model.sample(len(chunk), sample_generators(0, s, len(chunk)), captions=chunk,
-                                       guidance_scale=scale).x)
-            seconds += time.perf_counter() - start
-        x = torch.cat(images)
-        hits = attribute_hits(evaluator, x, params)
-        score = f"{clip.score(x, captions).mean():.3f}" if clip is not None else ""
-        rows.append([name, f"one sample, CFG {scale:g}",
-                     *(f"{hits[k].float().mean():.3f}" for k in [*ATTRIBUTES, "all four"]), score,
-                     f"{seconds / len(captions):.4f}"])
+    for n_steps in steps:
+        for scale in scales:
+            images, seconds = [], 0.0
+            for s in range(0, len(captions), batch):
+                chunk = captions[s : s + batch]
+                start = time.perf_counter()
+                images.append(model.sample(len(chunk), sample_generators(0, s, len(chunk)), captions=chunk,
+                                           guidance_scale=scale, steps=n_steps).x)
+                seconds += time.perf_counter() - start
+            x = torch.cat(images)
+            hits = attribute_hits(evaluator, x, params)
+            score = f"{clip.score(x, captions).mean():.3f}" if clip is not None else ""
+            pick = f"one sample, CFG {scale:g}" + (f", {n_steps} steps" if n_steps else "")
+            rows.append([name, pick, *(f"{hits[k].float().mean():.3f}" for k in [*ATTRIBUTES, "all four"]),
+                         score, f"{seconds / len(captions):.4f}"])
     return rows
 
 
@@ -98,6 +100,27 @@ def ceiling_row(autoencoder, evaluator, clip, params: ShapeParams, captions: lis
                                                           [*ATTRIBUTES, "all four"]), score, ""]
 
 
+def dalle_rows(dalle, clip, evaluator, params: ShapeParams, captions: list[str], n: int,
+               timing_only: bool) -> list[list]:
+    """DALL-E's candidate 0 and best of ``n`` by CLIP, timed per kept image (sampling and CLIP scoring);
+    ``timing_only``: the times alone (sampling time does not depend on the weights: a short fit times it)."""
+    def draw(chunk, start):
+        return dalle.sample(len(chunk), sample_generators(0, start, len(chunk)), captions=chunk,
+                            num_candidates=n).x
+
+    if timing_only:
+        start = time.perf_counter()
+        for s in range(0, len(captions), 4):
+            chunk = captions[s : s + 4]
+            clip.score(draw(chunk, s), [c for c in chunk for _ in range(n)])
+        seconds = (time.perf_counter() - start) / len(captions)
+        return [["DALL-E (timing)", f"best of {n} by CLIP", *[""] * 6, f"{seconds:.4f}"]]
+    rows = [r for r in evaluate("DALL-E", draw, clip, evaluator, params, captions, n, 4)
+            if not r[1].startswith("all ")]
+    rows[1][-1] = f"{float(rows[1][-1]) * n:.4f}"  # n candidates per kept image (CLIP scoring not timed)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,10 +128,13 @@ def main() -> None:
     parser.add_argument("--dalle", help="a DALLE checkpoint trained on shapes (rows: candidate 0, best "
                                         "of 32)")
     parser.add_argument("--clip", help="a CLIP checkpoint trained on shapes (DALL-E's reranker; CLIP scores)")
-    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--dalle_timing_only", action="store_true", help="DALL-E's time per kept image only "
+                        "(checkpoints of a short fit: accuracies are then results_dalle_shapes.txt's)")
+    parser.add_argument("--models", nargs="*", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--prompts", type=int, default=100)
     parser.add_argument("--candidates", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
+    parser.add_argument("--steps", type=int, nargs="+", help="sampling steps (default: each config's)")
     parser.add_argument("--batch", type=int, default=50, help="prompts per sampling call")
     parser.add_argument("--evaluator", default="runs/bench/shapes_attributes.pt")
     args = parser.parse_args()
@@ -131,20 +157,15 @@ def main() -> None:
     rows = [ceiling_row(load_module(autoencoder), evaluator, clip, params, captions)]
     for name in args.models:
         label, model = MODELS[name][1], load_module(checkpoints[name])
-        rows += diffusion_rows(label, model, evaluator, clip, params, captions, args.scales, args.batch)
+        rows += diffusion_rows(label, model, evaluator, clip, params, captions, args.scales,
+                               args.steps or [None], args.batch)
         own = fit_seconds(runs, name)
         budget.append([label, str(read_checkpoint(checkpoints[name])["global_step"]),
                        f"{ae:.0f}" if ae else "", f"{own:.0f}" if own else "",
                        f"{ae + own:.0f}" if ae and own else ""])
     if args.dalle and clip is not None:
-        dalle, n = load_module(args.dalle), args.candidates
-
-        def draw(chunk, start):
-            return dalle.sample(len(chunk), sample_generators(0, start, len(chunk)), captions=chunk,
-                                num_candidates=n).x
-
-        rows += [r for r in evaluate("DALL-E", draw, clip, evaluator, params, captions, n, 4)
-                 if not r[1].startswith("all ")]
+        rows += dalle_rows(load_module(args.dalle), clip, evaluator, params, captions, args.candidates,
+                           args.dalle_timing_only)
     print_table(["model", "pick", *ATTRIBUTES, "all four", "CLIP score", "s / image"], rows)
     print_table(["model", "steps", "autoencoder fit (s)", "own fit (s)", "total (s)"], budget)
 

@@ -17,6 +17,8 @@ from lit_gen.sharding import gathered
 
 # training images the latent scale is measured on (the first ones: the same on every rank)
 SCALE_IMAGES = 2048
+# the in-memory latent cache's bound per process (16x16x8 fp32 moments: 8 KiB an image, 262,144 images)
+CACHE_BYTES = 2 << 30
 ARCHITECTURE = ("latent_channels", "channels", "channel_mults", "res_blocks")
 
 
@@ -41,11 +43,13 @@ def weights_digest(net: torch.nn.Module) -> str:
 class LatentCache:
     """The posterior moments (mean, log-variance) of each training image, computed once: keyed by a digest of
     the image's 8-bit pixels (a flipped image is another one), valid as long as the frozen autoencoder is.
-    :meth:`save` and :meth:`load` keep it in a file across runs (every model on one autoencoder)."""
+    :meth:`save` and :meth:`load` keep it in a file across runs (every model on one autoencoder). It holds at
+    most ``max_bytes``: images beyond (random crops of a large folder) are encoded at every step."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = CACHE_BYTES) -> None:
         self.moments: dict[bytes, torch.Tensor] = {}
         self.saved = 0  # entries the file holds
+        self.max_bytes, self.full = max_bytes, False
 
     def save(self, path: str | Path, autoencoder: str) -> None:
         """Write the cache to ``path`` (atomically), tagged with the autoencoder's weights digest."""
@@ -71,11 +75,22 @@ class LatentCache:
         pixels = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
         keys = [hashlib.blake2b(p.tobytes(), digest_size=16).digest() for p in pixels]
         missing = [i for i, key in enumerate(keys) if key not in self.moments]
+        fresh = {}
         if missing:
             mean, logvar = fp32_moments(net, x[missing])
-            both = torch.cat([mean, logvar], 1).cpu()
-            self.moments.update({keys[i]: m for i, m in zip(missing, both, strict=True)})
-        return torch.stack([self.moments[key] for key in keys]).to(x.device).chunk(2, dim=1)
+            fresh = dict(zip([keys[i] for i in missing], torch.cat([mean, logvar], 1).cpu(), strict=True))
+            self.store(fresh)
+        moments = [self.moments[key] if key in self.moments else fresh[key] for key in keys]
+        return torch.stack(moments).to(x.device).chunk(2, dim=1)
+
+    def store(self, fresh: dict[bytes, torch.Tensor]) -> None:
+        """Keep new moments while the cache has room."""
+        room = self.max_bytes // next(iter(fresh.values())).nbytes - len(self.moments)
+        if room < len(fresh) and not self.full:
+            self.full = True
+            print(f"lit-gen: the latent cache is full ({self.max_bytes / 2**30:g} GiB): images beyond its "
+                  f"{len(self.moments) + max(room, 0)} are encoded at every step", file=sys.stderr)
+        self.moments.update(list(fresh.items())[: max(room, 0)])
 
 
 def autoencoder_hparams(path: str | None) -> dict:

@@ -157,3 +157,16 @@ def test_the_latent_cache_file_round_trips_and_belongs_to_one_autoencoder(tmp_pa
     other = AutoencoderNet((3, 16, 16), 2, 8, (1, 2))
     assert weights_digest(other) != digest
     assert not LatentCache().load(tmp_path / "latents.pt", weights_digest(other))
+
+
+def test_the_latent_cache_is_bounded_and_serves_what_it_cannot_keep(capsys):
+    net = AutoencoderNet((3, 16, 16), 2, 8, (1, 2))
+    x = torch.stack([SHAPES[i]["x"] for i in range(6)])
+    each = 2 * 2 * 8 * 8 * 4  # mean and log-variance, 2x8x8 fp32
+    cache = LatentCache(max_bytes=4 * each)
+    first = cache(net, x)
+    assert len(cache.moments) == 4 and cache.full  # four kept, two encoded every time
+    assert "latent cache is full" in capsys.readouterr().err
+    for a, b in zip(cache(net, x), first, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert len(cache.moments) == 4 and capsys.readouterr().err == ""  # said once
