@@ -1,7 +1,8 @@
 """Seconds per training step of shipped configs on this machine, from short ``lit-gen fit`` runs: the wall
 times TensorBoard records with each logged scalar, between the first logged step at or after ``--warmup`` and
-the last (validation off, so only training steps count). Equal-budget comparisons between methods fitted on
-different days (machines differ 2x from session to session) multiply each method's steps by today's figure.
+the last (validation, sample grids and step checkpoints off, so only training steps count). Equal-budget
+comparisons between methods fitted on different days (machines differ 2x from session to session) multiply
+each method's steps by today's figure.
 
     python -m benchmarks.step_times --steps 200 --warmup 50 \
         --fit dvae=dalle/dvae_shapes.yaml \
@@ -10,6 +11,7 @@ different days (machines differ 2x from session to session) multiply each method
 
 Each ``--fit NAME=CONFIG[,ARG,...]`` adds command-line arguments; ``@NAME`` stands for the last checkpoint of
 an earlier fit of this run (a stage that needs its predecessor's checkpoint can run on a short one).
+``--runs`` keeps the runs; a folder that holds them already is refused by ``lit-gen fit``.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def fit(runs: Path, name: str, spec: list[str], steps: int, checkpoints: dict[st
     extra = [checkpoints[a[1:]] if a.startswith("@") else a for a in extra]
     command = [sys.executable, "-m", "lit_gen", "fit", "--config", f"experiments/{config}", "--runs_dir",
                str(runs), "--name", name, "--trainer.max_steps", str(steps),
-               "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false", *extra]
+               "--trainer.limit_val_batches", "0", "--trainer.enable_progress_bar", "false",
+               "--samples.every_n_steps", "0", "--checkpoint.every_n_train_steps", str(steps), *extra]
     log = runs / f"{name}.log"
     with open(log, "w") as out:
         if subprocess.run(command, cwd=ROOT, stdout=out, stderr=out).returncode:

@@ -66,8 +66,7 @@ class LatentCache:
         data = torch.load(path, map_location="cpu", weights_only=True)
         if data.get("autoencoder") != autoencoder:
             return False
-        pairs = zip(data["keys"], data["moments"], strict=True)
-        self.moments.update({bytes(k.tolist()): m for k, m in pairs})
+        self.store({bytes(k.tolist()): m for k, m in zip(data["keys"], data["moments"], strict=True)})
         self.saved = len(self.moments)
         return True
 
@@ -85,12 +84,14 @@ class LatentCache:
 
     def store(self, fresh: dict[bytes, torch.Tensor]) -> None:
         """Keep new moments while the cache has room."""
+        if not fresh:
+            return
         room = self.max_bytes // next(iter(fresh.values())).nbytes - len(self.moments)
         if room < len(fresh) and not self.full:
             self.full = True
             print(f"lit-gen: the latent cache is full ({self.max_bytes / 2**30:g} GiB): images beyond its "
                   f"{len(self.moments) + max(room, 0)} are encoded at every step", file=sys.stderr)
-        self.moments.update(list(fresh.items())[: max(room, 0)])
+        self.moments.update((k, m.clone()) for k, m in list(fresh.items())[: max(room, 0)])
 
 
 def autoencoder_hparams(path: str | None) -> dict:

@@ -159,7 +159,7 @@ def test_the_latent_cache_file_round_trips_and_belongs_to_one_autoencoder(tmp_pa
     assert not LatentCache().load(tmp_path / "latents.pt", weights_digest(other))
 
 
-def test_the_latent_cache_is_bounded_and_serves_what_it_cannot_keep(capsys):
+def test_the_latent_cache_is_bounded_and_serves_what_it_cannot_keep(capsys, tmp_path):
     net = AutoencoderNet((3, 16, 16), 2, 8, (1, 2))
     x = torch.stack([SHAPES[i]["x"] for i in range(6)])
     each = 2 * 2 * 8 * 8 * 4  # mean and log-variance, 2x8x8 fp32
@@ -170,3 +170,9 @@ def test_the_latent_cache_is_bounded_and_serves_what_it_cannot_keep(capsys):
     for a, b in zip(cache(net, x), first, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
     assert len(cache.moments) == 4 and capsys.readouterr().err == ""  # said once
+    # a file read into a smaller cache keeps what fits
+    full = LatentCache()
+    full(net, x)
+    full.save(tmp_path / "latents.pt", "digest")
+    small = LatentCache(max_bytes=4 * each)
+    assert small.load(tmp_path / "latents.pt", "digest") and len(small.moments) == 4 and small.full
