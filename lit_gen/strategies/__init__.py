@@ -82,10 +82,10 @@ class DeepSpeed(DeepSpeedStrategy):
 
     @contextmanager
     def model_sharded_context(self):
-        """Nets are built whole and partitioned by ``deepspeed.initialize``, not as each layer is built (ZeRO-3's
-        ``zero.Init``): a net that sets a layer's weights in its own ``__init__`` (zero-initialised output layers,
-        adaLN-Zero, fixed sin-cos positions) would set an empty partition, and start from another init than
-        under DDP."""
+        """Nets are built whole and partitioned by ``deepspeed.initialize``, not layer by layer as they are
+        built (ZeRO-3's ``zero.Init``): a net that sets a layer's weights in its own ``__init__``
+        (zero-initialised output layers, adaLN-Zero) would set an empty partition, and start from another
+        init than under DDP."""
         yield
 
     def _get_process_group_backend(self) -> str:
