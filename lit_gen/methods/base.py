@@ -49,8 +49,9 @@ class LitGenModule(L.LightningModule):
     ``validation_step``.
 
     The networks (``self.net`` and its EMA ``self.ema``) are built in :meth:`configure_model`, which the
-    Trainer calls inside the strategy's context, so ZeRO-3 and FSDP shard them as they are made. A module made
-    outside a Trainer (a notebook, a test) builds them on first use of ``net`` or ``ema``.
+    Trainer calls inside the strategy's context, so FSDP shards them as they are made (ZeRO-3 when DeepSpeed
+    wraps the model: see :class:`lit_gen.strategies.DeepSpeed`). A module made outside a Trainer (a notebook,
+    a test) builds them on first use of ``net`` or ``ema``.
 
     Args:
         optimizer: optimizer factory, ``class_path`` + ``init_args`` without ``params`` in YAML.
