@@ -9,8 +9,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
 
 from lit_gen.methods.base import _adam
-from lit_gen.methods.generative import GenerativeModule
 from lit_gen.methods.score_sde import ScoreSDE
+from lit_gen.methods.text import TextConditioning
 from lit_gen.nets import NetFactory, UNet
 from lit_gen.process.sde import sigma_max_from_data
 
@@ -24,10 +24,11 @@ class NCSN(ScoreSDE):
 
     Args:
         data_shape: shape of one sample; linked from the DataModule by the CLI.
-        num_classes: linked from the DataModule; the network is unconditional.
+        num_classes: linked from the DataModule; the network is unconditional, or conditioned on ``text``.
         net: the network, built as ``net(data_shape, 0, C)``.
         sigma_begin: sigma_1 (1 in the paper); None sets it to the largest distance between two training
-            points at the start of fitting (NCSNv2, Technique 1), saved with the checkpoint.
+            points (of their scaled latents, with ``autoencoder_ckpt``) at the start of fitting (NCSNv2,
+            Technique 1), saved with the checkpoint.
         sigma_end: sigma_L (0.01 in the paper).
         num_scales: L, the number of noise levels (10 in the paper).
         clip_denoised: clamp the final denoised sample to [-1, 1] (images).
@@ -35,6 +36,13 @@ class NCSN(ScoreSDE):
         sampling_steps: grid points (default L, one per level).
         step_lr: epsilon of annealed Langevin (2e-5 in the paper).
         n_steps_each: T, Langevin steps per level (100 in the paper).
+        text: condition on captions (see :class:`~lit_gen.methods.DDPM`).
+        p_uncond: with ``text``, the probability of training on the empty caption (for classifier-free
+            guidance).
+        guidance_scale: with ``text``, the default classifier-free guidance scale.
+        autoencoder_ckpt: learn an Autoencoder's latents (see :class:`~lit_gen.methods.DDPM`).
+        autoencoder_hparams: filled from ``autoencoder_ckpt`` when the model is made (leave unset).
+        latent_cache: a file of the training images' latents kept across runs (see :class:`DDPM`).
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -44,7 +52,7 @@ class NCSN(ScoreSDE):
     @classmethod
     def tiny_args(cls, init_args: dict, data_shape: tuple[int, ...]) -> dict:
         # not ScoreSDE's: its configured levels, and no ODE tolerances to loosen; 2 Langevin steps per level
-        return GenerativeModule.tiny_args(init_args, data_shape) | {"n_steps_each": 2}
+        return super(ScoreSDE, cls).tiny_args(init_args, data_shape) | {"n_steps_each": 2}
 
     def __init__(
         self,
@@ -59,6 +67,12 @@ class NCSN(ScoreSDE):
         sampling_steps: int | None = None,
         step_lr: float = 2e-5,
         n_steps_each: int = 100,
+        text: TextConditioning | None = None,
+        p_uncond: float = 0.1,
+        guidance_scale: float = 1.0,
+        autoencoder_ckpt: str | None = None,
+        autoencoder_hparams: dict | None = None,
+        latent_cache: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
@@ -74,7 +88,9 @@ class NCSN(ScoreSDE):
             sigma_max=sigma_begin if sigma_begin is not None else 2 * sigma_end, num_scales=num_scales,
             t_eps=1e-5,
             sampling_eps=0.0, clip_denoised=clip_denoised, sampler=sampler, sampling_steps=sampling_steps,
-            optimizer=optimizer, lr_scheduler=lr_scheduler, ema_decay=ema_decay, seed=seed,
+            p_uncond=p_uncond, guidance_scale=guidance_scale, text=text, autoencoder_ckpt=autoencoder_ckpt,
+            autoencoder_hparams=autoencoder_hparams, latent_cache=latent_cache, optimizer=optimizer,
+            lr_scheduler=lr_scheduler, ema_decay=ema_decay, seed=seed,
         )
         self._sigma_begin = sigma_begin  # None until fitting measures it on the data
 
@@ -85,10 +101,12 @@ class NCSN(ScoreSDE):
 
     def _training_points(self, limit: int = 2000) -> torch.Tensor:
         """Up to ``limit`` training points drawn with the run's seed: the same on every rank (each must build
-        the same SDE) and in every run of the config."""
+        the same SDE) and in every run of the config; of a latent model, their scaled latents."""
         dataset = self.trainer.datamodule.train_dataset
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:limit]
-        return torch.stack([dataset[int(i)]["x"] for i in order])
+        chunks = [order[start:start + 256] for start in range(0, len(order), 256)]
+        points = [torch.stack([dataset[int(i)]["x"] for i in chunk]) for chunk in chunks]
+        return torch.cat([self.encode_images(x.to(self.device)).cpu() for x in points])
 
     def set_sigma_begin(self, sigma: float) -> None:
         """Set sigma_1 (and rebuild the SDE); saved in the hyperparameters, so a checkpoint rebuilds it."""

@@ -189,13 +189,17 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         """The probability-flow ODE likelihood of x (B, ...) on the model's own process, from its t_min (the
         unconditional model of a conditional one); ``options``: trace, n_probes, rtol, atol (see
         :func:`ode_likelihood`)."""
-        if self.autoencoder is not None:
-            raise ValueError(f"this {type(self).__name__} models an autoencoder's latents: its ODE "
-                             "likelihood would be of latents, not of images")
+        self.check_image_likelihood()
         model = self.noise_model(net or self.sampling_net)
         function = ModelFunction(on_model_time(lambda x_, s: model.net(x_, s, None), model.sde), model.sde,
                                  model.layout)
         return ode_likelihood(function, x, generator, **options)
+
+    def check_image_likelihood(self) -> None:
+        """A one-line error when the model is of an autoencoder's latents: it has no likelihood of images."""
+        if self.autoencoder is not None:
+            raise ValueError(f"this {type(self).__name__} models an autoencoder's latents: its ODE "
+                             "likelihood would be of latents, not of images")
 
     def _guidance(self, num_samples: int, labels: torch.Tensor | None, options: dict,
                   captions: list[str] | None = None) -> tuple[torch.Tensor | None, ClassifierGuidance | None]:

@@ -14,9 +14,10 @@ from torch import nn
 
 from lit_gen.diffusion import GaussianDiffusion
 from lit_gen.methods.base import _adam, eval_mode
-from lit_gen.methods.noise_process import NoiseProcessMethod, check_conditioning, ode_likelihood
+from lit_gen.methods.noise_process import NoiseProcessMethod, conditions, ode_likelihood
+from lit_gen.methods.text import TextConditioning
 from lit_gen.nets import NetFactory, UNet
-from lit_gen.process import OutputLayout, drop_labels
+from lit_gen.process import OutputLayout
 from lit_gen.sampling import NoiseModel
 from lit_gen.score import ImportanceTime, ScoreModel, dsm_loss, make_sde
 from lit_gen.score.solvers import make_solver
@@ -51,7 +52,8 @@ class ScoreSDE(NoiseProcessMethod):
             paper).
         weighting: ``paper`` (lambda = sigma^2) or ``likelihood`` (lambda = g^2).
         importance_sampling: with ``likelihood``, draw t ~ g^2 / sigma^2 instead of uniformly.
-        clip_denoised: clamp predicted x0 to [-1, 1] where a sampler uses it (images; off for 2-D data).
+        clip_denoised: clamp predicted x0 to [-1, 1] where a sampler uses it (images; off for 2-D data;
+            never on latents).
         sampler: default sampler of sample grids and ``lit-gen sample`` (see
             :class:`~lit_gen.sampling.NoiseSampleOptions`).
         sampling_steps: default grid points (default N).
@@ -71,6 +73,11 @@ class ScoreSDE(NoiseProcessMethod):
         init_from: a checkpoint of this method (lit_gen's, or a diffusers pipeline imported by ``lit-gen
             import diffusers``) whose sampling weights a fresh fit starts from: fine-tuning, with a fresh
             optimizer.
+        text: condition on captions (see :class:`~lit_gen.methods.DDPM`); ``p_uncond`` drops them for
+            classifier-free guidance.
+        autoencoder_ckpt: learn an Autoencoder's latents (see :class:`~lit_gen.methods.DDPM`).
+        autoencoder_hparams: filled from ``autoencoder_ckpt`` when the model is made (leave unset).
+        latent_cache: a file of the training images' latents kept across runs (see :class:`DDPM`).
         optimizer: see :class:`~lit_gen.methods.base.LitGenModule`.
         lr_scheduler: see :class:`~lit_gen.methods.base.LitGenModule`.
         ema_decay: see :class:`~lit_gen.methods.base.LitGenModule`.
@@ -115,13 +122,17 @@ class ScoreSDE(NoiseProcessMethod):
         p_uncond: float = 0.1,
         guidance_scale: float = 1.0,
         init_from: str | None = None,
+        text: TextConditioning | None = None,
+        autoencoder_ckpt: str | None = None,
+        autoencoder_hparams: dict | None = None,
+        latent_cache: str | None = None,
         optimizer: OptimizerCallable = _adam,
         lr_scheduler: LRSchedulerCallable | None = None,
         ema_decay: float = 0.9999,
         seed: int = 0,
     ) -> None:
         super().__init__(optimizer, lr_scheduler, ema_decay, seed)
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["autoencoder_hparams"])
         # the settings below, also when a subclass (NCSN) saves its own hyperparameters instead
         self.settings = AttributeDict(
             sde=sde, beta_min=beta_min, beta_max=beta_max, sigma_min=sigma_min, sigma_max=sigma_max,
@@ -132,21 +143,22 @@ class ScoreSDE(NoiseProcessMethod):
             likelihood_trace=likelihood_trace, n_probes=n_probes, ode_rtol=ode_rtol, ode_atol=ode_atol,
             p_uncond=p_uncond, guidance_scale=guidance_scale,
         )
-        check_conditioning(class_conditional, num_classes, p_uncond, guidance_scale)
-        if weighting not in ("paper", "likelihood"):
-            raise ValueError(f"weighting={weighting!r} is not supported; choose one of "
-                             f"['likelihood', 'paper']")
-        if importance_sampling and weighting != "likelihood":
-            raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
-                             "weighting='likelihood'")
-        self.data_shape = self.init_conditions(None, None, None, tuple(data_shape))  # images, no text
+        text = conditions(class_conditional, text, num_classes, p_uncond, guidance_scale)
+        check_weighting(weighting, importance_sampling)
+        self.data_shape = self.init_conditions(text, autoencoder_ckpt, autoencoder_hparams, tuple(data_shape),
+                                               latent_cache)
         self.num_classes = num_classes if class_conditional else 0
         self.init_from, self.net_factory = init_from, net
         self.build_sde()
         make_solver(sampler)  # a bad default sampler fails at construction, not at the first sample grid
 
     def build_net(self) -> nn.Module:
-        return self.net_factory(self.data_shape, self.num_classes, self.data_shape[0])
+        return self.denoiser(self.net_factory, self.data_shape, self.num_classes, self.data_shape[0])
+
+    @property
+    def clip_denoised(self) -> bool:
+        """Clamp predicted x0 to [-1, 1]: as configured on images, never on latents."""
+        return self.settings.clip_denoised and self.autoencoder is None
 
     def build_sde(self) -> None:
         """The SDE of the settings, for sampling (t_min = sampling_eps) and for training and the
@@ -183,35 +195,36 @@ class ScoreSDE(NoiseProcessMethod):
         return dsm_loss(eps, z, self.sde, t, self.settings.weighting, weight).mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        y = batch.get("y") if self.num_classes else None
-        if y is not None and self.settings.p_uncond > 0:  # drawn from the per-step seed: resume stays exact
-            y = drop_labels(y, self.settings.p_uncond, self.num_classes)
-        loss = self.loss(self.net, batch["x"], y=y)
+        batch = self.latent_batch(batch, sample=True)
+        # dropped conditions are drawn from the per-step seed: resume stays exact
+        loss = self.loss(self.net, batch["x"], y=self.condition_of(batch, self.settings.p_uncond))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _labels_of(self, batch: dict) -> torch.Tensor | None:
-        return batch.get("y") if self.num_classes else None
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        batch = self.latent_batch(batch, sample=False)
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self._labels_of(batch))
+            loss = self.loss(net, batch["x"], self.eval_generator(batch_idx), self.condition_of(batch))
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         """test/loss, and the exact likelihood by the probability-flow ODE: test/bpd on 8-bit images
-        (dequantised), test/nll in nats on continuous vectors, and test/nfe of the solve."""
+        (dequantised), test/nll in nats on continuous vectors, and test/nfe of the solve. A latent model
+        reports test/loss only (its likelihood would be of latents, not of images)."""
         generator = self.eval_generator(batch_idx)
+        batch = self.latent_batch(batch, sample=False)
         with eval_mode(self.sampling_net) as net:
-            loss = self.loss(net, batch["x"], generator, self._labels_of(batch))
+            loss = self.loss(net, batch["x"], generator, self.condition_of(batch))
             self.log("test/loss", loss, sync_dist=True)
+            if self.autoencoder is not None:
+                return
             out = self.log_likelihood(batch["x"], generator, net)
         self.log_likelihood_metrics(out)
 
     def score_model(self, net: nn.Module, sde=None) -> ScoreModel:
         """The model function of ``net`` (the null label of a conditional model: its unconditional part)."""
         return ScoreModel(lambda x, s: net(x, s), sde or self.sde, self.settings.prediction_type,
-                          clip_denoised=self.settings.clip_denoised)
+                          clip_denoised=self.clip_denoised)
 
     def classifier_process(self) -> GaussianDiffusion:
         """A VP model's N-step discretisation (DDPM's betas): the process a guiding classifier must know. The
@@ -226,6 +239,7 @@ class ScoreSDE(NoiseProcessMethod):
         """The ODE likelihood of x (B, ...): ``bpd`` for 8-bit images, ``log_p`` (nats) for vectors, and
         ``nfe``."""
         h = self.settings
+        self.check_image_likelihood()
         model = self.score_model(net or self.sampling_net, self.likelihood_sde)
         return ode_likelihood(model, x, generator, trace=h.likelihood_trace, n_probes=h.n_probes,
                               rtol=h.ode_rtol, atol=h.ode_atol)
@@ -237,9 +251,9 @@ class ScoreSDE(NoiseProcessMethod):
                 "predictor": h.predictor, "snr": h.snr, "n_corrector": h.n_corrector}
 
     def noise_model(self, net: nn.Module) -> NoiseModel:
-        return NoiseModel(type(self).__name__, net, self.sde, self.layout,
-                          self.settings.clip_denoised, self.sampling_defaults(), num_classes=self.num_classes,
-                          guidance_scale=self.settings.guidance_scale)
+        return NoiseModel(type(self).__name__, net, self.sde, self.layout, self.clip_denoised,
+                          self.sampling_defaults(), num_classes=self.num_classes,
+                          guidance_scale=self.settings.guidance_scale, null_text=self.null_text)
 
     @torch.no_grad()
     def score_field(self, x: torch.Tensor, t: float | None = None) -> tuple[torch.Tensor, float]:
@@ -259,3 +273,12 @@ class ScoreSDE(NoiseProcessMethod):
         vectors, t = self.score_field(points)
         figure = quiver_figure(points, vectors, reference, title=f"score at t = {t:.3g}, step {step}")
         return {"samples/score_field": figure_to_array(figure)}
+
+
+def check_weighting(weighting: str, importance_sampling: bool) -> None:
+    """One-line errors for a DSM weighting that is not one, and importance sampling without its weighting."""
+    if weighting not in ("paper", "likelihood"):
+        raise ValueError(f"weighting={weighting!r} is not supported; choose one of ['likelihood', 'paper']")
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError("importance_sampling=True samples t for the likelihood weighting: set "
+                         "weighting='likelihood'")

@@ -13,7 +13,7 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from lit_gen.data.shapes import generate_shapes
-from lit_gen.methods import DDPM, Autoencoder, FlowMatching
+from lit_gen.methods import DDPM, NCSN, Autoencoder, FlowMatching, ScoreSDE
 from lit_gen.methods.latent import LatentCache
 from lit_gen.nets import DiT, UNet
 from lit_gen.nets.autoencoder import AutoencoderNet, gaussian_kl, posterior_sample
@@ -113,6 +113,48 @@ def test_latent_scale_makes_the_latents_unit_std_and_is_kept(tmp_path):
     for a, b, c in zip(first, again, net.moments(x[:4]), strict=True):
         assert torch.equal(a, b) and torch.allclose(a, c, atol=1e-6)
     assert len(cache.moments) == 4
+
+
+def fit_start(model, dataset) -> None:
+    """``on_fit_start`` of a model outside a Trainer: one process, the data set ``dataset``."""
+    from types import SimpleNamespace
+
+    model._trainer = SimpleNamespace(datamodule=SimpleNamespace(train_dataset=dataset), global_rank=0,
+                                     strategy=SimpleNamespace(broadcast=lambda x, src=0: x))
+    model.on_fit_start()
+    model._trainer = None
+
+
+@pytest.mark.parametrize("method", [ScoreSDE, NCSN])
+def test_score_models_learn_latents_and_ncsn_measures_sigma_1_on_them(tmp_path, method):
+    path = autoencoder_ckpt(tmp_path)
+    net = partial(UNet, base_channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[])
+    extra = {"sigma_begin": None, "n_steps_each": 2} if method is NCSN else {"num_scales": 10}
+    model = method(data_shape=(3, 16, 16), net=net, autoencoder_ckpt=path, sampling_steps=3, **extra)
+    assert model.data_shape == (2, 8, 8) and not model.clip_denoised  # never clamped on latents
+    model.load_autoencoder(path)
+    fit_start(model, Items())
+    assert float(model.latent_scale) > 0
+    if method is NCSN:  # NCSNv2's sigma_1: the largest distance between two training latents, scaled
+        x = torch.stack([Items()[i]["x"] for i in range(len(SHAPES))])
+        z = fp32_latents(model, x)
+        assert model.hparams.sigma_begin == pytest.approx(torch.pdist(z).max().item(), rel=1e-6)
+        assert model.sde.sigma_max == model.hparams.sigma_begin
+    torch.manual_seed(0)
+    model.configure_model()
+    loss = model.training_step({"x": torch.stack([Items()[i]["x"] for i in range(4)])}, 0)
+    assert loss.isfinite()
+    out = model.sample(2)
+    assert out.x.shape == (2, 3, 16, 16) and out.x.abs().max() <= 1  # decoded to images
+    with pytest.raises(ValueError, match="latents: its ODE"):
+        model.log_likelihood(out.x)
+
+
+def fp32_latents(model, x: torch.Tensor) -> torch.Tensor:
+    """Scaled posterior means of images x, flattened, in float64 (computed here, not by the model)."""
+    with torch.no_grad():
+        mean = model.autoencoder.moments(x)[0]
+    return (mean * model.latent_scale).flatten(1).double()
 
 
 def test_latent_models_decode_to_images_and_refuse_pixel_jobs(tmp_path):
