@@ -5,12 +5,13 @@ position).
     python -m benchmarks.t2i_shapes --runs runs_bench/t2i [--dalle D.ckpt --clip C.ckpt] \
         | tee benchmarks/results_t2i_shapes.txt
 
-The latent UNet (``t2i/ldm_shapes.yaml``, DDPM v-prediction) and the latent DiT (``t2i/dit_shapes.yaml``,
-rectified flow) are fitted with ``lit-gen fit`` from their shipped configs on one autoencoder
-(``t2i/autoencoder_shapes.yaml``) unless their checkpoints are in ``--runs``; each draws one image per prompt
-(no reranking) for 100 prompts at several classifier-free guidance scales, with its default sampler. DALL-E's
-rows (candidate 0, and the best of 32 by CLIP) come from ``--dalle`` and ``--clip`` when given. Time per image
-is the sampling time over the images kept.
+The latent UNet (``t2i/ldm_shapes.yaml``, DDPM v-prediction), the latent DiT (``t2i/dit_shapes.yaml``,
+rectified flow) and the latent score SDE (``t2i/sde_shapes.yaml``, the UNet on the VP SDE) are fitted with
+``lit-gen fit`` from their shipped configs on one autoencoder (``t2i/autoencoder_shapes.yaml``) unless their
+checkpoints are in ``--runs``; each draws one image per prompt (no reranking) for 100 prompts at several
+classifier-free guidance scales, with its default sampler. DALL-E's rows (candidate 0, and the best of 32 by
+CLIP) come from ``--dalle`` and ``--clip`` when given. Time per image is the sampling time over the images
+kept.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from lit_gen.data.shapes import ShapeParams
 from lit_gen.utils import sample_generators
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = {"ldm": ("t2i/ldm_shapes.yaml", "latent UNet, DDPM-v"), "dit": ("t2i/dit_shapes.yaml",
-                                                                        "latent DiT, rectified flow")}
+MODELS = {"ldm": ("t2i/ldm_shapes.yaml", "latent UNet, DDPM-v"),
+          "dit": ("t2i/dit_shapes.yaml", "latent DiT, rectified flow"),
+          "sde": ("t2i/sde_shapes.yaml", "latent UNet, VP score SDE")}
 
 
 def fit(runs: Path, config: str, name: str, *extra: str) -> str:

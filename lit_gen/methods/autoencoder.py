@@ -1,5 +1,5 @@
 """The KL-regularised autoencoder of latent diffusion (Rombach et al. 2022, Sec. 3): it compresses images into
-a latent grid that a diffusion or flow model then learns (``autoencoder_ckpt`` of DDPM and FlowMatching)."""
+a latent grid that a diffusion or flow model then learns (any noise-process method's ``autoencoder_ckpt``)."""
 
 from __future__ import annotations
 

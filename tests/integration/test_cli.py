@@ -159,6 +159,8 @@ def _state(path: Path) -> dict:
         # text-to-image latent models: posterior samples of cached latents, the latent scale, caption dropout
         ("t2i/ldm_shapes.yaml", []),
         ("t2i/dit_shapes.yaml", []),
+        ("t2i/sde_shapes.yaml", []),
+        ("t2i/ncsn_shapes.yaml", []),  # sigma_1 measured on the latents
     ],
 )
 def test_resume_matches_uninterrupted_run(config, specific, tmp_path):

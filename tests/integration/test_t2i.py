@@ -1,6 +1,7 @@
-"""Text-to-image latent diffusion through the CLI: the autoencoder, then a latent UNet and a latent DiT with
-text fitted on its checkpoint, sampled from prompt files with guidance and CLIP reranking into samples.npz
-with their captions, tested, drawn through the Python API as lit-gen sample draws, and the one-line errors."""
+"""Text-to-image latent diffusion through the CLI: the autoencoder, then a latent UNet (DDPM), a latent DiT
+(rectified flow), a latent score SDE and a latent NCSN with text fitted on its checkpoint, sampled from
+prompt files with guidance and CLIP reranking into samples.npz with their captions, tested, drawn through
+the Python API as lit-gen sample draws, and the one-line errors."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.conftest import fails_in_one_line
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_checkpoint
 
 AUTOENCODER, LDM, DIT = "t2i/autoencoder_shapes.yaml", "t2i/ldm_shapes.yaml", "t2i/dit_shapes.yaml"
+SDE, NCSN = "t2i/sde_shapes.yaml", "t2i/ncsn_shapes.yaml"
 CLIP_CONFIG = "dalle/clip_shapes.yaml"
 PROMPTS = ["a small red circle at the top left", "a large blue square at the center"]
 
@@ -28,10 +30,11 @@ def runs(tmp_path_factory) -> dict[str, str]:
     on_it = f"--model.init_args.autoencoder_ckpt={autoencoder}"
     return {"autoencoder": autoencoder, "ldm": fit_tiny(LDM, root, "ldm", on_it),
             "dit": fit_tiny(DIT, root, "dit", on_it), "clip": fit_tiny(CLIP_CONFIG, root, "clip"),
+            "sde": fit_tiny(SDE, root, "sde", on_it), "ncsn": fit_tiny(NCSN, root, "ncsn", on_it),
             "root": str(root)}
 
 
-@pytest.mark.parametrize("model", ["ldm", "dit"])
+@pytest.mark.parametrize("model", ["ldm", "dit", "sde", "ncsn"])
 def test_sample_from_a_prompt_file_with_guidance_and_reranking(runs, model, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
@@ -76,8 +79,9 @@ def test_python_api_draws_as_lit_gen_sample_and_the_model_keeps_its_parts(runs, 
         torch.testing.assert_close(ckpt["state_dict"][f"autoencoder.{key}"], value, rtol=0, atol=0)
 
 
-def test_lit_gen_test_on_a_latent_model(runs, tmp_path):
-    cli_main(["test", *tiny_args(LDM, tmp_path, "test"), "--ckpt_path", runs["ldm"]])
+@pytest.mark.parametrize("model, config", [("ldm", LDM), ("sde", SDE)])
+def test_lit_gen_test_on_a_latent_model(runs, model, config, tmp_path):
+    cli_main(["test", *tiny_args(config, tmp_path, "test"), "--ckpt_path", runs[model]])
     events = EventAccumulator(str(tmp_path / "test")).Reload()
     assert "test/loss" in events.Tags()["scalars"] and "test/bpd" not in events.Tags()["scalars"]
 
