@@ -69,9 +69,11 @@ def fit_seconds(runs: Path, name: str) -> float | None:
 
 
 def diffusion_rows(name: str, model, evaluator, clip, params: ShapeParams, captions: list[str],
-                   scales: list[float], steps: list[int | None], batch: int) -> list[list]:
-    """One image per prompt at each guidance scale and number of sampling steps (None: the model's own):
-    attribute accuracies, CLIP score, seconds per image."""
+                   scales: list[float], steps: list[int | None], batch: int,
+                   sampler: str | None = None) -> list[list]:
+    """One image per prompt at each guidance scale and number of sampling steps (None: the model's own), with
+    ``sampler`` (None: the model's own): attribute accuracies, CLIP score, seconds per image."""
+    options = {"sampler": sampler} if sampler else {}
     rows = []
     for n_steps in steps:
         for scale in scales:
@@ -80,12 +82,13 @@ def diffusion_rows(name: str, model, evaluator, clip, params: ShapeParams, capti
                 chunk = captions[s : s + batch]
                 start = time.perf_counter()
                 images.append(model.sample(len(chunk), sample_generators(0, s, len(chunk)), captions=chunk,
-                                           guidance_scale=scale, steps=n_steps).x)
+                                           guidance_scale=scale, steps=n_steps, **options).x)
                 seconds += time.perf_counter() - start
             x = torch.cat(images)
             hits = attribute_hits(evaluator, x, params)
             score = f"{clip.score(x, captions).mean():.3f}" if clip is not None else ""
-            pick = f"one sample, CFG {scale:g}" + (f", {n_steps} steps" if n_steps else "")
+            pick = (f"one sample, CFG {scale:g}" + (f", {sampler}" if sampler else "")
+                    + (f", {n_steps} steps" if n_steps else ""))
             rows.append([name, pick, *(f"{hits[k].float().mean():.3f}" for k in [*ATTRIBUTES, "all four"]),
                          score, f"{seconds / len(captions):.4f}"])
     return rows
@@ -140,6 +143,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=32)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 2.0, 3.0, 5.0])
     parser.add_argument("--steps", type=int, nargs="+", help="sampling steps (default: each config's)")
+    parser.add_argument("--sampler", help="the sampler of every model (default: each config's)")
     parser.add_argument("--batch", type=int, default=50, help="prompts per sampling call")
     parser.add_argument("--evaluator", default="runs/bench/shapes_attributes.pt")
     args = parser.parse_args()
@@ -163,7 +167,7 @@ def main() -> None:
     for name in args.models:
         label, model = MODELS[name][1], load_module(checkpoints[name])
         rows += diffusion_rows(label, model, evaluator, clip, params, captions, args.scales,
-                               args.steps or [None], args.batch)
+                               args.steps or [None], args.batch, args.sampler)
         own = fit_seconds(runs, name)
         budget.append([label, str(read_checkpoint(checkpoints[name])["global_step"]),
                        f"{ae:.0f}" if ae else "", f"{own:.0f}" if own else "",

@@ -111,7 +111,8 @@ def density_figure(panels: list[tuple[str, np.ndarray]], limit: float, title: st
 
 def captioned_grid(x: torch.Tensor, captions: list[str], scores: torch.Tensor | None = None) -> np.ndarray:
     """One row per run of equal consecutive captions (a prompt's images), the prompt above its row and each
-    image's score under it when given; uint8 (H, W, 3)."""
+    image's score under it when given; uint8 (H, W, 3). Laid out by hand (no tight_layout, which shrinks the
+    images to fit long captions): every image is 1.2 inches (120 px) wide, nothing is drawn over it."""
     rows: list[list[int]] = []
     for i, caption in enumerate(captions):
         if rows and captions[rows[-1][0]] == caption:
@@ -119,22 +120,27 @@ def captioned_grid(x: torch.Tensor, captions: list[str], scores: torch.Tensor | 
         else:
             rows.append([i])
     columns = max(len(r) for r in rows)
-    fig, axes = _figure((1.3 * columns + 0.2, 1.55 * len(rows)))
+    cell, pad, caption_h, score_h = 1.2, 0.1, 0.25, 0.2 if scores is not None else 0.0
+    longest = max(len(captions[r[0]]) for r in rows)
+    width = max(columns * (cell + pad) + pad, 0.065 * longest + 2 * pad)  # ~0.065 in a character at 8 pt
+    row_h = caption_h + cell + score_h
+    height = len(rows) * row_h + pad
+    fig, _ = _figure((width, height))
     fig.clear()
-    axes = fig.subplots(len(rows), columns, squeeze=False)
     images = to_unit(x).permute(0, 2, 3, 1).cpu().numpy()
     for r, row in enumerate(rows):
-        for c in range(columns):
-            ax = axes[r][c]
+        top = height - pad - r * row_h  # inches from the bottom
+        fig.text(pad / width, (top - caption_h / 2) / height, captions[row[0]], fontsize=8, va="center")
+        for c, index in enumerate(row):
+            ax = fig.add_axes([(pad + c * (cell + pad)) / width, (top - caption_h - cell) / height,
+                               cell / width, cell / height])
             ax.axis("off")
-            if c < len(row):
-                image = images[row[c]]
-                ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
-                          interpolation="nearest")
-                if scores is not None:
-                    ax.set_title(f"{float(scores[row[c]]):.3f}", fontsize=7, y=-0.18)
-        axes[r][0].text(0, -0.08, captions[row[0]], transform=axes[r][0].transAxes, fontsize=8, va="bottom")
-    fig.tight_layout()
+            image = images[index]
+            ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest", aspect="auto")
+            if scores is not None:
+                ax.text(0.5, -0.02, f"{float(scores[index]):.3f}", transform=ax.transAxes, fontsize=7,
+                        ha="center", va="top")
     return figure_to_array(fig)
 
 

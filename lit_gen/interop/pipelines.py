@@ -174,8 +174,8 @@ def export_diffusers(ckpt_path: str | Path, output: str | Path) -> tuple[Path, s
     hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
     model = load_module(ckpt_path)
     if getattr(model, "autoencoder", None) is not None:
-        raise ValueError(f"{ckpt_path} models an autoencoder's latents: diffusers' DDPM / DDIM pipelines "
-                         "have no VAE to decode them")
+        raise ValueError(f"{ckpt_path} models an autoencoder's latents: the unconditional diffusers "
+                         "pipelines lit_gen exports have no VAE to decode them")
     scheduler_name, scheduler_config = scheduler_of(type(model).__name__, hparams)
     unet = exported_unet(model.sampling_net, scheduler_name, ckpt_path)
     pipeline_name = {"DDIMScheduler": "DDIMPipeline", "DDPMScheduler": "DDPMPipeline",

@@ -244,7 +244,7 @@ class DDPM(NoiseProcessMethod):
         return NoiseModel(
             type(self).__name__, net, self.diffusion.sde, OutputLayout(self.prediction_type,
                                                                             self.variance == "learned"),
-            h.clip_denoised and self.autoencoder is None,
+            self.clip_denoised,
             {"sampler": h.sampler, "steps": steps, "denoise": True, "spacing": h.get("spacing") or "linear"},
             self.diffusion,
             self.variance, self.num_classes, h.guidance_scale, self.null_text,

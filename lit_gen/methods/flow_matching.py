@@ -214,8 +214,7 @@ class FlowMatching(NoiseProcessMethod):
     def noise_model(self, net: nn.Module) -> NoiseModel:
         h = self.settings
         defaults = {"sampler": h.sampler, "steps": h.sampling_steps, "denoise": False}
-        clip = h.clip_denoised and self.autoencoder is None  # never on latents
-        return NoiseModel(type(self).__name__, net, self.path, self.layout, clip, defaults,
+        return NoiseModel(type(self).__name__, net, self.path, self.layout, self.clip_denoised, defaults,
                           num_classes=self.num_classes, guidance_scale=h.guidance_scale,
                           null_text=self.null_text)
 

@@ -171,12 +171,7 @@ class LatentSpace:
             return
         n = min(SCALE_IMAGES, len(dataset))
         generator = torch.Generator(device=self.device).manual_seed(generator_seed)
-        zs = []
-        with gathered(self.autoencoder):
-            for start in range(0, n, 256):
-                x = torch.stack([dataset[i]["x"] for i in range(start, min(start + 256, n))]).to(self.device)
-                zs.append(posterior_sample(*fp32_moments(self.autoencoder, x), generator).double().cpu())
-        std = torch.cat(zs).std()
+        std = self.training_points(dataset, range(n), generator, scaled=False).std()
         # rank 0's (a random flip may differ between ranks, and sharded strategies broadcast no buffers)
         scale = torch.tensor(1.0 / float(std), device=self.device)
         if self._trainer is not None:
@@ -185,6 +180,22 @@ class LatentSpace:
         if self.global_rank == 0:
             print(f"lit-gen: latent scale {float(self.latent_scale):.5g} (1 / std of the latents of {n} "
                   "training images)", file=sys.stderr)
+
+    @torch.no_grad()
+    def training_points(self, dataset, indices, generator: torch.Generator | None = None,
+                        scaled: bool = True) -> torch.Tensor:
+        """What the model trains on, for the items of ``dataset`` at ``indices`` (float64, on the CPU): their
+        images, or their posterior samples drawn with ``generator`` (times the latent scale when ``scaled``);
+        encoded 256 at a time (a collective under ZeRO-3: every rank calls it)."""
+        indices, points = list(indices), []
+        for start in range(0, len(indices), 256):
+            x = torch.stack([dataset[int(i)]["x"] for i in indices[start : start + 256]]).to(self.device)
+            if self.autoencoder is not None:
+                with gathered(self.autoencoder):
+                    x = posterior_sample(*fp32_moments(self.autoencoder, x), generator)
+                x = x * self.latent_scale if scaled else x
+            points.append(x.double().cpu())
+        return torch.cat(points)
 
     def latent_batch(self, batch: dict, sample: bool) -> dict:
         """The batch with images ``x`` replaced by their scaled latents: a posterior sample (training; the

@@ -25,13 +25,14 @@ class NCSN(ScoreSDE):
     Args:
         data_shape: shape of one sample; linked from the DataModule by the CLI.
         num_classes: linked from the DataModule; the network is unconditional, or conditioned on ``text``.
-        net: the network, built as ``net(data_shape, 0, C)``.
+        net: the network, built as ``net(data_shape, 0, C)`` (with ``text``, with ``context_dim`` too; with
+            ``autoencoder_ckpt``, data_shape is the latent shape).
         sigma_begin: sigma_1 (1 in the paper); None sets it to the largest distance between two training
-            points (of their scaled latents, with ``autoencoder_ckpt``) at the start of fitting (NCSNv2,
-            Technique 1), saved with the checkpoint.
+            points (scaled posterior samples of their latents, with ``autoencoder_ckpt``) at the start of
+            fitting (NCSNv2, Technique 1), saved with the checkpoint.
         sigma_end: sigma_L (0.01 in the paper).
         num_scales: L, the number of noise levels (10 in the paper).
-        clip_denoised: clamp the final denoised sample to [-1, 1] (images).
+        clip_denoised: clamp the final denoised sample to [-1, 1] (images; never on latents).
         sampler: default sampler: ``langevin`` (annealed Langevin, Algorithm 1), or any VE sampler.
         sampling_steps: grid points (default L, one per level).
         step_lr: epsilon of annealed Langevin (2e-5 in the paper).
@@ -97,16 +98,17 @@ class NCSN(ScoreSDE):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self._sigma_begin is None:
-            self.set_sigma_begin(sigma_max_from_data(self._training_points()))
+            sigma = torch.tensor(sigma_max_from_data(self._training_points()), device=self.device)
+            # rank 0's: every rank must build the same SDE (a random flip may differ between ranks)
+            self.set_sigma_begin(float(self.trainer.strategy.broadcast(sigma, src=0)))
 
     def _training_points(self, limit: int = 2000) -> torch.Tensor:
-        """Up to ``limit`` training points drawn with the run's seed: the same on every rank (each must build
-        the same SDE) and in every run of the config; of a latent model, their scaled latents."""
+        """Up to ``limit`` training points drawn with the run's seed, the same in every run of the config: of
+        a latent model, scaled posterior samples of their latents (drawn with the seed too)."""
         dataset = self.trainer.datamodule.train_dataset
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))[:limit]
-        chunks = [order[start:start + 256] for start in range(0, len(order), 256)]
-        points = [torch.stack([dataset[int(i)]["x"] for i in chunk]) for chunk in chunks]
-        return torch.cat([self.encode_images(x.to(self.device)).cpu() for x in points])
+        generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        return self.training_points(dataset, order, generator)
 
     def set_sigma_begin(self, sigma: float) -> None:
         """Set sigma_1 (and rebuild the SDE); saved in the hyperparameters, so a checkpoint rebuilds it."""

@@ -68,6 +68,10 @@ class ClassifierGuided:
         cache = self.__dict__.setdefault("_classifiers", {})
         if path not in cache:
             classifier = load_frozen(path, self.device, "NoisyClassifier")
+            if tuple(classifier.data_shape) != tuple(self.data_shape):
+                raise ValueError(f"classifier {path} reads data of shape {tuple(classifier.data_shape)}, but "
+                                 f"this model's process lives in shape {tuple(self.data_shape)}"
+                                 + (" (an autoencoder's latents)" if self.autoencoder is not None else ""))
             classifier.check_process(self.classifier_process(), path)
             if self.num_classes and classifier.num_classes != self.num_classes:
                 raise ValueError(f"classifier {path} has {classifier.num_classes} classes, the model "
@@ -194,6 +198,11 @@ class NoiseProcessMethod(TextConditional, LatentSpace, ClassifierGuided, Generat
         function = ModelFunction(on_model_time(lambda x_, s: model.net(x_, s, None), model.sde), model.sde,
                                  model.layout)
         return ode_likelihood(function, x, generator, **options)
+
+    @property
+    def clip_denoised(self) -> bool:
+        """Clamp predicted x0 to [-1, 1] while sampling: as configured on images, never on latents."""
+        return self.hparams.clip_denoised and self.autoencoder is None
 
     def check_image_likelihood(self) -> None:
         """A one-line error when the model is of an autoencoder's latents: it has no likelihood of images."""

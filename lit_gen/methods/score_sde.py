@@ -67,8 +67,9 @@ class ScoreSDE(NoiseProcessMethod):
         ode_atol: RK45 absolute tolerance of the likelihood.
         class_conditional: feed labels ``y`` to the network (needs a labelled dataset); label ``num_classes``
             is the learned null label, "unconditional" (the likelihood is the unconditional model's).
-        p_uncond: with ``class_conditional``, the probability of replacing a training label by the null label
-            (condition dropout for classifier-free guidance, Ho & Salimans 2022).
+        p_uncond: with ``class_conditional`` or ``text``, the probability of replacing a training label by the
+            null label, or a caption by the empty caption (condition dropout for classifier-free guidance,
+            Ho & Salimans 2022).
         guidance_scale: default classifier-free guidance scale s for sample grids and ``lit-gen sample``.
         init_from: a checkpoint of this method (lit_gen's, or a diffusers pipeline imported by ``lit-gen
             import diffusers``) whose sampling weights a fresh fit starts from: fine-tuning, with a fresh
@@ -154,11 +155,6 @@ class ScoreSDE(NoiseProcessMethod):
 
     def build_net(self) -> nn.Module:
         return self.denoiser(self.net_factory, self.data_shape, self.num_classes, self.data_shape[0])
-
-    @property
-    def clip_denoised(self) -> bool:
-        """Clamp predicted x0 to [-1, 1]: as configured on images, never on latents."""
-        return self.settings.clip_denoised and self.autoencoder is None
 
     def build_sde(self) -> None:
         """The SDE of the settings, for sampling (t_min = sampling_eps) and for training and the

@@ -14,6 +14,7 @@ from lit_gen.checkpoints import load_module
 from lit_gen.main import cli_main
 from lit_gen.methods import Autoencoder
 from lit_gen.methods.base import TinyCheckpoint
+from lit_gen.utils import sample_generators
 from tests.conftest import fails_in_one_line
 from tests.integration.tiny import fit_tiny, tiny_args, tiny_checkpoint
 
@@ -107,6 +108,23 @@ def test_one_line_errors(runs, tmp_path, capsys):
           "two conditions")
     fails(["reflow", "--ckpt_path", runs["dit"], "--num_pairs", "2", "--output", str(tmp_path / "pairs")],
           "latent or text-conditional")
+    fails(["export", "--ckpt_path", runs["sde"], "--format", "diffusers", "--output", str(tmp_path / "pipe")],
+          "autoencoder's latents", "no VAE")
+
+
+def test_a_latent_model_samples_from_its_checkpoint_alone(runs, tmp_path):
+    """The autoencoder's architecture, weights and latent scale, and NCSN's sigma_1 measured on the latents,
+    live in the model's checkpoint: it samples the same once the autoencoder file is gone."""
+    moved = tmp_path / "autoencoder.ckpt"
+    moved.write_bytes(open(runs["autoencoder"], "rb").read())
+    ckpt = fit_tiny(NCSN, tmp_path, "ncsn", f"--model.init_args.autoencoder_ckpt={moved}")
+    before = load_module(ckpt).sample(2, sample_generators(0, 0, 2), captions=PROMPTS, steps=2).x
+    moved.unlink()
+    model = load_module(ckpt)
+    assert tuple(model.hparams.autoencoder_hparams["data_shape"]) == (3, 32, 32)
+    assert model.hparams.sigma_begin == model.sde.sigma_max > 2 * model.hparams.sigma_end  # measured
+    after = model.sample(2, sample_generators(0, 0, 2), captions=PROMPTS, steps=2).x
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
 
 
 def test_a_frozen_clip_text_tower_conditions_the_model(runs, tmp_path):

@@ -14,10 +14,12 @@ from torch.distributions import Normal, kl_divergence
 
 from lit_gen.data.shapes import generate_shapes
 from lit_gen.methods import DDPM, NCSN, Autoencoder, FlowMatching, ScoreSDE
+from lit_gen.methods.base import TinyCheckpoint
 from lit_gen.methods.latent import LatentCache
 from lit_gen.nets import DiT, UNet
 from lit_gen.nets.autoencoder import AutoencoderNet, gaussian_kl, posterior_sample
 from lit_gen.nets.perceptual import PerceptualLoss
+from tests.integration.tiny import tiny_checkpoint
 
 TINY_AE = dict(latent_channels=2, channels=8, channel_mults=[1, 2])
 SHAPES = generate_shapes(64, 16, torch.Generator().manual_seed(0))
@@ -29,9 +31,6 @@ def Items():  # noqa: N802 - the dataset of the shapes, items {"x", "y", "captio
 
 def autoencoder_ckpt(tmp_path, data_shape=(3, 16, 16)) -> str:
     """An untrained tiny Autoencoder checkpoint (seed 0)."""
-    from lit_gen.methods.base import TinyCheckpoint
-    from tests.integration.tiny import tiny_checkpoint
-
     return tiny_checkpoint(TinyCheckpoint("Autoencoder", {"data_shape": data_shape, **TINY_AE}))
 
 
@@ -126,18 +125,20 @@ def fit_start(model, dataset) -> None:
 
 
 @pytest.mark.parametrize("method", [ScoreSDE, NCSN])
-def test_score_models_learn_latents_and_ncsn_measures_sigma_1_on_them(tmp_path, method):
+def test_score_models_learn_latents_and_ncsn_measures_sigma_1_on_them(tmp_path, method, monkeypatch):
     path = autoencoder_ckpt(tmp_path)
     net = partial(UNet, base_channels=8, channel_mults=[1], num_res_blocks=1, attention_resolutions=[])
     extra = {"sigma_begin": None, "n_steps_each": 2} if method is NCSN else {"num_scales": 10}
     model = method(data_shape=(3, 16, 16), net=net, autoencoder_ckpt=path, sampling_steps=3, **extra)
-    assert model.data_shape == (2, 8, 8) and not model.clip_denoised  # never clamped on latents
+    assert model.data_shape == (2, 8, 8)
+    # never clamped on latents: by no sampler, nor by the score model of the likelihood
+    assert not model.noise_model(model.sampling_net).clip_denoised
+    assert not model.score_model(model.sampling_net).clip_denoised
     model.load_autoencoder(path)
     fit_start(model, Items())
     assert float(model.latent_scale) > 0
-    if method is NCSN:  # NCSNv2's sigma_1: the largest distance between two training latents, scaled
-        x = torch.stack([Items()[i]["x"] for i in range(len(SHAPES))])
-        z = fp32_latents(model, x)
+    if method is NCSN:  # NCSNv2's sigma_1: the largest distance between two points it trains on
+        z = scaled_posterior_samples(model, SHAPES, model.seed)
         assert model.hparams.sigma_begin == pytest.approx(torch.pdist(z).max().item(), rel=1e-6)
         assert model.sde.sigma_max == model.hparams.sigma_begin
     torch.manual_seed(0)
@@ -148,13 +149,24 @@ def test_score_models_learn_latents_and_ncsn_measures_sigma_1_on_them(tmp_path, 
     assert out.x.shape == (2, 3, 16, 16) and out.x.abs().max() <= 1  # decoded to images
     with pytest.raises(ValueError, match="latents: its ODE"):
         model.log_likelihood(out.x)
+    # a classifier of images cannot guide a model of latents
+    from lit_gen.methods import NoisyClassifier, noise_process
+
+    monkeypatch.setattr(noise_process, "load_frozen",
+                        lambda *args: NoisyClassifier(data_shape=(3, 16, 16), num_classes=3))
+    with pytest.raises(ValueError, match=r"shape \(3, 16, 16\).*\(2, 8, 8\) \(an autoencoder's latents\)"):
+        model.sample(2, classifier_ckpt="images.ckpt")
 
 
-def fp32_latents(model, x: torch.Tensor) -> torch.Tensor:
-    """Scaled posterior means of images x, flattened, in float64 (computed here, not by the model)."""
+def scaled_posterior_samples(model, dataset, seed: int) -> torch.Tensor:
+    """z = (mean + std eps) x latent scale of every item, in the order and with the noise of ``seed``,
+    flattened, float64 (computed here from the autoencoder's moments, not by the model)."""
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    x = torch.stack([dataset[int(i)]["x"] for i in order])
     with torch.no_grad():
-        mean = model.autoencoder.moments(x)[0]
-    return (mean * model.latent_scale).flatten(1).double()
+        mean, logvar = model.autoencoder.moments(x)
+    eps = torch.randn(mean.shape, generator=torch.Generator().manual_seed(seed))
+    return ((mean + (0.5 * logvar).exp() * eps) * model.latent_scale).flatten(1).double()
 
 
 def test_latent_models_decode_to_images_and_refuse_pixel_jobs(tmp_path):

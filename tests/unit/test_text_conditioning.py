@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lit_gen.data.shapes import generate_shapes
-from lit_gen.methods import DDPM, FlowMatching
+from lit_gen.methods import DDPM, NCSN, FlowMatching, ScoreSDE
 from lit_gen.nets import DiT, MLPDenoiser, UNet
 from lit_gen.nets.clip import CLIPNet
 from lit_gen.nets.text_encoder import TextEncoder, clip_text_weights
@@ -31,10 +31,10 @@ def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return net
 
 
-def text_ddpm(**kwargs) -> DDPM:
+def text_model(method: type = DDPM, **kwargs):
+    """A text-conditional model of ``method`` with a tiny UNet, randomised, its tokenizer fitted."""
     torch.manual_seed(0)
-    model = DDPM(data_shape=(3, 16, 16), net=partial(UNet, **TINY_UNET), num_timesteps=10, text=TEXT,
-                 **kwargs)
+    model = method(data_shape=(3, 16, 16), net=partial(UNet, **TINY_UNET), text=TEXT, **kwargs)
     model.tokenizer.fit(SHAPES.captions)
     randomize(model.net)
     model.ema.module.load_state_dict(model.net.state_dict())
@@ -100,8 +100,17 @@ def test_condition_dropout_drops_whole_captions_and_keeps_label_draws():
     assert torch.equal(null_like(ids, null), null.expand(8, 5))
 
 
-def test_cfg_on_text_at_scale_0_and_1_is_the_null_caption_and_the_conditional_model():
-    model = text_ddpm(sampler="ddim", sampling_steps=3)
+# each family of noise-process methods with a deterministic sampler of 3 steps
+CFG_MODELS = {"DDPM": (DDPM, {"num_timesteps": 10, "sampler": "ddim"}),
+              "ScoreSDE": (ScoreSDE, {"num_scales": 10, "sampler": "dpmpp2m"}),
+              "NCSN": (NCSN, {"sampler": "heun"}),
+              "FlowMatching": (FlowMatching, {"sampler": "euler"})}
+
+
+@pytest.mark.parametrize("name", list(CFG_MODELS))
+def test_cfg_on_text_at_scale_0_and_1_is_the_null_caption_and_the_conditional_model(name):
+    method, args = CFG_MODELS[name]
+    model = text_model(method, sampling_steps=3, **args)
     captions = SHAPES.captions[:2]
     noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(3))
 
@@ -131,7 +140,7 @@ def test_cfg_on_text_at_scale_0_and_1_is_the_null_caption_and_the_conditional_mo
 
 
 def test_text_errors_are_one_line():
-    model = text_ddpm()
+    model = text_model(num_timesteps=10)
     with pytest.raises(ValueError, match="conditioned on text, not labels"):
         model.sample(2, labels=torch.tensor([0, 1]))
     plain = DDPM(data_shape=(3, 16, 16), net=partial(UNet, **TINY_UNET), num_timesteps=10)

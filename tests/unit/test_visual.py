@@ -62,3 +62,25 @@ def test_images_go_through_each_loggers_api(tmp_path, monkeypatch):
 
     events = EventAccumulator(tb.log_dir).Reload()
     assert set(events.Tags()["images"]) == {"samples/grid", "samples/plot"}
+
+
+def test_captioned_grid_shows_every_image_whole_and_large_under_its_prompt():
+    """Solid images of distinct colours: each appears as a block of at least 110 x 110 pixels of its colour
+    alone (no caption or score drawn over it), in its prompt's row, however long the prompt."""
+    from lit_gen.visual import captioned_grid
+
+    colours = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [1, 0, 1]])
+    x = colours[:, :, None, None].expand(-1, -1, 8, 8) * 2 - 1  # in [-1, 1]
+    captions = ["a small red circle at the top left of the image, seen from above"] * 3 + ["a cross"] * 2
+    for scores in (None, torch.arange(5.0)):
+        grid = captioned_grid(x, captions, scores).astype(int)
+        boxes = []
+        for colour in (colours * 255).int().numpy():
+            ys, xs = np.nonzero(np.abs(grid - colour).sum(-1) == 0)
+            top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+            assert bottom - top >= 110 and right - left >= 110, (colour, bottom - top, right - left)
+            block = grid[top + 1 : bottom, left + 1 : right]  # inside the image: its colour alone
+            assert (np.abs(block - colour).sum(-1) == 0).all(), colour
+            boxes.append((top, left))
+        assert boxes[0][0] == boxes[1][0] == boxes[2][0] < boxes[3][0] == boxes[4][0]  # one row a prompt
+        assert boxes[0][1] < boxes[1][1] < boxes[2][1] and boxes[3][1] == boxes[0][1]
